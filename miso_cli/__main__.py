@@ -1,0 +1,3 @@
+from miso_cli.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The ``miso`` command: one Typer application, one module per subcommand."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+from miso_cli import __version__
+
+app = typer.Typer(
+    name="miso",
+    help="Choose, apply and run MIG layouts for a queue of GPU training jobs.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# (command name, module under miso_cli.cli). Each module defines ``command``.
+COMMANDS: list[tuple[str, str]] = [
+    ("status", "status"),
+    ("layouts", "layouts"),
+    ("apply", "apply"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"miso {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the versions of miso, the NVML binding and the driver, then exit.",
+        ),
+    ] = False,
+) -> None:
+    """Choose, apply and run MIG layouts for a queue of GPU training jobs."""
+
+
+for _name, _module in COMMANDS:
+    _mod = importlib.import_module(f"miso_cli.cli.{_module}")
+    app.command(_name)(_mod.command)
+
+
+def main() -> None:
+    app()

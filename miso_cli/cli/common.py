@@ -1,0 +1,138 @@
+"""What every subcommand shares: common options, the error boundary, output.
+
+A subcommand parses its options, then calls :func:`execute` with a body that
+does the work through the core and returns a :class:`Result`. ``execute`` owns
+the conventions: the JSON envelope on stdout with ``--json``, human output
+otherwise, one-line errors with named exit codes, tracebacks only with
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+
+from miso_cli.errors import ExitCode, MisoError
+from miso_cli.output import dumps, envelope
+
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON envelope on stdout; human output and progress go to stderr.",
+    ),
+]
+DebugOpt = Annotated[
+    bool,
+    typer.Option("--debug", envvar="MISO_DEBUG", help="Show the full traceback of errors."),
+]
+GpuOpt = Annotated[
+    Optional[str],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
+    typer.Option(
+        "--gpu",
+        envvar="MISO_GPU",
+        help="GPUs to use: 'nvml' (the real driver, the default) or a simulated "
+        "GPU such as 'sim:a100-40gb' or 'sim:h100-80gbx8' (8 GPUs).",
+    ),
+]
+StateDirOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--state-dir",
+        envvar="MISO_STATE_DIR",
+        help="Where miso keeps its journal, profiles, models and simulated GPUs "
+        "[default: $XDG_STATE_HOME/miso].",
+    ),
+]
+
+
+@dataclass
+class Result:
+    """What a command body returns: the JSON payload and how to show it to a person."""
+
+    data: dict[str, Any]
+    render: Callable[[Console], None] | None = None
+    exit_code: ExitCode = ExitCode.OK
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
+
+
+def state_dir_or_default(state_dir: Path | None) -> Path:
+    from miso_cli.state import default_state_dir
+
+    return Path(state_dir).expanduser() if state_dir else default_state_dir()
+
+
+def _print_error(err: dict[str, Any]) -> None:
+    line = f"miso: error: {err['message']}"
+    if err.get("hint"):
+        line += f" ({err['hint']})"
+    stderr_console().print(line, markup=False, soft_wrap=True)
+
+
+def execute(
+    command: str,
+    body: Callable[[Console], Result],
+    *,
+    json_out: bool,
+    debug: bool,
+) -> NoReturn:
+    """Run ``body`` under the conventions and exit with its code.
+
+    ``body`` gets the console for human output: stdout normally, stderr with
+    ``--json`` (so stdout carries only the envelope).
+    """
+    human = stderr_console() if json_out else stdout_console()
+    try:
+        result = body(human)
+    except MisoError as exc:
+        if debug:
+            stderr_console().print_exception()
+        err = exc.as_dict()
+        if json_out:
+            print(dumps(envelope(command, None, [err])), flush=True)
+        _print_error(err)
+        raise typer.Exit(int(exc.exit_code)) from None
+    except KeyboardInterrupt:
+        err = {"code": "INTERRUPTED", "message": "interrupted"}
+        if json_out:
+            print(dumps(envelope(command, None, [err])), flush=True)
+        _print_error(err)
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if debug or os.environ.get("MISO_DEBUG"):
+            raise
+        err = {
+            "code": "INTERNAL",
+            "message": f"internal error: {type(exc).__name__}: {exc}",
+            "hint": "run again with --debug for the traceback, and report it",
+        }
+        if json_out:
+            print(dumps(envelope(command, None, [err])), flush=True)
+        _print_error(err)
+        raise typer.Exit(int(ExitCode.FAILURE)) from None
+    if json_out:
+        print(dumps(envelope(command, result.data, result.errors)), flush=True)
+    elif result.render is not None:
+        result.render(human)
+    for err in result.errors:
+        if not json_out:
+            _print_error(err)
+    sys.stdout.flush()
+    raise typer.Exit(int(result.exit_code))

@@ -1,0 +1,1 @@
+"""The hardware boundary: MIG profile tables, layouts, NVML (real or simulated), MPS."""
