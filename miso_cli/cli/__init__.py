@@ -20,9 +20,6 @@ app = typer.Typer(
 
 # (command name, module under miso_cli.cli). Each module defines ``command``.
 COMMANDS: list[tuple[str, str]] = [
-    ("status", "status"),
-    ("layouts", "layouts"),
-    ("apply", "apply"),
 ]
 
 
