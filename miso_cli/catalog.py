@@ -60,6 +60,8 @@ class Workload:
             raise ValueError(f"workload {self.name} has no step times")
         levels = sorted(points)
         pct = min(max(float(pct), 1.0), 100.0)
+        if pct in points:
+            return points[int(pct)]
         if pct <= levels[0]:
             return points[levels[0]] * levels[0] / pct
         if pct >= levels[-1]:
