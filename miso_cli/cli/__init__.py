@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from miso_cli import __version__
-
 app = typer.Typer(
     name="miso",
     help="Choose, apply and run MIG layouts for a queue of GPU training jobs.",
@@ -20,12 +18,15 @@ app = typer.Typer(
 
 # (command name, module under miso_cli.cli). Each module defines ``command``.
 COMMANDS: list[tuple[str, str]] = [
+    ("doctor", "doctor"),
 ]
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"miso {__version__}")
+        from miso_cli.doctor import version_text
+
+        typer.echo(version_text())
         raise typer.Exit()
 
 
