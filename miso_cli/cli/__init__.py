@@ -19,6 +19,7 @@ app = typer.Typer(
 # (command name, module under miso_cli.cli). Each module defines ``command``.
 COMMANDS: list[tuple[str, str]] = [
     ("doctor", "doctor"),
+    ("export", "export"),
 ]
 
 

@@ -1,0 +1,170 @@
+"""``miso export``: hand a plan or the current layout to mig-parted, Kubernetes or Slurm."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from miso_cli.cli.common import (
+    DebugOpt,
+    GpuOpt,
+    JsonOpt,
+    Result,
+    StateDirOpt,
+    execute,
+    state_dir_or_default,
+)
+
+
+class Format(str, Enum):
+    mig_parted = "mig-parted"
+    k8s = "k8s"
+    slurm = "slurm"
+
+
+def command(
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            "-f",
+            help="mig-parted: a mig-parted config; k8s: MIG manager ConfigMap, node label and "
+            "one Job per job; slurm: gres.conf, slurm.conf fragment, sbatch scripts and the "
+            "drain/apply/resume steps.",
+        ),
+    ] = Format.mig_parted,
+    plan: Annotated[
+        Optional[Path],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
+        typer.Option(
+            "--plan",
+            help="A plan: the output of 'miso plan QUEUE --json' (or its data, or "
+            '{"gpus": [{"index": 0, "layout": ["3g.20gb@0", ...]}]}).',
+        ),
+    ] = None,
+    queue: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--queue",
+            help="The queue file the jobs come from: their commands and environment go into "
+            "the Jobs and sbatch scripts. Without --plan, the queue is planned first.",
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the files into this directory instead of printing them.",
+        ),
+    ] = None,
+    node: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--node",
+            help="The cluster's name for this server (node label, NodeName, Job nodeSelector).",
+        ),
+    ] = None,
+    image: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--image", help="Container image of the Kubernetes Jobs (k8s, with jobs)."),
+    ] = None,
+    namespace: Annotated[
+        str,
+        typer.Option("--namespace", help="Namespace of the Kubernetes Jobs."),
+    ] = "default",
+    operator_namespace: Annotated[
+        str,
+        typer.Option(
+            "--operator-namespace",
+            help="Namespace of the GPU Operator, where the MIG manager's ConfigMap goes.",
+        ),
+    ] = "gpu-operator",
+    config_name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--config-name",
+            help="Name of the config that sets the whole node [default: the layout's name, "
+            "or miso-node-<hash> when the GPUs differ].",
+        ),
+    ] = None,
+    gpu: GpuOpt = None,
+    state_dir: StateDirOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Hand a plan, or the GPUs' current layout, to mig-parted, Kubernetes or Slurm.
+
+    From a plan (--plan, from miso plan --json) or a queue (--queue), or without
+    either from the GPUs' current layout, as nvidia-mig-parted export does. The
+    mig-parted config names one config per distinct layout; Kubernetes gets it as
+    the GPU Operator MIG manager's ConfigMap with the nvidia.com/mig.config label to
+    set, and one batch/v1 Job per job asking for nvidia.com/mig-<profile>; Slurm
+    gets gres.conf (AutoDetect=nvml), the node's Gres line, one sbatch script per
+    job with --gres=gpu:<profile>:1, and a drain/apply/resume script.
+
+    $ miso export --format mig-parted --gpu sim:a100-40gb
+
+    $ miso export --format k8s --plan plan.json --queue queue.toml --image IMAGE --node n1
+
+    $ miso export --format slurm --plan plan.json --queue queue.toml --out handoff/
+    """
+
+    def body(console: Console) -> Result:
+        from miso_cli import export as ex
+
+        sdir = state_dir_or_default(state_dir)
+        queue_spec = None
+        if queue is not None:
+            from miso_cli.queue import load_queue
+
+            queue_spec = load_queue(queue)
+        if plan is not None:
+            handoff = ex.load_plan(plan)
+            if queue_spec is not None:
+                ex.attach_queue(handoff, queue_spec)
+        elif queue_spec is not None:
+            handoff = ex.plan_queue(queue_spec, gpu, sdir)
+        else:
+            from miso_cli.gpu.nvml import open_driver
+
+            drv = open_driver(gpu, sdir)
+            try:
+                handoff = ex.from_driver(drv)
+            finally:
+                drv.close()
+        bundle = ex.export(
+            handoff,
+            fmt.value,
+            node=node,
+            namespace=operator_namespace,
+            job_namespace=namespace,
+            image=image,
+            node_config=config_name,
+        )
+        written = ex.write_bundle(bundle, out) if out is not None else []
+        data = dict(bundle.summary)
+        data["files"] = dict(sorted(bundle.files.items()))
+        data["written"] = [str(p) for p in written]
+
+        def render(con: Console) -> None:
+            from miso_cli.cli.common import stderr_console
+
+            err = stderr_console()
+            for w in handoff.warnings:
+                err.print(f"miso: warning: {w}", markup=False)
+            if out is None:
+                # The files themselves, ready for a pipe (kubectl apply -f -, > config.yaml).
+                typer.echo(ex.stream_text(bundle, fmt.value), nl=False)
+                return
+            for p in written:
+                con.print(str(p), markup=False, highlight=False, soft_wrap=True)
+            for step in bundle.summary.get("steps", []):
+                con.print(f"  {step}", markup=False, highlight=False, soft_wrap=True)
+
+        return Result(data=data, render=render)
+
+    execute("export", body, json_out=json_out, debug=debug)

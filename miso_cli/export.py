@@ -1,0 +1,870 @@
+"""Hand a plan to the engines users already run: mig-parted, Kubernetes, Slurm.
+
+What is exported is a :class:`Handoff`: each GPU's mode and layout, and each
+job with the slice it should get. It comes from a plan (``miso plan --json``
+output, or the short ``{"gpus": [{"index": 0, "layout": ["3g.20gb@0"]}]}``
+form), from a queue (planned here), or, with neither, from the GPUs' current
+layout, as ``nvidia-mig-parted export`` does.
+
+Formats (see ``/docs/export.md``):
+
+* ``mig-parted``: a ``version: v1`` config with one named config per distinct
+  layout (the GPUs that have it as ``devices``), plus one config for the whole
+  node when the GPUs differ. mig-parted records counts, not placements: the
+  placements stay in miso's plan.
+* ``k8s``: that config in a ConfigMap for the GPU Operator's MIG manager, the
+  ``nvidia.com/mig.config`` node label to set, and one ``batch/v1`` Job per job
+  asking for its slice as ``nvidia.com/mig-<profile>`` (mixed strategy).
+* ``slurm``: ``gres.conf`` (``AutoDetect=nvml``), a ``slurm.conf`` fragment with
+  the node's MIG GRES, one sbatch script per job (``--gres=gpu:<profile>:1``),
+  and the drain / apply / resume steps for changing the node's layout (Slurm
+  does not partition GPUs itself).
+
+YAML is written by hand (PyYAML is not a run-time dependency): every string
+scalar is emitted as a JSON string, which is a valid YAML double-quoted scalar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from miso_cli import __version__
+from miso_cli.errors import BadInput, UsageError
+from miso_cli.gpu.layouts import Layout, LayoutError, Slice, place
+from miso_cli.gpu.profiles import MODELS, GpuModel
+
+FORMATS = ("mig-parted", "k8s", "slurm")
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+MIG_CONFIG_STATE_LABEL = "nvidia.com/mig.config.state"
+DEFAULT_CONFIGMAP = "miso-mig-config"
+DEFAULT_NAMESPACE = "gpu-operator"
+_PROFILE_RE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
+_LABEL_MAX = 63  # Kubernetes label values and DNS-1123 labels
+
+
+@dataclass
+class GpuHandoff:
+    index: int
+    mode: str  # "mig", "full" or "mps"
+    layout: Layout | None  # for "mig"
+    model_key: str | None = None
+
+    @property
+    def mig_enabled(self) -> bool:
+        return self.mode == "mig"
+
+
+@dataclass
+class JobHandoff:
+    name: str
+    profile: str | None  # MIG profile; None for a whole GPU
+    gpu: int | None  # None while waiting
+    placement: dict[str, int] | None = None
+    waiting: bool = False
+    predicted_relative_step_time: float | None = None
+    spec: Any = None  # miso_cli.queue.JobSpec when a queue was given
+
+
+@dataclass
+class Handoff:
+    gpus: list[GpuHandoff]
+    jobs: list[JobHandoff]
+    source: str  # "plan", "queue" or "current"
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Bundle:
+    """What an export produces: files by relative path, and a summary for --json."""
+
+    files: dict[str, str]
+    summary: dict[str, Any]
+    executable: set[str] = field(default_factory=set)
+
+
+# -- reading a plan ---------------------------------------------------------------
+
+
+def load_plan(path: Path) -> Handoff:
+    """Read a plan file: a ``miso plan --json`` envelope, its ``data``, or the short form."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read the plan: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(
+            f"{path}:{exc.lineno}: not valid JSON: {exc.msg}",
+            hint="pass the output of `miso plan QUEUE --json`",
+        ) from None
+    return parse_plan(doc, str(path))
+
+
+def parse_plan(doc: Any, where: str = "plan") -> Handoff:
+    """Validate a plan document (see :func:`load_plan`); every problem is a BadInput."""
+    if isinstance(doc, dict) and "schema_version" in doc and "data" in doc:
+        if doc.get("status") == "error":
+            raise BadInput(f"{where}: the plan envelope reports an error, not a plan")
+        doc = doc["data"]
+    if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list):
+        raise BadInput(f"{where}: expected an object with a 'gpus' list")
+    gpus: list[GpuHandoff] = []
+    jobs: list[JobHandoff] = []
+    seen_gpu: set[int] = set()
+    seen_job: set[str] = set()
+    for gi, g in enumerate(doc["gpus"]):
+        at = f"{where}: gpus[{gi}]"
+        if not isinstance(g, dict):
+            raise BadInput(f"{at}: expected an object")
+        index = g.get("index", gi)
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise BadInput(f"{at}.index: expected a GPU index (integer >= 0), got {index!r}")
+        if index in seen_gpu:
+            raise BadInput(f"{at}.index: GPU {index} appears twice")
+        seen_gpu.add(index)
+        model_key = g.get("model")
+        if model_key is not None and not isinstance(model_key, str):
+            raise BadInput(f"{at}.model: expected a string")
+        model = MODELS.get(model_key.lower()) if model_key else None
+        mode = g.get("mode", "mig")
+        if mode not in ("mig", "full", "mps"):
+            raise BadInput(f"{at}.mode: expected 'mig', 'full' or 'mps', got {mode!r}")
+        layout = None
+        if mode == "mig":
+            layout = _parse_layout(g.get("layout", []), model, f"{at}.layout")
+            if model is None and model_key is None:
+                model = _model_of([s.profile for s in layout.slices])
+        gpus.append(GpuHandoff(index, mode, layout, model.key if model else model_key))
+        for ai, a in enumerate(g.get("assignment", []) or []):
+            jat = f"{at}.assignment[{ai}]"
+            if not isinstance(a, dict) or not isinstance(a.get("job"), str) or not a["job"]:
+                raise BadInput(f"{jat}: expected an object with a 'job' name")
+            name = a["job"]
+            if name in seen_job:
+                raise BadInput(f"{jat}.job: job {name!r} is assigned twice")
+            seen_job.add(name)
+            profile = a.get("profile")
+            if mode == "mig":
+                if not isinstance(profile, str) or not profile:
+                    raise BadInput(f"{jat}.profile: a job on a MIG GPU needs its slice profile")
+                if layout is not None and profile not in layout.counts():
+                    raise BadInput(
+                        f"{jat}.profile: {profile!r} is not an instance of GPU {index}'s "
+                        f"layout ({layout.name})"
+                    )
+            else:
+                profile = None
+            placement = a.get("placement")
+            pred = a.get("predicted_relative_step_time")
+            jobs.append(
+                JobHandoff(
+                    name,
+                    profile,
+                    index,
+                    placement if isinstance(placement, dict) else None,
+                    predicted_relative_step_time=(
+                        float(pred) if isinstance(pred, (int, float)) else None
+                    ),
+                )
+            )
+    waiting = doc.get("waiting", []) or []
+    if not isinstance(waiting, list) or not all(isinstance(w, str) for w in waiting):
+        raise BadInput(f"{where}: waiting: expected a list of job names")
+    for name in waiting:
+        if name in seen_job:
+            raise BadInput(f"{where}: waiting: job {name!r} is also assigned to a GPU")
+        seen_job.add(name)
+        jobs.append(JobHandoff(name, None, None, waiting=True))
+    if not gpus:
+        raise BadInput(f"{where}: the plan has no GPUs")
+    gpus.sort(key=lambda g: g.index)
+    return Handoff(gpus, jobs, "plan")
+
+
+def _parse_layout(raw: Any, model: GpuModel | None, at: str) -> Layout:
+    """A layout as ``Layout.to_json()``, its ``instances`` list, or ``["3g.20gb@0", ...]``."""
+    if isinstance(raw, dict):
+        raw = raw.get("instances")
+    if not isinstance(raw, list):
+        raise BadInput(f"{at}: expected a layout (a list of instances)")
+    tokens: list[str] = []
+    for k, item in enumerate(raw):
+        if isinstance(item, str):
+            token = item.strip()
+        elif isinstance(item, dict) and isinstance(item.get("profile"), str):
+            token = item["profile"]
+            pl = item.get("placement")
+            if isinstance(pl, dict) and isinstance(pl.get("start"), int):
+                token += f"@{pl['start']}"
+        else:
+            raise BadInput(f'{at}[{k}]: expected a profile such as "3g.20gb@0" or an object')
+        tokens.append(token)
+    if model is None:
+        model = _model_of(tokens)
+    if model is not None:
+        try:
+            return place(model, tokens)
+        except LayoutError as exc:
+            raise BadInput(f"{at}: {exc}") from None
+    # No known model: keep the names, check only their shape.
+    slices = []
+    for k, token in enumerate(tokens):
+        name, _, start = token.partition("@")
+        if not _PROFILE_RE.match(name):
+            raise BadInput(f"{at}[{k}]: {name!r} is not a MIG profile name (like 3g.20gb)")
+        g = int(name.split("g", 1)[0])
+        slices.append(Slice(int(start) if start.isdigit() else k, 0, name, g))
+    return Layout.of(slices)
+
+
+def _model_of(tokens: list[str]) -> GpuModel | None:
+    """The one known GPU model that has every profile named (None if none or several)."""
+    names = {t.partition("@")[0] for t in tokens}
+    if not names:
+        return None
+    matches = [m for m in MODELS.values() if names <= {p.name for p in m.profiles}]
+    return matches[0] if len(matches) == 1 else None
+
+
+def from_driver(drv: Any) -> Handoff:
+    """The GPUs' current modes and layouts (what ``nvidia-mig-parted export`` reports)."""
+    gpus = []
+    for i in range(drv.device_count()):
+        info = drv.gpu(i)
+        if info.mig_capable and info.mig_current:
+            gpus.append(GpuHandoff(i, "mig", drv.current_layout(i), info.model_key))
+        else:
+            gpus.append(GpuHandoff(i, "full", None, info.model_key))
+    warnings = []
+    for i in range(drv.device_count()):
+        info = drv.gpu(i)
+        if info.mig_capable and info.mig_current != info.mig_pending:
+            warnings.append(
+                f"GPU {i}: MIG mode change pending; exported the current mode "
+                f"({'on' if info.mig_current else 'off'})"
+            )
+    return Handoff(gpus, [], "current", warnings)
+
+
+def attach_queue(handoff: Handoff, queue: Any) -> None:
+    """Give each job its queue entry (command, env, ...); queue jobs not in the plan wait."""
+    by_name = {j.name: j for j in queue.jobs}
+    names = set()
+    for job in handoff.jobs:
+        if job.name not in by_name:
+            raise BadInput(
+                f"{queue.path}: the plan's job {job.name!r} is not in this queue",
+                hint="pass the queue the plan was made from",
+            )
+        job.spec = by_name[job.name]
+        names.add(job.name)
+    for spec in queue.jobs:
+        if spec.name not in names:
+            handoff.jobs.append(JobHandoff(spec.name, None, None, waiting=True, spec=spec))
+
+
+def plan_queue(queue: Any, gpu_spec: str | None, state_dir: Path) -> Handoff:
+    """Plan ``queue`` on the GPUs as ``miso plan`` does, and hand off the result."""
+    try:
+        from miso_cli.cli.plan import plan_data  # the same path as `miso plan --json`
+    except ImportError:
+        raise UsageError(
+            "--queue without --plan needs the planner of `miso plan`, which this "
+            "installation lacks",
+            hint="pass --plan PLAN.json (from `miso plan QUEUE --json`) with --queue",
+        ) from None
+    data = plan_data(queue, gpu_spec, state_dir)
+    handoff = parse_plan(data, f"plan of {queue.path}")
+    handoff.source = "queue"
+    attach_queue(handoff, queue)
+    return handoff
+
+
+# -- naming -----------------------------------------------------------------------
+
+
+def _slug(text: str, limit: int = _LABEL_MAX) -> str:
+    """A DNS-1123 label / label value: lowercase letters, digits, '-', '.'; <= 63 chars."""
+    s = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.")
+    s = re.sub(r"-{2,}", "-", s) or "x"
+    if len(s) > limit:
+        digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+        s = s[: limit - 9].rstrip("-.") + "-" + digest
+    return s
+
+
+def layout_key(gpu: GpuHandoff) -> tuple[Any, ...]:
+    """GPUs with equal keys get the same mig-parted entry (counts, as mig-parted records)."""
+    if not gpu.mig_enabled or gpu.layout is None:
+        return ("off",)
+    return ("mig", tuple(sorted(gpu.layout.counts().items())))
+
+
+def config_name(key: tuple[Any, ...]) -> str:
+    """``miso-3g.20gb-2x2g.10gb``, ``miso-mig-empty`` or ``miso-mig-disabled``."""
+    if key[0] == "off":
+        return "miso-mig-disabled"
+    counts = dict(key[1])
+    if not counts:
+        return "miso-mig-empty"
+    order = sorted(counts, key=lambda p: (-_slices_of(p), p))
+    parts = [(f"{counts[p]}x{p}" if counts[p] > 1 else p).replace("+", "-") for p in order]
+    return _slug("miso-" + "-".join(parts))
+
+
+def _slices_of(profile: str) -> int:
+    m = re.match(r"(\d+)g", profile)
+    return int(m.group(1)) if m else 0
+
+
+def whole_gpu_type(model_key: str | None) -> str | None:
+    """Slurm GRES type for an unpartitioned GPU: ``a100`` for a100-40gb (a substring of
+    the name slurmd detects, e.g. nvidia_a100-sxm4-40gb)."""
+    if not model_key:
+        return None
+    return model_key.split("-", 1)[0].lower() or None
+
+
+# -- mig-parted -------------------------------------------------------------------
+
+
+@dataclass
+class MigConfigs:
+    configs: dict[str, list[dict[str, Any]]]  # name -> entries (mig-parted's schema)
+    node_config: str  # the config that sets every GPU of the node
+    per_gpu: dict[int, str]  # GPU index -> config of its layout
+
+
+def mig_configs(handoff: Handoff, node_config: str | None = None) -> MigConfigs:
+    groups: dict[tuple[Any, ...], list[GpuHandoff]] = {}
+    for g in handoff.gpus:
+        groups.setdefault(layout_key(g), []).append(g)
+    n_gpus = len(handoff.gpus)
+    configs: dict[str, list[dict[str, Any]]] = {}
+    per_gpu: dict[int, str] = {}
+    entries = []
+    for key, members in groups.items():
+        entry = _entry(key, members, n_gpus)
+        entries.append(entry)
+        name = config_name(key)
+        configs[name] = [entry]
+        for g in members:
+            per_gpu[g.index] = name
+    if len(groups) == 1 and node_config is None:
+        node = next(iter(configs))
+    else:
+        node = node_config or _slug("miso-node-" + _digest(entries))
+        configs[node] = entries
+    return MigConfigs(configs, node, per_gpu)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _entry(key: tuple[Any, ...], members: list[GpuHandoff], n_gpus: int) -> dict[str, Any]:
+    indices = sorted(g.index for g in members)
+    # "all" only when these are all the node's GPUs (0..n-1), as mig-parted export writes it.
+    devices: Any = "all" if indices == list(range(n_gpus)) else indices
+    if key[0] == "off":
+        return {"devices": devices, "mig-enabled": False}
+    return {"devices": devices, "mig-enabled": True, "mig-devices": dict(key[1])}
+
+
+def _q(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _plain_or_q(text: str) -> str:
+    return text if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) else _q(text)
+
+
+def mig_parted_yaml(mc: MigConfigs, header: list[str]) -> str:
+    lines = [f"# {h}" for h in header]
+    lines += ["version: v1", "mig-configs:"]
+    for name, entries in mc.configs.items():
+        lines.append(f"  {_plain_or_q(name)}:")
+        for e in entries:
+            devices = e["devices"]
+            dev = "all" if devices == "all" else "[" + ", ".join(str(d) for d in devices) + "]"
+            lines.append(f"    - devices: {dev}")
+            lines.append(f"      mig-enabled: {'true' if e['mig-enabled'] else 'false'}")
+            if e["mig-enabled"]:
+                if e["mig-devices"]:
+                    lines.append("      mig-devices:")
+                    order = sorted(e["mig-devices"], key=lambda p: (-_slices_of(p), p))
+                    for p in order:
+                        lines.append(f"        {_q(p)}: {e['mig-devices'][p]}")
+                else:
+                    lines.append("      mig-devices: {}")
+    return "\n".join(lines) + "\n"
+
+
+# -- jobs -------------------------------------------------------------------------
+
+
+def _resource_kinds(handoff: Handoff) -> list[tuple[str | None, float | None, int]]:
+    """(profile or None for a whole GPU, memory MiB if known, compute slices) on offer."""
+    kinds: dict[str | None, tuple[float | None, int]] = {}
+    for g in handoff.gpus:
+        model = MODELS.get(g.model_key or "")
+        if g.mig_enabled and g.layout is not None:
+            for s in g.layout.slices:
+                mem = None
+                if model is not None:
+                    try:
+                        mem = float(model.profile(s.profile).memory_mb)
+                    except KeyError:
+                        mem = None
+                kinds[s.profile] = (mem, s.slices)
+        else:
+            kinds[None] = (float(model.memory_mb) if model else None, 99)
+    return [(k, m, sl) for k, (m, sl) in kinds.items()]
+
+
+def resolve_waiting(handoff: Handoff) -> None:
+    """Give each waiting job the slice type it will queue for in the cluster engine.
+
+    A job whose memory need is known asks for the smallest slice on offer that holds
+    it; otherwise for the largest slice on offer (it fits wherever anything fits).
+    """
+    kinds = _resource_kinds(handoff)
+    if not kinds:
+        return
+    for job in handoff.jobs:
+        if not job.waiting:
+            continue
+        need = getattr(job.spec, "memory_mb", None) if job.spec is not None else None
+        fitting = [k for k in kinds if need is None or (k[1] is not None and k[1] >= need)]
+        if need is not None and fitting:
+            choice = min(fitting, key=lambda k: (k[1] or 0.0, k[2]))
+        else:
+            choice = max(kinds, key=lambda k: (k[2], k[1] or 0.0))
+            if need is not None:
+                handoff.warnings.append(
+                    f"job {job.name!r}: no slice on offer is known to hold its "
+                    f"{need:.0f} MiB; it asks for the largest"
+                )
+        job.profile = choice[0]
+
+
+def _job_name(name: str, used: set[str]) -> str:
+    base = _slug("miso-" + name, 63 - 4)
+    base = re.sub(r"[.]", "-", base)  # Job names are DNS-1123 labels: no dots
+    out, n = base, 1
+    while out in used:
+        n += 1
+        out = f"{base}-{n}"
+    used.add(out)
+    return out
+
+
+def _argv(spec: Any) -> list[str] | None:
+    if spec is None:
+        return None
+    if getattr(spec, "shell", False) or isinstance(spec.command, str):
+        return ["/bin/sh", "-c", str(spec.command)]
+    return [str(a) for a in spec.command]
+
+
+# -- Kubernetes -------------------------------------------------------------------
+
+
+def k8s_bundle(
+    handoff: Handoff,
+    *,
+    node: str | None,
+    namespace: str,
+    job_namespace: str,
+    configmap: str,
+    image: str | None,
+    node_config: str | None,
+) -> Bundle:
+    mc = mig_configs(handoff, node_config)
+    header = _header(handoff)
+    config_text = mig_parted_yaml(mc, [])
+    cm = [
+        "apiVersion: v1",
+        "kind: ConfigMap",
+        "metadata:",
+        f"  name: {_q(configmap)}",
+        f"  namespace: {_q(namespace)}",
+        "  labels:",
+        '    app.kubernetes.io/managed-by: "miso"',
+        "data:",
+        "  config.yaml: |",
+    ]
+    cm += ["    " + ln if ln else "" for ln in config_text.rstrip("\n").split("\n")]
+    node_ref = node or "<node>"
+    steps = [
+        "Apply the layout with the GPU Operator's MIG manager (mixed strategy):",
+        f"  kubectl apply -f {'mig-config.yaml'}",
+        "  kubectl patch clusterpolicies.nvidia.com/cluster-policy --type=merge "
+        f'-p \'{{"spec": {{"migManager": {{"config": {{"name": "{configmap}"}}}}}}}}\'',
+        f"  kubectl label node {node_ref} {MIG_CONFIG_LABEL}={mc.node_config} --overwrite",
+        f"  kubectl get node {node_ref} -o jsonpath="
+        f"'{{.metadata.labels.nvidia\\.com/mig\\.config\\.state}}'   # until: success",
+        "Then submit the jobs:",
+        "  kubectl apply -f jobs/",
+    ]
+    files: dict[str, str] = {
+        "mig-config.yaml": "\n".join([f"# {h}" for h in header] + cm) + "\n",
+    }
+    job_summaries = []
+    # A Job needs the job's command: only jobs that came with their queue entry get one.
+    jobs = [j for j in handoff.jobs if j.spec is not None]
+    if jobs and not image:
+        raise UsageError(
+            "--image is needed to write a Kubernetes Job for each job",
+            hint="name the image the jobs run in, e.g. --image nvcr.io/nvidia/pytorch:24.05-py3",
+        )
+    used: set[str] = set()
+    for job in handoff.jobs:
+        resource = f"nvidia.com/mig-{job.profile}" if job.profile else "nvidia.com/gpu"
+        kname = _job_name(job.name, used)
+        fname: str | None = None
+        if job.spec is not None:
+            fname = f"jobs/{kname}.yaml"
+            files[fname] = _k8s_job(job, kname, resource, image or "", node, job_namespace)
+        job_summaries.append(
+            {
+                "job": job.name,
+                "name": kname,
+                "resource": resource,
+                "gpu": job.gpu,
+                "waiting": job.waiting,
+                "file": fname,
+            }
+        )
+    files["STEPS.txt"] = "\n".join([f"# {h}" for h in header] + steps) + "\n"
+    summary = {
+        "configs": mc.configs,
+        "node_config": mc.node_config,
+        "configmap": {"name": configmap, "namespace": namespace, "key": "config.yaml"},
+        "label": {"key": MIG_CONFIG_LABEL, "value": mc.node_config, "node": node},
+        "jobs": job_summaries,
+        "steps": steps,
+    }
+    return Bundle(files, summary)
+
+
+def _k8s_job(
+    job: JobHandoff, kname: str, resource: str, image: str, node: str | None, namespace: str
+) -> str:
+    spec = job.spec
+    argv = _argv(spec)
+    lines = [
+        "apiVersion: batch/v1",
+        "kind: Job",
+        "metadata:",
+        f"  name: {kname}",
+        f"  namespace: {_q(namespace)}",
+        "  labels:",
+        '    app.kubernetes.io/managed-by: "miso"',
+        f"    miso/job: {_q(_slug(job.name))}",
+        "  annotations:",
+        f"    miso/job-name: {_q(job.name)}",
+    ]
+    if job.predicted_relative_step_time is not None:
+        lines.append(
+            f"    miso/predicted-relative-step-time: {_q(f'{job.predicted_relative_step_time:g}')}"
+        )
+    if spec is not None and getattr(spec, "cwd", None):
+        lines.append(f"    miso/host-cwd: {_q(str(spec.cwd))}")
+    retries = int(getattr(spec, "retries", 0) or 0) if spec is not None else 0
+    lines += [
+        "spec:",
+        f"  backoffLimit: {retries}",
+        "  template:",
+        "    metadata:",
+        "      labels:",
+        f"        miso/job: {_q(_slug(job.name))}",
+        "    spec:",
+        "      restartPolicy: Never",
+    ]
+    if spec is not None and getattr(spec, "checkpoint", None) is not None:
+        grace = int(round(float(spec.checkpoint.grace_s)))
+        lines.append(f"      terminationGracePeriodSeconds: {grace}")
+    if node:
+        lines += ["      nodeSelector:", f"        kubernetes.io/hostname: {_q(node)}"]
+    lines += [
+        "      containers:",
+        "        - name: train",
+        f"          image: {_q(image)}",
+    ]
+    if argv:
+        lines.append("          command: [" + ", ".join(_q(a) for a in argv) + "]")
+    env = dict(getattr(spec, "env", {}) or {}) if spec is not None else {}
+    if env:
+        lines.append("          env:")
+        for k, v in env.items():
+            lines += [f"            - name: {_q(str(k))}", f"              value: {_q(str(v))}"]
+    lines += [
+        "          resources:",
+        "            limits:",
+        f"              {_q(resource)}: 1",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- Slurm ------------------------------------------------------------------------
+
+
+def slurm_bundle(handoff: Handoff, *, node: str | None, node_config: str | None) -> Bundle:
+    mc = mig_configs(handoff, node_config)
+    header = _header(handoff)
+    node_ref = node or "$(hostname -s)"
+    gres_counts: Counter[str] = Counter()
+    untyped = 0
+    for g in handoff.gpus:
+        if g.mig_enabled and g.layout is not None:
+            for s in g.layout.slices:
+                gres_counts[s.profile] += 1
+        else:
+            t = whole_gpu_type(g.model_key)
+            if t:
+                gres_counts[t] += 1
+            else:
+                untyped += 1
+    gres = [f"gpu:{t}:{n}" for t, n in sorted(gres_counts.items(), key=lambda kv: kv[0])]
+    if untyped:
+        gres.append(f"gpu:{untyped}")
+    gres_conf = [f"# {h}" for h in header] + [
+        "# slurmd finds the MIG instances through NVML once the layout is applied;",
+        "# the node's gres.conf needs nothing else for them.",
+        "AutoDetect=nvml",
+    ]
+    tres = ",".join(["gres/gpu"] + [f"gres/gpu:{t}" for t in sorted(gres_counts)])
+    slurm_conf = [f"# {h}" for h in header] + [
+        "# Merge into slurm.conf on every host (keep the node's CPUs, RealMemory, ...).",
+        "# A GRES type must be a substring of the MIG profile slurmd detects",
+        "# (e.g. nvidia_a100-sxm4-40gb_3g.20gb), so the profile name alone is used.",
+        "GresTypes=gpu",
+        f"NodeName={node or '<node>'} Gres={','.join(gres) if gres else 'gpu:0'}",
+        "# To account MIG usage per type:",
+        f"#AccountingStorageTRES={tres}",
+    ]
+    steps = [
+        "#!/bin/sh",
+        *[f"# {h}" for h in header],
+        "# Change this node's MIG layout. Slurm does not partition GPUs itself: drain the",
+        "# node, let its jobs finish, apply the layout with mig-parted, restart slurmd,",
+        "# resume. Run as root on the node; slurm.conf on every host must already carry the",
+        "# Gres line of slurm.conf.fragment.",
+        "set -eu",
+        'HERE=$(cd "$(dirname "$0")" && pwd)',
+        f"NODE={node_ref}",
+        f"CONFIG={mc.node_config}",
+        'scontrol update NodeName="$NODE" State=DRAIN Reason="miso: MIG layout change"',
+        'while [ -n "$(squeue -h -w "$NODE" -o %i)" ]; do sleep 30; done',
+        'nvidia-mig-parted apply -f "$HERE/mig-parted.yaml" -c "$CONFIG"',
+        'nvidia-mig-parted assert -f "$HERE/mig-parted.yaml" -c "$CONFIG"',
+        "scontrol reconfigure",
+        "systemctl restart slurmd",
+        'scontrol update NodeName="$NODE" State=RESUME',
+    ]
+    files: dict[str, str] = {
+        "mig-parted.yaml": mig_parted_yaml(mc, header),
+        "gres.conf": "\n".join(gres_conf) + "\n",
+        "slurm.conf.fragment": "\n".join(slurm_conf) + "\n",
+        "reconfigure.sh": "\n".join(steps) + "\n",
+    }
+    executable = {"reconfigure.sh"}
+    job_summaries = []
+    used: set[str] = set()
+    for job in handoff.jobs:
+        if job.profile:
+            gtype: str | None = job.profile
+        else:
+            gpu = next((g for g in handoff.gpus if g.index == job.gpu), None)
+            gtype = whole_gpu_type(gpu.model_key if gpu else None)
+        gres_req = f"gpu:{gtype}:1" if gtype else "gpu:1"
+        fname: str | None = None
+        if job.spec is not None:  # the script runs the job's command: needs its queue entry
+            fname = f"jobs/{_job_name(job.name, used)}.sbatch"
+            files[fname] = _sbatch(job, gres_req, header)
+            executable.add(fname)
+        job_summaries.append(
+            {
+                "job": job.name,
+                "gres": gres_req,
+                "gpu": job.gpu,
+                "waiting": job.waiting,
+                "file": fname,
+            }
+        )
+    summary = {
+        "configs": mc.configs,
+        "node_config": mc.node_config,
+        "gres": gres,
+        "jobs": job_summaries,
+        "steps": [
+            f"sh reconfigure.sh (on {node or 'the node'}, as root): drain, wait for its jobs, "
+            f"nvidia-mig-parted apply -c {mc.node_config}, scontrol reconfigure, "
+            "restart slurmd, resume",
+            "sbatch jobs/<job>.sbatch",
+        ],
+    }
+    return Bundle(files, summary, executable)
+
+
+def _sbatch(job: JobHandoff, gres_req: str, header: list[str]) -> str:
+    spec = job.spec
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={_sbatch_word(job.name)}",
+        f"#SBATCH --gres={gres_req}",
+        f"#SBATCH --output={_sbatch_word(job.name)}-%j.out",
+    ]
+    if spec is not None and getattr(spec, "cwd", None):
+        lines.append(f"#SBATCH --chdir={_sbatch_word(str(spec.cwd))}")
+    lines += [f"# {h}" for h in header]
+    if job.waiting:
+        lines.append("# Waiting in the plan: queued for this slice type.")
+    elif job.predicted_relative_step_time is not None:
+        lines.append(
+            f"# Planned on GPU {job.gpu}; predicted step time "
+            f"{job.predicted_relative_step_time:g}x that of the whole GPU."
+        )
+    argv = _argv(spec) or []
+    for k, v in (getattr(spec, "env", {}) or {}).items():
+        lines.append(f"export {k}={shlex.quote(str(v))}")
+    lines.append("exec " + shlex.join(argv))
+    return "\n".join(lines) + "\n"
+
+
+def _sbatch_word(text: str) -> str:
+    # #SBATCH lines are not parsed by a shell: no quoting, so keep one plain word.
+    return re.sub(r"[^A-Za-z0-9._/%+-]", "_", text)
+
+
+# -- mig-parted alone -------------------------------------------------------------
+
+
+def mig_parted_bundle(handoff: Handoff, *, node_config: str | None) -> Bundle:
+    mc = mig_configs(handoff, node_config)
+    text = mig_parted_yaml(mc, _header(handoff))
+    summary = {
+        "configs": mc.configs,
+        "node_config": mc.node_config,
+        "per_gpu": {str(k): v for k, v in sorted(mc.per_gpu.items())},
+        "steps": [
+            f"sudo nvidia-mig-parted apply -f mig-parted.yaml -c {mc.node_config}",
+            f"sudo nvidia-mig-parted assert -f mig-parted.yaml -c {mc.node_config}",
+        ],
+    }
+    return Bundle({"mig-parted.yaml": text}, summary)
+
+
+def _header(handoff: Handoff) -> list[str]:
+    what = {"plan": "a plan", "queue": "a planned queue", "current": "the GPUs' current layout"}
+    return [f"Written by miso {__version__} from {what.get(handoff.source, handoff.source)}."]
+
+
+# -- entry point ------------------------------------------------------------------
+
+
+def export(
+    handoff: Handoff,
+    fmt: str,
+    *,
+    node: str | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    job_namespace: str = "default",
+    configmap: str = DEFAULT_CONFIGMAP,
+    image: str | None = None,
+    node_config: str | None = None,
+) -> Bundle:
+    """Render ``handoff`` in ``fmt`` (one of :data:`FORMATS`)."""
+    if node_config is not None and _slug(node_config) != node_config:
+        raise UsageError(
+            f"--config-name {node_config!r}: must be a valid label value (lowercase letters, "
+            "digits, '-', '.'; at most 63 characters)"
+        )
+    resolve_waiting(handoff)
+    if fmt != "mig-parted" and any(j.spec is None for j in handoff.jobs):
+        handoff.warnings.append(
+            "no --queue: the jobs' commands are unknown, so no "
+            + ("Job manifests" if fmt == "k8s" else "sbatch scripts")
+            + " were written for them; pass the queue the plan was made from"
+        )
+    if fmt == "mig-parted":
+        bundle = mig_parted_bundle(handoff, node_config=node_config)
+    elif fmt == "k8s":
+        bundle = k8s_bundle(
+            handoff,
+            node=node,
+            namespace=namespace,
+            job_namespace=job_namespace,
+            configmap=configmap,
+            image=image,
+            node_config=node_config,
+        )
+    elif fmt == "slurm":
+        bundle = slurm_bundle(handoff, node=node, node_config=node_config)
+    else:
+        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    bundle.summary = {
+        "format": fmt,
+        "source": handoff.source,
+        "gpus": [
+            {
+                "index": g.index,
+                "mode": g.mode,
+                "model": g.model_key,
+                "layout": g.layout.name if g.layout is not None else None,
+            }
+            for g in handoff.gpus
+        ],
+        **bundle.summary,
+        "warnings": list(handoff.warnings),
+    }
+    return bundle
+
+
+def write_bundle(bundle: Bundle, outdir: Path) -> list[Path]:
+    """Write the files under ``outdir`` (atomically, one by one); return their paths."""
+    from miso_cli.state import atomic_write_text
+
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise BadInput(f"--out {outdir}: exists and is not a directory")
+    paths = []
+    for rel, text in sorted(bundle.files.items()):
+        path = outdir / rel
+        mode = 0o755 if rel in bundle.executable else 0o644
+        try:
+            atomic_write_text(path, text, mode=mode)
+        except OSError as exc:
+            raise BadInput(f"--out {outdir}: cannot write {rel}: {exc.strerror or exc}") from None
+        paths.append(path)
+    return paths
+
+
+def stream_text(bundle: Bundle, fmt: str) -> str:
+    """All files as one text for stdout: a YAML stream for k8s, headed sections otherwise."""
+    if fmt == "mig-parted":
+        return bundle.files["mig-parted.yaml"]
+    if fmt == "k8s":
+        docs = [bundle.files["mig-config.yaml"]]
+        docs += [t for name, t in sorted(bundle.files.items()) if name.startswith("jobs/")]
+        steps = "".join("# " + ln + "\n" for ln in bundle.summary.get("steps", []))
+        return steps + "---\n".join(docs)
+    parts = []
+    for name in ["mig-parted.yaml", "gres.conf", "slurm.conf.fragment", "reconfigure.sh"] + sorted(
+        n for n in bundle.files if n.startswith("jobs/")
+    ):
+        if name in bundle.files:
+            parts.append(f"# ==> {name} <==\n{bundle.files[name]}")
+    return "\n".join(parts)
