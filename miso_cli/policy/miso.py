@@ -1,0 +1,439 @@
+"""The planning policies: ``miso`` (the paper's), ``oracle``, and ``miso+`` (ours).
+
+``miso`` does what the MISO artifact does (see ``docs`` and the paper, Li et al.,
+SoCC 2022):
+
+* strict FIFO: if the head of the queue cannot be placed, nothing behind it is;
+* a job may go to a GPU that is not profiling or reconfiguring, has fewer than 7
+  jobs, and on which all its jobs plus this one still fit one instance each; of
+  those, the GPU with the fewest jobs (then the lowest index);
+* alone on a GPU the job starts on a 7g instance directly; otherwise the GPU's
+  jobs and the newcomer run together under MPS for ``profile_s`` (30 s), after
+  which the GPU is repartitioned on the predictions by the exhaustive optimiser
+  (one instance per job, mean slowdown, the paper's partition list, which lacks
+  4g+3g); every repartition resets the whole GPU;
+* when a job finishes and nothing waits, the GPU is re-solved with what is known
+  (no new profiling); an empty GPU goes back to one 7g instance.
+
+``oracle`` is ``miso`` that knows every job's true speeds: no profiling phase.
+
+``miso+`` plans the whole cluster at once with :func:`miso_cli.planner.plan`
+(objective ``jct``, backfilling, 4g+3g allowed, slices may stay free), and:
+
+* keeps instances whose jobs run (partial reconfiguration): a running job moves
+  only when the plan's predicted gain outweighs its checkpoint/restart cost;
+* profiles newcomers under MPS only where that disturbs no running job (an idle
+  GPU), several at once; a newcomer that cannot be profiled cheaply starts on
+  the cluster's prior (the mean prediction of the jobs profiled so far, with the
+  spread as uncertainty) and never pays a profiling reset;
+* counts uncertainty: a prediction counts as mean + ``risk`` x std. dev.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from miso_cli.gpu.layouts import Layout, Slice
+from miso_cli.gpu.profiles import GpuModel
+from miso_cli.planner import PlanGpu, PlanJob, plan, plan_gpu
+from miso_cli.policy.core import (
+    ClusterView,
+    Event,
+    GpuTarget,
+    GpuView,
+    JobView,
+    Policy,
+    SlicePrediction,
+)
+
+MAX_JOBS_PER_GPU = 7
+PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition list
+
+
+def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
+    out = []
+    for name in gpu.jobs:
+        job = view.jobs.get(name)
+        if job is not None and job.state in ("running", "profiling"):
+            out.append(job)
+    return sorted(out, key=lambda j: (j.arrival_s, j.name))
+
+
+def _full_layout(model: GpuModel) -> Layout:
+    full = model.full_profile
+    pl = full.placements[0]
+    return Layout((Slice(pl.start, pl.size, full.name, full.slices),))
+
+
+@lru_cache(maxsize=4096)
+def _fits_together(model: GpuModel, memories: tuple[float | None, ...]) -> bool:
+    """Whether jobs with these memory needs fit one instance each on one GPU (paper rule)."""
+    jobs = [
+        PlanJob(str(i), {c: 1.0 for c in range(1, model.compute_slices + 1)}, memory_mb=m)
+        for i, m in enumerate(memories)
+    ]
+    return plan_gpu(model, jobs, slices_equal_jobs=True, exclude=PAPER_EXCLUDED) is not None
+
+
+def _plan_job(job: JobView) -> PlanJob:
+    pred = job.prediction
+    assert pred is not None
+    return PlanJob(
+        job.name,
+        dict(pred.relative),
+        dict(pred.uncertainty),
+        memory_mb=job.memory_mb,
+        restart_cost_s=job.restart_cost_s,
+    )
+
+
+class Miso(Policy):
+    """The MISO paper's policy. See the module docstring."""
+
+    name = "miso"
+    knowledge = "profile"  # the simulator gives it predictions from MPS profiles
+
+    def __init__(self, profile_s: float = 30.0, max_jobs: int = MAX_JOBS_PER_GPU) -> None:
+        self.profile_s = profile_s
+        self.max_jobs = max_jobs
+
+    def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
+        if event.kind == "tick":
+            return []
+        targets: dict[int, GpuTarget] = {}
+        if event.kind == "profiled" and event.gpu is not None:
+            gpu = self._gpu(view, event.gpu)
+            if gpu is not None:
+                t = self._repartition(view, gpu, "profiled")
+                if t is not None:
+                    targets[gpu.index] = t
+        targets.update(self._place_queue(view, set(targets)))
+        if event.kind in ("finish", "failed") and event.gpu is not None and not view.queue():
+            gpu = self._gpu(view, event.gpu)
+            if gpu is not None and gpu.index not in targets and not gpu.busy:
+                t = self._repartition(view, gpu, f"{event.job} finished")
+                if t is not None:
+                    targets[gpu.index] = t
+        return [targets[k] for k in sorted(targets)]
+
+    @staticmethod
+    def _gpu(view: ClusterView, index: int) -> GpuView | None:
+        for g in view.gpus:
+            if g.index == index:
+                return g
+        return None
+
+    def _place_queue(self, view: ClusterView, skip: set[int]) -> dict[int, GpuTarget]:
+        out: dict[int, GpuTarget] = {}
+        load = {g.index: _alive(view, g) for g in view.gpus}
+        for job in view.queue():
+            room = [
+                g
+                for g in view.gpus
+                if g.index not in skip
+                and g.index not in out
+                and not g.busy
+                and not g.profiling
+                and len(load[g.index]) < self.max_jobs
+                and _fits_together(
+                    g.model, tuple(j.memory_mb for j in load[g.index]) + (job.memory_mb,)
+                )
+            ]
+            if not room:
+                break  # strict FIFO: nothing passes the head of the queue
+            gpu = min(room, key=lambda g: (len(load[g.index]), g.index))
+            out[gpu.index] = self._admit(view, gpu, load[gpu.index], job)
+        return out
+
+    def _admit(
+        self, view: ClusterView, gpu: GpuView, present: list[JobView], job: JobView
+    ) -> GpuTarget:
+        if not present:
+            full = _full_layout(gpu.model)
+            return GpuTarget(
+                gpu.index,
+                "mig",
+                layout=full,
+                assignment={job.name: full.slices[0]},
+                reason=f"{job.name} alone on GPU {gpu.index}: whole GPU (7g)",
+            )
+        names = [j.name for j in present] + [job.name]
+        return GpuTarget(
+            gpu.index,
+            "mps",
+            assignment={n: None for n in names},
+            mps_share={n: 100 for n in names},
+            profile_s=self.profile_s,
+            reason=f"{job.name} joins GPU {gpu.index} (fewest jobs): profile its "
+            f"{len(names)} jobs together under MPS",
+        )
+
+    def _repartition(self, view: ClusterView, gpu: GpuView, why: str) -> GpuTarget | None:
+        jobs = _alive(view, gpu)
+        if not jobs:
+            if gpu.mode == "mig" and gpu.layout == _full_layout(gpu.model):
+                return None
+            return GpuTarget(
+                gpu.index, "mig", layout=_full_layout(gpu.model), reason=f"{why}: GPU empty, 7g"
+            )
+        if any(j.prediction is None for j in jobs):
+            return None  # a job without a profile stays where it is until one exists
+        solved = plan_gpu(
+            gpu.model,
+            [_plan_job(j) for j in jobs],
+            objective="miso",
+            slices_equal_jobs=True,
+            exclude=PAPER_EXCLUDED,
+            current=gpu.layout if gpu.mode == "mig" else None,
+        )
+        if solved is None:
+            return None
+        layout, assignment = solved
+        if gpu.mode == "mig" and layout == gpu.layout and assignment == dict(gpu.jobs):
+            return None
+        return GpuTarget(
+            gpu.index,
+            "mig",
+            layout=layout,
+            assignment=dict(assignment),
+            reason=f"{why}: repartition GPU {gpu.index} to {layout.name} (mean slowdown)",
+        )
+
+
+class Oracle(Miso):
+    """``miso`` with every job's true speeds known: no profiling phase."""
+
+    name = "oracle"
+    knowledge = "oracle"
+
+    def _admit(
+        self, view: ClusterView, gpu: GpuView, present: list[JobView], job: JobView
+    ) -> GpuTarget:
+        if not present or job.prediction is None:
+            return super()._admit(view, gpu, present, job)
+        jobs = [_plan_job(j) for j in present + [job]]
+        solved = plan_gpu(
+            gpu.model,
+            jobs,
+            objective="miso",
+            slices_equal_jobs=True,
+            exclude=PAPER_EXCLUDED,
+            current=gpu.layout if gpu.mode == "mig" else None,
+        )
+        assert solved is not None  # _fits_together checked it
+        layout, assignment = solved
+        return GpuTarget(
+            gpu.index,
+            "mig",
+            layout=layout,
+            assignment=dict(assignment),
+            reason=f"{job.name} joins GPU {gpu.index} (fewest jobs): {layout.name}",
+        )
+
+
+def prior_prediction(
+    jobs: Iterable[JobView], classes: Sequence[int], floor_uncertainty: float = 0.15
+) -> SlicePrediction:
+    """The cluster's prior for a job not profiled yet: mean and spread of known predictions.
+
+    Before anything is known, each class is assumed to run at its share of the
+    GPU's compute (7/g for 7 slices), which is the pessimistic bound for
+    compute-bound jobs, with a wide uncertainty.
+    """
+    rel: dict[int, float] = {}
+    unc: dict[int, float] = {}
+    known = [j.prediction for j in jobs if j.prediction is not None and j.profiled]
+    full = max(classes)
+    for c in classes:
+        values = [p.relative[c] for p in known if c in p.relative]
+        if len(values) >= 3:
+            mean = sum(values) / len(values)
+            var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+            rel[c] = mean
+            unc[c] = max(var**0.5, floor_uncertainty * mean)
+        else:
+            rel[c] = full / c
+            unc[c] = 0.5 * (full / c - 1.0) + floor_uncertainty
+    return SlicePrediction(rel, unc, source="prior")
+
+
+class MisoPlus(Policy):
+    """Ours: cluster-wide, cost-aware, partial re-planning. See the module docstring."""
+
+    name = "miso+"
+    knowledge = "profile"
+
+    def __init__(
+        self,
+        profile_s: float = 30.0,
+        risk: float = 0.5,
+        objective: str = "jct",
+        default_remaining_s: float = 600.0,
+        profile: bool = True,
+    ) -> None:
+        self.profile_s = profile_s
+        self.risk = risk
+        self.objective = objective
+        self.default_remaining_s = default_remaining_s
+        self.profile = profile
+        self._last: tuple[object, ...] | None = None
+
+    # A fingerprint of the facts the plan depends on, so that ticks cost nothing.
+    def _signature(self, view: ClusterView) -> tuple[object, ...]:
+        gpus = tuple(
+            (
+                g.index,
+                g.mode,
+                g.layout,
+                tuple(sorted(g.jobs.items(), key=lambda kv: kv[0])),
+                g.busy,
+                g.profiling,
+            )
+            for g in view.gpus
+        )
+        jobs = tuple(
+            (j.name, j.state, j.profiled, j.prediction is not None)
+            for j in sorted(view.jobs.values(), key=lambda j: j.name)
+            if j.state in ("waiting", "running", "profiling")
+        )
+        return gpus, jobs
+
+    def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
+        sig = self._signature(view)
+        if event.kind == "tick" and sig == self._last:
+            return []
+        self._last = sig
+        targets: dict[int, GpuTarget] = {}
+        if self.profile:
+            targets.update(self._profile_idle(view))
+        targets.update(self._replan(view, skip=set(targets)))
+        return [targets[k] for k in sorted(targets)]
+
+    def _profile_idle(self, view: ClusterView) -> dict[int, GpuTarget]:
+        """Profile waiting newcomers together on GPUs that run nothing (no job disturbed)."""
+        fresh = [j for j in view.queue() if not j.profiled and j.prediction is None]
+        out: dict[int, GpuTarget] = {}
+        for gpu in view.gpus:
+            if not fresh:
+                break
+            if gpu.busy or gpu.profiling or _alive(view, gpu):
+                continue
+            group: list[JobView] = []
+            memory = 0.0
+            for job in list(fresh):
+                need = job.memory_mb or 0.0
+                if len(group) < MAX_JOBS_PER_GPU and memory + need <= gpu.model.memory_mb:
+                    group.append(job)
+                    memory += need
+                    fresh.remove(job)
+            if not group:
+                continue
+            out[gpu.index] = GpuTarget(
+                gpu.index,
+                "mps",
+                assignment={j.name: None for j in group},
+                mps_share={j.name: 100 for j in group},
+                profile_s=self.profile_s,
+                reason=f"GPU {gpu.index} idle: profile {', '.join(j.name for j in group)} "
+                "under MPS while they run",
+            )
+        return out
+
+    def _remaining_s(self, job: JobView) -> float:
+        steps = job.remaining_steps
+        if steps is not None and job.step_time_7g_s:
+            return steps * job.step_time_7g_s
+        return self.default_remaining_s
+
+    def _replan(self, view: ClusterView, skip: set[int]) -> dict[int, GpuTarget]:
+        gpus = [g for g in view.gpus if g.index not in skip and not g.busy and not g.profiling]
+        if not gpus:
+            return {}
+        indices = {g.index for g in gpus}
+        model_classes = sorted(
+            {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
+        )
+        prior = prior_prediction(view.jobs.values(), model_classes)
+        jobs: list[PlanJob] = []
+        running: list[JobView] = []
+        for g in gpus:
+            running.extend(_alive(view, g))
+        waiting = [
+            j
+            for j in view.queue()
+            if j.prediction is not None or not self.profile or not self._profilable(view)
+        ]
+        for job in running + waiting:
+            pred = job.prediction or prior
+            where = None
+            if job.gpu in indices and job.slice is not None:
+                where = job.slice
+            jobs.append(
+                PlanJob(
+                    job.name,
+                    dict(pred.relative),
+                    dict(pred.uncertainty),
+                    memory_mb=job.memory_mb,
+                    remaining_s=self._remaining_s(job),
+                    restart_cost_s=job.restart_cost_s if job.checkpointable else 1e9,
+                    gpu=job.gpu if where is not None else None,
+                    slice=where,
+                    required=job.state in ("running", "profiling"),
+                    waiting=job.state == "waiting",
+                )
+            )
+        if not jobs:
+            return self._tidy(view, gpus)
+        # Starting jobs on instances being created costs a little: prefer fewer changes.
+        result = plan(
+            [PlanGpu(g.index, g.model, g.layout if g.mode == "mig" else Layout(())) for g in gpus],
+            jobs,
+            objective=self.objective,
+            fifo=False,
+            risk=self.risk,
+            reconfig_cost=1.0 if self.objective == "jct" else 1e-3,
+        )
+        out: dict[int, GpuTarget] = {}
+        for gp in result.gpus:
+            gpu = next(g for g in gpus if g.index == gp.index)
+            current = {
+                j: s
+                for j, s in gpu.jobs.items()
+                if j in view.jobs and view.jobs[j].state != "waiting"
+            }
+            assignment: dict[str, Slice | None] = dict(gp.assignment)
+            if gpu.mode == "mig" and gp.layout == gpu.layout and assignment == current:
+                continue
+            if not gp.assignment and gpu.mode == "mig":
+                continue  # nothing to run here: leave the instances as they are
+            moved = [j for j in result.moved if j in gp.assignment]
+            started = [j for j in gp.assignment if j not in current and j not in moved]
+            parts = []
+            if gpu.mode != "mig" or gp.layout != gpu.layout:
+                parts.append(f"layout {gp.layout.name}")
+            if started:
+                parts.append("start " + ", ".join(started))
+            if moved:
+                parts.append("move " + ", ".join(moved) + " (gain > restart cost)")
+            out[gp.index] = GpuTarget(
+                gp.index,
+                "mig",
+                layout=gp.layout,
+                assignment=assignment,
+                reason="; ".join(parts) or "re-plan",
+            )
+        return out
+
+    def _profilable(self, view: ClusterView) -> bool:
+        """Whether some GPU could profile newcomers without disturbing a running job."""
+        return any(not g.busy and not g.profiling and not _alive(view, g) for g in view.gpus)
+
+    def _tidy(self, view: ClusterView, gpus: list[GpuView]) -> dict[int, GpuTarget]:
+        out: dict[int, GpuTarget] = {}
+        for g in gpus:
+            if g.mode == "mps" and not _alive(view, g):
+                out[g.index] = GpuTarget(
+                    g.index, "mig", layout=_full_layout(g.model), reason="idle after profiling"
+                )
+        return out
