@@ -142,7 +142,9 @@ def parse_plan(doc: Any, where: str = "plan") -> Handoff:
             raise BadInput(f"{at}.mode: expected 'mig', 'full' or 'mps', got {mode!r}")
         layout = None
         if mode == "mig":
-            layout = _parse_layout(g.get("layout", []), model, f"{at}.layout")
+            layout = _parse_layout(
+                g.get("layout", []), model, f"{at}.layout", strict_names=model_key is None
+            )
             if model is None and model_key is None:
                 model = _model_of([s.profile for s in layout.slices])
         gpus.append(GpuHandoff(index, mode, layout, model.key if model else model_key))
@@ -192,7 +194,7 @@ def parse_plan(doc: Any, where: str = "plan") -> Handoff:
     return Handoff(gpus, jobs, "plan")
 
 
-def _parse_layout(raw: Any, model: GpuModel | None, at: str) -> Layout:
+def _parse_layout(raw: Any, model: GpuModel | None, at: str, strict_names: bool = True) -> Layout:
     """A layout as ``Layout.to_json()``, its ``instances`` list, or ``["3g.20gb@0", ...]``."""
     if isinstance(raw, dict):
         raw = raw.get("instances")
@@ -223,6 +225,11 @@ def _parse_layout(raw: Any, model: GpuModel | None, at: str) -> Layout:
         name, _, start = token.partition("@")
         if not _PROFILE_RE.match(name):
             raise BadInput(f"{at}[{k}]: {name!r} is not a MIG profile name (like 3g.20gb)")
+        if strict_names and not any(name in {p.name for p in m.profiles} for m in MODELS.values()):
+            raise BadInput(
+                f"{at}[{k}]: {name!r} is not a MIG profile of any known GPU model",
+                hint="name the GPU model in the plan ('model': e.g. \"a100-40gb\")",
+            )
         g = int(name.split("g", 1)[0])
         slices.append(Slice(int(start) if start.isdigit() else k, 0, name, g))
     return Layout.of(slices)
