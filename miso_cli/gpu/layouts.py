@@ -198,7 +198,9 @@ def place(
             profile = model.profile(name)
         except KeyError:
             known = ", ".join(p.name for p in model.profiles)
-            raise LayoutError(f"{name!r} is not a MIG profile of {model.key} (known: {known})")
+            raise LayoutError(
+                f"{name!r} is not a MIG profile of {model.key} (known: {known})"
+            ) from None
         start: int | None = None
         if at:
             if not at.isdigit():

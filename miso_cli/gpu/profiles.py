@@ -114,58 +114,75 @@ def _pl(starts: tuple[int, ...], size: int) -> tuple[Placement, ...]:
     return tuple(Placement(s, size) for s in starts)
 
 
-def _seven_slice_model(
+# Per size class of a 7-compute-slice GPU: (key, index, id, slices, instances, placements,
+# variant). Ids and placements are the same on every such GPU (A100, H100, H200):
+# nvidia-smi mig -lgip / -lgipp list 1g=19, 1g+me=20, 1g double memory=15, 2g=14, 3g=9,
+# 4g=5, 7g=0 with placements {0..6}:1, {0,2,4,6}:2, {0,2,4}:2, {0,4}:4, {0}:4, {0}:8.
+_SEVEN = (
+    ("1g", IDX_1_SLICE, 19, 1, 7, _pl((0, 1, 2, 3, 4, 5, 6), 1), "standard"),
+    ("1g+me", IDX_1_SLICE_REV1, 20, 1, 1, _pl((0, 1, 2, 3, 4, 5, 6), 1), "me"),
+    ("1g2", IDX_1_SLICE_REV2, 15, 1, 4, _pl((0, 2, 4, 6), 2), "double_memory"),
+    ("2g", IDX_2_SLICE, 14, 2, 3, _pl((0, 2, 4), 2), "standard"),
+    ("3g", IDX_3_SLICE, 9, 3, 2, _pl((0, 4), 4), "standard"),
+    ("4g", IDX_4_SLICE, 5, 4, 1, _pl((0,), 4), "standard"),
+    ("7g", IDX_7_SLICE, 0, 7, 1, _pl((0,), 8), "standard"),
+)
+
+# A30 (4 compute slices x 4 memory slots), from nvidia-smi mig -lgip / -lgipp on an A30:
+# 1g.6gb=14 {0,1,2,3}:1, 1g.6gb+me=21 {0,1,2,3}:1, 2g.12gb=5 {0,2}:2, 2g.12gb+me=6
+# {0,2}:2, 4g.24gb=0 {0}:4.
+_FOUR = (
+    ("1g", IDX_1_SLICE, 14, 1, 4, _pl((0, 1, 2, 3), 1), "standard"),
+    ("1g+me", IDX_1_SLICE_REV1, 21, 1, 1, _pl((0, 1, 2, 3), 1), "me"),
+    ("2g", IDX_2_SLICE, 5, 2, 2, _pl((0, 2), 2), "standard"),
+    ("2g+me", IDX_2_SLICE_REV1, 6, 2, 1, _pl((0, 2), 2), "me"),
+    ("4g", IDX_4_SLICE, 0, 4, 1, _pl((0,), 4), "standard"),
+)
+
+# Engines per size class: (multiprocessors, copy engines, decoders, encoders, jpegs, ofas).
+_Engines = dict[str, tuple[int, int, int, int, int, int]]
+
+
+def _build(
     key: str,
     name: str,
     memory_mb: int,
-    sizes_mb: dict[str, int],
+    spec: tuple[tuple[str, int, int, int, int, tuple[Placement, ...], str], ...],
     names: dict[str, str],
-    sms: dict[str, int],
+    sizes_mb: dict[str, int],
+    engines: _Engines,
     total_sms: int,
     pci_device_id: int,
 ) -> GpuModel:
-    """A 7-compute-slice, 8-memory-slot GPU (A100, H100, H200, B200).
-
-    ``sizes_mb``/``names``/``sms`` are keyed by "1g", "1g+me", "1g2", "2g", "3g", "4g", "7g"
-    ("1g2" = the double-memory 1g).
-    """
-    # (key, index, slices, instances, placements, ce, dec, enc, jpg, ofa, variant)
-    spec = [
-        ("1g", IDX_1_SLICE, 1, 7, _pl((0, 1, 2, 3, 4, 5, 6), 1), 1, 0, 0, 0, 0, "standard"),
-        ("1g+me", IDX_1_SLICE_REV1, 1, 1, _pl((0, 1, 2, 3, 4, 5, 6), 1), 1, 1, 0, 1, 1, "me"),
-        ("1g2", IDX_1_SLICE_REV2, 1, 4, _pl((0, 2, 4, 6), 2), 1, 1, 0, 0, 0, "double_memory"),
-        ("2g", IDX_2_SLICE, 2, 3, _pl((0, 2, 4), 2), 2, 1, 0, 0, 0, "standard"),
-        ("3g", IDX_3_SLICE, 3, 2, _pl((0, 4), 4), 3, 2, 0, 0, 0, "standard"),
-        ("4g", IDX_4_SLICE, 4, 1, _pl((0,), 4), 4, 2, 0, 0, 0, "standard"),
-        ("7g", IDX_7_SLICE, 7, 1, _pl((0,), 8), 7, 5, 0, 1, 1, "standard"),
-    ]
-    ids = {"1g": 19, "1g+me": 20, "1g2": 15, "2g": 14, "3g": 9, "4g": 5, "7g": 0}
+    """A GPU model from its size-class table and the per-class figures ``nvidia-smi`` lists."""
     profiles = tuple(
         SliceProfile(
             name=names[k],
-            profile_id=ids[k],
+            profile_id=pid,
             index=idx,
             slices=slices,
             memory_mb=sizes_mb[k],
             instance_count=count,
-            multiprocessors=sms[k],
-            copy_engines=ce,
-            decoders=dec,
-            encoders=enc,
-            jpegs=jpg,
-            ofas=ofa,
+            multiprocessors=engines[k][0],
+            copy_engines=engines[k][1],
+            decoders=engines[k][2],
+            encoders=engines[k][3],
+            jpegs=engines[k][4],
+            ofas=engines[k][5],
             placements=pl,
             variant=variant,
         )
-        for (k, idx, slices, count, pl, ce, dec, enc, jpg, ofa, variant) in spec
+        for (k, idx, pid, slices, count, pl, variant) in spec
     )
+    compute = max(p.slices for p in profiles)
+    slots = max(pl.start + pl.size for p in profiles for pl in p.placements)
     return GpuModel(
         key=key,
         name=name,
         memory_mb=memory_mb,
-        compute_slices=7,
-        memory_slots=8,
-        max_mig_devices=7,
+        compute_slices=compute,
+        memory_slots=slots,
+        max_mig_devices=compute,
         multiprocessors=total_sms,
         pci_device_id=pci_device_id,
         profiles=profiles,
@@ -176,21 +193,116 @@ def _names(g1: str, g1d: str, g2: str, g3: str, g4: str, g7: str) -> dict[str, s
     return {"1g": g1, "1g+me": g1 + "+me", "1g2": g1d, "2g": g2, "3g": g3, "4g": g4, "7g": g7}
 
 
-_A100_SMS = {"1g": 14, "1g+me": 14, "1g2": 14, "2g": 28, "3g": 42, "4g": 56, "7g": 98}
-_H100_SMS = {"1g": 16, "1g+me": 16, "1g2": 26, "2g": 32, "3g": 60, "4g": 64, "7g": 132}
+def _sizes(g1: int, g1d: int, g3: int, g7: int) -> dict[str, int]:
+    # 1g+me has the 1g's memory, 2g the double-memory 1g's, 4g the 3g's.
+    return {"1g": g1, "1g+me": g1, "1g2": g1d, "2g": g1d, "3g": g3, "4g": g3, "7g": g7}
 
-A100_40GB = _seven_slice_model(
+
+# (SM, CE, DEC, ENC, JPEG, OFA) per size class, as nvidia-smi mig -lgip prints them.
+_A100_ENGINES: _Engines = {
+    "1g": (14, 1, 0, 0, 0, 0),
+    "1g+me": (14, 1, 1, 0, 1, 1),
+    "1g2": (14, 1, 1, 0, 0, 0),
+    "2g": (28, 2, 1, 0, 0, 0),
+    "3g": (42, 3, 2, 0, 0, 0),
+    "4g": (56, 4, 2, 0, 0, 0),
+    "7g": (98, 7, 5, 0, 1, 1),
+}
+_HOPPER_ENGINES: _Engines = {
+    "1g": (16, 1, 1, 0, 1, 0),
+    "1g+me": (16, 1, 1, 0, 1, 1),
+    "1g2": (26, 1, 1, 0, 1, 0),
+    "2g": (32, 2, 2, 0, 2, 0),
+    "3g": (60, 3, 3, 0, 3, 0),
+    "4g": (64, 4, 4, 0, 4, 0),
+    "7g": (132, 8, 7, 0, 7, 1),
+}
+_A30_ENGINES: _Engines = {
+    "1g": (14, 1, 1, 0, 0, 0),
+    "1g+me": (14, 1, 1, 0, 1, 1),
+    "2g": (28, 2, 2, 0, 0, 0),
+    "2g+me": (28, 2, 2, 0, 1, 1),
+    "4g": (56, 4, 4, 0, 1, 1),
+}
+
+# Memory sizes are NVML memorySizeMB (MiB); nvidia-smi prints them in GiB with two
+# decimals (4864 MiB = 4.75 GiB). They differ slightly between driver releases (an
+# A100-40GB 2g.10gb is 9.75 GiB on R470, 9.62 GiB on R535+); these are recent drivers'.
+A100_40GB = _build(
     "a100-40gb",
     "NVIDIA A100-SXM4-40GB",
     40960,
-    {"1g": 4864, "1g+me": 4864, "1g2": 9856, "2g": 9856, "3g": 19968, "4g": 19968, "7g": 40192},
+    _SEVEN,
     _names("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
-    _A100_SMS,
+    _sizes(4864, 9856, 19968, 40192),
+    _A100_ENGINES,
     108,
     0x20B010DE,
 )
 
-MODELS: dict[str, GpuModel] = {m.key: m for m in (A100_40GB,)}
+A100_80GB = _build(
+    "a100-80gb",
+    "NVIDIA A100-SXM4-80GB",
+    81920,
+    _SEVEN,
+    _names("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    _sizes(9728, 19968, 40192, 80640),
+    _A100_ENGINES,
+    108,
+    0x20B210DE,
+)
+
+A30_24GB = _build(
+    "a30-24gb",
+    "NVIDIA A30",
+    24576,
+    _FOUR,
+    {"1g": "1g.6gb", "1g+me": "1g.6gb+me", "2g": "2g.12gb", "2g+me": "2g.12gb+me", "4g": "4g.24gb"},
+    {"1g": 5952, "1g+me": 5952, "2g": 11968, "2g+me": 11968, "4g": 24000},
+    _A30_ENGINES,
+    56,
+    0x20B710DE,
+)
+
+H100_80GB = _build(
+    "h100-80gb",
+    "NVIDIA H100 80GB HBM3",
+    81559,
+    _SEVEN,
+    _names("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    _sizes(9984, 20096, 40448, 81152),
+    _HOPPER_ENGINES,
+    132,
+    0x233010DE,
+)
+
+H100_94GB = _build(
+    "h100-94gb",
+    "NVIDIA H100 NVL",
+    95830,
+    _SEVEN,
+    _names("1g.12gb", "1g.24gb", "2g.24gb", "3g.47gb", "4g.47gb", "7g.94gb"),
+    _sizes(11008, 22144, 47488, 95360),
+    _HOPPER_ENGINES,
+    132,
+    0x232110DE,
+)
+
+H200_141GB = _build(
+    "h200-141gb",
+    "NVIDIA H200",
+    143771,
+    _SEVEN,
+    _names("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+    _sizes(16384, 33024, 71168, 143360),
+    _HOPPER_ENGINES,
+    132,
+    0x233510DE,
+)
+
+MODELS: dict[str, GpuModel] = {
+    m.key: m for m in (A100_40GB, A100_80GB, A30_24GB, H100_80GB, H100_94GB, H200_141GB)
+}
 
 
 def model(key: str) -> GpuModel:
@@ -199,3 +311,19 @@ def model(key: str) -> GpuModel:
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise KeyError(f"unknown GPU model {key!r} (known: {known})") from None
+
+
+def model_key_for(name: str, profiles: tuple[SliceProfile, ...] = ()) -> str | None:
+    """The key of a known model from NVML's device name (and profiles, to break ties).
+
+    Returns ``None`` for a GPU miso has no table for; such a GPU still works, from
+    the profiles its driver reports.
+    """
+    lowered = name.lower()
+    names = {p.name for p in profiles}
+    candidates = [m for m in MODELS.values() if m.name.lower() == lowered]
+    if not candidates:
+        for m in MODELS.values():
+            if names and names == {p.name for p in m.profiles}:
+                candidates.append(m)
+    return candidates[0].key if len(candidates) == 1 else None

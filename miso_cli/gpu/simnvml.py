@@ -1,0 +1,1102 @@
+"""A simulated NVML: the pynvml functions miso calls, backed by a state file.
+
+``SimNvml(pynvml)`` offers the same function names and arguments as the
+``pynvml`` module and answers with pynvml's own ctypes structs, constants and
+``NVMLError_*`` exceptions, so :mod:`miso_cli.gpu.nvml` runs the same code
+against it as against the driver. This module never imports pynvml: it receives
+the module.
+
+It is strict where mocks usually are lenient, because code that passes here
+should pass on a driver:
+
+* profile *index* -> profile *id* (the tables of :mod:`miso_cli.gpu.profiles`);
+* placements through the count-then-fill calling convention; creating on an
+  occupied slot is ``INSUFFICIENT_RESOURCES``, on a placement the profile does
+  not allow ``INVALID_ARGUMENT``; instance-count and compute-slice limits hold;
+* MIG mode has a current and a pending value; ``nvmlDeviceSetMigMode`` returns
+  the activation status (``IN_USE`` while processes run: the change stays
+  pending until :meth:`SimNvml.reset_gpu`);
+* instance calls with MIG off are ``NOT_SUPPORTED``; privileged calls from an
+  unprivileged caller are ``NO_PERMISSION``;
+* destroying a GPU instance that still has compute instances, or a compute
+  instance that has processes, is ``IN_USE``;
+* one MIG device per compute instance, with a ``MIG-<uuid>`` derived from the
+  GPU's UUID, the instance ids and a creation counter, so a re-created instance
+  gets a new UUID as on the driver;
+* a GPU can be marked lost (every call on it is ``GPU_IS_LOST``), and the Nth
+  call of any function can be made to fail with any NVML error.
+
+Handles are genuine pynvml pointer types (``c_nvmlDevice_t``, ...) whose address
+encodes what they designate; they are never dereferenced. A handle to a
+destroyed instance is refused with ``INVALID_ARGUMENT``.
+
+State lives in one JSON file (``version``, ``gpus``, ``processes``,
+``privileged``, ``faults``, ``extensions``), rewritten atomically under an
+``fcntl.flock`` on a sibling ``.lock`` file, so two ``miso`` invocations and the
+jobs they launch see one GPU. Tests may keep the state in memory instead: the
+same code paths run, without the file I/O.
+
+Fault injection, three ways (the call counts are per process):
+
+* ``sim.inject_fault("nvmlDeviceCreateGpuInstanceWithPlacement", 2, "INSUFFICIENT_RESOURCES")``;
+* ``MISO_SIM_FAULTS="fn:N:ERROR_NAME,..."`` (``N`` may be ``*`` for every call);
+* ``faults`` in the state file: ``[{"fn": ..., "n": ..., "error": ...}]``.
+
+``MISO_SIM_PRIVILEGED=0`` (or ``1``) overrides the state file's ``privileged``
+flag, which defaults to true so a newcomer can apply layouts on the simulated GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import re
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from miso_cli.gpu.profiles import GpuModel, SliceProfile, model
+
+STATE_VERSION = 1
+SIM_DRIVER_VERSION = "550.54.15-sim"
+SIM_NVML_VERSION = "12.550.54.15-sim"
+_NAMESPACE = uuidlib.UUID("4d49534f-7369-6d75-6c61-746564475055")
+_SPEC_RE = re.compile(r"^sim:(?P<model>[a-z0-9-]+?)(?:x(?P<count>\d+))?$")
+_NOT_AVAILABLE_UINT = 0xFFFFFFFF
+
+# Handle address layout: kind (4 bits) | gpu (8) | gpu instance (8) | ci (8) | serial (32).
+_KIND_GPU, _KIND_MIG, _KIND_GI, _KIND_CI = 1, 2, 3, 4
+
+# Compute-instance profiles a GPU instance of N compute slices offers (nvidia-smi mig -lcip).
+_CI_SLICES = {1: (1,), 2: (1, 2), 3: (1, 2, 3), 4: (1, 2, 4), 7: (1, 2, 3, 4, 7)}
+# NVML_COMPUTE_INSTANCE_PROFILE_* index (= the CI profile id the driver reports) per size.
+_CI_INDEX = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class SimSpecError(ValueError):
+    """A ``sim:...`` GPU spec that names no known model."""
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """``"sim:h100-80gbx8"`` -> ``("h100-80gb", 8)``; ``"sim:a100-40gb"`` -> 1 GPU."""
+    m = _SPEC_RE.match(spec.strip().lower())
+    if not m:
+        raise SimSpecError(f"bad simulated GPU spec {spec!r}: expected sim:MODEL or sim:MODELxN")
+    key = m.group("model")
+    count = int(m.group("count") or 1)
+    try:
+        model(key)
+    except KeyError as exc:
+        raise SimSpecError(str(exc.args[0])) from None
+    if not 1 <= count <= 64:
+        raise SimSpecError(f"bad GPU count in {spec!r}: 1 to 64")
+    return key, count
+
+
+def state_path_for(state_dir: Path, spec: str) -> Path:
+    """Where the simulated GPUs of ``spec`` keep their state under ``state_dir``."""
+    key, count = parse_spec(spec)
+    name = key if count == 1 else f"{key}x{count}"
+    return Path(state_dir) / "sim" / f"{name}.json"
+
+
+def new_state(model_key: str, count: int = 1) -> dict[str, Any]:
+    """A fresh state: ``count`` GPUs of ``model_key``, MIG off, no instances, privileged."""
+    gpus = []
+    for i in range(count):
+        gpu_uuid = "GPU-" + str(uuidlib.uuid5(_NAMESPACE, f"miso-sim/{model_key}/{count}/{i}"))
+        gpus.append(
+            {
+                "index": i,
+                "model": model_key,
+                "uuid": gpu_uuid,
+                "mig_current": False,
+                "mig_pending": False,
+                "lost": False,
+                "reset_required_for_mode": False,
+                "serial": 0,
+                "instances": [],
+            }
+        )
+    return {
+        "version": STATE_VERSION,
+        "gpus": gpus,
+        "processes": [],
+        "privileged": True,
+        "faults": [],
+        "extensions": {},
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _drop_dead(state: dict[str, Any]) -> bool:
+    procs = state.get("processes", [])
+    alive = [p for p in procs if _pid_alive(int(p["pid"]))]
+    if len(alive) != len(procs):
+        state["processes"] = alive
+        return True
+    return False
+
+
+class _Store:
+    """The state, in a file (locked, atomic) or in memory."""
+
+    def __init__(self, path: Path | None, initial: dict[str, Any] | None) -> None:
+        self.path = Path(path) if path else None
+        self._cache: dict[str, Any] | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        if self.path is None:
+            self._cache = initial if initial is not None else new_state("a100-40gb")
+        elif initial is not None and not self.path.exists():
+            self._write(initial)
+
+    # -- file helpers -------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read_file(self) -> dict[str, Any]:
+        assert self.path is not None
+        stamp = self._stat()
+        if stamp is not None and stamp == self._stamp and self._cache is not None:
+            return self._cache
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                state = json.load(fh)
+        except FileNotFoundError:
+            raise SimStateError(f"{self.path}: the simulated GPU state file is missing") from None
+        except json.JSONDecodeError as exc:
+            raise SimStateError(
+                f"{self.path}: line {exc.lineno}: not valid JSON ({exc.msg})"
+            ) from None
+        _check_state(state, self.path)
+        self._cache, self._stamp = state, stamp
+        return state
+
+    def _write(self, state: dict[str, Any]) -> None:
+        from miso_cli.state import atomic_write_json
+
+        assert self.path is not None
+        atomic_write_json(self.path, state)
+        self._cache, self._stamp = state, self._stat()
+
+    # -- API ----------------------------------------------------------------
+    def read(self) -> dict[str, Any]:
+        if self.path is None:
+            assert self._cache is not None
+            _drop_dead(self._cache)
+            return self._cache
+        state = self._read_file()
+        if any(not _pid_alive(int(p["pid"])) for p in state.get("processes", [])):
+            with self.mutate() as st:
+                state = st
+        return state
+
+    @contextlib.contextmanager
+    def mutate(self) -> Iterator[dict[str, Any]]:
+        if self.path is None:
+            assert self._cache is not None
+            yield self._cache
+            return
+        with self._locked():
+            self._stamp = None  # another process may have written: re-read under the lock
+            state = self._read_file()
+            _drop_dead(state)
+            yield state
+            self._write(state)
+
+
+class SimStateError(ValueError):
+    """The simulated GPU's state file is missing or malformed."""
+
+
+def _check_state(state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise SimStateError(
+            f"{path}: not a miso simulated-GPU state (expected version {STATE_VERSION})"
+        )
+    for key in ("gpus", "processes", "faults"):
+        if not isinstance(state.get(key), list):
+            raise SimStateError(f"{path}: key {key!r} must be a list")
+    state.setdefault("extensions", {})
+    state.setdefault("privileged", True)
+
+
+def parse_faults(text: str) -> list[dict[str, Any]]:
+    """``"fn:N:ERROR,..."`` -> fault dicts; ``N`` is a 1-based call number or ``*``."""
+    faults = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        if len(parts) != 3 or not parts[0].startswith("nvml"):
+            raise ValueError(f"bad fault {item!r}: expected nvmlFunction:N:ERROR_NAME")
+        fn, n, err = parts
+        if n != "*" and not (n.isdigit() and int(n) >= 1):
+            raise ValueError(f"bad fault {item!r}: N must be a call number >= 1 or *")
+        faults.append({"fn": fn, "n": n if n == "*" else int(n), "error": err.upper()})
+    return faults
+
+
+def _api(fn: F) -> F:
+    """Count the call, apply injected faults, then run the simulated function."""
+    name = fn.__name__
+
+    @wraps(fn)
+    def wrapper(self: SimNvml, *args: Any, **kwargs: Any) -> Any:
+        self._before(name)
+        return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class SimNvml:
+    """The simulated NVML library; pass it where the ``pynvml`` module would go."""
+
+    def __init__(
+        self,
+        nvml: Any,
+        *,
+        state_path: Path | None = None,
+        state: dict[str, Any] | None = None,
+        faults: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self._n = nvml
+        self._store = _Store(state_path, state)
+        self._faults: list[dict[str, Any]] = list(faults or [])
+        env = os.environ.get("MISO_SIM_FAULTS")
+        if env:
+            self._faults.extend(parse_faults(env))
+        self.calls: dict[str, int] = {}
+        self._initialized = 0
+
+    # ---------------------------------------------------------------- control
+    @property
+    def state_path(self) -> Path | None:
+        return self._store.path
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of the current state (for tests and ``status``)."""
+        return json.loads(json.dumps(self._store.read()))
+
+    def inject_fault(self, fn: str, n: int | str, error: str) -> None:
+        """Make the ``n``-th call of ``fn`` by this object (or every call: ``"*"``) fail."""
+        self._faults.append({"fn": fn, "n": n, "error": error.upper()})
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+        with self._store.mutate() as st:
+            st["faults"] = []
+
+    def reset_counts(self) -> None:
+        self.calls.clear()
+
+    def set_privileged(self, privileged: bool) -> None:
+        with self._store.mutate() as st:
+            st["privileged"] = bool(privileged)
+
+    def set_lost(self, index: int, lost: bool = True) -> None:
+        with self._store.mutate() as st:
+            st["gpus"][index]["lost"] = bool(lost)
+
+    def set_mode_change_needs_reset(self, index: int, needed: bool = True) -> None:
+        """Make MIG mode changes on this GPU wait for a reset (as in many VMs)."""
+        with self._store.mutate() as st:
+            st["gpus"][index]["reset_required_for_mode"] = bool(needed)
+
+    def reset_gpu(self, index: int) -> None:
+        """A GPU reset (or reboot): the pending MIG mode takes effect, instances vanish."""
+        with self._store.mutate() as st:
+            gpu = st["gpus"][index]
+            gpu["mig_current"] = gpu["mig_pending"]
+            gpu["instances"] = []
+            uuids = {gpu["uuid"]}
+            st["processes"] = [p for p in st["processes"] if p["uuid"] not in uuids]
+
+    def attach(self, uuid: str, pid: int, used_memory_mb: int | None = None) -> None:
+        """A process opened a CUDA context on a GPU or MIG device (see :func:`attach_process`)."""
+        with self._store.mutate() as st:
+            _attach(st, uuid, pid, used_memory_mb, self._store.path)
+
+    def detach(self, pid: int) -> None:
+        with self._store.mutate() as st:
+            st["processes"] = [p for p in st["processes"] if int(p["pid"]) != pid]
+
+    # -------------------------------------------------------------- internals
+    def _err(self, name: str) -> Exception:
+        code = getattr(self._n, f"NVML_ERROR_{name}")
+        return self._n.NVMLError(code)
+
+    def _before(self, name: str) -> None:
+        count = self.calls.get(name, 0) + 1
+        self.calls[name] = count
+        for fault in self._faults + list(self._store.read().get("faults", [])):
+            if fault.get("fn") == name and (fault.get("n") == "*" or fault.get("n") == count):
+                raise self._err(str(fault["error"]).upper())
+        if name not in ("nvmlInit", "nvmlInitWithFlags") and not self._initialized:
+            raise self._err("UNINITIALIZED")
+
+    def _privileged(self, state: dict[str, Any]) -> bool:
+        env = os.environ.get("MISO_SIM_PRIVILEGED")
+        if env is not None and env.strip() != "":
+            return env.strip().lower() not in ("0", "false", "no", "off")
+        return bool(state.get("privileged", True))
+
+    def _need_priv(self, state: dict[str, Any]) -> None:
+        if not self._privileged(state):
+            raise self._err("NO_PERMISSION")
+
+    # handles
+    def _handle(self, ctype: Any, kind: int, gpu: int, gi: int = 0, ci: int = 0, serial: int = 0):
+        addr = (kind << 56) | (gpu << 48) | (gi << 40) | (ci << 32) | (serial & 0xFFFFFFFF)
+        return ctypes.cast(ctypes.c_void_p(addr), ctype)
+
+    def _decode(self, handle: Any) -> tuple[int, int, int, int, int]:
+        try:
+            addr = ctypes.cast(handle, ctypes.c_void_p).value or 0
+        except (TypeError, ctypes.ArgumentError):
+            raise self._err("INVALID_ARGUMENT") from None
+        return (
+            (addr >> 56) & 0xF,
+            (addr >> 48) & 0xFF,
+            (addr >> 40) & 0xFF,
+            (addr >> 32) & 0xFF,
+            (addr & 0xFFFFFFFF),
+        )
+
+    def _gpu_of(self, state: dict[str, Any], handle: Any, *, allow_mig: bool = False):
+        kind, g, gi, ci, serial = self._decode(handle)
+        if kind not in (_KIND_GPU, _KIND_MIG) or (kind == _KIND_MIG and not allow_mig):
+            raise self._err("INVALID_ARGUMENT")
+        if g >= len(state["gpus"]):
+            raise self._err("INVALID_ARGUMENT")
+        gpu = state["gpus"][g]
+        if gpu.get("lost"):
+            raise self._err("GPU_IS_LOST")
+        if kind == _KIND_MIG:
+            inst = self._find_gi(gpu, gi)
+            cis = (
+                [c for c in inst["cis"] if c["id"] == ci and c["serial"] == serial] if inst else []
+            )
+            if not cis:
+                raise self._err("INVALID_ARGUMENT")
+            return gpu, inst, cis[0]
+        return gpu, None, None
+
+    @staticmethod
+    def _find_gi(gpu: dict[str, Any], gi_id: int) -> dict[str, Any] | None:
+        for inst in gpu["instances"]:
+            if inst["id"] == gi_id:
+                return inst
+        return None
+
+    def _gi_of(self, state: dict[str, Any], handle: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        kind, g, gi, _ci, serial = self._decode(handle)
+        if kind != _KIND_GI or g >= len(state["gpus"]):
+            raise self._err("INVALID_ARGUMENT")
+        gpu = state["gpus"][g]
+        if gpu.get("lost"):
+            raise self._err("GPU_IS_LOST")
+        inst = self._find_gi(gpu, gi)
+        if inst is None or inst["serial"] != serial:
+            raise self._err("INVALID_ARGUMENT")
+        return gpu, inst
+
+    def _ci_of(self, state: dict[str, Any], handle: Any):
+        kind, g, gi, ci, serial = self._decode(handle)
+        if kind != _KIND_CI or g >= len(state["gpus"]):
+            raise self._err("INVALID_ARGUMENT")
+        gpu = state["gpus"][g]
+        if gpu.get("lost"):
+            raise self._err("GPU_IS_LOST")
+        inst = self._find_gi(gpu, gi)
+        cis = [c for c in inst["cis"] if c["id"] == ci and c["serial"] == serial] if inst else []
+        if not cis:
+            raise self._err("INVALID_ARGUMENT")
+        return gpu, inst, cis[0]
+
+    @staticmethod
+    def _model(gpu: dict[str, Any]) -> GpuModel:
+        return model(gpu["model"])
+
+    def _profile_by_id(self, gpu: dict[str, Any], profile_id: int) -> SliceProfile:
+        for p in self._model(gpu).profiles:
+            if p.profile_id == profile_id:
+                return p
+        raise self._err("INVALID_ARGUMENT")
+
+    def _need_mig(self, gpu: dict[str, Any]) -> None:
+        if not gpu["mig_current"]:
+            raise self._err("NOT_SUPPORTED")
+
+    @staticmethod
+    def _deref(ref: Any) -> Any:
+        """The object behind ``byref(x)`` or ``pointer(x)``."""
+        if ref is None:
+            return None
+        if hasattr(ref, "_obj"):
+            return ref._obj
+        if hasattr(ref, "contents"):
+            return ref.contents
+        return ref
+
+    def _mig_devices(self, gpu: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        out = []
+        for inst in sorted(gpu["instances"], key=lambda x: x["id"]):
+            for ci in sorted(inst["cis"], key=lambda c: c["id"]):
+                out.append((inst, ci))
+        return out
+
+    def _procs_on(self, state: dict[str, Any], uuids: set[str]) -> list[dict[str, Any]]:
+        return [p for p in state["processes"] if p["uuid"] in uuids]
+
+    # ------------------------------------------------------------ system calls
+    @_api
+    def nvmlInit(self) -> None:
+        self._store.read()
+        self._initialized += 1
+
+    @_api
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        self._store.read()
+        self._initialized += 1
+
+    @_api
+    def nvmlShutdown(self) -> None:
+        self._initialized = max(0, self._initialized - 1)
+
+    @_api
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return SIM_DRIVER_VERSION
+
+    @_api
+    def nvmlSystemGetNVMLVersion(self) -> str:
+        return SIM_NVML_VERSION
+
+    @_api
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self._store.read()["gpus"])
+
+    @_api
+    def nvmlDeviceGetHandleByIndex(self, index: int):
+        state = self._store.read()
+        if not 0 <= index < len(state["gpus"]):
+            raise self._err("INVALID_ARGUMENT")
+        if state["gpus"][index].get("lost"):
+            raise self._err("GPU_IS_LOST")
+        return self._handle(self._n.c_nvmlDevice_t, _KIND_GPU, index)
+
+    @_api
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes):
+        if isinstance(uuid, bytes):
+            uuid = uuid.decode()
+        state = self._store.read()
+        for gpu in state["gpus"]:
+            if gpu["uuid"] == uuid:
+                if gpu.get("lost"):
+                    raise self._err("GPU_IS_LOST")
+                return self._handle(self._n.c_nvmlDevice_t, _KIND_GPU, gpu["index"])
+            for inst in gpu["instances"]:
+                for ci in inst["cis"]:
+                    if ci["uuid"] == uuid:
+                        return self._handle(
+                            self._n.c_nvmlDevice_t,
+                            _KIND_MIG,
+                            gpu["index"],
+                            inst["id"],
+                            ci["id"],
+                            ci["serial"],
+                        )
+        raise self._err("NOT_FOUND")
+
+    # ------------------------------------------------------------ device info
+    @_api
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        gpu, inst, _ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        name = self._model(gpu).name
+        if inst is not None:
+            name += " MIG " + self._profile_by_id(gpu, inst["profile_id"]).name
+        return name
+
+    @_api
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        gpu, _inst, ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        return ci["uuid"] if ci is not None else gpu["uuid"]
+
+    @_api
+    def nvmlDeviceGetIndex(self, handle: Any) -> int:
+        gpu, _inst, _ci = self._gpu_of(self._store.read(), handle)
+        return int(gpu["index"])
+
+    @_api
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None):
+        state = self._store.read()
+        gpu, inst, ci = self._gpu_of(state, handle, allow_mig=True)
+        if inst is not None:
+            total_mb = self._profile_by_id(gpu, inst["profile_id"]).memory_mb
+            uuids = {c["uuid"] for c in inst["cis"]}
+        else:
+            total_mb = self._model(gpu).memory_mb
+            uuids = {gpu["uuid"]} | {c["uuid"] for i in gpu["instances"] for c in i["cis"]}
+        used_mb = sum(int(p.get("used_memory_mb") or 0) for p in self._procs_on(state, uuids))
+        mem = self._n.c_nvmlMemory_t()
+        mem.total = total_mb * 1024 * 1024
+        mem.used = min(used_mb, total_mb) * 1024 * 1024
+        mem.free = mem.total - mem.used
+        return mem
+
+    # --------------------------------------------------------------- MIG mode
+    @_api
+    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
+        gpu, _i, _c = self._gpu_of(self._store.read(), handle)
+        return [int(bool(gpu["mig_current"])), int(bool(gpu["mig_pending"]))]
+
+    @_api
+    def nvmlDeviceSetMigMode(self, handle: Any, mode: int) -> int:
+        with self._store.mutate() as state:
+            gpu, _i, _c = self._gpu_of(state, handle)
+            self._need_priv(state)
+            if mode not in (0, 1):
+                raise self._err("INVALID_ARGUMENT")
+            want = bool(mode)
+            gpu["mig_pending"] = want
+            if gpu["mig_current"] == want:
+                return int(self._n.NVML_SUCCESS)
+            mig_uuids = {c["uuid"] for i in gpu["instances"] for c in i["cis"]}
+            busy = self._procs_on(state, {gpu["uuid"]} | mig_uuids) or gpu["instances"]
+            if busy:
+                return int(self._n.NVML_ERROR_IN_USE)
+            if gpu.get("reset_required_for_mode"):
+                return int(self._n.NVML_ERROR_RESET_REQUIRED)
+            gpu["mig_current"] = want
+            return int(self._n.NVML_SUCCESS)
+
+    # ---------------------------------------------------------------- profiles
+    @_api
+    def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Any, profile: int, version: int = 2):
+        gpu, _i, _c = self._gpu_of(self._store.read(), handle)
+        if not 0 <= profile < int(self._n.NVML_GPU_INSTANCE_PROFILE_COUNT):
+            raise self._err("INVALID_ARGUMENT")
+        found = [p for p in self._model(gpu).profiles if p.index == profile]
+        if not found:
+            raise self._err("NOT_SUPPORTED")
+        p = found[0]
+        if version == 1:
+            info = self._n.c_nvmlGpuInstanceProfileInfo_t()
+        else:
+            info = self._n.c_nvmlGpuInstanceProfileInfo_v2_t()
+            info.name = f"MIG {p.name}".encode()
+        info.id = p.profile_id
+        info.isP2pSupported = 0
+        info.sliceCount = p.slices
+        info.instanceCount = p.instance_count
+        info.multiprocessorCount = p.multiprocessors
+        info.copyEngineCount = p.copy_engines
+        info.decoderCount = p.decoders
+        info.encoderCount = p.encoders
+        info.jpegCount = p.jpegs
+        info.ofaCount = p.ofas
+        info.memorySizeMB = p.memory_mb
+        return info
+
+    nvmlDeviceGetGpuInstanceProfileInfoV = nvmlDeviceGetGpuInstanceProfileInfo
+
+    @_api
+    def nvmlDeviceGetGpuInstancePossiblePlacements(
+        self, handle: Any, profileId: int, placementsRef: Any, countRef: Any
+    ) -> int:
+        state = self._store.read()
+        gpu, _i, _c = self._gpu_of(state, handle)
+        self._need_priv(state)
+        self._need_mig(gpu)
+        p = self._profile_by_id(gpu, int(profileId))
+        count = self._deref(countRef)
+        if placementsRef is None:
+            count.value = len(p.placements)
+            return int(self._n.NVML_SUCCESS)
+        if count.value < len(p.placements):
+            count.value = len(p.placements)
+            raise self._err("INSUFFICIENT_SIZE")
+        arr = self._deref(placementsRef)
+        for k, pl in enumerate(p.placements):
+            arr[k].start = pl.start
+            arr[k].size = pl.size
+        count.value = len(p.placements)
+        return int(self._n.NVML_SUCCESS)
+
+    @_api
+    def nvmlDeviceGetGpuInstanceRemainingCapacity(self, handle: Any, profileId: int) -> int:
+        state = self._store.read()
+        gpu, _i, _c = self._gpu_of(state, handle)
+        self._need_priv(state)
+        self._need_mig(gpu)
+        p = self._profile_by_id(gpu, int(profileId))
+        return sum(1 for pl in p.placements if self._fits(gpu, p, pl.start, pl.size) is None)
+
+    # --------------------------------------------------------- GPU instances
+    def _fits(self, gpu: dict[str, Any], p: SliceProfile, start: int, size: int) -> str | None:
+        """Why ``p`` at ``start:size`` cannot be created now (an NVML error name), or None."""
+        if (start, size) not in {(pl.start, pl.size) for pl in p.placements}:
+            return "INVALID_ARGUMENT"
+        m = self._model(gpu)
+        used: set[int] = set()
+        compute = 0
+        same = 0
+        for inst in gpu["instances"]:
+            used.update(range(inst["start"], inst["start"] + inst["size"]))
+            other = self._profile_by_id(gpu, inst["profile_id"])
+            compute += other.slices
+            if other.profile_id == p.profile_id:
+                same += 1
+        if used.intersection(range(start, start + size)):
+            return "INSUFFICIENT_RESOURCES"
+        if compute + p.slices > m.compute_slices or same >= p.instance_count:
+            return "INSUFFICIENT_RESOURCES"
+        return None
+
+    @staticmethod
+    def _gi_id(gpu: dict[str, Any], slots: int, start: int, size: int) -> int:
+        # The driver numbers GPU instances by position in a binary tree of memory
+        # slots (0 = whole GPU, 1-2 = halves, 3-6 = quarters, 7-14 = eighths), as
+        # seen in nvidia-smi mig -lgi; ids are not guaranteed, so miso always reads them.
+        taken = {i["id"] for i in gpu["instances"]}
+        tree = (slots // size - 1) + start // size if size and slots % size == 0 else -1
+        if tree >= 0 and tree not in taken:
+            return tree
+        k = 1
+        while k in taken:
+            k += 1
+        return k
+
+    def _create_gi(self, handle: Any, profile_id: int, start: int | None, size: int | None):
+        with self._store.mutate() as state:
+            gpu, _i, _c = self._gpu_of(state, handle)
+            self._need_priv(state)
+            self._need_mig(gpu)
+            p = self._profile_by_id(gpu, int(profile_id))
+            if start is None or size is None:
+                # Without a placement the driver picks one; miso never relies on its choice.
+                free = [pl for pl in p.placements if self._fits(gpu, p, pl.start, pl.size) is None]
+                if not free:
+                    raise self._err("INSUFFICIENT_RESOURCES")
+                start, size = free[-1].start, free[-1].size
+            why = self._fits(gpu, p, start, size)
+            if why:
+                raise self._err(why)
+            gpu["serial"] = int(gpu.get("serial", 0)) + 1
+            gi_id = self._gi_id(gpu, self._model(gpu).memory_slots, start, size)
+            inst = {
+                "id": gi_id,
+                "profile_id": p.profile_id,
+                "start": start,
+                "size": size,
+                "serial": gpu["serial"],
+                "cis": [],
+            }
+            gpu["instances"].append(inst)
+            gpu["instances"].sort(key=lambda x: x["id"])
+            return self._handle(
+                self._n.c_nvmlGpuInstance_t, _KIND_GI, gpu["index"], gi_id, 0, inst["serial"]
+            )
+
+    @_api
+    def nvmlDeviceCreateGpuInstanceWithPlacement(self, handle: Any, profileId: int, placement: Any):
+        pl = self._deref(placement)
+        return self._create_gi(handle, profileId, int(pl.start), int(pl.size))
+
+    @_api
+    def nvmlDeviceCreateGpuInstance(self, handle: Any, profileId: int):
+        return self._create_gi(handle, profileId, None, None)
+
+    @_api
+    def nvmlDeviceGetGpuInstances(
+        self, handle: Any, profileId: int, gpuInstancesRef: Any, countRef: Any
+    ) -> int:
+        state = self._store.read()
+        gpu, _i, _c = self._gpu_of(state, handle)
+        self._need_priv(state)
+        self._need_mig(gpu)
+        self._profile_by_id(gpu, int(profileId))
+        found = [i for i in gpu["instances"] if i["profile_id"] == int(profileId)]
+        count = self._deref(countRef)
+        if gpuInstancesRef is None or count.value < len(found):
+            count.value = len(found)
+            if gpuInstancesRef is None:
+                return int(self._n.NVML_SUCCESS)
+            raise self._err("INSUFFICIENT_SIZE")
+        arr = self._deref(gpuInstancesRef)
+        for k, inst in enumerate(found):
+            arr[k] = self._handle(
+                self._n.c_nvmlGpuInstance_t, _KIND_GI, gpu["index"], inst["id"], 0, inst["serial"]
+            )
+        count.value = len(found)
+        return int(self._n.NVML_SUCCESS)
+
+    @_api
+    def nvmlDeviceGetGpuInstanceById(self, handle: Any, gpuInstanceId: int):
+        state = self._store.read()
+        gpu, _i, _c = self._gpu_of(state, handle)
+        self._need_priv(state)
+        self._need_mig(gpu)
+        inst = self._find_gi(gpu, int(gpuInstanceId))
+        if inst is None:
+            raise self._err("NOT_FOUND")
+        return self._handle(
+            self._n.c_nvmlGpuInstance_t, _KIND_GI, gpu["index"], inst["id"], 0, inst["serial"]
+        )
+
+    @_api
+    def nvmlGpuInstanceGetInfo(self, gpuInstance: Any):
+        gpu, inst = self._gi_of(self._store.read(), gpuInstance)
+        info = self._n.c_nvmlGpuInstanceInfo_t()
+        info.device = self._handle(self._n.c_nvmlDevice_t, _KIND_GPU, gpu["index"])
+        info.id = inst["id"]
+        info.profileId = inst["profile_id"]
+        info.placement.start = inst["start"]
+        info.placement.size = inst["size"]
+        return info
+
+    @_api
+    def nvmlGpuInstanceDestroy(self, gpuInstance: Any) -> int:
+        with self._store.mutate() as state:
+            gpu, inst = self._gi_of(state, gpuInstance)
+            self._need_priv(state)
+            if inst["cis"]:
+                raise self._err("IN_USE")
+            gpu["instances"] = [i for i in gpu["instances"] if i is not inst]
+            return int(self._n.NVML_SUCCESS)
+
+    # ----------------------------------------------------- compute instances
+    def _ci_profile(self, gpu: dict[str, Any], inst: dict[str, Any], index: int):
+        gi_profile = self._profile_by_id(gpu, inst["profile_id"])
+        sizes = _CI_SLICES.get(gi_profile.slices, (gi_profile.slices,))
+        for s in sizes:
+            if _CI_INDEX.get(s) == index:
+                return gi_profile, s
+        return gi_profile, None
+
+    @_api
+    def nvmlGpuInstanceGetComputeInstanceProfileInfo(
+        self, gpuInstance: Any, profile: int, engProfile: int, version: int = 2
+    ):
+        gpu, inst = self._gi_of(self._store.read(), gpuInstance)
+        if not 0 <= profile < int(self._n.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+            raise self._err("INVALID_ARGUMENT")
+        if engProfile != int(self._n.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED):
+            raise self._err("NOT_SUPPORTED")
+        gi_profile, s = self._ci_profile(gpu, inst, profile)
+        if s is None:
+            raise self._err("NOT_SUPPORTED")
+        if version == 1:
+            info = self._n.c_nvmlComputeInstanceProfileInfo_t()
+        else:
+            info = self._n.c_nvmlComputeInstanceProfileInfo_v2_t()
+            prefix = "" if s == gi_profile.slices else f"{s}c."
+            info.name = f"MIG {prefix}{gi_profile.name}".encode()
+        info.id = profile
+        info.sliceCount = s
+        info.instanceCount = gi_profile.slices // s
+        per_slice = self._model(gpu).by_slices(1).multiprocessors
+        info.multiprocessorCount = (
+            gi_profile.multiprocessors if s == gi_profile.slices else (per_slice * s)
+        )
+        info.sharedCopyEngineCount = gi_profile.copy_engines
+        info.sharedDecoderCount = gi_profile.decoders
+        info.sharedEncoderCount = gi_profile.encoders
+        info.sharedJpegCount = gi_profile.jpegs
+        info.sharedOfaCount = gi_profile.ofas
+        return info
+
+    nvmlGpuInstanceGetComputeInstanceProfileInfoV = nvmlGpuInstanceGetComputeInstanceProfileInfo
+
+    @_api
+    def nvmlGpuInstanceCreateComputeInstance(self, gpuInstance: Any, profileId: int):
+        with self._store.mutate() as state:
+            gpu, inst = self._gi_of(state, gpuInstance)
+            self._need_priv(state)
+            gi_profile, s = self._ci_profile(gpu, inst, int(profileId))
+            if s is None:
+                raise self._err("INVALID_ARGUMENT")
+            used = sum(c["slices"] for c in inst["cis"])
+            if used + s > gi_profile.slices:
+                raise self._err("INSUFFICIENT_RESOURCES")
+            taken = {c["id"] for c in inst["cis"]}
+            ci_id = 0
+            while ci_id in taken:
+                ci_id += 1
+            gpu["serial"] = int(gpu.get("serial", 0)) + 1
+            serial = gpu["serial"]
+            mig_uuid = "MIG-" + str(
+                uuidlib.uuid5(_NAMESPACE, f"{gpu['uuid']}/{inst['id']}/{ci_id}/{serial}")
+            )
+            inst["cis"].append(
+                {
+                    "id": ci_id,
+                    "profile_id": int(profileId),
+                    "slices": s,
+                    "start": used,
+                    "serial": serial,
+                    "uuid": mig_uuid,
+                }
+            )
+            return self._handle(
+                self._n.c_nvmlComputeInstance_t, _KIND_CI, gpu["index"], inst["id"], ci_id, serial
+            )
+
+    @_api
+    def nvmlGpuInstanceGetComputeInstances(
+        self, gpuInstance: Any, profileId: int, computeInstancesRef: Any, countRef: Any
+    ) -> int:
+        state = self._store.read()
+        gpu, inst = self._gi_of(state, gpuInstance)
+        self._need_priv(state)
+        _gp, s = self._ci_profile(gpu, inst, int(profileId))
+        if s is None:
+            raise self._err("NOT_SUPPORTED")
+        found = [c for c in inst["cis"] if c["profile_id"] == int(profileId)]
+        count = self._deref(countRef)
+        if computeInstancesRef is None or count.value < len(found):
+            count.value = len(found)
+            if computeInstancesRef is None:
+                return int(self._n.NVML_SUCCESS)
+            raise self._err("INSUFFICIENT_SIZE")
+        arr = self._deref(computeInstancesRef)
+        for k, ci in enumerate(found):
+            arr[k] = self._handle(
+                self._n.c_nvmlComputeInstance_t,
+                _KIND_CI,
+                gpu["index"],
+                inst["id"],
+                ci["id"],
+                ci["serial"],
+            )
+        count.value = len(found)
+        return int(self._n.NVML_SUCCESS)
+
+    @_api
+    def nvmlComputeInstanceGetInfo(self, computeInstance: Any):
+        gpu, inst, ci = self._ci_of(self._store.read(), computeInstance)
+        info = self._n.c_nvmlComputeInstanceInfo_t()
+        info.device = self._handle(self._n.c_nvmlDevice_t, _KIND_GPU, gpu["index"])
+        info.gpuInstance = self._handle(
+            self._n.c_nvmlGpuInstance_t, _KIND_GI, gpu["index"], inst["id"], 0, inst["serial"]
+        )
+        info.id = ci["id"]
+        info.profileId = ci["profile_id"]
+        info.placement.start = ci["start"]
+        info.placement.size = ci["slices"]
+        return info
+
+    nvmlComputeInstanceGetInfo_v2 = nvmlComputeInstanceGetInfo
+
+    @_api
+    def nvmlComputeInstanceDestroy(self, computeInstance: Any) -> int:
+        with self._store.mutate() as state:
+            gpu, inst, ci = self._ci_of(state, computeInstance)
+            self._need_priv(state)
+            if self._procs_on(state, {ci["uuid"]}):
+                raise self._err("IN_USE")
+            inst["cis"] = [c for c in inst["cis"] if c is not ci]
+            return int(self._n.NVML_SUCCESS)
+
+    # ------------------------------------------------------------ MIG devices
+    @_api
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
+        gpu, _i, _c = self._gpu_of(self._store.read(), handle)
+        return self._model(gpu).max_mig_devices if gpu["mig_current"] else 0
+
+    @_api
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int):
+        gpu, _i, _c = self._gpu_of(self._store.read(), handle)
+        self._need_mig(gpu)
+        devices = self._mig_devices(gpu)
+        if not 0 <= index < self._model(gpu).max_mig_devices:
+            raise self._err("INVALID_ARGUMENT")
+        if index >= len(devices):
+            raise self._err("NOT_FOUND")
+        inst, ci = devices[index]
+        return self._handle(
+            self._n.c_nvmlDevice_t, _KIND_MIG, gpu["index"], inst["id"], ci["id"], ci["serial"]
+        )
+
+    @_api
+    def nvmlDeviceIsMigDeviceHandle(self, handle: Any):
+        kind, *_rest = self._decode(handle)
+        self._gpu_of(self._store.read(), handle, allow_mig=True)
+        return ctypes.c_uint(1 if kind == _KIND_MIG else 0)
+
+    @_api
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int:
+        _gpu, inst, _ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        if inst is None:
+            raise self._err("INVALID_ARGUMENT")
+        return int(inst["id"])
+
+    @_api
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any) -> int:
+        _gpu, _inst, ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        if ci is None:
+            raise self._err("INVALID_ARGUMENT")
+        return int(ci["id"])
+
+    @_api
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, handle: Any):
+        gpu, inst, _ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        if inst is None:
+            raise self._err("INVALID_ARGUMENT")
+        return self._handle(self._n.c_nvmlDevice_t, _KIND_GPU, gpu["index"])
+
+    # -------------------------------------------------------------- processes
+    @_api
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        state = self._store.read()
+        gpu, inst, ci = self._gpu_of(state, handle, allow_mig=True)
+        rows: list[tuple[dict[str, Any], int, int]] = []
+        if ci is not None:
+            rows = [(p, inst["id"], ci["id"]) for p in self._procs_on(state, {ci["uuid"]})]
+        elif gpu["mig_current"]:
+            # On a MIG-enabled parent the driver lists every instance's processes to root only.
+            self._need_priv(state)
+            for gi, c in self._mig_devices(gpu):
+                rows += [(p, gi["id"], c["id"]) for p in self._procs_on(state, {c["uuid"]})]
+        else:
+            rows = [
+                (p, _NOT_AVAILABLE_UINT, _NOT_AVAILABLE_UINT)
+                for p in self._procs_on(state, {gpu["uuid"]})
+            ]
+        out = []
+        for p, gi_id, ci_id in rows:
+            info = self._n.c_nvmlProcessInfo_v3_t()
+            info.pid = int(p["pid"])
+            used = p.get("used_memory_mb")
+            info.usedGpuMemory = int(used) * 1024 * 1024 if used is not None else 0xFFFFFFFFFFFFFFFF
+            info.gpuInstanceId = gi_id
+            info.computeInstanceId = ci_id
+            obj = self._n.nvmlStructToFriendlyObject(info)
+            if used is None:
+                obj.usedGpuMemory = None
+            out.append(obj)
+        return out
+
+    nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
+
+
+# --------------------------------------------------------- the job side
+def _attach(
+    state: dict[str, Any], uuid: str, pid: int, used_memory_mb: int | None, path: Path | None
+) -> None:
+    info = _lookup(state, uuid)
+    if info is None:
+        where = f" in {path}" if path else ""
+        raise KeyError(f"no simulated GPU or MIG device {uuid!r}{where}")
+    if info["kind"] == "gpu":
+        gpu = state["gpus"][info["gpu_index"]]
+        if gpu["mig_current"]:
+            raise KeyError(f"{uuid} has MIG enabled: a process must run on one of its MIG devices")
+    state["processes"] = [p for p in state["processes"] if int(p["pid"]) != pid]
+    state["processes"].append(
+        {
+            "pid": int(pid),
+            "uuid": uuid,
+            "used_memory_mb": None if used_memory_mb is None else int(used_memory_mb),
+        }
+    )
+
+
+def _lookup(state: dict[str, Any], uuid: str) -> dict[str, Any] | None:
+    for gpu in state["gpus"]:
+        m = model(gpu["model"])
+        if gpu["uuid"] == uuid:
+            return {
+                "gpu_index": gpu["index"],
+                "model_key": gpu["model"],
+                "uuid": uuid,
+                "kind": "gpu",
+                "profile": None,
+                "slices": m.compute_slices,
+                "memory_mb": m.memory_mb,
+            }
+        for inst in gpu["instances"]:
+            for ci in inst["cis"]:
+                if ci["uuid"] == uuid:
+                    p = m.profile(inst["profile_id"])
+                    return {
+                        "gpu_index": gpu["index"],
+                        "model_key": gpu["model"],
+                        "uuid": uuid,
+                        "kind": "mig",
+                        "profile": p.name,
+                        "slices": ci["slices"],
+                        "memory_mb": p.memory_mb,
+                        "gi_id": inst["id"],
+                        "ci_id": ci["id"],
+                    }
+    return None
+
+
+def lookup_device(state_path: Path, uuid: str) -> dict[str, Any]:
+    """What a ``GPU-...`` or ``MIG-...`` UUID designates on the simulated GPUs.
+
+    Keys: gpu_index, model_key, uuid, kind ("gpu" or "mig"), profile (e.g.
+    ``"3g.20gb"``; None for a whole GPU), slices (7 for a whole A100), memory_mb.
+    Raises KeyError when no device has that UUID.
+    """
+    info = _lookup(_Store(state_path, None).read(), uuid)
+    if info is None:
+        raise KeyError(f"no simulated GPU or MIG device {uuid!r} in {state_path}")
+    return info
+
+
+def attach_process(state_path: Path, uuid: str, pid: int, used_memory_mb: int | None) -> None:
+    """Record that process ``pid`` opened a CUDA context on device ``uuid``."""
+    store = _Store(state_path, None)
+    with store.mutate() as state:
+        _attach(state, uuid, pid, used_memory_mb, Path(state_path))
+
+
+def detach_process(state_path: Path, pid: int) -> None:
+    """Record that process ``pid`` released its device."""
+    store = _Store(state_path, None)
+    with store.mutate() as state:
+        state["processes"] = [p for p in state["processes"] if int(p["pid"]) != int(pid)]
+
+
+@contextlib.contextmanager
+def edit_state(state_path: Path) -> Iterator[dict[str, Any]]:
+    """Read-modify-write the state file under its lock (for ``extensions`` users)."""
+    store = _Store(state_path, None)
+    with store.mutate() as state:
+        yield state
