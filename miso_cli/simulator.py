@@ -682,3 +682,43 @@ def simulate(
 ) -> SimResult:
     """Replay ``trace`` on ``gpus`` under ``policy``; deterministic for ``config.seed``."""
     return Simulator(trace, catalog, gpus, policy, predict=predict, config=config).run()
+
+
+def make_predict(
+    model_path: Path | None, gpu_model: GpuModel, state_dir: Path | None = None
+) -> tuple[Predict, dict[str, Any]]:
+    """Turn measured MPS profiles into predictions with the fitted model (or the prior).
+
+    Returns the callable the simulator uses and the predictor's metadata. Predictions
+    are cached per (profile, mix, memory): a trace repeats workloads.
+    """
+    try:
+        from miso_cli.predict import load_predictor
+    except ImportError as exc:
+        raise MisoError(
+            f"the predictor is not available ({exc})",
+            hint="policies nopart, static, mps and oracle run without one",
+        ) from None
+    pred = load_predictor(model_path, gpu_model.key, state_dir)
+    cache: dict[tuple[object, ...], SlicePrediction] = {}
+
+    def predict(
+        profile: dict[int, float], mix: list[dict[int, float]], memory_mb: float | None
+    ) -> SlicePrediction:
+        key = (
+            tuple(sorted(profile.items())),
+            tuple(sorted(tuple(sorted(m.items())) for m in mix)),
+            memory_mb,
+        )
+        if key not in cache:
+            cache[key] = pred.predict_one(
+                profile,
+                jobs_in_mix=1 + len(mix),
+                mix=mix or None,
+                memory_mb=memory_mb,
+                gpu_model=gpu_model,
+            )
+        return cache[key]
+
+    meta = dict(getattr(pred, "metadata", {}) or {})
+    return predict, meta

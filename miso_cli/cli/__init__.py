@@ -20,6 +20,7 @@ app = typer.Typer(
 COMMANDS: list[tuple[str, str]] = [
     ("doctor", "doctor"),
     ("export", "export"),
+    ("simulate", "simulate"),
 ]
 
 

@@ -271,12 +271,16 @@ class MisoPlus(Policy):
         objective: str = "jct",
         default_remaining_s: float = 600.0,
         profile: bool = True,
+        move_factor: float = 1.0,
     ) -> None:
         self.profile_s = profile_s
         self.risk = risk
         self.objective = objective
         self.default_remaining_s = default_remaining_s
         self.profile = profile
+        # A move is charged this many times its restart cost: the plan it serves lasts
+        # only until the next arrival or finish, not for the job's whole remaining run.
+        self.move_factor = move_factor
         self._last: tuple[object, ...] | None = None
 
     # A fingerprint of the facts the plan depends on, so that ticks cost nothing.
@@ -376,7 +380,9 @@ class MisoPlus(Policy):
                     dict(pred.uncertainty),
                     memory_mb=job.memory_mb,
                     remaining_s=self._remaining_s(job),
-                    restart_cost_s=job.restart_cost_s if job.checkpointable else 1e9,
+                    restart_cost_s=(
+                        job.restart_cost_s * self.move_factor if job.checkpointable else 1e9
+                    ),
                     gpu=job.gpu if where is not None else None,
                     slice=where,
                     required=job.state in ("running", "profiling"),

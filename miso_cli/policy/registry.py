@@ -21,6 +21,11 @@ Factory = Callable[..., Policy]
 POLICIES: dict[str, Factory | str] = {
     "nopart": "miso_cli.policy.simple:NoPart",
     "layout": "miso_cli.policy.simple:FixedLayout",
+    "static": "miso_cli.policy.baselines:Static",
+    "mps": "miso_cli.policy.baselines:Mps",
+    "miso": "miso_cli.policy.miso:Miso",
+    "oracle": "miso_cli.policy.miso:Oracle",
+    "miso+": "miso_cli.policy.miso:MisoPlus",
 }
 
 

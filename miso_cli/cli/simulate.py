@@ -1,0 +1,204 @@
+"""``miso simulate``: replay a job trace under several policies on simulated GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from miso_cli.cli.common import DebugOpt, JsonOpt, Result, StateDirOpt, execute
+from miso_cli.errors import UsageError
+
+ALL_POLICIES = ("nopart", "static", "mps", "miso", "oracle", "miso+")
+
+
+def _gpus(spec: str) -> list[Any]:
+    from miso_cli.gpu.profiles import model
+    from miso_cli.gpu.simnvml import SimSpecError, parse_spec
+
+    if not spec.startswith("sim:"):
+        raise UsageError(
+            f"--gpu {spec}: simulate needs simulated GPUs",
+            hint="e.g. --gpu sim:a100-40gbx8",
+        )
+    try:
+        key, count = parse_spec(spec)
+    except SimSpecError as exc:
+        raise UsageError(f"--gpu: {exc}") from None
+    return [model(key)] * count
+
+
+def _restart_costs(text: str) -> str | float:
+    if text == "paper":
+        return "paper"
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(
+            f"--restart-cost: {text!r} is neither seconds nor 'paper'",
+        ) from None
+    if not value >= 0:
+        raise UsageError(f"--restart-cost: must be >= 0 seconds, got {text}")
+    return value
+
+
+def _policy(name: str, static_layout: list[str] | None, profile_s: float) -> Any:
+    from miso_cli.policy import registry
+
+    if name == "static" and static_layout:
+        return registry.get(name, layout=static_layout)
+    if name in ("miso", "miso+"):
+        return registry.get(name, profile_s=profile_s)
+    return registry.get(name)
+
+
+def command(
+    trace: Annotated[
+        Path, typer.Option("--trace", help="Job trace CSV: job,arrival_s,workload,duration_7g_s.")
+    ],
+    catalog: Annotated[
+        Path,
+        typer.Option("--catalog", help="Workload catalog CSV: step times per slice and MPS share."),
+    ],
+    gpu: Annotated[
+        str, typer.Option("--gpu", help="Simulated GPUs, e.g. sim:a100-40gbx8 (8 GPUs).")
+    ] = "sim:a100-40gbx8",
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy", help="Comma-separated policies to compare (first is not special)."
+        ),
+    ] = ",".join(ALL_POLICIES),
+    model: Annotated[
+        Optional[Path],  # noqa: UP045 - Typer needs Optional on Python 3.10
+        typer.Option(
+            "--model",
+            help="Fitted predictor for miso and miso+ [default: the state dir's, else the prior].",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the measurement noise.")] = 0,
+    restart_cost: Annotated[
+        str,
+        typer.Option(
+            "--restart-cost",
+            help="Checkpoint/restart seconds per job, or 'paper' for the MISO paper's "
+            "per-family costs.",
+        ),
+    ] = "30",
+    reconfig_s: Annotated[
+        float, typer.Option("--reconfig-s", min=0.0, help="Seconds to create MIG instances.")
+    ] = 5.0,
+    profile_s: Annotated[
+        float,
+        typer.Option("--profile-s", min=1.0, help="Length of an MPS profiling phase (seconds)."),
+    ] = 30.0,
+    noise: Annotated[
+        float,
+        typer.Option(
+            "--noise", min=0.0, max=0.5, help="Relative noise of measured MPS step times."
+        ),
+    ] = 0.02,
+    static_layout: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--static-layout",
+            help="Layout of the static policy, e.g. 3g.20gb,2g.10gb,2g.10gb (the default).",
+        ),
+    ] = None,
+    state_dir: StateDirOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare scheduling policies on a job trace, on a virtual clock."""
+
+    def body(console: Console) -> Result:
+        from miso_cli.catalog import load_catalog
+        from miso_cli.cli.common import state_dir_or_default, stderr_console
+        from miso_cli.simulator import SimConfig, load_trace, make_predict, simulate
+
+        names = [p.strip() for p in policy.split(",") if p.strip()]
+        if not names:
+            raise UsageError("--policy: name at least one policy")
+        if len(set(names)) != len(names):
+            raise UsageError("--policy: a policy is named twice")
+        gpus = _gpus(gpu)
+        costs = _restart_costs(restart_cost)
+        layout = [p.strip() for p in static_layout.split(",")] if static_layout else None
+        policies = [_policy(n, layout, profile_s) for n in names]
+        cat = load_catalog(catalog)
+        jobs = load_trace(trace, cat)
+        predict = None
+        predictor_meta: dict[str, Any] | None = None
+        if any(getattr(p, "knowledge", "none") == "profile" for p in policies):
+            predict, predictor_meta = make_predict(model, gpus[0], state_dir_or_default(state_dir))
+        config = SimConfig(
+            restart_costs=costs,
+            reconfig_s=reconfig_s,
+            profile_noise=noise,
+            seed=seed,
+        )
+        progress = stderr_console()
+        results = []
+        for name, pol in zip(names, policies, strict=True):
+            progress.print(f"simulating {name} ...", style="dim", markup=False)
+            res = simulate(jobs, cat, gpus, pol, predict=predict, config=config)
+            row = res.summary()
+            row["policy"] = name
+            results.append(row)
+        base = next((r for r in results if r["policy"] == "nopart"), None)
+        for r in results:
+            for key in ("mean_jct_s", "makespan_s"):
+                ratio = None
+                if base and base[key] and r[key] is not None:
+                    ratio = r[key] / base[key]
+                r[key.replace("_s", "") + "_vs_nopart"] = ratio
+        data: dict[str, Any] = {
+            "trace": str(trace),
+            "catalog": str(catalog),
+            "gpus": {"model": gpus[0].key, "count": len(gpus)},
+            "seed": seed,
+            "restart_cost": costs,
+            "reconfig_s": reconfig_s,
+            "profile_s": profile_s,
+            "predictor": predictor_meta,
+            "results": results,
+        }
+
+        def render(out: Console) -> None:
+            table = Table(
+                title=f"{len(jobs)} jobs on {len(gpus)} x {gpus[0].key} (times in s; "
+                "x = ratio to nopart)"
+            )
+            heads = ("policy", "mean JCT", "x", "p95 JCT", "queue", "makespan", "x")
+            heads += ("reconf", "migr", "util")
+            for col in heads:
+                table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+            for r in results:
+                table.add_row(
+                    r["policy"],
+                    _num(r["mean_jct_s"]),
+                    _ratio(r["mean_jct_vs_nopart"]),
+                    _num(r["p95_jct_s"]),
+                    _num(r["mean_queue_s"]),
+                    _num(r["makespan_s"]),
+                    _ratio(r["makespan_vs_nopart"]),
+                    str(r["reconfigurations"]),
+                    str(r["migrations"]),
+                    "-" if r["slice_utilisation"] is None else f"{r['slice_utilisation']:.0%}",
+                )
+            out.print(table)
+
+        return Result(data, render)
+
+    execute("simulate", body, json_out=json_out, debug=debug)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v + 0.0:,.0f}".replace("-0", "0")
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
