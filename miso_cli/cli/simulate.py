@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -170,14 +171,15 @@ def command(
         def render(out: Console) -> None:
             table = Table(
                 title=f"{len(jobs)} jobs on {len(gpus)} x {gpus[0].key} (times in s; "
-                "x = ratio to nopart)"
+                "x = ratio to nopart)",
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
+                show_edge=False,
             )
-            heads = ("policy", "mean JCT", "x", "p95 JCT", "queue", "makespan", "x")
+            heads = ("policy", "JCT", "x", "p95 JCT", "queue", "makespan", "x")
             heads += ("reconf", "migr", "util")
-            for col in heads:
-                table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
-            for r in results:
-                table.add_row(
+            rows = [
+                (
                     r["policy"],
                     _num(r["mean_jct_s"]),
                     _ratio(r["mean_jct_vs_nopart"]),
@@ -189,6 +191,15 @@ def command(
                     str(r["migrations"]),
                     "-" if r["slice_utilisation"] is None else f"{r['slice_utilisation']:.0%}",
                 )
+                for r in results
+            ]
+            for k, col in enumerate(heads):
+                width = max([len(col)] + [len(row[k]) for row in rows])
+                table.add_column(
+                    col, justify="left" if k == 0 else "right", min_width=width, no_wrap=True
+                )
+            for row in rows:
+                table.add_row(*row)
             out.print(table)
 
         return Result(data, render)
