@@ -176,7 +176,7 @@ def command(
                 pad_edge=False,
                 show_edge=False,
             )
-            heads = ("policy", "JCT", "x", "p95 JCT", "queue", "makespan", "x")
+            heads = ("policy", "JCT", "x", "p95", "queue", "makespan", "x")
             heads += ("reconf", "migr", "util")
             rows = [
                 (
