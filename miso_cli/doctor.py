@@ -286,7 +286,7 @@ def _permission_check(drv: Any) -> Check:
             continue
         tried = True
         try:
-            drv.instances(i)  # lists GPU instances: NO_PERMISSION without privileges
+            drv.current_layout(i)  # lists GPU instances: NO_PERMISSION without privileges
         except PermissionDenied as exc:
             return Check(
                 "permission",
@@ -299,12 +299,13 @@ def _permission_check(drv: Any) -> Check:
             continue
         return Check("permission", OK, "MIG instances can be listed and changed")
     if getattr(drv, "is_simulated", False):
-        if os.environ.get("MISO_SIM_PRIVILEGED") == "0":
+        if os.environ.get("MISO_SIM_PRIVILEGED") == "0" or not _sim_privileged(drv):
             return Check(
                 "permission",
                 FAIL,
-                "the simulated GPU denies MIG changes (MISO_SIM_PRIVILEGED=0)",
-                "unset MISO_SIM_PRIVILEGED",
+                "the simulated GPU denies MIG changes (MISO_SIM_PRIVILEGED=0, or "
+                "'privileged': false in its state file)",
+                "unset MISO_SIM_PRIVILEGED, or set 'privileged' back to true",
                 ExitCode.PERMISSION,
             )
         return Check("permission", OK, "the simulated GPU allows MIG changes")
@@ -319,7 +320,21 @@ def _permission_check(drv: Any) -> Check:
     )
 
 
-def _process_check(drv: Any) -> Check:
+def _sim_privileged(drv: Any) -> bool:
+    """The simulated GPUs' ``privileged`` flag (True when it cannot be read)."""
+    path = getattr(drv, "sim_state_path", None)
+    if not path:
+        return True
+    try:
+        import json
+
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return bool(state.get("privileged", True)) if isinstance(state, dict) else True
+
+
+def _process_check(drv: Any, state_dir: Path) -> Check:
     procs: list[tuple[int, int]] = []
     for i in range(drv.device_count()):
         try:
@@ -329,8 +344,8 @@ def _process_check(drv: Any) -> Check:
             continue
     if not procs:
         return Check("processes", OK, "no process is using the GPUs")
-    own = _journal_pids()
-    foreign = [(i, pid) for i, pid in procs if pid not in own]
+    leaders = _journal_pids(state_dir)
+    foreign = [(i, pid) for i, pid in procs if not _is_own(pid, leaders)]
     if not foreign:
         return Check("processes", OK, f"{len(procs)} process(es) on the GPUs, all miso's jobs")
     shown = ", ".join(f"pid {pid} {_proc_name(pid)}on GPU {i}" for i, pid in foreign[:5])
@@ -344,19 +359,27 @@ def _process_check(drv: Any) -> Check:
     )
 
 
-def _journal_pids() -> set[int]:
-    """Pids of jobs that ``miso run`` started, when its journal module can tell."""
+def _journal_pids(state_dir: Path) -> set[int]:
+    """Process groups of the jobs the latest ``miso run`` started (their wrappers lead them)."""
     try:
-        from miso_cli import journal  # noqa: F401  (present once `miso run` exists)
-    except ImportError:
+        from miso_cli.journal import Journal
+
+        run_id = Journal.latest_id(state_dir)
+        if run_id is None:
+            return set()
+        journal = Journal.open(state_dir, run_id)
+        return {int(r.pid) for r in journal.jobs.values() if r.pid and r.active}
+    except Exception:  # no journal module, or an unreadable journal: nothing is known
         return set()
-    pids_fn = getattr(journal, "running_pids", None)
-    if not callable(pids_fn):
-        return set()
+
+
+def _is_own(pid: int, leaders: set[int]) -> bool:
+    if pid in leaders:
+        return True
     try:
-        return {int(p) for p in pids_fn()}
-    except Exception:
-        return set()
+        return os.getpgid(pid) in leaders
+    except OSError:
+        return False
 
 
 def _proc_name(pid: int) -> str:
@@ -504,46 +527,27 @@ def check_model(state_dir: Path, gpu_model_key: str | None) -> Check:
 
 
 def _fitted_model(state_dir: Path, gpu_model_key: str | None) -> tuple[dict[str, Any], Path | None]:
-    """(metadata, file) of the newest fitted model in the state dir, without unpickling it."""
-    finder = None
-    try:
-        from miso_cli import predict as predict_pkg
-
-        finder = getattr(predict_pkg, "fitted_model_info", None)
-    except ImportError:
-        predict_pkg = None
-    if callable(finder):
-        try:
-            found = finder(state_dir=state_dir, gpu_model_key=gpu_model_key)
-        except Exception:
-            found = None
-        if found:
-            meta, path = found
-            return dict(meta or {}), Path(path)
+    """(metadata, file) of the fitted model ``miso fit`` keeps in the state dir
+    (``models/<gpu model>.joblib`` and its ``.json`` sidecar), read without unpickling."""
     models = Path(state_dir) / "models"
     if not models.is_dir():
         return {}, None
-    files = [
-        p for p in models.rglob("*") if p.is_file() and p.suffix in (".joblib", ".pkl", ".json")
-    ]
+    files = sorted(p for p in models.glob("*.joblib") if p.is_file())
     if gpu_model_key:
-        keyed = [p for p in files if gpu_model_key in p.name or gpu_model_key in p.parent.name]
-        files = keyed or files
-    model_files = [p for p in files if p.suffix != ".json"] or files
-    if not model_files:
+        files = [p for p in files if p.stem == gpu_model_key] or files
+    if not files:
         return {}, None
-    newest = max(model_files, key=lambda p: p.stat().st_mtime)
+    newest = max(files, key=lambda p: p.stat().st_mtime)
     meta: dict[str, Any] = {}
-    side = newest.with_suffix(".json")
-    if side.exists() and side != newest:
-        try:
-            import json
+    side = newest.with_name(newest.name + ".json")
+    try:
+        import json
 
-            loaded = json.loads(side.read_text(encoding="utf-8"))
-            if isinstance(loaded, dict):
-                meta = loaded
-        except (OSError, ValueError):
-            pass
+        loaded = json.loads(side.read_text(encoding="utf-8"))
+        found = loaded.get("metadata") if isinstance(loaded, dict) else None
+        meta = found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        pass
     return meta, newest
 
 
@@ -581,7 +585,7 @@ def run_checks(gpu_spec: str | None, state_dir: Path) -> list[Check]:
             checks += _driver_checks(drv, gpu_spec)
             checks += _guard("gpus", lambda: _gpu_checks(drv))
             checks += _guard("permission", lambda: [_permission_check(drv)])
-            checks += _guard("processes", lambda: [_process_check(drv)])
+            checks += _guard("processes", lambda: [_process_check(drv, state_dir)])
             if drv.device_count():
                 gpu_model_key = _safe(lambda: drv.gpu(0).model_key)
         finally:

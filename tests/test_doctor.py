@@ -56,10 +56,10 @@ class FakeDriver:
     def gpu(self, i: int) -> FakeInfo:
         return self.infos[i]
 
-    def instances(self, i: int) -> list[Any]:
+    def current_layout(self, i: int) -> Any:
         if self.denied:
             raise PermissionDenied("listing MIG instances needs root", hint="run with sudo")
-        return []
+        return None
 
     def processes(self, i: int) -> list[FakeProc]:
         return self.procs.get(i, [])
@@ -217,15 +217,17 @@ def test_state_dir_unwritable_blocks(tmp_path: Path) -> None:
     assert check.status == "fail" and check.blocks == ExitCode.PERMISSION
 
 
-def test_model_age(state_dir: Path, monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "miso_cli.predict", None)  # the fallback: files only
+def test_model_age(state_dir: Path) -> None:
     assert doctor.check_model(state_dir, "a100-40gb").status == "warn"  # none fitted
     models = state_dir / "models"
     models.mkdir(parents=True)
     m = models / "a100-40gb.joblib"
     m.write_bytes(b"not unpickled by doctor")
+    sidecar = models / "a100-40gb.joblib.json"
+    sidecar.write_text('{"metadata": {"gpu_model": "a100-40gb", "sklearn_version": "1.9.1"}}')
     fresh = doctor.check_model(state_dir, "a100-40gb")
     assert fresh.status == "ok" and "a100-40gb.joblib" in fresh.message
+    assert "sklearn_version 1.9.1" in fresh.message
     old = time.time() - 90 * 86400
     os.utime(m, (old, old))
     stale = doctor.check_model(state_dir, "a100-40gb")
@@ -309,3 +311,14 @@ def test_doctor_on_simulated_gpu(cli) -> None:
     # Nothing about a simulated GPU blocks miso run.
     assert code == 0, err
     assert env["data"]["ready"] is True
+
+
+def test_simulated_gpu_without_privilege(cli, monkeypatch) -> None:
+    pytest.importorskip("miso_cli.gpu.nvml")
+    monkeypatch.setenv("MISO_SIM_PRIVILEGED", "0")
+    code, out, _ = cli("doctor", "--gpu", "sim:a100-40gb", "--json")
+    env = parse_envelope(out)
+    checks = {c["name"]: c for c in env["data"]["checks"]}
+    assert checks["permission"]["status"] == "fail"
+    assert code == int(ExitCode.PERMISSION)
+    assert env["errors"][0]["code"] == "PERMISSION"
