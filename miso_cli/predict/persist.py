@@ -1,0 +1,169 @@
+"""Saved models: a joblib file and a JSON sidecar, both private to the user who fitted them.
+
+``MODEL.joblib`` holds the fitted :class:`SliceRatioModel`; ``MODEL.joblib.json``
+holds the metadata (scikit-learn version, GPU model, driver, features, training
+data summary, the cross-validation report) and the training rows themselves.
+
+A pickle is code, so loading refuses a model file (or its sidecar) that another
+user owns or that group or others may write. When the scikit-learn that saved the
+model is not the one running, the pickle is not opened at all: the model is refitted
+from the rows in the sidecar with the saved estimator choice, and saved again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from miso_cli.errors import BadInput, PermissionDenied
+from miso_cli.predict.data import ProfileRow, summarize
+from miso_cli.predict.estimators import SliceRatioModel
+from miso_cli.state import atomic_write_bytes, atomic_write_text
+
+MODEL_FORMAT = "miso-slice-model/1"
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def default_model_path(state_dir: Path, gpu_model_key: str) -> Path:
+    return Path(state_dir) / "models" / f"{gpu_model_key}.joblib"
+
+
+def sklearn_version() -> str:
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+def check_private(path: Path) -> None:
+    """Refuse files another user owns or that group/others may write (a pickle runs code)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such model file", hint="fit one with: miso fit") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{path}: not a regular file")
+    if st.st_uid != os.getuid():
+        raise PermissionDenied(
+            f"{path}: owned by uid {st.st_uid}, not by you (uid {os.getuid()}); refusing to load",
+            hint="a model file is code: fit your own with `miso fit`",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionDenied(
+            f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            "refusing to load",
+            hint=f"if you trust it: chmod 600 {path}",
+        )
+
+
+def save_model(
+    path: Path,
+    model: SliceRatioModel,
+    rows: Sequence[ProfileRow],
+    *,
+    gpu_model_key: str,
+    driver: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the model and its sidecar (mode 0600, atomically); return the metadata."""
+    import joblib
+
+    path = Path(path)
+    meta: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sklearn_version": sklearn_version(),
+        "gpu_model": gpu_model_key,
+        "driver": driver,
+        "features": model.spec_.to_json(),
+        "params": model.get_params(),
+        "estimators": {f"mig_{g}g": n for g, n in model.chosen_.items()},
+        "cv": {f"mig_{g}g": r for g, r in model.cv_.items()},
+        "training_data": summarize(rows),
+    }
+    if extra:
+        meta.update(extra)
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    doc = {"metadata": meta, "rows": [r.to_json() for r in rows]}
+    # Sidecar first: a model file without its sidecar is never left behind.
+    atomic_write_text(sidecar(path), json.dumps(doc) + "\n", mode=0o600)
+    atomic_write_bytes(path, buf.getvalue(), mode=0o600)
+    return meta
+
+
+def read_sidecar(path: Path) -> tuple[dict[str, Any], list[ProfileRow]]:
+    side = sidecar(path)
+    check_private(side)
+    try:
+        doc = json.loads(side.read_text(encoding="utf-8"))
+        meta = doc["metadata"]
+        rows = [ProfileRow.from_json(r) for r in doc["rows"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(
+            f"{side}: unreadable model metadata ({type(exc).__name__})",
+            hint="fit the model again: miso fit",
+        ) from None
+    if meta.get("format") != MODEL_FORMAT:
+        raise BadInput(f"{side}: format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
+    return meta, rows
+
+
+def load_model(path: Path) -> tuple[SliceRatioModel, dict[str, Any]]:
+    """Load a saved model after the ownership checks; refit on a scikit-learn mismatch."""
+    path = Path(path)
+    check_private(path)
+    meta, rows = read_sidecar(path)
+    meta = dict(meta)
+    if meta.get("sklearn_version") != sklearn_version():
+        model = refit(meta, rows)
+        meta["refitted_from"] = meta.get("sklearn_version")
+        try:
+            save_model(path, model, rows, gpu_model_key=meta["gpu_model"], driver=meta["driver"])
+            meta["sklearn_version"] = sklearn_version()
+        except OSError:
+            pass  # read-only location: use the refit in memory
+        return model, meta
+    import joblib
+
+    try:
+        with open(path, "rb") as fh:
+            model = joblib.load(fh)
+    except Exception as exc:  # a torn or foreign file: any unpickling error
+        raise BadInput(
+            f"{path}: cannot load model ({type(exc).__name__})", hint="fit it again: miso fit"
+        ) from None
+    if not isinstance(model, SliceRatioModel) or not hasattr(model, "targets_"):
+        raise BadInput(f"{path}: not a miso slice model", hint="fit it again: miso fit")
+    return model, meta
+
+
+def refit(meta: dict[str, Any], rows: Sequence[ProfileRow]) -> SliceRatioModel:
+    """Refit with the saved choice of estimator per slice size (no new model selection)."""
+    params = meta.get("params", {})
+    chosen = {
+        int(k.removeprefix("mig_").removesuffix("g")): v for k, v in meta["estimators"].items()
+    }
+    model = SliceRatioModel(
+        estimators=params.get("estimators", ["ridge"]),
+        random_state=int(params.get("random_state", 0)),
+        min_target_rows=int(params.get("min_target_rows", 20)),
+        min_target_families=int(params.get("min_target_families", 2)),
+    )
+    model.fit(rows, choices=chosen)
+    for key, rep in meta.get("cv", {}).items():
+        g = int(key.removeprefix("mig_").removesuffix("g"))
+        if g in model.sigma_ and "sigma_log" in rep:
+            model.sigma_[g] = float(rep["sigma_log"])  # keep the cross-validated uncertainty
+            model.cv_[g] = rep
+    return model
