@@ -255,14 +255,15 @@ def plan(
     fifo: bool = True,
     risk: float = 0.0,
     allow_evict: bool = False,
-    reconfig_cost: float = 0.0,
+    reconfig_cost: float = 1e-4,
 ) -> Plan:
     """The best layout per GPU and assignment of ``jobs`` (in queue order) to their instances.
 
     ``fifo``: waiting jobs are placed as a prefix of their order (strict first come
     first served); otherwise any subset, earlier jobs winning ties.
     ``allow_evict``: running jobs that are not ``required`` may go back to the queue.
-    ``reconfig_cost``: charged, in objective units, for each GPU whose layout changes.
+    ``reconfig_cost``: charged, in objective units, for each GPU whose layout changes
+    (by default just enough to keep a layout when another is no better).
     Raises :class:`PlanError` when a required job cannot be placed.
     """
     if objective not in OBJECTIVES:
