@@ -18,6 +18,7 @@ app = typer.Typer(
 
 # (command name, module under miso_cli.cli). Each module defines ``command``.
 COMMANDS: list[tuple[str, str]] = [
+    ("run", "run"),
     ("doctor", "doctor"),
     ("export", "export"),
     ("simulate", "simulate"),

@@ -1,0 +1,178 @@
+"""A synthetic training job for the simulated GPU: runs on CPU, paced like a real workload.
+
+It learns which device miso gave it (``CUDA_VISIBLE_DEVICES`` and the simulated
+GPU state in ``MISO_SIM_STATE``), registers as a process on it, and sleeps each
+step for the catalog's step time of its workload on that MIG slice (or whole
+GPU, or MPS share), divided by a speed-up factor. A slice too small for the
+workload fails the way CUDA does when memory runs out. On miso's checkpoint
+signal it saves its step and exits; started again, it resumes from the save.
+
+    python examples/sim_train.py --workload toy-cnn_64 --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from miso_cli import report  # noqa: E402
+from miso_cli.catalog import load_catalog  # noqa: E402
+
+DEFAULT_SPEEDUP = 10.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", required=True, help="a workload of the catalog")
+    ap.add_argument("--steps", type=int, required=True, help="training steps to run")
+    ap.add_argument("--catalog", default=str(HERE / "catalog.csv"), help="step-time catalog")
+    ap.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help=f"run this many times faster than the catalog (default: $MISO_SIM_SPEEDUP "
+        f"or {DEFAULT_SPEEDUP:g})",
+    )
+    ap.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (default: in $MISO_CHECKPOINT_DIR)"
+    )
+    ap.add_argument("--memory-mb", type=int, default=None, help="GPU memory to report as used")
+    ap.add_argument("--fail-at", type=int, default=None, help="crash at this step (tests)")
+    ap.add_argument(
+        "--fail-attempts", type=int, default=1, help="crash only in the first N attempts"
+    )
+    ap.add_argument("--hang-at", type=int, default=None, help="stop making progress here (tests)")
+    ap.add_argument("--print-every", type=int, default=0, help="also print a progress line")
+    args = ap.parse_args(argv)
+    if args.steps <= 0:
+        ap.error("--steps must be positive")
+    return args
+
+
+def step_time_s(workload, device: str | None, state: str | None) -> tuple[float | None, str]:
+    """Seconds per step on the device miso gave us (None: the workload does not fit)."""
+    pct = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+    if not device or not state:
+        return workload.step_time_ms(7) / 1000.0, "no simulated GPU: pacing as a whole GPU"
+    from miso_cli.gpu import simnvml
+
+    info = simnvml.lookup_device(Path(state), device)
+    where = info["profile"] or f"whole GPU {info['gpu_index']}"
+    if pct:
+        try:
+            from miso_cli.gpu import simmps
+
+            ms = simmps.step_time_ms(workload, float(pct))
+        except ImportError:
+            ms = workload.mps_step_time_ms(float(pct))
+        return ms / 1000.0, f"{where} under MPS at {pct}%"
+    ms = workload.step_time_ms(int(info["slices"]))
+    return (ms / 1000.0 if ms is not None else None), where
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    catalog = load_catalog(args.catalog)
+    if args.workload not in catalog:
+        print(f"sim_train: unknown workload {args.workload!r} in {args.catalog}", file=sys.stderr)
+        return 2
+    workload = catalog[args.workload]
+    speedup = args.speedup or float(os.environ.get("MISO_SIM_SPEEDUP") or DEFAULT_SPEEDUP)
+    device = (os.environ.get("CUDA_VISIBLE_DEVICES") or "").split(",")[0].strip() or None
+    state = os.environ.get("MISO_SIM_STATE")
+    try:
+        per_step, where = step_time_s(workload, device, state)
+    except KeyError as exc:
+        print(
+            f"RuntimeError: CUDA error: no CUDA-capable device is detected ({exc})", file=sys.stderr
+        )
+        return 1
+    if per_step is None:
+        print(
+            f"torch.OutOfMemoryError: CUDA out of memory. {args.workload} does not fit on {where}.",
+            file=sys.stderr,
+        )
+        return 1
+
+    ckpt_dir = os.environ.get("MISO_CHECKPOINT_DIR")
+    ckpt = (
+        Path(args.checkpoint)
+        if args.checkpoint
+        else (Path(ckpt_dir) / "sim_train.json" if ckpt_dir else None)
+    )
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        try:
+            start = int(json.loads(ckpt.read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            start = 0
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    sig_name = os.environ.get("MISO_CHECKPOINT_SIGNAL", "SIGTERM")
+    for name in {sig_name, "SIGTERM"}:
+        try:
+            signal.signal(signal.Signals[name], on_signal)
+        except (KeyError, ValueError):
+            pass
+
+    attached = False
+    if device and state:
+        from miso_cli.gpu import simnvml
+
+        simnvml.attach_process(Path(state), device, os.getpid(), args.memory_mb)
+        attached = True
+    attempt = report.attempt()
+    print(
+        f"sim_train: {args.workload} on {where}: {per_step * 1000:.1f} ms/step "
+        f"(catalog /{speedup:g}), steps {start}/{args.steps}",
+        flush=True,
+    )
+    code = 0
+    try:
+        for i in range(start, args.steps):
+            if stop["requested"]:
+                break
+            if args.hang_at is not None and i == args.hang_at:
+                while not stop["requested"]:
+                    time.sleep(0.05)
+                break
+            if args.fail_at is not None and i == args.fail_at and attempt <= args.fail_attempts:
+                print(f"RuntimeError: simulated failure at step {i}", file=sys.stderr, flush=True)
+                code = 1
+                break
+            time.sleep(per_step / speedup)
+            done = i + 1
+            report.step(done, args.steps)
+            if args.print_every and done % args.print_every == 0:
+                print(f"step {done}/{args.steps}", flush=True)
+            start = done
+        report.done()
+        if ckpt is not None and stop["requested"]:
+            ckpt.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"step": start, "workload": args.workload}))
+            os.replace(tmp, ckpt)
+            print(f"sim_train: checkpoint saved at step {start}", flush=True)
+        elif ckpt is not None and start >= args.steps and ckpt.exists():
+            ckpt.unlink()
+    finally:
+        if attached:
+            simnvml.detach_process(Path(state), os.getpid())
+    if code == 0 and start >= args.steps:
+        print(f"sim_train: done, {args.steps} steps", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

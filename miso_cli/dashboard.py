@@ -1,0 +1,272 @@
+"""What ``miso run`` shows while it works, and the summary at the end.
+
+Three forms, chosen by where the output goes:
+
+* a Rich live view on stderr when it is a terminal: the GPUs and their layout,
+  one row per job (state, slice, progress bar, step time, throughput, ETA),
+  redrawn about once a second (only then: it costs next to nothing);
+* plain lines on stderr otherwise (one per event, and a progress line now and then);
+* with ``--json``, each event as one JSON line on stdout (the final envelope
+  follows it, printed by the command).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+from miso_cli.output import dumps
+
+_QUIET = {"_refresh", "progress"}
+STATE_STYLE = {
+    "waiting": "dim",
+    "starting": "cyan",
+    "running": "green",
+    "stopping": "yellow",
+    "finished": "bold green",
+    "failed": "bold red",
+    "hung": "bold red",
+    "interrupted": "yellow",
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def fmt_step_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def describe(event: dict[str, Any]) -> str | None:
+    """One human line for an event (None for events that need none)."""
+    kind = event.get("event")
+    job = event.get("job")
+    if kind == "run_started":
+        return f"run {event['run_id']}: {len(event['jobs'])} jobs, policy {event['policy']}"
+    if kind == "run_resumed":
+        return (
+            f"resumed run {event['run_id']}: running {len(event['running'])}, "
+            f"collected {len(event['collected'])}, restarting {len(event['restarting'])}"
+        )
+    if kind == "started":
+        where = event.get("slice") or "whole GPU"
+        again = " (resumed)" if event.get("resumed") else ""
+        return f"{job}: started on GPU {event['gpu']} {where}{again}, attempt {event['attempt']}"
+    if kind == "finished":
+        return f"{job}: finished"
+    if kind in ("failed", "hung"):
+        return f"{job}: {kind}: {event.get('reason', '')}"
+    if kind == "requeued":
+        return f"{job}: back in the queue ({event.get('reason', '')})"
+    if kind == "interrupted":
+        return f"{job}: interrupted ({event.get('reason', '')})"
+    if kind == "stopping":
+        return f"{job}: asked to checkpoint and stop ({event['reason']}, {event['signal']})"
+    if kind == "killed":
+        return f"{job}: killed ({event.get('reason', '')})"
+    if kind == "hang":
+        return f"{job}: no progress for {event['idle_s']:.0f} s: stopping it as hung"
+    if kind == "layout_changed":
+        return f"GPU {event['gpu']}: layout {event['before']} -> {event['layout']}"
+    if kind == "mig_mode":
+        return f"GPU {event['gpu']}: MIG mode {'on' if event['enabled'] else 'off'}"
+    if kind == "interrupting":
+        return "interrupted: asking jobs to checkpoint and stop (again to kill at once)"
+    return None
+
+
+class Dashboard:
+    """Receives the executor's events; draws the live view or prints lines."""
+
+    def __init__(
+        self,
+        *,
+        json_out: bool,
+        live: bool | None = None,
+        stream: IO[str] | None = None,
+        plain_every_s: float = 30.0,
+    ) -> None:
+        self.json_out = json_out
+        self.err = stream or sys.stderr
+        self.live_enabled = self.err.isatty() if live is None else live
+        self.plain_every_s = plain_every_s
+        self.executor: Any = None
+        self._live: Any = None
+        self._last_plain = time.monotonic()
+
+    def attach(self, executor: Any) -> None:
+        self.executor = executor
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if self.json_out and kind != "_refresh":
+            print(dumps(event), flush=True)
+        if self.live_enabled:
+            line = describe(event)
+            if line and self._live is not None:
+                self._live.console.print(line, markup=False, highlight=False)
+            if kind == "_refresh" or line:
+                self.refresh()
+            return
+        if self.json_out:
+            return
+        line = describe(event)
+        if line:
+            print(f"miso: {line}", file=self.err, flush=True)
+        elif kind == "_refresh":
+            now = time.monotonic()
+            if now - self._last_plain >= self.plain_every_s:
+                self._last_plain = now
+                self._plain_progress()
+
+    def _plain_progress(self) -> None:
+        if self.executor is None:
+            return
+        parts = []
+        for name, rec in self.executor.journal.jobs.items():
+            if rec.state != "running":
+                continue
+            p = rec.progress or {}
+            frac = p.get("fraction")
+            pct = f"{100 * frac:.0f}%" if frac is not None else f"step {p.get('step') or 0:g}"
+            parts.append(f"{name} {pct} eta {fmt_duration(p.get('eta_s'))}")
+        if parts:
+            print("miso: " + "; ".join(parts), file=self.err, flush=True)
+
+    # ------------------------------------------------------------ the live view
+
+    def start(self) -> None:
+        if not self.live_enabled:
+            return
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(file=self.err, highlight=False)
+        self._live = Live(
+            self.render(),
+            console=console,
+            auto_refresh=False,
+            transient=False,
+            redirect_stdout=False,
+        )
+        self._live.start()
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.render(), refresh=True)
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self.refresh()
+            self._live.stop()
+            self._live = None
+
+    def render(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        ex = self.executor
+        if ex is None:
+            return Text("starting...")
+        gpus = Table.grid(padding=(0, 2))
+        for g in ex.gpus:
+            layout = g.layout.name if g.mode == "mig" else "whole GPU"
+            gpus.add_row(Text(f"GPU {g.index}", style="bold"), g.name, f"{g.mode}: {layout}")
+        jobs = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
+        for col in ("job", "state", "slice", "progress", "", "step", "it/s", "ETA", "CPU", "RSS"):
+            jobs.add_column(col, no_wrap=True)
+        now = ex.clock()
+        for name in ex.order:
+            rec = ex.journal.jobs[name]
+            p = rec.progress or {}
+            frac = p.get("fraction")
+            slice_name = "-"
+            if rec.gpu is not None:
+                s = (rec.slice or {}).get("profile") or "whole"
+                slice_name = f"{rec.gpu}:{s}"
+            bar: Any = ProgressBar(total=1.0, completed=frac or 0.0, width=20)
+            if rec.state == "finished":
+                bar = ProgressBar(total=1.0, completed=1.0, width=20)
+                frac = 1.0
+            step = p.get("step")
+            total = p.get("total")
+            steps = "-" if step is None else f"{step:g}" + (f"/{total:g}" if total else "")
+            tput = p.get("throughput_steps_s")
+            usage = ex.usage.get(name, {}) if rec.state == "running" else {}
+            eta = p.get("eta_s") if rec.state == "running" else None
+            state = rec.state
+            if rec.state == "running" and rec.started_at:
+                state = f"running {fmt_duration(now - rec.started_at)}"
+            jobs.add_row(
+                name,
+                Text(state, style=STATE_STYLE.get(rec.state, "")),
+                slice_name,
+                bar,
+                f"{100 * frac:3.0f}%" if frac is not None else steps,
+                fmt_step_time(p.get("step_time_s")),
+                f"{tput:.1f}" if tput else "-",
+                fmt_duration(eta),
+                f"{usage['cpu_percent']:.0f}%" if usage else "-",
+                f"{usage['rss_mb']:.0f}M" if usage else "-",
+            )
+        counts: dict[str, int] = {}
+        for rec in ex.journal.jobs.values():
+            counts[rec.state] = counts.get(rec.state, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        head = Text(
+            f"miso run {ex.journal.run_id} | policy {ex.policy.name} | "
+            f"{fmt_duration(now - ex.t0)} | {summary}",
+            style="bold",
+        )
+        return Group(head, gpus, jobs)
+
+
+def render_summary(console: Any, report: dict[str, Any]) -> None:
+    """The table printed at the end of a run (and by ``miso run --resume`` of a finished one)."""
+    from rich.table import Table
+
+    table = Table(title=f"miso run {report['run_id']}", header_style="bold")
+    for col in ("job", "state", "slice", "queue", "run", "completion", "retries", "attempts"):
+        table.add_column(col, justify="left" if col in ("job", "state", "slice") else "right")
+    for job in report["jobs"]:
+        where = "-"
+        if job.get("gpu") is not None:
+            where = f"{job['gpu']}:{job.get('slice') or 'whole'}"
+        table.add_row(
+            job["name"],
+            f"[{STATE_STYLE.get(job['state'], '')}]{job['state']}[/]",
+            where,
+            fmt_duration(job.get("queue_s")),
+            fmt_duration(job.get("run_s")),
+            fmt_duration(job.get("completion_s")),
+            str(job.get("retries", 0)),
+            str(job.get("attempts", 0)),
+        )
+    console.print(table)
+    s = report["summary"]
+    util = s.get("slice_utilisation")
+    console.print(
+        f"makespan {fmt_duration(s.get('makespan_s'))}, mean JCT "
+        f"{fmt_duration(s.get('mean_jct_s'))}, slice utilisation "
+        f"{'-' if util is None else f'{100 * util:.0f}%'}; "
+        f"{s['finished']} finished, {s['failed']} failed"
+        + (f", {s['other']} not done" if s.get("other") else ""),
+        highlight=False,
+    )
+    for job in report["jobs"]:
+        if job["state"] in ("failed", "hung") and job.get("reason"):
+            console.print(f"  {job['name']}: {job['reason']}", markup=False, highlight=False)
+    console.print(f"report: {report['report_file']}", markup=False, highlight=False)

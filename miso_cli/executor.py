@@ -1,0 +1,1076 @@
+"""The real-time driver of a scheduling policy: real processes on real or simulated GPUs.
+
+It feeds the policy (:mod:`miso_cli.policy.core`) events with a view built from
+the journal and the driver, and carries out the targets it returns:
+checkpoint-and-stop the jobs that must move, change the layout through
+:func:`miso_cli.gpu.apply.apply_layout` (instances that stay keep their jobs),
+then start the jobs pinned to their instance. Everything it does is written to
+the journal first, so ``miso run --resume`` after a crash (even ``kill -9``)
+finds running jobs again, collects the exit status of jobs that ended
+meanwhile, and restarts only the others: no job lost, none run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from miso_cli import launch
+from miso_cli.errors import MisoError, UsageError
+from miso_cli.gpu.layouts import Layout, Slice
+from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
+from miso_cli.policy.core import (
+    ClusterView,
+    Event,
+    GpuTarget,
+    GpuView,
+    JobView,
+    Policy,
+)
+from miso_cli.progress import Progress, ProgressTracker
+from miso_cli.queue import JobSpec
+
+DEFAULT_HANG_TIMEOUT_S = 600.0
+EventSink = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ExecutorOptions:
+    hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
+    speedup: float | None = None  # for synthetic jobs on simulated GPUs (MISO_SIM_SPEEDUP)
+    poll_s: float = 0.2  # how often exits are checked
+    view_s: float = 1.0  # how often progress, hangs, ticks and the live view are updated
+    usage_s: float = 5.0  # how often process trees are sampled (CPU, RSS)
+    save_s: float = 5.0  # how often progress is journaled when nothing else changed
+    progress_event_s: float = 2.0  # least time between two progress events of one job
+    run_as: launch.RunAs | None = None
+
+
+@dataclass
+class GpuState:
+    """What the executor knows of one GPU between decisions."""
+
+    index: int
+    uuid: str
+    name: str
+    model: Any  # GpuModel
+    mode: str = "full"  # full, mig, mps (as the policy sees it)
+    mig_enabled: bool = False
+    layout: Layout = field(default_factory=lambda: Layout(()))
+    uuids: dict[Slice, str] = field(default_factory=dict)  # instance -> MIG-uuid
+
+
+def slice_json(sl: Slice | None) -> dict[str, Any] | None:
+    if sl is None:
+        return None
+    return {"profile": sl.profile, "slices": sl.slices, "start": sl.start, "size": sl.size}
+
+
+def slice_from_json(data: dict[str, Any] | None) -> Slice | None:
+    if not data:
+        return None
+    return Slice(int(data["start"]), int(data["size"]), str(data["profile"]), int(data["slices"]))
+
+
+class Executor:
+    """Runs one journaled queue to completion (or interruption) under a policy."""
+
+    def __init__(
+        self,
+        driver: Any,
+        policy: Policy,
+        journal: Journal,
+        *,
+        options: ExecutorOptions | None = None,
+        sink: EventSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.drv = driver
+        self.policy = policy
+        self.journal = journal
+        self.opt = options or ExecutorOptions()
+        self.sink = sink or (lambda ev: None)
+        self.clock = clock
+        self.specs: dict[str, JobSpec] = {j.name: j for j in journal.queue.jobs}
+        self.order = [j.name for j in journal.queue.jobs]
+        self.gpus: list[GpuState] = []
+        self.trackers: dict[str, ProgressTracker] = {}
+        self.popens: dict[str, Any] = {}
+        self.usage: dict[str, dict[str, float]] = {}
+        self.watcher = launch.TreeWatcher()
+        self.interrupts = 0
+        self._dirty = True
+        self._last_save = 0.0
+        self._last_progress_event: dict[str, float] = {}
+        self.t0 = journal.started_at
+
+    # ------------------------------------------------------------ events
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        record = {"event": kind, "time": round(self.clock(), 3), **fields}
+        self.journal.event(record)
+        self.sink(record)
+
+    def _decide(self, event: Event) -> None:
+        targets = self.policy.decide(event, self.view())
+        for target in targets:
+            self.journal.decision(
+                {
+                    "time": round(self.clock(), 3),
+                    "event": {"kind": event.kind, "job": event.job, "gpu": event.gpu},
+                    "gpu": target.gpu,
+                    "mode": target.mode,
+                    "layout": target.layout.name if target.mode == "mig" else None,
+                    "assignment": {
+                        j: (s.key if s is not None else None) for j, s in target.assignment.items()
+                    },
+                    "mps_share": dict(target.mps_share),
+                    "reason": target.reason,
+                    "policy": self.policy.name,
+                }
+            )
+            self._dirty = True
+            self.apply(target)
+        if targets:
+            self.save()
+
+    # ------------------------------------------------------------ the view
+
+    def view(self) -> ClusterView:
+        now = self.clock() - self.t0
+        jobs: dict[str, JobView] = {}
+        for name in self.order:
+            rec, spec = self.journal.jobs[name], self.specs[name]
+            if rec.state == "waiting":
+                state = "waiting"
+            elif rec.state in ACTIVE:
+                state = "running"
+            elif rec.state == "finished":
+                state = "finished"
+            else:
+                state = "failed"
+            prog = self.trackers[name].progress if name in self.trackers else None
+            step_time = prog.step_time_s if prog else None
+            sl = slice_from_json(rec.slice)
+            if step_time is not None and rec.gpu is not None:
+                # Predictions are relative to the whole GPU; a rough 7g figure from the
+                # slice it ran on, scaled by compute slices, is better than none.
+                g = sl.slices if sl else self.gpus[rec.gpu].model.compute_slices
+                step_time = step_time * g / self.gpus[rec.gpu].model.compute_slices
+            jobs[name] = JobView(
+                name=name,
+                arrival_s=rec.queued_at - self.t0,
+                state=state,  # type: ignore[arg-type]
+                priority=spec.priority,
+                memory_mb=spec.memory_mb,
+                total_steps=(prog.total if prog and prog.total else spec.steps),
+                done_steps=(prog.step or 0.0) if prog else 0.0,
+                step_time_7g_s=step_time,
+                checkpointable=spec.checkpointable,
+                restart_cost_s=spec.grace_s,
+                gpu=rec.gpu if state == "running" else None,
+                slice=sl if state == "running" else None,
+                workload=spec.workload,
+            )
+        gpus = []
+        for g in self.gpus:
+            on = {
+                n: slice_from_json(r.slice)
+                for n, r in self.journal.jobs.items()
+                if r.state in ACTIVE and r.gpu == g.index
+            }
+            gpus.append(
+                GpuView(
+                    index=g.index,
+                    model=g.model,
+                    mode=g.mode,  # type: ignore[arg-type]
+                    layout=g.layout if g.mode == "mig" else Layout(()),
+                    jobs=on,
+                )
+            )
+        return ClusterView(now=now, gpus=gpus, jobs=jobs)
+
+    # ------------------------------------------------------------ GPUs
+
+    def load_gpus(self) -> None:
+        """Read every GPU's mode, layout and instance UUIDs from the driver."""
+        self.gpus = []
+        saved = {g["index"]: g for g in self.journal.data.get("gpus", [])}
+        for i in range(self.drv.device_count()):
+            info = self.drv.gpu(i)
+            g = GpuState(i, info.uuid, info.name, self.drv.gpu_model(i))
+            g.mig_enabled = bool(info.mig_current)
+            if g.mig_enabled:
+                self._refresh_instances(g)
+            g.mode = saved.get(i, {}).get("mode") or ("mig" if g.mig_enabled else "full")
+            if g.mode == "mig" and not g.mig_enabled:
+                g.mode = "full"
+            self.gpus.append(g)
+        self._record_gpus()
+
+    def _refresh_instances(self, g: GpuState) -> None:
+        g.uuids = {}
+        slices = []
+        for inst in self.drv.instances(g.index):
+            slices.append(inst.slice)
+            g.uuids[inst.slice] = inst.uuid
+        g.layout = Layout.of(slices)
+
+    def _record_gpus(self) -> None:
+        self.journal.data["gpus"] = [
+            {
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "model": g.model.key,
+                "compute_slices": g.model.compute_slices,
+                "mode": g.mode,
+                "mig_enabled": g.mig_enabled,
+                "layout": g.layout.name if g.mig_enabled else None,
+                "instances": [
+                    {**(slice_json(s) or {}), "uuid": g.uuids.get(s)} for s in g.layout.slices
+                ],
+            }
+            for g in self.gpus
+        ]
+
+    def _full_slice(self, g: GpuState) -> Slice:
+        p = g.model.full_profile
+        pl = p.placements[0]
+        return Slice(pl.start, pl.size, p.name, p.slices)
+
+    def _set_layout(self, g: GpuState, layout: Layout, reason: str) -> None:
+        from miso_cli.gpu.apply import apply_layout
+
+        if not g.mig_enabled:
+            change = self.drv.set_mig_mode(g.index, True)
+            if not getattr(change, "current", True):
+                raise MisoError(
+                    f"GPU {g.index}: MIG mode could not be enabled now (pending: a GPU reset "
+                    "is needed)",
+                    hint="enable it once with: miso apply --mig on, then reset the GPU",
+                    code="NO_GPU",
+                    exit_code=4,  # type: ignore[arg-type]
+                )
+            g.mig_enabled = True
+            self.emit("mig_mode", gpu=g.index, enabled=True)
+        before = g.layout.name
+        if g.layout != layout:
+            apply_layout(self.drv, g.index, layout)
+        self._refresh_instances(g)
+        if g.layout != layout:
+            raise MisoError(
+                f"GPU {g.index}: layout is {g.layout.name} after applying {layout.name}",
+                code="INCONSISTENT",
+                exit_code=10,  # type: ignore[arg-type]
+            )
+        if before != g.layout.name:
+            self.emit(
+                "layout_changed", gpu=g.index, layout=g.layout.name, before=before, reason=reason
+            )
+        self._record_gpus()
+
+    # ------------------------------------------------------------ applying a target
+
+    def apply(self, target: GpuTarget) -> None:
+        if not 0 <= target.gpu < len(self.gpus):
+            raise UsageError(f"policy {self.policy.name} named GPU {target.gpu}, which is not here")
+        g = self.gpus[target.gpu]
+        if target.mode == "mps":
+            raise UsageError(
+                f"policy {self.policy.name} asked for MPS on GPU {g.index}, which miso run "
+                "does not drive yet",
+                hint="use --policy nopart or --layout",
+            )
+        wanted: dict[str, Slice | None] = {}
+        for name, sl in target.assignment.items():
+            rec = self.journal.jobs.get(name)
+            if rec is None or rec.terminal:
+                continue
+            wanted[name] = sl if target.mode == "mig" else None
+        # 1. Jobs that must move or leave: checkpoint and stop them (they go back to the
+        #    queue, or to their new place below).
+        moving = []
+        for name, rec in self.journal.jobs.items():
+            if rec.state not in ACTIVE:
+                continue
+            here = rec.gpu == g.index
+            if here and name not in wanted:
+                moving.append((name, "requeue"))
+            elif here and (target.mode != g.mode or slice_from_json(rec.slice) != wanted[name]):
+                moving.append((name, "migrate"))
+            elif not here and name in wanted:
+                moving.append((name, "migrate"))
+        self.stop_jobs([n for n, _ in moving], {n: r for n, r in moving}, wait=True)
+        # 2. The GPU itself.
+        if target.mode == "mig":
+            self._set_layout(g, target.layout, target.reason)
+        elif wanted and g.mig_enabled:
+            # MIG stays on: a whole GPU is its one full-size instance.
+            self._set_layout(g, Layout.of([self._full_slice(g)]), target.reason)
+        if g.mode != target.mode:
+            self.emit("gpu_mode", gpu=g.index, mode=target.mode, reason=target.reason)
+        g.mode = target.mode
+        self._record_gpus()
+        # 3. Start what is not running where it should.
+        for name, sl in wanted.items():
+            rec = self.journal.jobs[name]
+            if rec.state in ACTIVE:
+                continue
+            if target.mode == "mig":
+                assert sl is not None
+                device = g.uuids.get(sl)
+                if device is None:
+                    raise UsageError(
+                        f"policy {self.policy.name} put {name} on {sl.key}, "
+                        f"not an instance of GPU {g.index} ({g.layout.name})"
+                    )
+            elif g.mig_enabled:
+                sl_full = self._full_slice(g)
+                device = g.uuids[sl_full]
+            else:
+                device = g.uuid
+            self.start(name, g, sl, device)
+
+    # ------------------------------------------------------------ starting
+
+    def _values(self, name: str, attempt: int) -> dict[str, Any]:
+        return {
+            "checkpoint_dir": str(self.journal.checkpoint_dir(name)),
+            "job": name,
+            "attempt": attempt,
+        }
+
+    def start(self, name: str, g: GpuState, sl: Slice | None, device: str) -> None:
+        spec, rec = self.specs[name], self.journal.jobs[name]
+        rec.attempt += 1
+        resume = rec.attempt > 1
+        now = self.clock()
+        job_dir = self.journal.job_dir(name)
+        ckpt = self.journal.checkpoint_dir(name)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        progress_file = self.journal.progress_file(name)
+        progress_file.touch()
+        if self.opt.run_as is not None:
+            _hand_over(self.journal.run_dir, [job_dir, ckpt, progress_file], self.opt.run_as)
+        extra = {
+            "MISO_PROGRESS_FILE": str(progress_file),
+            "MISO_CHECKPOINT_DIR": str(ckpt),
+            "MISO_RUN_ID": self.journal.run_id,
+        }
+        if self.drv.is_simulated and self.drv.sim_state_path is not None:
+            extra["MISO_SIM_STATE"] = str(self.drv.sim_state_path)
+        if self.opt.speedup is not None:
+            extra["MISO_SIM_SPEEDUP"] = repr(float(self.opt.speedup))
+        values = self._values(name, rec.attempt)
+        argv = launch.job_argv(spec, resume=resume, values=values)
+        env = launch.job_env(
+            spec,
+            base=os.environ,
+            device=device,
+            attempt=rec.attempt,
+            resume=resume,
+            values=values,
+            extra=extra,
+            run_as=self.opt.run_as,
+        )
+        where = f"GPU {g.index} {sl.profile}@{sl.start}" if sl else f"GPU {g.index} (whole)"
+        header = (
+            f"\n=== miso: {name} attempt {rec.attempt} on {where} ({device}) at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} ===\n"
+        )
+        rec.state = "starting"
+        rec.gpu, rec.slice, rec.instance_uuid = g.index, slice_json(sl), device
+        rec.stop_reason, rec.stop_deadline = None, None
+        self.save()  # a crash from here on finds the wrapper by its tag
+        try:
+            launched = launch.launch(
+                spec,
+                argv=argv,
+                env=env,
+                log_path=self.journal.log_path(name),
+                exit_file=self.journal.exit_file(name, rec.attempt),
+                tag=self._tag(name, rec.attempt),
+                header=header,
+                run_as=self.opt.run_as,
+            )
+        except OSError as exc:
+            rec.state = "failed"
+            rec.reason = f"cannot start: {exc.strerror or exc}"
+            rec.ended_at = now
+            self.emit("failed", job=name, reason=rec.reason)
+            self.save()
+            return
+        rec.pid, rec.create_time = launched.pid, launched.create_time
+        rec.state = "running"
+        rec.started_at = now
+        if rec.first_started_at is None:
+            rec.first_started_at = now
+        rec.attempts.append(
+            Attempt(
+                number=rec.attempt,
+                gpu=g.index,
+                slice=sl.profile if sl else None,
+                slices=sl.slices if sl else g.model.compute_slices,
+                started_at=now,
+                resumed=resume,
+            )
+        )
+        if launched.popen is not None:
+            self.popens[name] = launched.popen
+        tracker = self._tracker(name)
+        tracker.restart(launched.log_offset)
+        rec.log_offset = launched.log_offset
+        rec.reason = ""
+        self.save()
+        self.emit(
+            "started",
+            job=name,
+            attempt=rec.attempt,
+            gpu=g.index,
+            slice=sl.profile if sl else None,
+            device=device,
+            pid=launched.pid,
+            resumed=resume,
+        )
+
+    def _tag(self, name: str, attempt: int) -> str:
+        return f"{self.journal.run_id}/{name}/{attempt}"
+
+    def _tracker(self, name: str) -> ProgressTracker:
+        if name not in self.trackers:
+            spec, rec = self.specs[name], self.journal.jobs[name]
+            self.trackers[name] = ProgressTracker(
+                self.journal.log_path(name),
+                self.journal.progress_file(name),
+                kind=spec.progress,
+                regex=spec.progress_regex,
+                steps=spec.steps,
+                log_offset=rec.log_offset,
+                file_offset=rec.file_offset,
+            )
+            p = rec.progress
+            if p:
+                self.trackers[name].progress.step = p.get("step")
+                if p.get("total") is not None:
+                    self.trackers[name].progress.total = p.get("total")
+        return self.trackers[name]
+
+    # ------------------------------------------------------------ stopping
+
+    def stop_jobs(self, names: list[str], reasons: dict[str, str], *, wait: bool) -> None:
+        """Ask each job to checkpoint (its signal), then kill what outlives its grace."""
+        now = self.clock()
+        for name in names:
+            rec, spec = self.journal.jobs[name], self.specs[name]
+            if rec.state not in ACTIVE:
+                continue
+            if rec.state != "stopping":
+                rec.state = "stopping"
+                rec.stop_reason = reasons[name]
+                rec.stop_deadline = now + spec.grace_s
+                if rec.pid:
+                    launch.send(rec.pid, spec.stop_signal)
+                self.emit(
+                    "stopping",
+                    job=name,
+                    reason=rec.stop_reason,
+                    signal=signal.Signals(spec.stop_signal).name,
+                    grace_s=spec.grace_s,
+                )
+            elif reasons[name] in ("interrupt", "hang"):
+                rec.stop_reason = reasons[name]
+        self.save()
+        if not wait:
+            return
+        while any(self.journal.jobs[n].state == "stopping" for n in names):
+            self.check_exits()
+            self.enforce_deadlines()
+            if any(self.journal.jobs[n].state == "stopping" for n in names):
+                time.sleep(self.opt.poll_s)
+
+    def enforce_deadlines(self) -> None:
+        now = self.clock()
+        for name, rec in self.journal.jobs.items():
+            if (
+                rec.state == "stopping"
+                and rec.stop_deadline is not None
+                and now >= rec.stop_deadline
+            ):
+                if rec.pid and launch.kill_group(rec.pid):
+                    self.emit("killed", job=name, reason=f"grace period over ({rec.stop_reason})")
+                rec.stop_deadline = now + 5.0  # kill again later if it still lingers
+                if not self._alive(name):
+                    self._ended(name, {"exit_code": None, "signal": int(signal.SIGKILL)})
+
+    # ------------------------------------------------------------ exits
+
+    def _alive(self, name: str) -> bool:
+        rec = self.journal.jobs[name]
+        popen = self.popens.get(name)
+        if popen is not None:
+            return popen.poll() is None
+        return launch.is_alive(rec.pid, rec.create_time)
+
+    def check_exits(self) -> list[str]:
+        ended = []
+        for name, rec in self.journal.jobs.items():
+            if rec.state not in ACTIVE:
+                continue
+            exit_file = self.journal.exit_file(name, rec.attempt)
+            info = launch.read_exit(exit_file)
+            if info is None:
+                if self._alive(name):
+                    continue
+                popen = self.popens.get(name)
+                info = launch.read_exit(exit_file)  # written just before the wrapper exits
+                if info is None:
+                    rc = popen.returncode if popen is not None else None
+                    info = {
+                        "exit_code": rc if rc is not None and rc >= 0 else None,
+                        "signal": -rc if rc is not None and rc < 0 else None,
+                        "lost": popen is None,
+                    }
+            elif self.popens.get(name) is not None:
+                self.popens[name].poll()  # reap the wrapper
+            self._ended(name, info)
+            ended.append(name)
+        return ended
+
+    def _ended(self, name: str, info: dict[str, Any]) -> None:
+        rec, spec = self.journal.jobs[name], self.specs[name]
+        if rec.state not in ACTIVE:
+            return
+        now = self.clock()
+        self.popens.pop(name, None)
+        tracker = self._tracker(name)
+        tracker.poll(now)
+        rec.progress = tracker.progress.to_json()
+        rec.log_offset, rec.file_offset = tracker.log_offset, tracker.file_offset
+        code, sig = info.get("exit_code"), info.get("signal")
+        rec.exit_code = code
+        attempt = rec.attempts[-1] if rec.attempts else None
+        if attempt is not None:
+            attempt.ended_at = float(info.get("ended_at") or now)
+            attempt.exit_code, attempt.signal = code, sig
+        complete = (
+            tracker.progress.total is not None
+            and tracker.progress.step is not None
+            and tracker.progress.step >= tracker.progress.total
+        )
+        how = f"exit code {code}" if code is not None else f"signal {sig}" if sig else "unknown"
+        reason = rec.stop_reason
+        outcome: str
+        if info.get("lost") and reason is None:
+            outcome, rec.state = "lost", "waiting"
+            rec.reason = "its process vanished while miso was not watching; restarting"
+        elif code == 0 and (reason is None or complete):
+            outcome, rec.state = "finished", "finished"
+            rec.reason = ""
+        elif reason == "hang":
+            outcome, rec.state = "hung", "hung"
+            rec.reason = rec.reason or "no progress"
+        elif reason == "interrupt":
+            outcome, rec.state = "interrupted", "interrupted"
+            rec.reason = f"stopped on request ({how})"
+        elif reason in ("requeue", "migrate"):
+            outcome, rec.state = "stopped", "waiting"
+            rec.reason = f"stopped to {reason} ({how})"
+        else:
+            rec.failures += 1
+            if rec.failures <= spec.retries:
+                outcome, rec.state = "retry", "waiting"
+                rec.reason = f"{how}; retry {rec.failures} of {spec.retries}"
+            else:
+                outcome, rec.state = "failed", "failed"
+                rec.reason = how + (f" after {spec.retries} retries" if spec.retries else "")
+                tail = _log_tail(self.journal.log_path(name))
+                if tail:
+                    rec.reason += f": {tail}"
+        if attempt is not None:
+            attempt.outcome = outcome
+        if rec.state in ("finished", "failed", "hung", "interrupted"):
+            rec.ended_at = now
+        if rec.state == "waiting":
+            rec.gpu, rec.slice, rec.instance_uuid = None, None, None
+        rec.pid = None
+        rec.stop_reason, rec.stop_deadline = None, None
+        self._dirty = True
+        self.save()
+        fields = {"job": name, "exit_code": code, "signal": sig, "reason": rec.reason}
+        if outcome == "finished":
+            self.emit("finished", **fields)
+        elif outcome in ("failed", "hung"):
+            self.emit(outcome, **fields)
+        elif outcome == "interrupted":
+            self.emit("interrupted", **fields)
+        else:
+            self.emit("requeued", outcome=outcome, **fields)
+
+    # ------------------------------------------------------------ watching
+
+    def watch(self, now: float) -> None:
+        """Progress of each running job, hang detection, process-tree usage."""
+        for name, rec in self.journal.jobs.items():
+            if rec.state not in ("running", "stopping"):
+                continue
+            tracker = self._tracker(name)
+            advanced = tracker.poll(now)
+            rec.progress = tracker.progress.to_json()
+            rec.log_offset, rec.file_offset = tracker.log_offset, tracker.file_offset
+            if advanced:
+                last = self._last_progress_event.get(name, 0.0)
+                if now - last >= self.opt.progress_event_s:
+                    self._last_progress_event[name] = now
+                    self.emit("progress", job=name, **_rounded(tracker.progress))
+            if rec.state != "running":
+                continue
+            timeout = self.specs[name].hang_timeout_s or self.opt.hang_timeout_s
+            since = max(
+                t
+                for t in (tracker.progress.updated_at, rec.started_at, tracker.output_at)
+                if t is not None
+            )
+            if tracker.progress.step is not None and tracker.progress.updated_at is not None:
+                since = max(tracker.progress.updated_at, rec.started_at or 0.0)
+            if now - since > timeout:
+                rec.reason = f"no progress for {now - since:.0f} s (hang timeout {timeout:g} s)"
+                self.emit("hang", job=name, idle_s=round(now - since, 1), timeout_s=timeout)
+                self.stop_jobs([name], {name: "hang"}, wait=False)
+
+    def sample_usage(self) -> None:
+        roots = {n: r.pid for n, r in self.journal.jobs.items() if r.state in ACTIVE and r.pid}
+        self.usage = self.watcher.sample(roots) if roots else {}
+
+    def save(self, *, force: bool = True) -> None:
+        now = self.clock()
+        if force or self._dirty or now - self._last_save >= self.opt.save_s:
+            self.journal.save()
+            self._last_save = now
+            self._dirty = False
+
+    # ------------------------------------------------------------ the loop
+
+    def start_run(self) -> None:
+        """A fresh run: every queued job arrives now."""
+        self.load_gpus()
+        self.emit(
+            "run_started",
+            run_id=self.journal.run_id,
+            policy=self.policy.name,
+            jobs=list(self.order),
+            gpus=self.journal.data["gpus"],
+        )
+        for name in self.order:
+            self._decide(Event("arrival", job=name))
+
+    def resume_run(self) -> None:
+        """After a crash or an interruption: find jobs again, collect exits, restart the rest."""
+        self.load_gpus()
+        self.journal.status = "running"
+        self.journal.data["miso_pid"] = os.getpid()
+        found, collected, restarted = [], [], []
+        for name in self.order:
+            rec = self.journal.jobs[name]
+            if rec.state == "interrupted":
+                rec.state = "waiting"
+                rec.gpu, rec.slice, rec.instance_uuid = None, None, None
+                rec.ended_at = None
+                restarted.append(name)
+                continue
+            if rec.state not in ACTIVE:
+                continue
+            if rec.pid and launch.is_alive(rec.pid, rec.create_time):
+                found.append(name)
+            else:
+                again = launch.find_wrapper(self._tag(name, rec.attempt))
+                if again is not None:
+                    rec.pid, rec.create_time = again
+                    if rec.state == "starting":
+                        self._adopt_attempt(rec, again[1])
+                    found.append(name)
+                    continue
+                info = launch.read_exit(self.journal.exit_file(name, rec.attempt))
+                if rec.state == "starting":
+                    if info is None:
+                        # Crashed between journaling the start and launching: never ran.
+                        rec.attempt -= 1
+                        rec.state = "waiting"
+                        rec.gpu, rec.slice, rec.instance_uuid = None, None, None
+                        restarted.append(name)
+                        continue
+                    self._adopt_attempt(rec, float(info.get("started_at") or self.clock()))
+                self._ended(name, info or {"exit_code": None, "signal": None, "lost": True})
+                collected.append(name)
+            if rec.state == "stopping" and rec.stop_deadline is not None:
+                rec.stop_deadline = self.clock() + self.specs[name].grace_s
+        self.save()
+        self.emit(
+            "run_resumed",
+            run_id=self.journal.run_id,
+            running=found,
+            collected=collected,
+            restarting=restarted,
+        )
+        self._decide(Event("tick"))
+
+    def _adopt_attempt(self, rec: JobRecord, started_at: float) -> None:
+        """A job launched just before a crash, before its start was journaled."""
+        sl = slice_from_json(rec.slice)
+        g = self.gpus[rec.gpu] if rec.gpu is not None and rec.gpu < len(self.gpus) else None
+        rec.attempts.append(
+            Attempt(
+                number=rec.attempt,
+                gpu=rec.gpu,
+                slice=sl.profile if sl else None,
+                slices=sl.slices if sl else (g.model.compute_slices if g else 0),
+                started_at=started_at,
+                resumed=rec.attempt > 1,
+            )
+        )
+        rec.state = "running"
+        rec.started_at = started_at
+        if rec.first_started_at is None:
+            rec.first_started_at = started_at
+
+    def loop(self, should_stop: Callable[[], bool]) -> str:
+        """Run until every job is done, or ``should_stop()``; the run's final status."""
+        last_view = last_usage = 0.0
+        idle_ticks = 0
+        while True:
+            if should_stop():
+                self.interrupt_all()
+                return "interrupted"
+            ended = self.check_exits()
+            self.enforce_deadlines()
+            for name in ended:
+                rec = self.journal.jobs[name]
+                kind = "finish" if rec.state == "finished" else "failed"
+                self._decide(Event(kind, job=name, gpu=None))
+            now = self.clock()
+            if now - last_view >= self.opt.view_s:
+                last_view = now
+                self.watch(now)
+                if now - last_usage >= self.opt.usage_s:
+                    last_usage = now
+                    self.sample_usage()
+                self._decide(Event("tick"))
+                self.save(force=False)
+                self.sink({"event": "_refresh"})
+                active = [r for r in self.journal.jobs.values() if r.state in ACTIVE]
+                waiting = [r for r in self.journal.jobs.values() if r.state == "waiting"]
+                if not active and not waiting:
+                    return "finished"
+                if not active and waiting:
+                    idle_ticks += 1
+                    if idle_ticks >= 3:
+                        self._unschedulable(waiting)
+                else:
+                    idle_ticks = 0
+            time.sleep(self.opt.poll_s)
+
+    def _unschedulable(self, waiting: list[JobRecord]) -> None:
+        """Nothing runs, and the policy starts nothing: those jobs can never run."""
+        for rec in waiting:
+            rec.state = "failed"
+            rec.ended_at = self.clock()
+            rec.reason = f"policy {self.policy.name} found no GPU instance for it"
+            self.emit("failed", job=rec.name, reason=rec.reason)
+        self.save()
+
+    def interrupt_all(self) -> None:
+        names = [n for n, r in self.journal.jobs.items() if r.state in ACTIVE]
+        self.emit("interrupting", jobs=names)
+        self.stop_jobs(names, {n: "interrupt" for n in names}, wait=False)
+        while any(self.journal.jobs[n].state in ACTIVE for n in names):
+            self.check_exits()
+            if self.interrupts >= 2:  # asked twice: do not wait for the grace periods
+                for n in names:
+                    rec = self.journal.jobs[n]
+                    if rec.state in ACTIVE and rec.pid:
+                        launch.kill_group(rec.pid)
+                        rec.stop_deadline = self.clock()
+            self.enforce_deadlines()
+            time.sleep(self.opt.poll_s)
+        self.save()
+
+
+def _rounded(p: Progress) -> dict[str, Any]:
+    out = {}
+    for k, v in p.to_json().items():
+        out[k] = round(v, 4) if isinstance(v, float) else v
+    return out
+
+
+def _log_tail(path: Path, limit: int = 160) -> str:
+    """The last non-empty line of a log, for a failure's reason."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 4096))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in data.replace("\r", "\n").splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("=== miso:")]
+    return lines[-1][:limit] if lines else ""
+
+
+def _hand_over(run_dir: Path, paths: list[Path], run_as: launch.RunAs) -> None:
+    """Under sudo: the job's own files belong to the user, and the way to them is open."""
+    for d in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "jobs"):
+        try:
+            os.chmod(d, 0o711)  # traverse, not list
+        except OSError:
+            pass
+    for p in paths:
+        try:
+            os.chown(p, run_as.uid, run_as.gid)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------- the report
+
+
+def run_report(journal: Journal) -> dict[str, Any]:
+    """Per job: state, times, retries, slice; overall: makespan, mean JCT, slice utilisation."""
+    t0 = journal.started_at
+    jobs = []
+    busy = 0.0  # compute-slice seconds used by jobs
+    last_end = t0
+    for job in journal.queue.jobs:
+        rec = journal.jobs[job.name]
+        run_s = sum((a.ended_at or a.started_at) - a.started_at for a in rec.attempts if a.ended_at)
+        for a in rec.attempts:
+            if a.ended_at:
+                busy += a.slices * (a.ended_at - a.started_at)
+                last_end = max(last_end, a.ended_at)
+        if rec.ended_at:
+            last_end = max(last_end, rec.ended_at)
+        last = rec.attempts[-1] if rec.attempts else None
+        p = rec.progress or {}
+        jobs.append(
+            {
+                "name": job.name,
+                "state": rec.state,
+                "queued_at": rec.queued_at,
+                "started_at": rec.first_started_at,
+                "ended_at": rec.ended_at,
+                "queue_s": (rec.first_started_at - rec.queued_at) if rec.first_started_at else None,
+                "run_s": run_s,
+                "completion_s": (rec.ended_at - rec.queued_at)
+                if rec.ended_at and rec.state == "finished"
+                else None,
+                "retries": rec.failures,
+                "attempts": rec.attempt,
+                "gpu": last.gpu if last else None,
+                "slice": last.slice if last else None,
+                "exit_code": rec.exit_code,
+                "reason": rec.reason,
+                "steps": p.get("step"),
+                "total_steps": p.get("total"),
+                "step_time_s": p.get("step_time_s"),
+                "log": str(journal.log_path(job.name)),
+            }
+        )
+    ended = journal.data.get("ended_at") or last_end
+    makespan = max(0.0, float(ended) - t0)
+    jcts = [j["completion_s"] for j in jobs if j["completion_s"] is not None]
+    capacity = sum(int(g.get("compute_slices", 7)) for g in journal.data.get("gpus", []))
+    util = busy / (capacity * makespan) if capacity and makespan > 0 else None
+    states = [j["state"] for j in jobs]
+    return {
+        "run_id": journal.run_id,
+        "status": journal.status,
+        "policy": journal.data["policy"]["name"],
+        "gpu_spec": journal.data.get("gpu_spec"),
+        "started_at": t0,
+        "ended_at": journal.data.get("ended_at"),
+        "gpus": journal.data.get("gpus", []),
+        "jobs": jobs,
+        "summary": {
+            "jobs": len(jobs),
+            "finished": states.count("finished"),
+            "failed": sum(states.count(s) for s in ("failed", "hung")),
+            "other": sum(1 for s in states if s not in ("finished", "failed", "hung")),
+            "makespan_s": makespan,
+            "mean_jct_s": sum(jcts) / len(jcts) if jcts else None,
+            "slice_utilisation": min(1.0, util) if util is not None else None,
+        },
+        "run_dir": str(journal.run_dir),
+        "report_file": str(journal.report_path),
+    }
+
+
+# ---------------------------------------------------------------- one whole run
+
+
+@dataclass
+class RunRequest:
+    queue_path: Path | None
+    state_dir: Path
+    gpu_spec: str | None
+    policy: str = "nopart"
+    layout: list[str] | None = None
+    resume: bool = False
+    hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
+    speedup: float | None = None
+
+
+def _open_driver(spec: str | None, state_dir: Path) -> Any:
+    from miso_cli.gpu.nvml import open_driver
+
+    return open_driver(spec, state_dir)
+
+
+def _check_fits(queue: Any, drv: Any, policy: Policy) -> None:
+    """Before anything starts: the layout fits each GPU, and every job fits some instance."""
+    from miso_cli.gpu.layouts import LayoutError
+    from miso_cli.policy.simple import FixedLayout
+    from miso_cli.queue import check_memory
+
+    best_mb, what = 0.0, ""
+    for i in range(drv.device_count()):
+        model = drv.gpu_model(i)
+        if isinstance(policy, FixedLayout):
+            info = drv.gpu(i)
+            current = drv.current_layout(i) if info.mig_current else None
+            view = GpuView(
+                i, model, mode="mig" if current else "full", layout=current or Layout(())
+            )
+            try:
+                layout = policy.layout_for(view)
+            except LayoutError as exc:
+                raise UsageError(f"--layout: {exc}") from None
+            if layout is None:
+                continue
+            for sl in layout.slices:
+                mb = model.profile(sl.profile).memory_mb
+                if mb > best_mb:
+                    best_mb, what = mb, f"the largest instance of --layout ({sl.profile})"
+        elif model.memory_mb > best_mb:
+            best_mb, what = model.memory_mb, f"a whole {model.name}"
+    if best_mb:
+        check_memory(queue, best_mb, what)
+
+
+def run_queue(
+    req: RunRequest,
+    *,
+    sink: EventSink,
+    on_executor: Callable[[Executor], None] | None = None,
+) -> dict[str, Any]:
+    """Validate, then run (or resume) a queue to the end; returns the report.
+
+    SIGINT/SIGTERM ask the jobs to checkpoint and stop; the report's status is
+    then ``interrupted``.
+    """
+    from miso_cli.journal import RunLock
+    from miso_cli.policy import registry
+    from miso_cli.queue import load_queue
+
+    state_dir = Path(req.state_dir)
+    lock = RunLock(state_dir)
+    lock.acquire()
+    try:
+        if req.resume:
+            journal = Journal.open(state_dir)
+            spec = journal.data.get("gpu_spec")
+            if req.gpu_spec is not None and req.gpu_spec != spec:
+                raise UsageError(
+                    f"--gpu {req.gpu_spec}: run {journal.run_id} ran on {spec or 'nvml'}",
+                    hint="resume it with the same --gpu, or leave --gpu out",
+                )
+            pol = journal.data["policy"]
+            policy = registry.get(pol["name"], **pol.get("options", {}))
+            opts = journal.data.get("options", {})
+            hang = float(opts.get("hang_timeout_s", req.hang_timeout_s))
+            speedup = opts.get("speedup", req.speedup)
+            drv = _open_driver(spec, state_dir)
+            if journal.status == "finished":
+                return run_report(journal)
+        else:
+            if req.queue_path is None:
+                raise UsageError("a queue file is needed", hint="miso run QUEUE.toml")
+            queue = load_queue(req.queue_path)
+            previous = Journal.latest_id(state_dir)
+            if previous is not None:
+                try:
+                    old = Journal.open(state_dir, previous)
+                except MisoError:
+                    old = None
+                if old is not None and old.status == "running":
+                    raise UsageError(
+                        f"run {previous} in {state_dir} did not finish (miso was stopped)",
+                        hint="continue it with: miso run --resume",
+                    )
+            options = {"layout": req.layout} if req.layout else {}
+            policy = registry.get(req.policy, **options)
+            drv = _open_driver(req.gpu_spec, state_dir)
+            _check_fits(queue, drv, policy)
+            hang, speedup = req.hang_timeout_s, req.speedup
+            journal = Journal.create(
+                state_dir,
+                queue,
+                gpu_spec=req.gpu_spec,
+                policy=req.policy,
+                policy_options=options,
+                options={"hang_timeout_s": hang, "speedup": speedup},
+            )
+        run_as = launch.run_as_from_env(os.environ, os.geteuid())
+        ex = Executor(
+            drv,
+            policy,
+            journal,
+            options=ExecutorOptions(hang_timeout_s=hang, speedup=speedup, run_as=run_as),
+            sink=sink,
+        )
+        if on_executor is not None:
+            on_executor(ex)
+
+        def on_signal(signum: int, frame: object) -> None:
+            ex.interrupts += 1
+
+        previous_handlers = {
+            s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            if req.resume:
+                ex.resume_run()
+            else:
+                ex.start_run()
+            status = ex.loop(lambda: ex.interrupts > 0)
+        except BaseException:
+            # Whatever went wrong, leave no job behind unsupervised and say so.
+            journal.status = "interrupted"
+            journal.data["ended_at"] = time.time()
+            try:
+                ex.interrupt_all()
+            finally:
+                journal.save()
+                journal.close()
+            raise
+        finally:
+            for s, h in previous_handlers.items():
+                signal.signal(s, h)
+        failed = any(r.state in ("failed", "hung") for r in journal.jobs.values())
+        journal.status = (
+            "interrupted" if status == "interrupted" else ("failed" if failed else "finished")
+        )
+        journal.data["ended_at"] = time.time()
+        journal.save()
+        report = run_report(journal)
+        from miso_cli.state import atomic_write_json
+
+        atomic_write_json(journal.report_path, report)
+        ex.emit("run_ended", status=journal.status, summary=report["summary"])
+        journal.close()
+        drv.close()
+        return report
+    finally:
+        lock.release()
