@@ -213,7 +213,7 @@ class JobRecord:
 
     @property
     def queue_s(self) -> float | None:
-        return None if self.start_s is None else self.start_s - self.arrival_s
+        return None if self.start_s is None else max(0.0, self.start_s - self.arrival_s)
 
 
 @dataclass
