@@ -18,6 +18,9 @@ app = typer.Typer(
 
 # (command name, module under miso_cli.cli). Each module defines ``command``.
 COMMANDS: list[tuple[str, str]] = [
+    ("status", "status"),
+    ("layouts", "layouts"),
+    ("apply", "apply"),
     ("run", "run"),
     ("doctor", "doctor"),
     ("export", "export"),

@@ -1,0 +1,139 @@
+"""``miso layouts``: every valid MIG layout of one GPU, enumerated from its placements."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from miso_cli.cli.common import (
+    DebugOpt,
+    GpuOpt,
+    JsonOpt,
+    Result,
+    StateDirOpt,
+    execute,
+    state_dir_or_default,
+)
+
+
+def command(
+    gpu: GpuOpt = None,
+    gpu_index: Annotated[
+        int, typer.Option("--gpu-index", "-i", help="Which GPU's profiles to use.", min=0)
+    ] = 0,
+    model: Annotated[
+        Optional[str],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
+        typer.Option(
+            "--model",
+            help="List a known GPU model's layouts without a GPU (e.g. a100-40gb, h100-80gb).",
+        ),
+    ] = None,
+    include_me: Annotated[
+        bool, typer.Option("--include-me", help="Also use the +me (media extensions) profiles.")
+    ] = False,
+    include_double_memory: Annotated[
+        bool,
+        typer.Option(
+            "--include-double-memory",
+            help="Also use the 1g profile with double memory (e.g. 1g.10gb on A100-40GB).",
+        ),
+    ] = False,
+    all_layouts: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="List every layout, not only maximal ones (where no further instance fits).",
+        ),
+    ] = False,
+    state_dir: StateDirOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """List the MIG layouts of a GPU with the placement of each instance.
+
+    By default only maximal layouts (no further instance fits) of the standard
+    profiles: 19 on an A100. Layouts come from the profiles' placements as the
+    driver reports them, never from a fixed list.
+
+    $ miso layouts --gpu sim:a100-40gb
+
+    $ miso layouts --model h100-80gb --include-double-memory --json
+    """
+
+    def body(console: Console) -> Result:
+        from miso_cli.errors import UsageError
+        from miso_cli.gpu.layouts import enumerate_layouts
+        from miso_cli.gpu.profiles import MODELS
+        from miso_cli.gpu.profiles import model as model_of
+
+        if model is not None:
+            try:
+                gm = model_of(model)
+            except KeyError:
+                raise UsageError(
+                    f"--model: unknown GPU model {model!r}",
+                    hint="known: " + ", ".join(sorted(MODELS)),
+                ) from None
+            source = "table"
+        else:
+            from miso_cli.gpu.nvml import open_driver
+
+            drv = open_driver(gpu, state_dir_or_default(state_dir))
+            try:
+                gm = drv.gpu_model(gpu_index)
+            finally:
+                drv.close()
+            source = "simulated" if drv.is_simulated else "driver"
+        layouts = enumerate_layouts(
+            gm,
+            maximal=not all_layouts,
+            include_me=include_me,
+            include_double_memory=include_double_memory,
+        )
+        data: dict[str, Any] = {
+            "model": gm.key,
+            "name": gm.name,
+            "gpu_index": None if model is not None else gpu_index,
+            "source": source,
+            "maximal_only": not all_layouts,
+            "include_me": include_me,
+            "include_double_memory": include_double_memory,
+            "profiles": [
+                {
+                    "name": p.name,
+                    "id": p.profile_id,
+                    "slices": p.slices,
+                    "memory_mb": p.memory_mb,
+                    "instance_count": p.instance_count,
+                    "placements": [{"start": pl.start, "size": pl.size} for pl in p.placements],
+                    "variant": p.variant,
+                }
+                for p in gm.profiles
+            ],
+            "count": len(layouts),
+            "layouts": [lay.to_json() for lay in layouts],
+        }
+
+        def render(out: Console) -> None:
+            from rich.table import Table
+
+            kind = "layouts" if all_layouts else "maximal layouts"
+            t = Table(title=f"{len(layouts)} {kind} of {gm.name}", title_justify="left")
+            t.add_column("#", justify="right")
+            t.add_column("layout")
+            t.add_column("placements (profile@start:size)")
+            t.add_column("compute slices", justify="right")
+            for n, lay in enumerate(layouts, 1):
+                t.add_row(
+                    str(n),
+                    lay.name,
+                    " ".join(f"{s.profile}@{s.start}:{s.size}" for s in lay.slices),
+                    f"{lay.compute_slices}/{gm.compute_slices}",
+                )
+            out.print(t)
+
+        return Result(data=data, render=render)
+
+    execute("layouts", body, json_out=json_out, debug=debug)

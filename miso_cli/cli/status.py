@@ -1,0 +1,180 @@
+"""``miso status``: GPUs, their MIG instances and the processes on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from miso_cli.cli.common import (
+    DebugOpt,
+    GpuOpt,
+    JsonOpt,
+    Result,
+    StateDirOpt,
+    execute,
+    state_dir_or_default,
+)
+
+
+def command(
+    gpu: GpuOpt = None,
+    state_dir: StateDirOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show each GPU (name, memory, MIG capable, mode current/pending), its instances
+    (profile, placement, MIG device UUID, memory) and the processes on it.
+
+    A value the driver will not give (a lost GPU, an unprivileged caller) shows as
+    n/a, and null in JSON.
+
+    $ miso status
+
+    $ miso status --gpu sim:a100-40gb --json
+    """
+
+    def body(console: Console) -> Result:
+        from miso_cli.gpu.nvml import open_driver
+
+        drv = open_driver(gpu, state_dir_or_default(state_dir))
+        try:
+            data = collect(drv)
+        finally:
+            drv.close()
+        return Result(data=data, render=lambda out: render(out, data))
+
+    execute("status", body, json_out=json_out, debug=debug)
+
+
+def collect(drv: Any) -> dict[str, Any]:
+    """The status payload; a GPU that fails to answer becomes a row with an error."""
+    from miso_cli.errors import MisoError
+
+    gpus: list[dict[str, Any]] = []
+    for i in range(drv.device_count()):
+        row: dict[str, Any] = {"index": i, "error": None}
+        try:
+            info = drv.gpu(i)
+            row.update(info.to_json())
+        except MisoError as exc:
+            row.update(
+                {
+                    "name": None,
+                    "uuid": None,
+                    "memory_total_mb": None,
+                    "mig_capable": None,
+                    "mig_current": None,
+                    "mig_pending": None,
+                    "model_key": None,
+                    "instances": [],
+                    "processes": [],
+                    "layout": None,
+                    "error": exc.as_dict(),
+                }
+            )
+            gpus.append(row)
+            continue
+        row["instances"], row["processes"], row["layout"] = [], [], None
+        notes = []
+        try:
+            insts = drv.instances(i)
+            row["instances"] = [m.to_json() for m in insts]
+            if insts and all(m.slice is not None for m in insts):
+                from miso_cli.gpu.layouts import Layout
+
+                row["layout"] = Layout.of(m.slice for m in insts).name
+            elif info.mig_current and not insts:
+                row["layout"] = "(empty)"
+        except MisoError as exc:
+            notes.append(exc.as_dict())
+        try:
+            row["processes"] = [p.to_json() for p in drv.processes(i)]
+        except MisoError as exc:
+            notes.append(exc.as_dict())
+        if notes:
+            row["error"] = notes[0]
+        gpus.append(row)
+    return {
+        "simulated": bool(drv.is_simulated),
+        "sim_state_path": str(drv.sim_state_path) if drv.sim_state_path else None,
+        "driver_version": drv.driver_version(),
+        "nvml_version": drv.nvml_version(),
+        "gpus": gpus,
+    }
+
+
+def _na(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def render(out: Console, data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    where = "simulated" if data["simulated"] else "driver"
+    out.print(
+        f"{where} {_na(data['driver_version'])}, NVML {_na(data['nvml_version'])}",
+        markup=False,
+    )
+    gt = Table(title="GPUs", title_justify="left")
+    for col in ("GPU", "name", "memory MiB", "MIG capable", "MIG mode", "layout", "UUID"):
+        gt.add_column(col)
+    for g in data["gpus"]:
+        mode = "n/a"
+        if g.get("mig_current") is not None:
+            mode = "on" if g["mig_current"] else "off"
+            if g.get("mig_pending") is not None and g["mig_pending"] != g["mig_current"]:
+                mode += f" (pending {'on' if g['mig_pending'] else 'off'}: reset needed)"
+        gt.add_row(
+            str(g["index"]),
+            _na(g.get("name")),
+            _na(g.get("memory_total_mb")),
+            _na(g.get("mig_capable")),
+            mode,
+            _na(g.get("layout")),
+            _na(g.get("uuid")),
+        )
+    out.print(gt)
+    rows = [(g["index"], m) for g in data["gpus"] for m in g.get("instances", [])]
+    if rows:
+        it = Table(title="MIG instances", title_justify="left")
+        for col in ("GPU", "GI", "CI", "profile", "placement", "memory MiB", "MIG device UUID"):
+            it.add_column(col)
+        for idx, m in rows:
+            pl = m.get("placement")
+            it.add_row(
+                str(idx),
+                _na(m.get("gi_id")),
+                _na(m.get("ci_id")),
+                _na(m.get("profile")),
+                f"{pl['start']}:{pl['size']}" if pl else "n/a",
+                _na(m.get("memory_mb")),
+                _na(m.get("uuid")),
+            )
+        out.print(it)
+    procs = [(g["index"], p) for g in data["gpus"] for p in g.get("processes", [])]
+    pt = Table(title="Processes", title_justify="left")
+    for col in ("GPU", "GI", "CI", "PID", "memory MiB", "device"):
+        pt.add_column(col)
+    for idx, p in procs:
+        pt.add_row(
+            str(idx),
+            _na(p.get("gi_id")),
+            _na(p.get("ci_id")),
+            str(p["pid"]),
+            _na(p.get("used_memory_mb")),
+            _na(p.get("device_uuid")),
+        )
+    if procs:
+        out.print(pt)
+    else:
+        out.print("no processes on the GPUs", markup=False)
+    for g in data["gpus"]:
+        if g.get("error"):
+            err = g["error"]
+            hint = f" ({err['hint']})" if err.get("hint") else ""
+            out.print(f"GPU {g['index']}: {err['message']}{hint}", markup=False)
