@@ -198,7 +198,8 @@ def test_tree_watcher_sees_children(tmp_path: Path) -> None:
             "import subprocess, sys, time; "
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(5)']); "
             "time.sleep(5)",
-        ]
+        ],
+        start_new_session=True,
     )
     try:
         time.sleep(0.5)
