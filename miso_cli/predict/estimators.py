@@ -134,7 +134,7 @@ class SliceRatioModel:
         self,
         estimators: Sequence[str] = CANDIDATES,
         random_state: int = 0,
-        min_target_rows: int = 20,
+        min_target_rows: int = 10,
         min_target_families: int = 2,
     ) -> None:
         self.estimators = tuple(estimators)

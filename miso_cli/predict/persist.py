@@ -93,6 +93,7 @@ def save_model(
     }
     if extra:
         meta.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     buf = io.BytesIO()
     joblib.dump(model, buf)
     doc = {"metadata": meta, "rows": [r.to_json() for r in rows]}
@@ -157,7 +158,7 @@ def refit(meta: dict[str, Any], rows: Sequence[ProfileRow]) -> SliceRatioModel:
     model = SliceRatioModel(
         estimators=params.get("estimators", ["ridge"]),
         random_state=int(params.get("random_state", 0)),
-        min_target_rows=int(params.get("min_target_rows", 20)),
+        min_target_rows=int(params.get("min_target_rows", 10)),
         min_target_families=int(params.get("min_target_families", 2)),
     )
     model.fit(rows, choices=chosen)

@@ -1,0 +1,147 @@
+"""``miso fit``: fit this machine's MPS-profile-to-MIG-speed model and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from miso_cli.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    Result,
+    StateDirOpt,
+    execute,
+    state_dir_or_default,
+)
+
+GpuModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--gpu-model",
+        help="The GPU model the data was measured on (e.g. a100-40gb, h100-80gb).",
+    ),
+]
+
+
+def resolve_gpu_model(key: str) -> str:
+    from miso_cli.errors import UsageError
+    from miso_cli.gpu.profiles import MODELS
+
+    if key.lower() not in MODELS:
+        raise UsageError(
+            f"--gpu-model: unknown GPU model {key!r}", hint="known: " + ", ".join(sorted(MODELS))
+        )
+    return key.lower()
+
+
+def command(
+    data: Annotated[
+        Optional[list[Path]],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
+        typer.Option(
+            "--data",
+            help="Training CSV (workload, optional mix and jobs_in_mix, mps_<pct>, mig_<g>g "
+            "columns); repeat for several files.",
+        ),
+    ] = None,
+    observations: Annotated[
+        bool,
+        typer.Option(
+            "--observations",
+            help="Also train on the observations `miso run` stored for this GPU model "
+            "(the default when no --data is given).",
+        ),
+    ] = False,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--out",
+            help="Where to save the model [default: <state dir>/models/<gpu model>.joblib, "
+            "which `miso predict`, `miso plan` and `miso simulate` use].",
+        ),
+    ] = None,
+    gpu_model: GpuModelOpt = "a100-40gb",
+    estimators: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--estimators",
+            help="Candidates for the grouped cross-validation to choose from, comma-separated "
+            "[default: ridge,gbr,forest,blend].",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random state of the estimators.")] = 0,
+    state_dir: StateDirOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fit a model predicting step time on each MIG slice from MPS profiles, and save it.
+
+    The estimator for each slice size is chosen by cross-validation grouped by
+    workload family (the part of the workload name before '_'), so the error
+    reported is for models the fit has not seen. The model is saved with mode
+    0600 and a JSON sidecar holding its metadata and training rows.
+
+    $ miso fit --data ../shared/data/a100-40gb/mps_mig_pairs.csv
+
+    $ miso fit --observations --json
+    """
+
+    def body(console: Console) -> Result:
+        from miso_cli.errors import BadInput
+        from miso_cli.predict.data import read_many
+        from miso_cli.predict.fitting import fit_rows, parse_estimators
+        from miso_cli.predict.observations import observation_rows, observations_path
+        from miso_cli.predict.persist import default_model_path
+
+        key = resolve_gpu_model(gpu_model)
+        names = parse_estimators(estimators)
+        sdir = state_dir_or_default(state_dir)
+        rows = read_many(data or [])
+        use_obs = observations or not data
+        n_obs = 0
+        if use_obs:
+            obs = observation_rows(sdir, key)
+            n_obs = len(obs)
+            if not obs and not data:
+                raise BadInput(
+                    f"no training data: no --data given and no usable observations in "
+                    f"{observations_path(sdir, key)}",
+                    hint="pass --data FILE.csv, or run jobs with `miso run` first",
+                )
+            rows.extend(obs)
+        target = out if out is not None else default_model_path(sdir, key)
+        report = fit_rows(rows, target, gpu_model_key=key, estimators=names, random_state=seed)
+        report["observation_rows"] = n_obs
+        return Result(report, render=lambda c: _render(c, report))
+
+    execute("fit", body, json_out=json_out, debug=debug)
+
+
+def _render(out: Console, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    fams = ", ".join(f"{k} {v}" for k, v in report["families"].items())
+    out.print(f"Trained on {report['rows']} rows ({fams}).")
+    if report["skipped_rows"]:
+        out.print(f"Skipped {report['skipped_rows']} rows without an MPS profile or mig_7g.")
+    table = Table(title="Cross-validated error, grouped by family (unseen families)")
+    table.add_column("slice")
+    table.add_column("estimator")
+    table.add_column("MAPE", justify="right")
+    table.add_column("training mean", justify="right")
+    table.add_column("per held-out family")
+    for name, rep in report["targets"].items():
+        mape = rep.get("mape", {}).get(rep["estimator"])
+        base = rep.get("baseline_training_mean_mape")
+        fam = ", ".join(f"{f} {v:.1%}" for f, v in rep.get("per_family_mape", {}).items())
+        table.add_row(
+            name,
+            rep["estimator"],
+            f"{mape:.1%}" if mape is not None else "n/a",
+            f"{base:.1%}" if base is not None else "n/a",
+            fam or rep.get("cv", ""),
+        )
+    out.print(table)
+    out.print(f"Saved {report['model']}")
