@@ -1,0 +1,323 @@
+"""``miso profile``: measure every job of a queue under MPS and store the profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from miso_cli.cli.common import (
+    DebugOpt,
+    GpuOpt,
+    JsonOpt,
+    Result,
+    StateDirOpt,
+    execute,
+    state_dir_or_default,
+)
+from miso_cli.errors import ExitCode, UsageError
+
+
+def command(
+    queue: Annotated[Path, typer.Argument(help="The queue file (TOML).")],
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="colocated: up to 7 jobs together under MPS at each level (MISO's way); "
+            "solo: each job alone at each level.",
+        ),
+    ] = "colocated",
+    levels: Annotated[
+        Optional[str],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
+        typer.Option(
+            "--levels",
+            help="Active-thread percentages, e.g. 100,50,14 [default: 100,50,14 co-located; "
+            "100,57,43,29,14 solo].",
+        ),
+    ] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option("--refresh", help="Measure again even where a fresh profile is stored."),
+    ] = False,
+    gpu_index: Annotated[
+        int, typer.Option("--gpu-index", help="Which GPU to profile on.", min=0)
+    ] = 0,
+    warmup_steps: Annotated[
+        int, typer.Option("--warmup-steps", help="Steps skipped at each level.", min=0)
+    ] = 3,
+    min_steps: Annotated[
+        int, typer.Option("--min-steps", help="Steps to measure at each level.", min=1)
+    ] = 20,
+    max_time: Annotated[
+        str,
+        typer.Option("--max-time", help="Time cap per level (e.g. 30, 30s, 2m)."),
+    ] = "30s",
+    speedup: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--speedup",
+            help="Simulated GPUs: synthetic jobs run this many times faster than the "
+            "catalog; step times are scaled back [default: 10].",
+        ),
+    ] = None,
+    gpu: GpuOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Measure each job's step time under MPS at a few active-thread percentages.
+
+    The MIG layout is not touched: miso runs its own MPS daemon on the GPU (or its one
+    full-size MIG instance). Profiles are stored per job and reused by plan and run
+    while fresh. Exit code 7 if a job failed or ran out of memory at some level.
+    """
+
+    def body(console: Any) -> Result:
+        from miso_cli.queue import load_queue, parse_duration_s
+
+        if mode not in ("colocated", "solo"):
+            raise UsageError(f"--mode: {mode!r} is not one of colocated, solo")
+        try:
+            cap = parse_duration_s(max_time)
+        except ValueError as exc:
+            raise UsageError(f"--max-time: {exc}") from None
+        if not cap > 0:
+            raise UsageError("--max-time: must be positive")
+        if speedup is not None and not speedup > 0:
+            raise UsageError("--speedup: must be positive")
+        from miso_cli.profiler import ProfileSettings, parse_levels
+
+        settings = ProfileSettings(
+            mode=mode,
+            levels=parse_levels(levels) if levels is not None else None,
+            warmup_steps=warmup_steps,
+            min_steps=min_steps,
+            max_level_s=cap,
+            speedup=speedup,
+            gpu_index=gpu_index,
+        )
+        spec = load_queue(queue)
+        sdir = state_dir_or_default(state_dir)
+        from miso_cli.gpu.nvml import open_driver
+
+        drv = open_driver(gpu, sdir)
+        try:
+            report = _profile(drv, spec.jobs, sdir, settings, refresh, json_out)
+        finally:
+            drv.close()
+        errors = []
+        code = ExitCode.OK
+        bad = [p["job"] for p in report["profiles"] if p["failed_levels"]]
+        if bad:
+            code = ExitCode.JOBS_FAILED
+            errors.append(
+                {
+                    "code": "JOBS_FAILED",
+                    "message": f"{len(bad)} job(s) failed, ran out of memory or timed out "
+                    f"at some level: {', '.join(bad)}",
+                    "hint": f"logs in {sdir / 'profiles' / 'work'}/<job>/job.log",
+                }
+            )
+        return Result(report, render=lambda c: _render(c, report), exit_code=code, errors=errors)
+
+    execute("profile", body, json_out=json_out, debug=debug)
+
+
+def _profile(drv: Any, jobs: list, sdir: Path, settings: Any, refresh: bool, json_out: bool):
+    import time
+
+    from miso_cli import profiles_store as store
+    from miso_cli.profiler import JobProfile, LevelResult, Profiler, groups_of
+    from miso_cli.profiler import install_sigterm_as_interrupt as sigterm
+
+    levels = settings.resolved_levels()
+    i = settings.gpu_index
+    if not 0 <= i < drv.device_count():
+        raise UsageError(f"--gpu-index: no GPU {i} (this machine has {drv.device_count()})")
+    info = drv.gpu(i)
+    gpu_model, driver = info.model_key or info.name, drv.driver_version()
+    fps = {j.name: store.fingerprint(j) for j in jobs}
+
+    # reuse: a group is measured again unless every job in it has a fresh profile
+    # taken with the same co-runners (co-located) or alone (solo)
+    todo, reused = [], {}
+    for group in groups_of(jobs, settings.mode):
+        stored = {}
+        for j in group:
+            prof = None if refresh else store.load(sdir, fps[j.name])
+            co = [fps[o.name] for o in group if o.name != j.name]
+            if prof is not None and prof.is_fresh(
+                gpu_model=gpu_model,
+                driver_version=driver,
+                mode=settings.mode,
+                levels=levels,
+                co_runners=co,
+            ):
+                stored[j.name] = prof
+        if len(stored) == len(group):
+            reused.update(stored)
+        else:
+            todo.extend(group)
+
+    measured: dict[str, JobProfile] = {}
+    notes: list[str] = []
+    if todo:
+        view = _ProgressView(len(levels), settings.min_steps)
+        prof = Profiler(drv, sdir, settings, sink=view.sink)
+        restore = sigterm()
+        try:
+            with view:
+                results = prof.profile(todo)
+        finally:
+            restore()
+        notes = prof.notes
+        for r in results:
+            measured[r.job] = r
+            by_name = {j.name: j for j in todo}
+            job = by_name[r.job]
+            store.save(
+                sdir,
+                store.StoredProfile(
+                    fingerprint=r.fingerprint,
+                    job=r.job,
+                    command=job.command,
+                    cwd=str(Path(job.cwd).resolve()),
+                    env=dict(job.env),
+                    gpu_model=gpu_model,
+                    gpu_name=info.name,
+                    driver_version=driver,
+                    mode=r.mode,
+                    co_runners=[fps[n] for n in r.co_runners],
+                    levels=[lv.to_json() for lv in r.levels],
+                    started_at=r.started_at,
+                    finished_at=r.finished_at,
+                    simulated=drv.is_simulated,
+                ),
+            )
+    items = []
+    names = {fp: n for n, fp in fps.items()}
+    for j in jobs:
+        if j.name in measured:
+            p = measured[j.name]
+        else:
+            s = reused[j.name]
+            p = JobProfile(
+                job=j.name,
+                fingerprint=s.fingerprint,
+                mode=s.mode,
+                workload=j.workload,
+                co_runners=[names.get(fp, fp) for fp in s.co_runners],
+                levels=[LevelResult.from_json(lv) for lv in s.levels if lv["level"] in levels],
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+                reused=True,
+            )
+        item = p.to_json()
+        item["failed_levels"] = [f"{r.level:g}" for r in p.levels if r.status != "ok"]
+        items.append(item)
+    return {
+        "gpu": {
+            "index": i,
+            "name": info.name,
+            "model": gpu_model,
+            "driver_version": driver,
+            "simulated": drv.is_simulated,
+        },
+        "mode": settings.mode,
+        "levels": list(levels),
+        "measured": len(measured),
+        "reused": len(reused),
+        "profiles": items,
+        "notes": notes,
+        "generated_at": time.time(),
+    }
+
+
+class _ProgressView:
+    """A Rich progress display on stderr: one bar per job, across its levels."""
+
+    def __init__(self, n_levels: int, min_steps: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from miso_cli.cli.common import stderr_console
+
+        self.n_levels, self.min_steps = n_levels, min_steps
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[what]}"),
+            TimeElapsedColumn(),
+            console=stderr_console(),
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.done: dict[str, int] = {}
+
+    def __enter__(self) -> _ProgressView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def sink(self, ev: Any) -> None:
+        total = self.n_levels * self.min_steps
+        if ev.kind == "level":
+            for name in ev.group or []:
+                if name not in self.tasks:
+                    self.tasks[name] = self.progress.add_task(name, total=total, what="")
+                    self.done[name] = 0
+        elif ev.kind == "poll" and ev.job in self.tasks:
+            steps = min(ev.steps, self.min_steps)
+            self.progress.update(
+                self.tasks[ev.job],
+                completed=self.done[ev.job] + steps,
+                what=f"{ev.level:g}%  {ev.steps}/{self.min_steps} steps",
+            )
+        elif ev.kind == "job-level" and ev.job in self.tasks:
+            self.done[ev.job] += self.min_steps
+            self.progress.update(
+                self.tasks[ev.job],
+                completed=self.done[ev.job],
+                what=f"{ev.level:g}%  {ev.status}",
+            )
+
+
+def _render(console: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    levels = report["levels"]
+    g = report["gpu"]
+    t = Table(
+        title=f"MPS profiles ({report['mode']}) on GPU {g['index']} {g['name'] or ''}",
+        title_justify="left",
+    )
+    t.add_column("job")
+    for lv in levels:
+        t.add_column(f"{lv:g}%  ms/step", justify="right")
+    t.add_column("peak MiB", justify="right")
+    t.add_column("", style="dim")
+    for p in report["profiles"]:
+        cells = []
+        for lv in p["levels"]:
+            if lv["status"] == "ok" and lv["step_time_s"] is not None:
+                cells.append(f"{lv['step_time_s'] * 1000:.1f}")
+            else:
+                cells.append(f"[red]{lv['status']}[/red]")
+        mem = p["peak_memory_mb"]
+        cells.append(f"{mem:.0f}" if mem else "-")
+        cells.append("stored" if p["reused"] else "")
+        t.add_row(p["job"], *cells)
+    console.print(t)
+    for n in report["notes"]:
+        console.print(f"note: {n}", markup=False)
+    reasons = [
+        f"{p['job']} at {lv['level']:g}%: {lv['status']} ({lv['reason']})"
+        for p in report["profiles"]
+        for lv in p["levels"]
+        if lv["status"] != "ok" and lv.get("reason")
+    ]
+    for r in reasons:
+        console.print(r, markup=False)
