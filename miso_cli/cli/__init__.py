@@ -25,6 +25,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("doctor", "doctor"),
     ("export", "export"),
     ("simulate", "simulate"),
+    ("plan", "plan"),
+    ("profile", "profile"),
     ("fit", "fit"),
     ("predict", "predict"),
 ]
