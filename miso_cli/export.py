@@ -6,7 +6,7 @@ output, or the short ``{"gpus": [{"index": 0, "layout": ["3g.20gb@0"]}]}``
 form), from a queue (planned here), or, with neither, from the GPUs' current
 layout, as ``nvidia-mig-parted export`` does.
 
-Formats (see ``/docs/export.md``):
+Formats (see ``docs/export.md``):
 
 * ``mig-parted``: a ``version: v1`` config with one named config per distinct
   layout (the GPUs that have it as ``devices``), plus one config for the whole
@@ -284,14 +284,15 @@ def attach_queue(handoff: Handoff, queue: Any) -> None:
 def plan_queue(queue: Any, gpu_spec: str | None, state_dir: Path) -> Handoff:
     """Plan ``queue`` on the GPUs as ``miso plan`` does, and hand off the result."""
     try:
-        from miso_cli.cli.plan import plan_data  # the same path as `miso plan --json`
+        # The planning path of `miso plan`: queue + GPUs + profiles -> its --json data.
+        from miso_cli.planner import queue_plan_data  # type: ignore[attr-defined]
     except ImportError:
         raise UsageError(
             "--queue without --plan needs the planner of `miso plan`, which this "
             "installation lacks",
             hint="pass --plan PLAN.json (from `miso plan QUEUE --json`) with --queue",
         ) from None
-    data = plan_data(queue, gpu_spec, state_dir)
+    data = queue_plan_data(queue, gpu_spec, state_dir)
     handoff = parse_plan(data, f"plan of {queue.path}")
     handoff.source = "queue"
     attach_queue(handoff, queue)

@@ -484,3 +484,14 @@ def test_export_current_layout_of_simulated_gpu(cli, state_dir: Path) -> None:
             by_dev[d] = e
     assert by_dev[0]["mig-devices"] == want0
     assert by_dev[1]["mig-enabled"] is mig1
+
+
+def test_queue_alone_is_planned_or_says_how(cli, queue_file: Path) -> None:
+    import miso_cli.planner as planner
+
+    code, out, _ = cli("export", "--queue", str(queue_file), "--json")
+    if hasattr(planner, "queue_plan_data"):
+        assert code in (0, 3, 4)  # planned, or a clear input / GPU error
+    else:
+        assert code == 2
+        assert "--plan" in parse_envelope(out)["errors"][0]["hint"]
