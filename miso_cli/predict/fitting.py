@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from miso_cli.errors import BadInput
+from miso_cli.errors import BadInput, UsageError
 from miso_cli.predict.data import ProfileRow
 from miso_cli.predict.estimators import CANDIDATES, SliceRatioModel
 from miso_cli.predict.features import usable_profile
@@ -20,7 +20,7 @@ def parse_estimators(text: str | None) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in CANDIDATES]
     if bad or not names:
-        raise BadInput(
+        raise UsageError(
             f"--estimators: unknown {', '.join(bad) or '(empty)'}",
             hint=f"choose from {', '.join(CANDIDATES)}",
         )
