@@ -601,3 +601,69 @@ def _assign_classes(
     if found is None:
         return None
     return found[0], list(found[1])
+
+
+# ---------------------------------------------------------------------------- estimates
+
+
+def estimate_mean_jct(result: Plan, jobs: Sequence[PlanJob]) -> float | None:
+    """Predicted mean completion time of every job, from now, if ``result`` is kept.
+
+    Placed jobs finish after their remaining work at their slice's predicted
+    speed; each waiting job (in order) then takes the instance that frees first
+    among those it fits, and runs there. None when a job's remaining work is unknown.
+    """
+    import heapq
+
+    by_name = {j.name: j for j in jobs}
+    if any(j.remaining_s is None for j in jobs):
+        return None
+    models = {g.index: g.model for g in result.gpus}
+    free_at: list[tuple[float, int, int, Slice]] = []
+    done: list[float] = []
+    for k, g in enumerate(result.gpus):
+        for s in g.layout.slices:
+            job = next((n for n, sl in g.assignment.items() if sl == s), None)
+            t = 0.0
+            if job is not None:
+                pj = by_name[job]
+                t = (
+                    pj.restart_cost_s
+                    if pj.gpu is not None and (pj.gpu, pj.slice) != (g.index, s)
+                    else 0.0
+                ) + float(pj.remaining_s or 0.0) * pj.relative[s.slices]
+                done.append(t)
+            heapq.heappush(free_at, (t, k, s.start, s))
+    for name in result.waiting:
+        job = by_name[name]
+        taken: list[tuple[float, int, int, Slice]] = []
+        placed = False
+        while free_at:
+            item = heapq.heappop(free_at)
+            t, k, _, s = item
+            if job.fits(models[result.gpus[k].index], s.slices):
+                end = t + float(job.remaining_s or 0.0) * job.relative[s.slices]
+                done.append(end)
+                heapq.heappush(free_at, (end, k, s.start, s))
+                placed = True
+                break
+            taken.append(item)
+        for item in taken:
+            heapq.heappush(free_at, item)
+        if not placed:
+            return None
+    return sum(done) / len(done) if done else 0.0
+
+
+def estimate_nopart_mean_jct(gpus: int, jobs: Sequence[PlanJob]) -> float | None:
+    """Predicted mean completion time with one job per whole GPU, in order."""
+    if any(j.remaining_s is None for j in jobs) or gpus < 1:
+        return None
+    free = [0.0] * gpus
+    done = []
+    for job in jobs:
+        t = min(free)
+        k = free.index(t)
+        free[k] = t + float(job.remaining_s or 0.0) * job.relative.get(7, 1.0)
+        done.append(free[k])
+    return sum(done) / len(done) if done else 0.0
