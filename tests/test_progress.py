@@ -189,3 +189,13 @@ def test_report_stop_flag(tmp_path: Path) -> None:
         cwd=Path(__file__).parent.parent,
     )
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_transformer_example_bar_is_read_as_tqdm() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    try:
+        from train_transformer import bar_line
+    finally:
+        sys.path.pop(0)
+    r = LineParser().parse(bar_line(360, 3000, 10.0, 300))
+    assert r is not None and (r.step, r.total) == (360, 3000)
