@@ -1,0 +1,291 @@
+"""Profiling under MPS on the simulated GPU, end to end through ``miso profile``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import parse_envelope
+
+from miso_cli import profiles_store as store
+from miso_cli.catalog import load_catalog
+from miso_cli.gpu import simmps
+from miso_cli.queue import JobSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+CATALOG = load_catalog(EXAMPLES / "catalog.csv")
+GPU = ("--gpu", "sim:a100-40gb")
+FAST = ("--min-steps", "8", "--warmup-steps", "2", "--speedup", "20")
+
+# A synthetic job that, like a CUDA client, connects to the MPS daemon and paces its
+# steps by the simulated MPS model with whoever shares the daemon right now.
+MPS_JOB = textwrap.dedent(
+    f"""
+    import os, sys, time
+    sys.path.insert(0, {str(ROOT)!r})
+    from pathlib import Path
+    from miso_cli import report
+    from miso_cli.catalog import load_catalog
+    from miso_cli.gpu import simmps, sim_mps_control as smc
+    cat = load_catalog({str(EXAMPLES / "catalog.csv")!r})
+    w = cat[sys.argv[1]]
+    state, dev = Path(os.environ["MISO_SIM_STATE"]), os.environ["CUDA_VISIBLE_DEVICES"]
+    speedup = float(os.environ["MISO_SIM_SPEEDUP"])
+    me = smc.connect(state, os.getpid(), dev, w.name)
+    assert me is not None, "not under MPS"
+    pct, co, seen = me["active_thread_percentage"], [], 0.0
+    for i in range(100000):
+        if time.time() - seen > 0.5:
+            co = [(cat[c["workload"]], c["active_thread_percentage"])
+                  for c in smc.co_runners(state, os.getpid())]
+            seen = time.time()
+        time.sleep(simmps.step_time_ms(w, pct, co) / 1000 / speedup)
+        report.step(i + 1)
+    """
+)
+
+
+def _queue(tmp_path: Path, jobs: list[dict]) -> Path:
+    lines = ["version = 1"]
+    for j in jobs:
+        lines.append("[[job]]")
+        for k, v in j.items():
+            if k == "checkpoint":
+                continue
+            lines.append(f"{k} = {json.dumps(v)}")
+        if "checkpoint" in j:
+            lines.append("[job.checkpoint]")
+            for k, v in j["checkpoint"].items():
+                lines.append(f"{k} = {json.dumps(v)}")
+    path = tmp_path / "queue.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _sim(name: str, workload: str, *extra: str, **kw) -> dict:
+    job = {
+        "name": name,
+        "command": [sys.executable, "sim_train.py", "--workload", workload, "--steps", "100000"]
+        + list(extra),
+        "cwd": str(EXAMPLES),
+        "workload": workload,
+    }
+    job.update(kw)
+    return job
+
+
+def _profiles(out: str) -> dict[str, dict]:
+    env = parse_envelope(out)
+    return {p["job"]: p for p in env["data"]["profiles"]}
+
+
+def test_solo_step_times_match_the_catalog(cli, tmp_path: Path, state_dir: Path) -> None:
+    q = _queue(
+        tmp_path,
+        [_sim("bert", "toy-bert_8", "--memory-mb", "3000"), _sim("cnn", "toy-cnn_64")],
+    )
+    code, out, _ = cli(
+        "profile", str(q), *GPU, "--mode", "solo", "--levels", "100,29", *FAST, "--json"
+    )
+    assert code == 0, out
+    got = _profiles(out)
+    for name, wl in (("bert", "toy-bert_8"), ("cnn", "toy-cnn_64")):
+        for lv in (100, 29):
+            want = CATALOG[wl].mps_step_time_ms(lv) / 1000
+            assert got[name]["step_time_s"][f"{lv}"] == pytest.approx(want, rel=0.12)
+            assert got[name]["status"][f"{lv}"] == "ok"
+        assert got[name]["co_runners"] == []
+    # memory from the driver's per-process accounting (the job attached 3000 MiB)
+    assert got["bert"]["peak_memory_mb"] == pytest.approx(3000)
+    assert got["bert"]["levels"][0]["memory_source"] == "nvml"
+    assert got["cnn"]["peak_memory_mb"] is None
+    # the daemon is gone and its record with it
+    sim = json.loads((state_dir / "sim" / "a100-40gb.json").read_text())
+    assert sim["extensions"]["mps"]["daemons"] == []
+    assert sim["processes"] == []
+
+
+def test_colocated_jobs_measure_their_interference(cli, tmp_path: Path) -> None:
+    script = tmp_path / "mps_job.py"
+    script.write_text(MPS_JOB)
+    mix = ["toy-bert_8", "toy-cnn_64", "toy-mlp_32"]
+    q = _queue(
+        tmp_path,
+        [
+            {"name": w.split("_")[0], "command": [sys.executable, str(script), w], "workload": w}
+            for w in mix
+        ],
+    )
+    slow = ("--min-steps", "8", "--warmup-steps", "2", "--speedup", "5")
+    code, out, _ = cli("profile", str(q), *GPU, "--levels", "100,14", *slow, "--json")
+    assert code == 0, out
+    got = _profiles(out)
+    for w in mix:
+        name = w.split("_")[0]
+        others = [(CATALOG[o], 0.0) for o in mix if o != w]
+        assert sorted(got[name]["co_runners"]) == sorted(o.split("_")[0] for o in mix if o != w)
+        for lv in (100, 14):
+            co = [(o, float(lv)) for o, _ in others]
+            want = simmps.step_time_ms(CATALOG[w], lv, co) / 1000
+            assert got[name]["step_time_s"][f"{lv}"] == pytest.approx(want, rel=0.12)
+        # at 100 % three jobs oversubscribe the SMs: slower than alone
+        alone = CATALOG[w].mps_step_time_ms(100) / 1000
+        assert got[name]["step_time_s"]["100"] > 1.4 * alone
+
+
+def test_failures_oom_and_timeouts_are_recorded_not_retried(
+    cli, tmp_path: Path, state_dir: Path
+) -> None:
+    oom = {
+        "name": "oom",
+        "command": "echo 'RuntimeError: CUDA out of memory. Tried to allocate 2 GiB' >&2; exit 1",
+        "shell": True,
+    }
+    q = _queue(
+        tmp_path,
+        [
+            oom,
+            _sim("crash", "toy-mlp_32", "--fail-at", "1", "--fail-attempts", "99"),
+            _sim("hang", "toy-mlp_32", "--hang-at", "3"),
+            _sim("fine", "toy-cnn_64"),
+        ],
+    )
+    code, out, _ = cli(
+        "profile", str(q), *GPU, "--levels", "100,50", *FAST, "--max-time", "2", "--json"
+    )
+    assert code == 7
+    env = parse_envelope(out)
+    assert env["errors"][0]["code"] == "JOBS_FAILED"
+    got = {p["job"]: p for p in env["data"]["profiles"]}
+    assert got["oom"]["status"] == {"100": "oom", "50": "skipped"}
+    assert got["crash"]["status"] == {"100": "failed", "50": "skipped"}
+    assert "simulated failure" in got["crash"]["levels"][0]["reason"]
+    assert got["hang"]["status"] == {"100": "timeout", "50": "timeout"}
+    assert got["fine"]["status"] == {"100": "ok", "50": "ok"}
+    # started once, never again: one exit record each
+    work = state_dir / "profiles" / "work"
+    assert sorted(p.name for p in (work / "oom").glob("exit-*.json")) == ["exit-1.json"]
+    assert sorted(p.name for p in (work / "crash").glob("exit-*.json")) == ["exit-1.json"]
+
+
+def test_checkpointable_jobs_resume_between_levels(cli, tmp_path: Path, state_dir) -> None:
+    q = _queue(
+        tmp_path,
+        [_sim("ck", "toy-cnn_64", checkpoint={"signal": "SIGUSR1", "grace": "5s"})],
+    )
+    code, out, _ = cli("profile", str(q), *GPU, "--levels", "100,50", *FAST, "--json")
+    assert code == 0, out
+    log = (state_dir / "profiles" / "work" / "ck" / "job.log").read_text()
+    starts = [ln for ln in log.splitlines() if ln.startswith("sim_train: toy-cnn_64")]
+    assert len(starts) == 2
+    assert "steps 0/" in starts[0]
+    assert "steps 0/" not in starts[1]  # resumed from the save made when 100 % ended
+    assert "checkpoint saved" in log
+
+
+def test_profiles_are_stored_reused_and_refreshed(cli, tmp_path: Path, state_dir: Path) -> None:
+    q = _queue(tmp_path, [_sim("a", "toy-mlp_32"), _sim("b", "toy-cnn_64")])
+    args = ("profile", str(q), *GPU, "--levels", "100", *FAST, "--json")
+    code, out, _ = cli(*args)
+    assert code == 0
+    first = parse_envelope(out)["data"]
+    assert first["measured"] == 2 and first["reused"] == 0
+    files = sorted((state_dir / "profiles").glob("*.json"))
+    assert len(files) == 2
+    rec = json.loads(files[0].read_text())
+    assert rec["gpu_model"] == "a100-40gb" and rec["driver_version"]
+    assert rec["mode"] == "colocated" and len(rec["co_runners"]) == 1
+
+    code, out, _ = cli(*args)
+    again = parse_envelope(out)["data"]
+    assert again["measured"] == 0 and again["reused"] == 2
+    assert all(p["reused"] for p in again["profiles"])
+    assert again["profiles"][0]["step_time_s"] == first["profiles"][0]["step_time_s"]
+
+    code, out, _ = cli(*args, "--refresh")
+    assert parse_envelope(out)["data"]["measured"] == 2
+
+    # another level was never measured: measure again
+    code, out, _ = cli("profile", str(q), *GPU, "--levels", "100,50", *FAST, "--json")
+    assert parse_envelope(out)["data"]["measured"] == 2
+
+
+def test_fingerprint_and_freshness() -> None:
+    a = JobSpec(name="a", command=["python", "t.py", "--bs", "64"], cwd="/tmp")
+    assert store.fingerprint(a) == store.fingerprint(
+        JobSpec(name="z", command=a.command, cwd="/tmp")
+    )
+    for other in (
+        JobSpec(name="a", command=["python", "t.py", "--bs", "128"], cwd="/tmp"),
+        JobSpec(name="a", command=a.command, cwd="/"),
+        JobSpec(name="a", command=a.command, cwd="/tmp", env={"X": "1"}),
+    ):
+        assert store.fingerprint(other) != store.fingerprint(a)
+    prof = store.StoredProfile(
+        fingerprint="f",
+        job="a",
+        command=a.command,
+        cwd="/tmp",
+        env={},
+        gpu_model="a100-40gb",
+        gpu_name="A100",
+        driver_version="550",
+        mode="colocated",
+        co_runners=["g"],
+        levels=[
+            {"level": 100.0, "status": "ok", "step_time_s": 0.1},
+            {"level": 14.0, "status": "oom", "step_time_s": None},
+        ],
+        started_at=0.0,
+        finished_at=1000.0,
+    )
+    kw = {"gpu_model": "a100-40gb", "driver_version": "550", "now": 1001.0}
+    assert prof.is_fresh(levels=[100], co_runners=["g"], **kw)
+    assert not prof.is_fresh(levels=[100, 14], **kw)  # not ok at 14
+    assert not prof.is_fresh(levels=[100], co_runners=["h"], **kw)
+    assert not prof.is_fresh(levels=[100], mode="solo", **kw)
+    assert not prof.is_fresh(levels=[100], **{**kw, "driver_version": "560"})
+    assert not prof.is_fresh(levels=[100], **{**kw, "now": 1000.0 + 8 * 24 * 3600})
+
+
+def test_damaged_store_file_is_bad_input(state_dir: Path) -> None:
+    from miso_cli.errors import BadInput
+
+    (state_dir / "profiles").mkdir(parents=True)
+    (state_dir / "profiles" / "abc.json").write_text("{not json")
+    with pytest.raises(BadInput, match="abc.json: damaged profile"):
+        store.load(state_dir, "abc")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--levels", "100,abc"), "--levels: 'abc'"),
+        (("--levels", "0"), "--levels: 0"),
+        (("--levels", "100,100"), "appears twice"),
+        (("--mode", "fast"), "--mode"),
+        (("--max-time", "soon"), "--max-time"),
+        (("--gpu-index", "3"), "--gpu-index: no GPU 3"),
+    ],
+)
+def test_bad_options_are_usage_errors(cli, tmp_path: Path, args, message) -> None:
+    q = _queue(tmp_path, [_sim("a", "toy-mlp_32")])
+    code, out, err = cli("profile", str(q), *GPU, *args, "--json")
+    assert code == 2
+    env = parse_envelope(out)
+    assert env["errors"][0]["code"] == "USAGE"
+    assert message in env["errors"][0]["message"]
+
+
+def test_a_partitioned_gpu_is_refused(cli, tmp_path: Path, state_dir: Path) -> None:
+    code, out, err = cli("apply", "3g.20gb", "4g.20gb", *GPU, "--json")
+    if code != 0:
+        pytest.skip(f"miso apply not available here: {err.strip()[:80]}")
+    q = _queue(tmp_path, [_sim("a", "toy-mlp_32")])
+    code, out, _ = cli("profile", str(q), *GPU, "--json")
+    assert code == 8
+    assert "full-size instance" in parse_envelope(out)["errors"][0]["message"]
