@@ -67,12 +67,13 @@ class NvmlCallFailed(MisoError):
         )
 
 
+_ERROR_NAMES = {
+    getattr(pynvml, n): n[len("NVML_ERROR_") :] for n in dir(pynvml) if n.startswith("NVML_ERROR_")
+}
+
+
 def _error_name(error: pynvml.NVMLError) -> str:
-    value = getattr(error, "value", None)
-    for name in dir(pynvml):
-        if name.startswith("NVML_ERROR_") and getattr(pynvml, name) == value:
-            return name[len("NVML_ERROR_") :]
-    return "UNKNOWN"
+    return _ERROR_NAMES.get(getattr(error, "value", None), "UNKNOWN")
 
 
 @dataclass(frozen=True)
@@ -503,7 +504,9 @@ class Driver:
 
     def _compute_instances(self, gi: Any, prof: SliceProfile, where: str) -> list[int]:
         ids: list[int] = []
-        for index in range(int(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT)):
+        # Only compute-instance sizes that fit in this GPU instance can exist in it.
+        indices = sorted(v for s, v in _FULL_CI_INDEX.items() if s <= prof.slices)
+        for index in indices:
             try:
                 cinfo = self._call(
                     "nvmlGpuInstanceGetComputeInstanceProfileInfo",

@@ -301,6 +301,7 @@ class SimNvml:
         if env:
             self._faults.extend(parse_faults(env))
         self.calls: dict[str, int] = {}
+        self.trace: list[str] | None = None  # set to [] to record every call's name, in order
         self._initialized = 0
 
     # ---------------------------------------------------------------- control
@@ -363,6 +364,8 @@ class SimNvml:
     def _before(self, name: str) -> None:
         count = self.calls.get(name, 0) + 1
         self.calls[name] = count
+        if self.trace is not None:
+            self.trace.append(name)
         for fault in self._faults + list(self._store.read().get("faults", [])):
             if fault.get("fn") == name and (fault.get("n") == "*" or fault.get("n") == count):
                 raise self._err(str(fault["error"]).upper())
