@@ -187,7 +187,7 @@ class Dashboard:
             gpus.add_row(Text(f"GPU {g.index}", style="bold"), g.name, f"{g.mode}: {layout}")
         jobs = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
         for col in ("job", "state", "slice", "progress", "", "step", "it/s", "ETA", "CPU", "RSS"):
-            jobs.add_column(col, no_wrap=True)
+            jobs.add_column(col, no_wrap=True, min_width=min(len(col), 4) if col else 4)
         now = ex.clock()
         for name in ex.order:
             rec = ex.journal.jobs[name]
@@ -197,9 +197,9 @@ class Dashboard:
             if rec.gpu is not None:
                 s = (rec.slice or {}).get("profile") or "whole"
                 slice_name = f"{rec.gpu}:{s}"
-            bar: Any = ProgressBar(total=1.0, completed=frac or 0.0, width=20)
+            bar: Any = ProgressBar(total=1.0, completed=frac or 0.0, width=12)
             if rec.state == "finished":
-                bar = ProgressBar(total=1.0, completed=1.0, width=20)
+                bar = ProgressBar(total=1.0, completed=1.0, width=12)
                 frac = 1.0
             step = p.get("step")
             total = p.get("total")
@@ -208,8 +208,6 @@ class Dashboard:
             usage = ex.usage.get(name, {}) if rec.state == "running" else {}
             eta = p.get("eta_s") if rec.state == "running" else None
             state = rec.state
-            if rec.state == "running" and rec.started_at:
-                state = f"running {fmt_duration(now - rec.started_at)}"
             jobs.add_row(
                 name,
                 Text(state, style=STATE_STYLE.get(rec.state, "")),
@@ -239,7 +237,7 @@ def render_summary(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"miso run {report['run_id']}", header_style="bold")
-    for col in ("job", "state", "slice", "queue", "run", "completion", "retries", "attempts"):
+    for col in ("job", "state", "slice", "queue", "run", "JCT", "retries", "attempts"):
         table.add_column(col, justify="left" if col in ("job", "state", "slice") else "right")
     for job in report["jobs"]:
         where = "-"
