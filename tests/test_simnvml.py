@@ -1,0 +1,229 @@
+"""The simulated NVML behaves like the driver at the pynvml boundary."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from miso_cli.gpu import nvml as nvml_mod
+from miso_cli.gpu import simnvml
+from miso_cli.gpu.simnvml import SimNvml, new_state
+
+N = nvml_mod.pynvml
+
+
+def _sim(key: str = "a100-40gb", mig: bool = True, **kw) -> SimNvml:
+    state = new_state(key)
+    state["gpus"][0]["mig_current"] = state["gpus"][0]["mig_pending"] = mig
+    sim = SimNvml(N, state=state, **kw)
+    sim.nvmlInit()
+    return sim
+
+
+def _gi(sim: SimNvml, dev, pid: int, start: int, size: int):
+    pl = N.c_nvmlGpuInstancePlacement_t(start, size)
+    return sim.nvmlDeviceCreateGpuInstanceWithPlacement(dev, pid, ctypes.byref(pl))
+
+
+def test_profile_index_maps_to_id_and_struct_types() -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    assert isinstance(dev, N.c_nvmlDevice_t)
+    info = sim.nvmlDeviceGetGpuInstanceProfileInfo(dev, N.NVML_GPU_INSTANCE_PROFILE_3_SLICE)
+    assert isinstance(info, N.c_nvmlGpuInstanceProfileInfo_v2_t)
+    assert (info.id, info.sliceCount, info.memorySizeMB, info.name) == (9, 3, 19968, "MIG 3g.20gb")
+    with pytest.raises(N.NVMLError_NotSupported):
+        sim.nvmlDeviceGetGpuInstanceProfileInfo(dev, N.NVML_GPU_INSTANCE_PROFILE_6_SLICE)
+    with pytest.raises(N.NVMLError_InvalidArgument):
+        sim.nvmlDeviceGetGpuInstanceProfileInfo(dev, N.NVML_GPU_INSTANCE_PROFILE_COUNT)
+    a30 = _sim("a30-24gb")
+    d = a30.nvmlDeviceGetHandleByIndex(0)
+    assert a30.nvmlDeviceGetGpuInstanceProfileInfo(d, N.NVML_GPU_INSTANCE_PROFILE_1_SLICE).id == 14
+    assert a30.nvmlDeviceGetGpuInstanceProfileInfo(d, N.NVML_GPU_INSTANCE_PROFILE_4_SLICE).id == 0
+
+
+def test_placements_count_then_fill() -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    count = ctypes.c_uint(0)
+    sim.nvmlDeviceGetGpuInstancePossiblePlacements(dev, 14, None, ctypes.byref(count))
+    assert count.value == 3
+    small = (N.c_nvmlGpuInstancePlacement_t * 1)()
+    one = ctypes.c_uint(1)
+    with pytest.raises(N.NVMLError_InsufficientSize):
+        sim.nvmlDeviceGetGpuInstancePossiblePlacements(dev, 14, small, ctypes.byref(one))
+    arr = (N.c_nvmlGpuInstancePlacement_t * count.value)()
+    sim.nvmlDeviceGetGpuInstancePossiblePlacements(dev, 14, arr, ctypes.byref(count))
+    assert [(p.start, p.size) for p in arr] == [(0, 2), (2, 2), (4, 2)]
+
+
+def test_overlap_bad_placement_limits() -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    _gi(sim, dev, 9, 0, 4)  # 3g at 0
+    with pytest.raises(N.NVMLError_InsufficientResources):
+        _gi(sim, dev, 14, 2, 2)  # overlaps
+    with pytest.raises(N.NVMLError_InvalidArgument):
+        _gi(sim, dev, 9, 2, 4)  # 3g cannot start at 2
+    _gi(sim, dev, 20, 4, 1)  # 1g+me
+    with pytest.raises(N.NVMLError_InsufficientResources):
+        _gi(sim, dev, 20, 5, 1)  # only one +me instance
+    with pytest.raises(N.NVMLError_InvalidArgument):
+        _gi(sim, dev, 77, 0, 1)  # no such profile id
+
+
+def test_mig_off_instance_calls_not_supported() -> None:
+    sim = _sim(mig=False)
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    with pytest.raises(N.NVMLError_NotSupported):
+        _gi(sim, dev, 19, 0, 1)
+    with pytest.raises(N.NVMLError_NotSupported):
+        sim.nvmlDeviceGetGpuInstances(dev, 19, None, ctypes.byref(ctypes.c_uint(0)))
+    assert sim.nvmlDeviceGetMaxMigDeviceCount(dev) == 0
+
+
+def test_mig_mode_pending_while_busy() -> None:
+    sim = _sim(mig=False)
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    sim.attach(sim.nvmlDeviceGetUUID(dev), os.getpid(), 10)
+    status = sim.nvmlDeviceSetMigMode(dev, N.NVML_DEVICE_MIG_ENABLE)
+    assert status == N.NVML_ERROR_IN_USE
+    assert sim.nvmlDeviceGetMigMode(dev) == [0, 1]
+    sim.detach(os.getpid())
+    sim.reset_gpu(0)
+    assert sim.nvmlDeviceGetMigMode(dev) == [1, 1]
+    assert sim.nvmlDeviceSetMigMode(dev, N.NVML_DEVICE_MIG_DISABLE) == N.NVML_SUCCESS
+    assert sim.nvmlDeviceGetMigMode(dev) == [0, 0]
+
+
+def test_permissions_from_state_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    sim.set_privileged(False)
+    with pytest.raises(N.NVMLError_NoPermission):
+        _gi(sim, dev, 19, 0, 1)
+    assert sim.nvmlDeviceGetGpuInstanceProfileInfo(dev, 0).id == 19  # not privileged
+    sim.set_privileged(True)
+    _gi(sim, dev, 19, 0, 1)
+    monkeypatch.setenv("MISO_SIM_PRIVILEGED", "0")
+    with pytest.raises(N.NVMLError_NoPermission):
+        sim.nvmlDeviceSetMigMode(dev, 0)
+
+
+def test_teardown_order_and_in_use() -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    gi = _gi(sim, dev, 14, 0, 2)
+    cinfo = sim.nvmlGpuInstanceGetComputeInstanceProfileInfo(
+        gi, N.NVML_COMPUTE_INSTANCE_PROFILE_2_SLICE, N.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED
+    )
+    ci = sim.nvmlGpuInstanceCreateComputeInstance(gi, cinfo.id)
+    with pytest.raises(N.NVMLError_InUse):
+        sim.nvmlGpuInstanceDestroy(gi)  # compute instance first
+    mig = sim.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)
+    assert sim.nvmlDeviceIsMigDeviceHandle(mig).value == 1
+    assert isinstance(sim.nvmlDeviceIsMigDeviceHandle(dev), ctypes.c_uint)
+    uuid = sim.nvmlDeviceGetUUID(mig)
+    assert uuid.startswith("MIG-")
+    sim.attach(uuid, os.getpid(), 100)
+    with pytest.raises(N.NVMLError_InUse):
+        sim.nvmlComputeInstanceDestroy(ci)
+    procs = sim.nvmlDeviceGetComputeRunningProcesses(mig)
+    assert [(p.pid, p.usedGpuMemory, p.gpuInstanceId) for p in procs] == [
+        (os.getpid(), 100 * 1024 * 1024, sim.nvmlGpuInstanceGetInfo(gi).id)
+    ]
+    sim.detach(os.getpid())
+    sim.nvmlComputeInstanceDestroy(ci)
+    sim.nvmlGpuInstanceDestroy(gi)
+    with pytest.raises(N.NVMLError_InvalidArgument):
+        sim.nvmlGpuInstanceGetInfo(gi)  # a stale handle
+    with pytest.raises(N.NVMLError_NotFound):
+        sim.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)
+    # Re-created at the same place: same GPU instance id, a new MIG device UUID.
+    gi2 = _gi(sim, dev, 14, 0, 2)
+    sim.nvmlGpuInstanceCreateComputeInstance(gi2, cinfo.id)
+    assert sim.nvmlGpuInstanceGetInfo(gi2).id == sim.nvmlGpuInstanceGetInfo(gi2).id
+    assert sim.nvmlDeviceGetUUID(sim.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)) != uuid
+
+
+def test_gpu_lost_and_faults(monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    sim.inject_fault("nvmlDeviceGetMigMode", 2, "UNKNOWN")
+    sim.nvmlDeviceGetMigMode(dev)
+    with pytest.raises(N.NVMLError_Unknown):
+        sim.nvmlDeviceGetMigMode(dev)
+    sim.nvmlDeviceGetMigMode(dev)  # the third call works again
+    sim.set_lost(0)
+    with pytest.raises(N.NVMLError_GpuIsLost):
+        sim.nvmlDeviceGetName(dev)
+    monkeypatch.setenv("MISO_SIM_FAULTS", "nvmlDeviceGetCount:*:DRIVER_NOT_LOADED")
+    other = _sim()
+    with pytest.raises(N.NVMLError_DriverNotLoaded):
+        other.nvmlDeviceGetCount()
+    with pytest.raises(ValueError):
+        simnvml.parse_faults("nvmlX:zero:UNKNOWN")
+
+
+def test_uninitialized() -> None:
+    sim = SimNvml(N, state=new_state("a100-40gb"))
+    with pytest.raises(N.NVMLError_Uninitialized):
+        sim.nvmlDeviceGetCount()
+
+
+def test_state_file_shared_between_processes(tmp_path) -> None:
+    path = tmp_path / "sim" / "a100-40gb.json"
+    a = SimNvml(N, state_path=path, state=new_state("a100-40gb"))
+    a.nvmlInit()
+    dev = a.nvmlDeviceGetHandleByIndex(0)
+    a.nvmlDeviceSetMigMode(dev, 1)
+    gi = _gi(a, dev, 9, 4, 4)
+    a.nvmlGpuInstanceCreateComputeInstance(gi, 2)
+    state = json.loads(path.read_text())
+    assert set(state) >= {"version", "gpus", "processes", "privileged", "faults", "extensions"}
+    mig_uuid = state["gpus"][0]["instances"][0]["cis"][0]["uuid"]
+    # Another process (a job) sees the same GPU and registers itself.
+    code = (
+        "import sys; from miso_cli.gpu import simnvml;"
+        f"print(simnvml.lookup_device(sys.argv[1], '{mig_uuid}')['profile']);"
+        f"simnvml.attach_process(sys.argv[1], '{mig_uuid}', {os.getpid()}, 321)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "3g.20gb"
+    b = SimNvml(N, state_path=path)
+    b.nvmlInit()
+    mig = b.nvmlDeviceGetHandleByUUID(mig_uuid)
+    assert [p.pid for p in b.nvmlDeviceGetComputeRunningProcesses(mig)] == [os.getpid()]
+    info = simnvml.lookup_device(path, state["gpus"][0]["uuid"])
+    assert (info["kind"], info["slices"], info["memory_mb"]) == ("gpu", 7, 40960)
+    simnvml.detach_process(path, os.getpid())
+    assert b.nvmlDeviceGetComputeRunningProcesses(mig) == []
+
+
+def test_dead_processes_are_dropped(tmp_path) -> None:
+    path = tmp_path / "s.json"
+    sim = SimNvml(N, state_path=path, state=new_state("a100-40gb"))
+    sim.nvmlInit()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    uuid = sim.nvmlDeviceGetUUID(sim.nvmlDeviceGetHandleByIndex(0))
+    simnvml.attach_process(path, uuid, child.pid, 5)
+    assert json.loads(path.read_text())["processes"] != []
+    assert simnvml.SimNvml(N, state_path=path).snapshot()["processes"] == []  # dropped on read
+    assert json.loads(path.read_text())["processes"] == []
+
+
+def test_spec_parsing(tmp_path) -> None:
+    assert simnvml.parse_spec("sim:h100-80gbx8") == ("h100-80gb", 8)
+    assert simnvml.parse_spec("sim:a100-40gb") == ("a100-40gb", 1)
+    assert simnvml.state_path_for(tmp_path, "sim:h200-141gbx2").name == "h200-141gbx2.json"
+    for bad in ("sim:", "sim:v100", "sim:a100-40gbx0", "a100"):
+        with pytest.raises(simnvml.SimSpecError):
+            simnvml.parse_spec(bad)
