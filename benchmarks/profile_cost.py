@@ -15,8 +15,9 @@ Two parts:
    most 30 s. Trying MIG layouts directly means, per layout: reconfiguring the
    GPU (``--reconfig`` seconds), checkpointing and restoring every job (the
    MISO paper's measured mean, 13.25 s, in place of the start-up), then
-   warm-up and measurement on the slices. The layouts tried are the A100 layouts with at most 7 instances that
-   are maximal (no free slice left), as an exhaustive search would.
+   warm-up and measurement on the slices. The layouts tried are the A100
+   layouts with at most 7 instances that are maximal (no free slice left), as
+   an exhaustive search would.
 
     python benchmarks/profile_cost.py [--startup 20] [--reconfig 5] [--speedup 20]
 """
@@ -138,8 +139,8 @@ def main() -> None:
     print(f"  MPS co-located, 3 levels, 7 jobs at once   {colo:8.0f} s")
     print(f"  MPS solo, 5 levels x 7 jobs                {solo:8.0f} s  ({solo / colo:.1f}x)")
     print(
-        f"  MIG trial, {len(layouts)} layouts (reconfig + checkpoint/restore + warm-up + measure) "
-        f"{mig:8.0f} s  ({mig / colo:.1f}x)"
+        f"  MIG trial, {len(layouts)} layouts (reconfigure, checkpoint/restore, measure) "
+        f"{mig:6.0f} s  ({mig / colo:.1f}x)"
     )
 
     if args.skip_measured:
