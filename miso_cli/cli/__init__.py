@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("profile", "profile"),
     ("fit", "fit"),
     ("predict", "predict"),
+    ("calibrate", "calibrate"),
 ]
 
 
