@@ -50,8 +50,8 @@ def command(
         bool,
         typer.Option(
             "--observations",
-            help="Also train on the observations `miso run` stored for this GPU model "
-            "(the default when no --data is given).",
+            help="Also train on what is stored for this GPU model: the observations of "
+            "`miso run` and the pairs of `miso calibrate` (the default without --data).",
         ),
     ] = False,
     out: Annotated[
@@ -90,6 +90,7 @@ def command(
 
     def body(console: Console) -> Result:
         from miso_cli.errors import BadInput
+        from miso_cli.predict.calibrate import calibration_files
         from miso_cli.predict.data import read_many
         from miso_cli.predict.fitting import fit_rows, parse_estimators
         from miso_cli.predict.observations import observation_rows, observations_path
@@ -101,19 +102,24 @@ def command(
         rows = read_many(data or [])
         use_obs = observations or not data
         n_obs = 0
+        n_cal = 0
         if use_obs:
             obs = observation_rows(sdir, key)
-            n_obs = len(obs)
-            if not obs and not data:
+            cal = read_many(calibration_files(sdir, key))
+            n_obs, n_cal = len(obs), len(cal)
+            if not obs and not cal and not data:
                 raise BadInput(
-                    f"no training data: no --data given and no usable observations in "
-                    f"{observations_path(sdir, key)}",
-                    hint="pass --data FILE.csv, or run jobs with `miso run` first",
+                    f"no training data: no --data given, no usable observations in "
+                    f"{observations_path(sdir, key)} and no calibration pairs",
+                    hint="pass --data FILE.csv, run `miso calibrate`, or run jobs with "
+                    "`miso run` first",
                 )
+            rows.extend(cal)
             rows.extend(obs)
         target = out if out is not None else default_model_path(sdir, key)
         report = fit_rows(rows, target, gpu_model_key=key, estimators=names, random_state=seed)
         report["observation_rows"] = n_obs
+        report["calibration_rows"] = n_cal
         return Result(report, render=lambda c: _render(c, report))
 
     execute("fit", body, json_out=json_out, debug=debug)
