@@ -176,7 +176,7 @@ def build_prior(
     for g in (4, 3):
         sub = [r for r in pairs if r.ratio(g) is not None]
         X = spec.matrix(sub)
-        y = np.log([r.ratio(g) for r in sub])
+        y = np.log(np.array([r.ratio(g) for r in sub], dtype=float))
         groups = [r.family for r in sub]
         mu, sd = X.mean(axis=0), X.std(axis=0)
         sd[sd == 0] = 1.0
