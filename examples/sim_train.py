@@ -3,7 +3,11 @@
 It learns which device miso gave it (``CUDA_VISIBLE_DEVICES`` and the simulated
 GPU state in ``MISO_SIM_STATE``), registers as a process on it, and sleeps each
 step for the catalog's step time of its workload on that MIG slice (or whole
-GPU, or MPS share), divided by a speed-up factor. A slice too small for the
+GPU, or MPS share), divided by a speed-up factor. Under MPS
+(``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` and a live daemon at
+``CUDA_MPS_PIPE_DIRECTORY``) it connects as a client of the simulated daemon and
+looks up its co-runners about twice a second: the simulated GPU's MPS model
+slows it by their shares, as sharing the SMs does. A slice too small for the
 workload fails the way CUDA does when memory runs out. On miso's checkpoint
 signal it saves its step and exits; started again, it resumes from the save.
 
@@ -58,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def step_time_s(workload, device: str | None, state: str | None) -> tuple[float | None, str]:
-    """Seconds per step on the device miso gave us (None: the workload does not fit)."""
+    """Seconds per step on the device miso gave us, alone (None: the workload does not fit)."""
     pct = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
     if not device or not state:
         return workload.step_time_ms(7) / 1000.0, "no simulated GPU: pacing as a whole GPU"
@@ -67,15 +71,54 @@ def step_time_s(workload, device: str | None, state: str | None) -> tuple[float 
     info = simnvml.lookup_device(Path(state), device)
     where = info["profile"] or f"whole GPU {info['gpu_index']}"
     if pct:
-        try:
-            from miso_cli.gpu import simmps
-
-            ms = simmps.step_time_ms(workload, float(pct))
-        except ImportError:
-            ms = workload.mps_step_time_ms(float(pct))
-        return ms / 1000.0, f"{where} under MPS at {pct}%"
+        return mps_step_time_ms(workload, float(pct), []) / 1000.0, f"{where} under MPS at {pct}%"
     ms = workload.step_time_ms(int(info["slices"]))
     return (ms / 1000.0 if ms is not None else None), where
+
+
+def mps_step_time_ms(workload, pct: float, co_runners: list) -> float:
+    """Step time under MPS at ``pct`` beside ``co_runners`` ((workload, pct) pairs)."""
+    try:
+        from miso_cli.gpu import simmps
+    except ImportError:  # the solo curve when the interference model is not installed
+        return workload.mps_step_time_ms(pct)
+    return simmps.step_time_ms(workload, pct, co_runners)
+
+
+class MpsClient:
+    """This process as a client of the simulated MPS daemon: who shares the GPU with it."""
+
+    REFRESH_S = 0.5
+
+    def __init__(self, state: Path, device: str, workload, catalog) -> None:
+        from miso_cli.gpu import sim_mps_control
+
+        self.control = sim_mps_control
+        self.state, self.workload, self.catalog = state, workload, catalog
+        record = sim_mps_control.connect(state, os.getpid(), device, workload.name)
+        self.connected = record is not None
+        self.pct = float(record["active_thread_percentage"]) if record else 100.0
+        self._checked = 0.0
+        self._per_step_s = mps_step_time_ms(workload, self.pct, []) / 1000.0
+
+    def per_step_s(self) -> float:
+        """The current step time, refreshing the co-runners every REFRESH_S."""
+        now = time.monotonic()
+        if now - self._checked >= self.REFRESH_S:
+            self._checked = now
+            co = []
+            for c in self.control.co_runners(self.state, os.getpid()):
+                name = c.get("workload")
+                # the model needs only their share; an unknown workload still takes its share
+                other = self.catalog[name] if name in self.catalog else self.workload
+                co.append((other, float(c["active_thread_percentage"])))
+            self._per_step_s = mps_step_time_ms(self.workload, self.pct, co) / 1000.0
+        return self._per_step_s
+
+    def close(self) -> None:
+        if self.connected:
+            self.control.disconnect(self.state, os.getpid())
+            self.connected = False
 
 
 def main(argv: list[str]) -> int:
@@ -132,6 +175,18 @@ def main(argv: list[str]) -> int:
 
         simnvml.attach_process(Path(state), device, os.getpid(), args.memory_mb)
         attached = True
+    client = None
+    if device and state and os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"):
+        client = MpsClient(Path(state), device, workload, catalog)
+        if client.connected:
+            per_step = client.per_step_s()
+        else:
+            # no daemon serves this pipe directory: CUDA runs the job without MPS
+            info = simnvml.lookup_device(Path(state), device)
+            ms = workload.step_time_ms(int(info["slices"]))
+            if ms is not None:
+                per_step = ms / 1000.0
+            where = (info["profile"] or f"whole GPU {info['gpu_index']}") + " (no MPS daemon)"
     attempt = report.attempt()
     print(
         f"sim_train: {args.workload} on {where}: {per_step * 1000:.1f} ms/step "
@@ -151,6 +206,8 @@ def main(argv: list[str]) -> int:
                 print(f"RuntimeError: simulated failure at step {i}", file=sys.stderr, flush=True)
                 code = 1
                 break
+            if client is not None and client.connected:
+                per_step = client.per_step_s()
             time.sleep(per_step / speedup)
             done = i + 1
             report.step(done, args.steps)
@@ -167,6 +224,8 @@ def main(argv: list[str]) -> int:
         elif ckpt is not None and start >= args.steps and ckpt.exists():
             ckpt.unlink()
     finally:
+        if client is not None:
+            client.close()
         if attached:
             simnvml.detach_process(Path(state), os.getpid())
     if code == 0 and start >= args.steps:
