@@ -24,6 +24,7 @@ from miso_cli import launch
 from miso_cli.errors import MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
+from miso_cli.mps_phase import PROFILE_LEVELS, ProfilePhase
 from miso_cli.policy.core import (
     ClusterView,
     Event,
@@ -49,6 +50,17 @@ class ExecutorOptions:
     save_s: float = 5.0  # how often progress is journaled when nothing else changed
     progress_event_s: float = 2.0  # least time between two progress events of one job
     run_as: launch.RunAs | None = None
+    model_path: Path | None = None  # the predictor for profiled jobs (default: fitted, else prior)
+
+
+@dataclass
+class Pending:
+    """A target being carried out: its jobs drain, then the GPU changes, then jobs start."""
+
+    target: GpuTarget
+    wanted: dict[str, Slice | None]
+    draining: list[str]  # jobs asked to checkpoint and stop for it
+    since: float
 
 
 @dataclass
@@ -63,6 +75,10 @@ class GpuState:
     mig_enabled: bool = False
     layout: Layout = field(default_factory=lambda: Layout(()))
     uuids: dict[Slice, str] = field(default_factory=dict)  # instance -> MIG-uuid
+    pending: Pending | None = None  # draining -> reconfiguring -> starting
+    phase: Any = None  # a ProfilePhase while the GPU profiles its jobs under MPS
+    daemon: Any = None  # the MPS control daemon while in mode "mps"
+    shares: dict[str, float] = field(default_factory=dict)  # mode "mps": job -> its share
 
 
 def slice_json(sl: Slice | None) -> dict[str, Any] | None:
@@ -108,6 +124,11 @@ class Executor:
         self._last_save = 0.0
         self._last_progress_event: dict[str, float] = {}
         self.t0 = journal.started_at
+        self.state_dir = Path(journal.run_dir).parents[1]
+        # Profiles the run knows: measured by a phase, or fresh in the store at the start.
+        self.profiles: dict[str, dict[str, Any]] = journal.data.setdefault("profiles", {})
+        self._predict: Any = None
+        self._predictions: dict[str, Any] = {}
 
     # ------------------------------------------------------------ events
 
@@ -141,8 +162,23 @@ class Executor:
 
     # ------------------------------------------------------------ the view
 
+    def _claims(self) -> dict[str, tuple[int, Slice | None, str]]:
+        """Jobs a pending target or a profiling phase holds: job -> (GPU, instance, state)."""
+        out: dict[str, tuple[int, Slice | None, str]] = {}
+        for g in self.gpus:
+            if g.phase is not None:
+                for name in g.phase.jobs:
+                    out[name] = (g.index, None, "profiling")
+            if g.pending is not None:
+                for name, sl in g.pending.wanted.items():
+                    state = "profiling" if g.pending.target.profile_s else "running"
+                    out[name] = (g.index, sl, state)
+        return out
+
     def view(self) -> ClusterView:
+        """The facts for the policy; a GPU being changed shows as it will be (and busy)."""
         now = self.clock() - self.t0
+        claims = self._claims()
         jobs: dict[str, JobView] = {}
         for name in self.order:
             rec, spec = self.journal.jobs[name], self.specs[name]
@@ -154,14 +190,20 @@ class Executor:
                 state = "finished"
             else:
                 state = "failed"
+            gpu, sl = (rec.gpu, slice_from_json(rec.slice)) if state == "running" else (None, None)
+            if name in claims and state in ("waiting", "running"):
+                gpu, sl, state = claims[name]
             prog = self.trackers[name].progress if name in self.trackers else None
             step_time = prog.step_time_s if prog else None
-            sl = slice_from_json(rec.slice)
-            if step_time is not None and rec.gpu is not None:
+            if step_time is not None and rec.gpu is not None and rec.gpu < len(self.gpus):
                 # Predictions are relative to the whole GPU; a rough 7g figure from the
                 # slice it ran on, scaled by compute slices, is better than none.
-                g = sl.slices if sl else self.gpus[rec.gpu].model.compute_slices
+                rs = slice_from_json(rec.slice)
+                g = rs.slices if rs else self.gpus[rec.gpu].model.compute_slices
                 step_time = step_time * g / self.gpus[rec.gpu].model.compute_slices
+            known = self.profiles.get(name)
+            if step_time is None and known is not None:
+                step_time = known.get("step_time_7g_s")
             jobs[name] = JobView(
                 name=name,
                 arrival_s=rec.queued_at - self.t0,
@@ -173,17 +215,20 @@ class Executor:
                 step_time_7g_s=step_time,
                 checkpointable=spec.checkpointable,
                 restart_cost_s=spec.grace_s,
-                gpu=rec.gpu if state == "running" else None,
-                slice=sl if state == "running" else None,
+                gpu=gpu,
+                slice=sl,
+                prediction=self.prediction(name),
+                profiled=known is not None,
                 workload=spec.workload,
             )
         gpus = []
         for g in self.gpus:
-            on = {
+            on: dict[str, Slice | None] = {
                 n: slice_from_json(r.slice)
                 for n, r in self.journal.jobs.items()
-                if r.state in ACTIVE and r.gpu == g.index
+                if r.state in ACTIVE and r.gpu == g.index and n not in claims
             }
+            on.update({n: c[1] for n, c in claims.items() if c[0] == g.index})
             gpus.append(
                 GpuView(
                     index=g.index,
@@ -191,9 +236,66 @@ class Executor:
                     mode=g.mode,  # type: ignore[arg-type]
                     layout=g.layout if g.mode == "mig" else Layout(()),
                     jobs=on,
+                    profiling=g.phase is not None,
+                    busy=g.pending is not None,
                 )
             )
         return ClusterView(now=now, gpus=gpus, jobs=jobs)
+
+    # ------------------------------------------------------------ profiles and predictions
+
+    @property
+    def scale(self) -> float:
+        """Catalog time per wall second of synthetic jobs on simulated GPUs (1 on hardware)."""
+        if not getattr(self.drv, "is_simulated", False):
+            return 1.0
+        return float(self.opt.speedup or 10.0)  # sim_train's default speed-up
+
+    def prediction(self, name: str) -> Any:
+        known = self.profiles.get(name)
+        if known is None:
+            return None
+        if name not in self._predictions:
+            if self._predict is None:
+                from miso_cli.simulator import make_predict
+
+                model = self.gpus[0].model
+                self._predict, _ = make_predict(self.opt.model_path, model, self.state_dir)
+            mps = {int(k): float(v) for k, v in known["mps"].items()}
+            mix = [{int(k): float(v) for k, v in m.items()} for m in known.get("mix", [])]
+            self._predictions[name] = self._predict(mps, mix, self.specs[name].memory_mb)
+        return self._predictions[name]
+
+    def load_stored_profiles(self) -> None:
+        """Jobs with a fresh stored profile start with a prediction (no profiling again)."""
+        from miso_cli import profiles_store as store
+
+        if not self.gpus:
+            return
+        todo = [self.specs[n] for n in self.order if n not in self.profiles]
+        try:
+            fresh = store.fresh_profiles(
+                self.state_dir,
+                todo,
+                gpu_model=self.gpus[0].model.key,
+                driver_version=self.drv.driver_version(),
+                levels=[float(lv) for lv in PROFILE_LEVELS],
+            )
+        except MisoError as exc:  # a damaged store file: profile the jobs again
+            self.emit("note", message=f"stored profiles not used: {exc}")
+            return
+        for name, prof in fresh.items():
+            mps = {lv: prof.step_time_s(float(lv)) for lv in PROFILE_LEVELS}
+            self.profiles[name] = {
+                "mps": {str(k): float(v) for k, v in mps.items() if v is not None},
+                "mix": [],
+                "jobs_in_mix": 1 + len(prof.co_runners),
+                "step_time_7g_s": float(mps[100] or 0.0) / self.scale or None,
+                "source": "stored",
+                "fingerprint": prof.fingerprint,
+            }
+        if fresh:
+            self.emit("profiles_reused", jobs=sorted(fresh))
 
     # ------------------------------------------------------------ GPUs
 
@@ -278,64 +380,302 @@ class Executor:
     # ------------------------------------------------------------ applying a target
 
     def apply(self, target: GpuTarget) -> None:
+        """Begin carrying out ``target``: ask the jobs that must move to stop, then go on.
+
+        The GPU is busy until its jobs have drained; :meth:`advance` reconfigures it
+        and starts its jobs then, while the loop keeps serving the other GPUs.
+        """
         if not 0 <= target.gpu < len(self.gpus):
             raise UsageError(f"policy {self.policy.name} named GPU {target.gpu}, which is not here")
+        if target.profile_s and target.mode != "mps":
+            raise UsageError(f"policy {self.policy.name}: profiling needs mode 'mps'")
         g = self.gpus[target.gpu]
-        if target.mode == "mps":
-            raise UsageError(
-                f"policy {self.policy.name} asked for MPS on GPU {g.index}, which miso run "
-                "does not drive yet",
-                hint="use --policy nopart or --layout",
-            )
+        if g.phase is not None:  # a new target ends the profiling phase early
+            self.emit("profile_cancelled", gpu=g.index, jobs=list(g.phase.jobs))
+            g.phase = None
         wanted: dict[str, Slice | None] = {}
         for name, sl in target.assignment.items():
             rec = self.journal.jobs.get(name)
             if rec is None or rec.terminal:
                 continue
             wanted[name] = sl if target.mode == "mig" else None
-        # 1. Jobs that must move or leave: checkpoint and stop them (they go back to the
-        #    queue, or to their new place below).
+        # Jobs that must move or leave: checkpoint and stop them (they go back to the
+        # queue, or to their new place once stopped).
         moving = []
         for name, rec in self.journal.jobs.items():
             if rec.state not in ACTIVE:
                 continue
             here = rec.gpu == g.index
+            share = target.mps_share.get(name, 100) if target.mode == "mps" else None
             if here and name not in wanted:
                 moving.append((name, "requeue"))
             elif here and (target.mode != g.mode or slice_from_json(rec.slice) != wanted[name]):
                 moving.append((name, "migrate"))
+            elif (
+                here and target.mode == "mps" and (target.profile_s or g.shares.get(name) != share)
+            ):
+                moving.append((name, "migrate"))  # a new share needs a new CUDA context
             elif not here and name in wanted:
                 moving.append((name, "migrate"))
-        self.stop_jobs([n for n, _ in moving], {n: r for n, r in moving}, wait=True)
-        # 2. The GPU itself.
+        for other in self.gpus:  # a job taken from another GPU's plan leaves that plan
+            if other is not g and other.pending is not None:
+                for name in wanted:
+                    other.pending.wanted.pop(name, None)
+        g.pending = Pending(target, wanted, [n for n, _ in moving], self.clock())
+        if moving:
+            self.emit(
+                "draining",
+                gpu=g.index,
+                jobs=[n for n, _ in moving],
+                reason=target.reason,
+            )
+        self.stop_jobs([n for n, _ in moving], {n: r for n, r in moving}, wait=False)
+        self.advance(g)
+
+    def advance(self, g: GpuState) -> None:
+        """Move ``g``'s pending target on: once its jobs drained, reconfigure and start."""
+        p = g.pending
+        if p is None:
+            return
+        if any(self.journal.jobs[n].state in ACTIVE for n in p.draining):
+            return  # still draining
+        target = p.target
+        self.emit("reconfiguring", gpu=g.index, mode=target.mode, reason=target.reason)
+        if g.daemon is not None and target.mode != "mps":
+            self._stop_daemon(g)
         if target.mode == "mig":
             self._set_layout(g, target.layout, target.reason)
-        elif wanted and g.mig_enabled:
+        elif g.mig_enabled and (p.wanted or target.mode == "mps"):
             # MIG stays on: a whole GPU is its one full-size instance.
             self._set_layout(g, Layout.of([self._full_slice(g)]), target.reason)
         if g.mode != target.mode:
             self.emit("gpu_mode", gpu=g.index, mode=target.mode, reason=target.reason)
         g.mode = target.mode
         self._record_gpus()
-        # 3. Start what is not running where it should.
+        g.pending = None
+        if target.mode == "mps":
+            self._open_daemon(g)
+            g.shares = {n: float(target.mps_share.get(n, 100)) for n in p.wanted}
+            if target.profile_s:
+                names = [n for n in p.wanted if not self.journal.jobs[n].terminal]
+                g.phase = ProfilePhase(
+                    g.index,
+                    names,
+                    level_s=float(target.profile_s) / len(PROFILE_LEVELS) / self.scale,
+                    started_at=self.clock(),
+                )
+                self.emit(
+                    "profiling",
+                    gpu=g.index,
+                    jobs=names,
+                    levels=list(g.phase.levels),
+                    reason=target.reason,
+                )
+        else:
+            g.shares = {}
+        self._start_wanted(g, p.wanted)
+
+    def _device(self, g: GpuState, sl: Slice | None, name: str) -> str:
+        if g.mode == "mig":
+            assert sl is not None
+            device = g.uuids.get(sl)
+            if device is None:
+                raise UsageError(
+                    f"policy {self.policy.name} put {name} on {sl.key}, "
+                    f"not an instance of GPU {g.index} ({g.layout.name})"
+                )
+            return device
+        if g.mig_enabled:
+            return g.uuids[self._full_slice(g)]
+        return g.uuid
+
+    def _start_wanted(self, g: GpuState, wanted: dict[str, Slice | None]) -> None:
         for name, sl in wanted.items():
             rec = self.journal.jobs[name]
-            if rec.state in ACTIVE:
+            if rec.state in ACTIVE or rec.terminal:
                 continue
-            if target.mode == "mig":
-                assert sl is not None
-                device = g.uuids.get(sl)
-                if device is None:
-                    raise UsageError(
-                        f"policy {self.policy.name} put {name} on {sl.key}, "
-                        f"not an instance of GPU {g.index} ({g.layout.name})"
-                    )
-            elif g.mig_enabled:
-                sl_full = self._full_slice(g)
-                device = g.uuids[sl_full]
-            else:
+            device = self._device(g, sl, name)
+            mps_env = None
+            if g.mode == "mps" and g.daemon is not None:
+                pct = g.phase.level if g.phase is not None else g.shares.get(name, 100)
+                mps_env = g.daemon.client_env(pct)
+            self.start(name, g, sl if g.mode == "mig" else None, device, mps_env=mps_env)
+        if g.phase is not None and g.phase.switching:
+            g.phase.begin_level(self.clock())
+
+    # ------------------------------------------------------------ MPS
+
+    def _open_daemon(self, g: GpuState) -> None:
+        if g.daemon is not None:
+            return
+        from miso_cli.gpu import mps
+
+        device = self._device(g, None, "")
+        daemon = mps.open_daemon(
+            self.state_dir,
+            device,
+            simulated=self.drv.is_simulated,
+            sim_state=self.drv.sim_state_path,
+        )
+        daemon.start()
+        g.daemon = daemon
+        self.emit("mps_daemon", gpu=g.index, device=device, pid=daemon.pid, running=True)
+        for note in daemon.notes:
+            self.emit("note", message=note)
+
+    def _stop_daemon(self, g: GpuState) -> None:
+        if g.daemon is None:
+            return
+        daemon, g.daemon = g.daemon, None
+        try:
+            daemon.stop()
+        finally:
+            self.emit("mps_daemon", gpu=g.index, device=daemon.device, running=False)
+
+    def stop_daemons(self) -> None:
+        """Shut down every MPS daemon this run started (on exit, interrupt or error)."""
+        for g in self.gpus:
+            g.phase = None
+            try:
+                self._stop_daemon(g)
+            except MisoError as exc:
+                self.emit("note", message=f"GPU {g.index}: {exc}")
+
+    def _clear_stale_daemons(self) -> None:
+        """After a crash: the daemons of GPUs left in MPS mode, with nobody to serve."""
+        from miso_cli.gpu import mps
+
+        for g in self.gpus:
+            if g.mode != "mps":
+                continue
+            try:
+                device = self._device(g, None, "")
+            except (KeyError, UsageError):
                 device = g.uuid
-            self.start(name, g, sl, device)
+            daemon = mps.open_daemon(
+                self.state_dir,
+                device,
+                simulated=self.drv.is_simulated,
+                sim_state=self.drv.sim_state_path,
+            )
+            state = mps.inspect(daemon.dirs.pipe)
+            if state.running:
+                try:
+                    daemon.command("quit")
+                except MisoError:
+                    pass
+                deadline = time.monotonic() + 10.0
+                while mps.inspect(daemon.dirs.pipe).running and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if state.pid and mps.inspect(daemon.dirs.pipe).running:
+                    launch.kill_group(state.pid)
+                self.emit("mps_daemon", gpu=g.index, device=device, running=False, stale=True)
+            g.mode = "full"
+        self._record_gpus()
+
+    # ------------------------------------------------------------ profiling
+
+    def step_profiles(self, now: float) -> None:
+        """Collect step times of profiling jobs; switch levels; end phases with ``profiled``."""
+        for g in self.gpus:
+            ph = g.phase
+            if ph is None or g.pending is not None:
+                continue
+            for name in list(ph.jobs):
+                rec = self.journal.jobs[name]
+                if rec.terminal:
+                    ph.drop(name)  # finished (or failed) while profiling
+            if not ph.jobs:
+                g.phase = None
+                self._profiled(g, ph)
+                continue
+            if ph.switching:
+                if all(self.journal.jobs[n].state not in ACTIVE for n in ph.jobs):
+                    self._start_wanted(g, dict.fromkeys(ph.jobs))
+                continue
+            for name in ph.jobs:
+                tracker = self._tracker(name)
+                if self.journal.jobs[name].state == "running":
+                    tracker.poll(now)
+                for t, step in list(tracker.timer.samples):
+                    ph.add(name, t, step)
+            if not ph.level_done(now):
+                continue
+            ph.close_level()
+            self.emit(
+                "profile_level",
+                gpu=g.index,
+                level=ph.level,
+                step_time_s={
+                    n: round(ph.measured[n][ph.level] * self.scale, 6)
+                    for n in ph.jobs
+                    if ph.level in ph.measured.get(n, {})
+                },
+            )
+            if ph.last:
+                g.phase = None
+                self._profiled(g, ph)
+                continue
+            ph.k += 1
+            ph.switching = True
+            names = [n for n in ph.jobs if self.journal.jobs[n].state in ACTIVE]
+            self.stop_jobs(names, dict.fromkeys(names, "level"), wait=False)
+
+    def _profiled(self, g: GpuState, ph: ProfilePhase) -> None:
+        """Store what the phase measured, predict from it, and tell the policy."""
+        from miso_cli import profiles_store as store
+        from miso_cli.mps_phase import stored_profile
+
+        done = [n for n in ph.jobs if ph.complete(n)]
+        info = self.drv.gpu(g.index)
+        driver = self.drv.driver_version()
+        for name in done:
+            scaled = {lv: ph.measured[name][lv] * self.scale for lv in PROFILE_LEVELS}
+            others = [o for o in done if o != name]
+            entry = {
+                "mps": {str(lv): v for lv, v in scaled.items()},
+                "mix": [
+                    {str(lv): ph.measured[o][lv] * self.scale for lv in PROFILE_LEVELS}
+                    for o in others
+                ],
+                "jobs_in_mix": len(done),
+                "step_time_7g_s": ph.measured[name][100],
+                "source": "measured",
+                "fingerprint": store.fingerprint(self.specs[name]),
+            }
+            self.profiles[name] = entry
+            self._predictions.pop(name, None)
+            try:
+                store.save(
+                    self.state_dir,
+                    stored_profile(
+                        self.specs[name],
+                        co_runners=[self.specs[o] for o in others],
+                        step_times_s=scaled,
+                        steps=ph.counts.get(name, {}),
+                        gpu_model=g.model.key,
+                        gpu_name=info.name,
+                        driver_version=driver,
+                        simulated=bool(self.drv.is_simulated),
+                        started_at=ph.started_at,
+                    ),
+                )
+            except OSError as exc:
+                self.emit("note", message=f"profile of {name} not stored: {exc}")
+        predictions = {}
+        for name in done:
+            pred = self.prediction(name)
+            predictions[name] = {str(k): round(v, 3) for k, v in pred.relative.items()}
+        self.emit(
+            "profiled",
+            gpu=g.index,
+            jobs=done,
+            missing=[n for n in ph.jobs if n not in done],
+            mps_step_time_s={n: self.profiles[n]["mps"] for n in done},
+            prediction=predictions,
+        )
+        self._dirty = True
+        self._decide(Event("profiled", gpu=g.index))
 
     # ------------------------------------------------------------ starting
 
@@ -346,7 +686,15 @@ class Executor:
             "attempt": attempt,
         }
 
-    def start(self, name: str, g: GpuState, sl: Slice | None, device: str) -> None:
+    def start(
+        self,
+        name: str,
+        g: GpuState,
+        sl: Slice | None,
+        device: str,
+        *,
+        mps_env: dict[str, str] | None = None,
+    ) -> None:
         spec, rec = self.specs[name], self.journal.jobs[name]
         rec.attempt += 1
         resume = rec.attempt > 1
@@ -367,6 +715,8 @@ class Executor:
             extra["MISO_SIM_STATE"] = str(self.drv.sim_state_path)
         if self.opt.speedup is not None:
             extra["MISO_SIM_SPEEDUP"] = repr(float(self.opt.speedup))
+        if mps_env:
+            extra.update(mps_env)
         values = self._values(name, rec.attempt)
         argv = launch.job_argv(spec, resume=resume, values=values)
         env = launch.job_env(
@@ -380,6 +730,9 @@ class Executor:
             run_as=self.opt.run_as,
         )
         where = f"GPU {g.index} {sl.profile}@{sl.start}" if sl else f"GPU {g.index} (whole)"
+        pct = (mps_env or {}).get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+        if pct:
+            where += f" under MPS at {pct}%"
         header = (
             f"\n=== miso: {name} attempt {rec.attempt} on {where} ({device}) at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))} ===\n"
@@ -437,6 +790,7 @@ class Executor:
             device=device,
             pid=launched.pid,
             resumed=resume,
+            mps=float(pct) if pct else None,
         )
 
     def _tag(self, name: str, attempt: int) -> str:
@@ -578,7 +932,7 @@ class Executor:
         elif reason == "interrupt":
             outcome, rec.state = "interrupted", "interrupted"
             rec.reason = f"stopped on request ({how})"
-        elif reason in ("requeue", "migrate"):
+        elif reason in ("requeue", "migrate", "level"):
             outcome, rec.state = "stopped", "waiting"
             rec.reason = f"stopped to {reason} ({how})"
         else:
@@ -600,6 +954,8 @@ class Executor:
             rec.gpu, rec.slice, rec.instance_uuid = None, None, None
         rec.pid = None
         rec.stop_reason, rec.stop_deadline = None, None
+        if attempt is not None and outcome in ("finished", "stopped"):
+            self._observe(name, attempt, tracker.progress.step_time_s)
         self._dirty = True
         self.save()
         fields = {"job": name, "exit_code": code, "signal": sig, "reason": rec.reason}
@@ -611,6 +967,42 @@ class Executor:
             self.emit("interrupted", **fields)
         else:
             self.emit("requeued", outcome=outcome, **fields)
+
+    def _observe(self, name: str, attempt: Attempt, step_time_s: float | None) -> None:
+        """A job with an MPS profile ran on a MIG slice: keep what it did, to retrain on."""
+        from miso_cli.mps_phase import workload_name
+        from miso_cli.predict.observations import record_observation
+
+        known = self.profiles.get(name)
+        if known is None or attempt.slice is None or not step_time_s or attempt.gpu is None:
+            return
+        if attempt.gpu >= len(self.gpus):
+            return
+        model = self.gpus[attempt.gpu].model
+        spec = self.specs[name]
+        try:
+            path = record_observation(
+                self.state_dir,
+                gpu_model_key=model.key,
+                workload=workload_name(spec),
+                mps={int(k): float(v) for k, v in known["mps"].items()},
+                jobs_in_mix=int(known.get("jobs_in_mix", 1)),
+                slices=attempt.slices,
+                step_time_s=step_time_s * self.scale,
+                step_time_7g_s=None,
+                memory_mb=spec.memory_mb,
+            )
+        except (MisoError, OSError) as exc:
+            self.emit("note", message=f"observation of {name} not recorded: {exc}")
+            return
+        self.emit(
+            "observed",
+            job=name,
+            slice=attempt.slice,
+            slices=attempt.slices,
+            step_time_s=round(step_time_s * self.scale, 6),
+            file=str(path),
+        )
 
     # ------------------------------------------------------------ watching
 
@@ -666,6 +1058,7 @@ class Executor:
             jobs=list(self.order),
             gpus=self.journal.data["gpus"],
         )
+        self.load_stored_profiles()
         for name in self.order:
             self._decide(Event("arrival", job=name))
 
@@ -709,6 +1102,21 @@ class Executor:
                 collected.append(name)
             if rec.state == "stopping" and rec.stop_deadline is not None:
                 rec.stop_deadline = self.clock() + self.specs[name].grace_s
+        # A GPU left in MPS mode lost its profiling phase (and miso's watch over its
+        # daemon): its jobs checkpoint and go back to the queue, the daemon is shut down.
+        under_mps = [
+            n
+            for n, r in self.journal.jobs.items()
+            if r.state in ACTIVE
+            and r.gpu is not None
+            and r.gpu < len(self.gpus)
+            and self.gpus[r.gpu].mode == "mps"
+        ]
+        if under_mps:
+            self.stop_jobs(under_mps, dict.fromkeys(under_mps, "requeue"), wait=True)
+            restarted.extend(n for n in under_mps if self.journal.jobs[n].state == "waiting")
+        self._clear_stale_daemons()
+        self.load_stored_profiles()
         self.save()
         self.emit(
             "run_resumed",
@@ -748,11 +1156,19 @@ class Executor:
                 return "interrupted"
             ended = self.check_exits()
             self.enforce_deadlines()
+            # Moves first: a job that stopped for its new place starts there before the
+            # policy sees it waiting.
+            for g in self.gpus:
+                self.advance(g)
+            now = self.clock()
+            self.step_profiles(now)
             for name in ended:
                 rec = self.journal.jobs[name]
+                if rec.state not in ("finished", "failed", "hung"):
+                    continue  # stopped to move, or to retry: not news for the policy
                 kind = "finish" if rec.state == "finished" else "failed"
-                self._decide(Event(kind, job=name, gpu=None))
-            now = self.clock()
+                last = rec.attempts[-1] if rec.attempts else None
+                self._decide(Event(kind, job=name, gpu=last.gpu if last else None))
             if now - last_view >= self.opt.view_s:
                 last_view = now
                 self.watch(now)
@@ -764,9 +1180,10 @@ class Executor:
                 self.sink({"event": "_refresh"})
                 active = [r for r in self.journal.jobs.values() if r.state in ACTIVE]
                 waiting = [r for r in self.journal.jobs.values() if r.state == "waiting"]
+                held = self._claims()
                 if not active and not waiting:
                     return "finished"
-                if not active and waiting:
+                if not active and waiting and not any(r.name in held for r in waiting):
                     idle_ticks += 1
                     if idle_ticks >= 3:
                         self._unschedulable(waiting)
@@ -784,6 +1201,9 @@ class Executor:
         self.save()
 
     def interrupt_all(self) -> None:
+        for g in self.gpus:  # nothing more starts: pending moves and phases end here
+            g.pending = None
+            g.phase = None
         names = [n for n, r in self.journal.jobs.items() if r.state in ACTIVE]
         self.emit("interrupting", jobs=names)
         self.stop_jobs(names, {n: "interrupt" for n in names}, wait=False)
@@ -915,8 +1335,9 @@ class RunRequest:
     queue_path: Path | None
     state_dir: Path
     gpu_spec: str | None
-    policy: str = "nopart"
+    policy: str = "miso+"
     layout: list[str] | None = None
+    model_path: Path | None = None  # the predictor for profiled jobs
     resume: bool = False
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     speedup: float | None = None
@@ -991,6 +1412,7 @@ def run_queue(
             opts = journal.data.get("options", {})
             hang = float(opts.get("hang_timeout_s", req.hang_timeout_s))
             speedup = opts.get("speedup", req.speedup)
+            model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
             if journal.status == "finished":
                 return run_report(journal)
@@ -1010,24 +1432,40 @@ def run_queue(
                         hint="continue it with: miso run --resume",
                     )
             options = {"layout": req.layout} if req.layout else {}
+            if req.policy == "oracle":
+                raise UsageError(
+                    "--policy oracle needs every job's true speed on every slice size, "
+                    "which a real run cannot know in advance",
+                    hint="compare it with 'miso simulate'; miso+ (the default) measures "
+                    "the jobs under MPS instead",
+                )
             policy = registry.get(req.policy, **options)
             drv = _open_driver(req.gpu_spec, state_dir)
             _check_fits(queue, drv, policy)
-            hang, speedup = req.hang_timeout_s, req.speedup
+            hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
             journal = Journal.create(
                 state_dir,
                 queue,
                 gpu_spec=req.gpu_spec,
                 policy=req.policy,
                 policy_options=options,
-                options={"hang_timeout_s": hang, "speedup": speedup},
+                options={
+                    "hang_timeout_s": hang,
+                    "speedup": speedup,
+                    "model_path": str(req.model_path) if req.model_path else None,
+                },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
         ex = Executor(
             drv,
             policy,
             journal,
-            options=ExecutorOptions(hang_timeout_s=hang, speedup=speedup, run_as=run_as),
+            options=ExecutorOptions(
+                hang_timeout_s=hang,
+                speedup=speedup,
+                run_as=run_as,
+                model_path=Path(model_path) if model_path else None,
+            ),
             sink=sink,
         )
         if on_executor is not None:
@@ -1052,12 +1490,14 @@ def run_queue(
             try:
                 ex.interrupt_all()
             finally:
+                ex.stop_daemons()
                 journal.save()
                 journal.close()
             raise
         finally:
             for s, h in previous_handlers.items():
                 signal.signal(s, h)
+        ex.stop_daemons()
         failed = any(r.state in ("failed", "hung") for r in journal.jobs.values())
         journal.status = (
             "interrupted" if status == "interrupted" else ("failed" if failed else "finished")

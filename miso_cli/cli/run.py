@@ -38,8 +38,17 @@ def command(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--policy",
-            help="Scheduling policy: nopart (one job per whole GPU, the default), layout "
-            "(implied by --layout), or one registered by the planner.",
+            help="Scheduling policy: miso+ (the default: profile newcomers under MPS, "
+            "re-plan MIG layouts as jobs come and go), miso, mps, static, nopart (one job "
+            "per whole GPU), layout (implied by --layout).",
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--model",
+            help="Predictor for profiled jobs [default: the state dir's fitted model, "
+            "else the shipped prior].",
         ),
     ] = None,
     resume: Annotated[
@@ -89,11 +98,13 @@ def command(
             raise UsageError("--hang-timeout: must be positive")
         if speedup is not None and not speedup > 0:
             raise UsageError("--speedup: must be positive")
-        if resume and (layout or policy):
-            raise UsageError("--resume continues the run as it was: drop --layout/--policy")
+        if resume and (layout or policy or model):
+            raise UsageError("--resume continues the run as it was: drop --layout/--policy/--model")
+        if model is not None and not model.is_file():
+            raise UsageError(f"--model: {model}: no such file")
         if not resume and queue is None:
             raise UsageError("missing the queue file", hint="miso run QUEUE.toml")
-        name = policy or ("layout" if layout else "nopart")
+        name = policy or ("layout" if layout else "miso+")
         profiles = None
         if layout is not None:
             profiles = [p.strip() for p in layout.split(",") if p.strip()]
@@ -111,6 +122,7 @@ def command(
             resume=resume,
             hang_timeout_s=hang_s,
             speedup=speedup,
+            model_path=model,
         )
         try:
             report = run_queue(req, sink=dash, on_executor=_starter(dash))
