@@ -178,7 +178,17 @@ def test_hang_is_detected_and_stopped(tmp_path: Path, state_dir: Path) -> None:
         tmp_path,
         sim_job("stuck", "toy-mlp_32", 100, "--hang-at", "10", hang_timeout="1.5s"),
     )
-    r = miso(state_dir, str(q), "--gpu", "sim:a100-40gb", "--speedup", "20", "--json")
+    r = miso(
+        state_dir,
+        str(q),
+        "--gpu",
+        "sim:a100-40gb",
+        "--speedup",
+        "20",
+        "--policy",
+        "nopart",
+        "--json",
+    )
     assert r.returncode == 7, r.stderr
     job = jobs_of(envelope(r.stdout))["stuck"]
     assert job["state"] == "hung" and "no progress" in job["reason"]
@@ -217,7 +227,17 @@ def test_sigint_checkpoints_then_resume_continues(tmp_path: Path, state_dir: Pat
     q = write_queue(
         tmp_path, sim_job("long", "toy-cnn_64", 2000), sim_job("next", "toy-mlp_32", 50)
     )
-    proc = start_miso(state_dir, str(q), "--gpu", "sim:a100-40gb", "--speedup", "20", "--json")
+    proc = start_miso(
+        state_dir,
+        str(q),
+        "--gpu",
+        "sim:a100-40gb",
+        "--speedup",
+        "20",
+        "--policy",
+        "nopart",
+        "--json",
+    )
     wait_for(lambda: any(e["event"] == "progress" for e in events(state_dir)))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)

@@ -83,7 +83,9 @@ def test_missing_queue_and_nothing_to_resume(cli, tmp_path: Path) -> None:
 
 def test_json_contract_and_summary(cli, tmp_path: Path, state_dir: Path) -> None:
     q = queue(tmp_path, job("a", 30) + job("b", 30, priority=2))
-    code, out, err = cli("run", str(q), "--gpu", "sim:a100-40gb", "--speedup", "50", "--json")
+    code, out, err = cli(
+        "run", str(q), "--gpu", "sim:a100-40gb", "--speedup", "50", "--policy", "nopart", "--json"
+    )
     assert code == 0, err
     lines = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
     assert all("event" in e for e in lines[:-1])
