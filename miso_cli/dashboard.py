@@ -28,6 +28,7 @@ STATE_STYLE = {
     "failed": "bold red",
     "hung": "bold red",
     "interrupted": "yellow",
+    "profiling": "magenta",
 }
 
 
@@ -81,6 +82,38 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"GPU {event['gpu']}: layout {event['before']} -> {event['layout']}"
     if kind == "mig_mode":
         return f"GPU {event['gpu']}: MIG mode {'on' if event['enabled'] else 'off'}"
+    if kind == "gpu_mode":
+        return f"GPU {event['gpu']}: mode {event['mode']} ({event.get('reason', '')})"
+    if kind == "draining":
+        return (
+            f"GPU {event['gpu']}: checkpointing {', '.join(event['jobs'])} to change it "
+            f"({event.get('reason', '')})"
+        )
+    if kind == "profiling":
+        levels = ", ".join(f"{lv}%" for lv in event["levels"])
+        return f"GPU {event['gpu']}: profiling {', '.join(event['jobs'])} under MPS at {levels}"
+    if kind == "profile_level":
+        times = ", ".join(f"{j} {fmt_step_time(t)}" for j, t in event["step_time_s"].items())
+        return f"GPU {event['gpu']}: measured at {event['level']}%: {times or 'nothing'}"
+    if kind == "profiled":
+        parts = []
+        for j, rel in event.get("prediction", {}).items():
+            small = min(rel, key=int) if rel else None
+            parts.append(f"{j} {small}g {rel[small]:.1f}x" if small else j)
+        missing = event.get("missing") or []
+        tail = f"; not measured: {', '.join(missing)}" if missing else ""
+        return f"GPU {event['gpu']}: profiled; predicted vs whole GPU: {', '.join(parts)}{tail}"
+    if kind == "profile_cancelled":
+        return f"GPU {event['gpu']}: profiling cancelled"
+    if kind == "mps_daemon":
+        what = "started" if event.get("running") else "stopped"
+        return f"GPU {event['gpu']}: MPS control daemon {what}"
+    if kind == "profiles_reused":
+        return f"stored MPS profiles reused for {', '.join(event['jobs'])}"
+    if kind == "observed":
+        return f"{job}: {fmt_step_time(event['step_time_s'])}/step on {event['slice']} (kept)"
+    if kind == "note":
+        return str(event.get("message", ""))
     if kind == "interrupting":
         return "interrupted: asking jobs to checkpoint and stop (again to kill at once)"
     return None
@@ -182,9 +215,23 @@ class Dashboard:
         if ex is None:
             return Text("starting...")
         gpus = Table.grid(padding=(0, 2))
+        profiling: set[str] = set()
         for g in ex.gpus:
             layout = g.layout.name if g.mode == "mig" else "whole GPU"
-            gpus.add_row(Text(f"GPU {g.index}", style="bold"), g.name, f"{g.mode}: {layout}")
+            doing = ""
+            phase = getattr(g, "phase", None)
+            if getattr(g, "pending", None) is not None:
+                doing = f"changing to {g.pending.target.mode} (jobs checkpointing)"
+            elif phase is not None:
+                profiling.update(phase.jobs)
+                step = f"level {phase.k + 1}/{len(phase.levels)}"
+                doing = f"profiling at {phase.level}% ({step})"
+            gpus.add_row(
+                Text(f"GPU {g.index}", style="bold"),
+                g.name,
+                f"{g.mode}: {layout}",
+                Text(doing, style="cyan"),
+            )
         jobs = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
         for col in ("job", "state", "slice", "progress", "", "step", "it/s", "ETA", "CPU", "RSS"):
             jobs.add_column(col, no_wrap=True, min_width=min(len(col), 4) if col else 4)
@@ -208,9 +255,12 @@ class Dashboard:
             usage = ex.usage.get(name, {}) if rec.state == "running" else {}
             eta = p.get("eta_s") if rec.state == "running" else None
             state = rec.state
+            if name in profiling and rec.state in ("running", "starting", "stopping", "waiting"):
+                state = "profiling"
+                slice_name = f"{rec.gpu if rec.gpu is not None else '-'}:mps"
             jobs.add_row(
                 name,
-                Text(state, style=STATE_STYLE.get(rec.state, "")),
+                Text(state, style=STATE_STYLE.get(state, "")),
                 slice_name,
                 bar,
                 f"{100 * frac:3.0f}%" if frac is not None else steps,
