@@ -236,6 +236,11 @@ def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path) -> None:
     env["MISO_STATE_DIR"] = str(tmp_path / "state")  # one state for the whole README, in order
     env["MISO_GPU"] = env.get("MISO_GPU") or "sim:a100-40gb"
     env.pop("MISO_DEBUG", None)
+    # Run where the README's files (plan.json, handoff/) cannot litter the checkout, with
+    # the checkout's examples/ at hand as in a clone.
+    cwd = tmp_path / "clone"
+    cwd.mkdir()
+    (cwd / "examples").symlink_to(ROOT / "examples")
     failures = []
     for line, cmd, want in commands:
         if "--install-completion" in cmd:  # would edit this machine's shell configuration
@@ -243,7 +248,7 @@ def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path) -> None:
         argv = ["bash", "-c", cmd] if _SHELL_META.search(cmd) else shlex.split(cmd)
         try:
             r = subprocess.run(
-                argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False
+                argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=180, check=False
             )
         except subprocess.TimeoutExpired:
             failures.append(f"README.md:{line}: {cmd}: timed out")
