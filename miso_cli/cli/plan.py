@@ -9,9 +9,6 @@ import typer
 from rich.console import Console
 
 from miso_cli.cli.common import DebugOpt, GpuOpt, JsonOpt, Result, StateDirOpt, execute
-from miso_cli.errors import UsageError
-
-LEVELS = (100, 50, 14)
 
 
 def _slots(model: Any, layout: Any, assignment: dict[str, Any]) -> str:
@@ -64,102 +61,20 @@ def command(
 
     def body(console: Console) -> Result:
         from miso_cli.cli.common import state_dir_or_default
-        from miso_cli.gpu.nvml import open_driver
-        from miso_cli.planner import (
-            OBJECTIVES,
-            PlanGpu,
-            PlanJob,
-            estimate_mean_jct,
-            estimate_nopart_mean_jct,
-            plan,
-        )
-        from miso_cli.predict import load_predictor
-        from miso_cli.profiles_store import fresh_profiles
+        from miso_cli.planner import queue_plan
         from miso_cli.queue import load_queue
 
-        if objective not in OBJECTIVES:
-            raise UsageError(f"--objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
-        sdir = state_dir_or_default(state_dir)
-        spec = load_queue(queue)
-        drv = open_driver(gpu, sdir)
-        try:
-            count = drv.device_count()
-            gpus = []
-            for i in range(count):
-                info = drv.gpu(i)
-                m = drv.gpu_model(i)
-                current = drv.current_layout(i) if info.mig_current else None
-                gpus.append(PlanGpu(i, m, current or PlanGpu(i, m).layout))
-            driver_version = drv.driver_version()
-            key = gpus[0].model.key if gpus else None
-            stored = fresh_profiles(sdir, spec.jobs, gpu_model=key, driver_version=driver_version)
-            measured: dict[str, tuple[dict[int, float], int, float | None]] = {}
-            for name, prof in stored.items():
-                times = {lv: prof.step_time_s(lv) for lv in LEVELS}
-                if all(t for t in times.values()):
-                    n_mix = 1 + len(prof.co_runners)
-                    measured[name] = (
-                        {k: float(v) for k, v in times.items()},
-                        n_mix,
-                        prof.peak_memory_mb,
-                    )
-            missing = [j for j in spec.jobs if j.name not in measured]
-            if missing and profile:
-                from miso_cli.profiler import Profiler, ProfileSettings
-
-                settings = ProfileSettings(mode="colocated", levels=tuple(map(float, LEVELS)))
-                for prof in Profiler(drv, sdir, settings).profile(missing):
-                    times = {lv: prof.step_time_s(lv) for lv in LEVELS}
-                    if all(t for t in times.values()):
-                        measured[prof.job] = (
-                            {k: float(v) for k, v in times.items()},  # type: ignore[arg-type]
-                            1 + len(prof.co_runners),
-                            prof.peak_memory_mb,
-                        )
-                missing = [j for j in spec.jobs if j.name not in measured]
-        finally:
-            close = getattr(drv, "close", None)
-            if close:
-                close()
-        if missing:
-            names = ", ".join(j.name for j in missing[:5])
-            raise UsageError(
-                f"{queue}: no fresh profile for {len(missing)} job(s) ({names})",
-                hint=f"run 'miso profile {queue}' first, or pass --profile to profile them now",
-            )
-        pred = load_predictor(model, key or "a100-40gb", sdir)
-        jobs: list[PlanJob] = []
-        for j in spec.jobs:
-            mps, n_mix, peak = measured[j.name]
-            memory = j.memory_mb if j.memory_mb is not None else peak
-            p = pred.predict_one(mps, jobs_in_mix=n_mix, memory_mb=memory, gpu_model=gpus[0].model)
-            remaining = j.steps * mps[100] if j.steps else None
-            jobs.append(
-                PlanJob(
-                    j.name,
-                    dict(p.relative),
-                    dict(p.uncertainty),
-                    memory_mb=memory,
-                    remaining_s=remaining,
-                )
-            )
-        result = plan(gpus, jobs, objective=objective, fifo=fifo, risk=risk)
-        by_name = {j.name: j for j in jobs}
-        slowdowns = [
-            by_name[n].relative[s.slices] for g in result.gpus for n, s in g.assignment.items()
-        ]
-        data: dict[str, Any] = {
-            "gpus": [g.to_json(by_name) for g in result.gpus],
-            "waiting": result.waiting,
-            "objective": objective,
-            "policy": "miso+",
-            "predicted": {
-                "mean_slowdown": sum(slowdowns) / len(slowdowns) if slowdowns else None,
-                "mean_jct_s": estimate_mean_jct(result, jobs),
-                "nopart_mean_jct_s": estimate_nopart_mean_jct(len(gpus), jobs),
-            },
-            "predictor": dict(getattr(pred, "metadata", {}) or {}),
-        }
+        planned = queue_plan(
+            load_queue(queue),
+            gpu,
+            state_dir_or_default(state_dir),
+            model=model,
+            objective=objective,
+            risk=risk,
+            fifo=fifo,
+            profile=profile,
+        )
+        data, result, by_name = planned.data, planned.result, planned.jobs
 
         def render(out: Console) -> None:
             for g in result.gpus:
