@@ -113,6 +113,7 @@ def _na(value: Any) -> str:
 
 
 def render(out: Console, data: dict[str, Any]) -> None:
+    from rich import box
     from rich.table import Table
 
     where = "simulated" if data["simulated"] else "driver"
@@ -120,9 +121,21 @@ def render(out: Console, data: dict[str, Any]) -> None:
         f"{where} {_na(data['driver_version'])}, NVML {_na(data['nvml_version'])}",
         markup=False,
     )
-    gt = Table(title="GPUs", title_justify="left")
-    for col in ("GPU", "name", "memory MiB", "MIG capable", "MIG mode", "layout", "UUID"):
+
+    # UUIDs are what people copy into CUDA_VISIBLE_DEVICES: never truncate them.
+    def table(title: str) -> Table:
+        return Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+
+    gt = table("GPUs")
+    for col in ("GPU", "name", "MiB", "MIG", "mode"):
         gt.add_column(col)
+    gt.add_column("layout", no_wrap=True)
     for g in data["gpus"]:
         mode = "n/a"
         if g.get("mig_current") is not None:
@@ -136,20 +149,24 @@ def render(out: Console, data: dict[str, Any]) -> None:
             _na(g.get("mig_capable")),
             mode,
             _na(g.get("layout")),
-            _na(g.get("uuid")),
         )
     out.print(gt)
+    for g in data["gpus"]:
+        out.print(f"GPU {g['index']}: {_na(g.get('uuid'))}", markup=False, no_wrap=True)
     rows = [(g["index"], m) for g in data["gpus"] for m in g.get("instances", [])]
     if rows:
-        it = Table(title="MIG instances", title_justify="left")
-        for col in ("GPU", "GI", "CI", "profile", "placement", "memory MiB", "MIG device UUID"):
+        it = table("MIG instances")
+        for col in ("GPU", "GI/CI"):
             it.add_column(col)
+        it.add_column("profile", no_wrap=True)
+        it.add_column("slots", no_wrap=True)
+        it.add_column("MiB")
+        it.add_column("MIG device UUID", no_wrap=True, min_width=40)
         for idx, m in rows:
             pl = m.get("placement")
             it.add_row(
                 str(idx),
-                _na(m.get("gi_id")),
-                _na(m.get("ci_id")),
+                f"{_na(m.get('gi_id'))}/{_na(m.get('ci_id'))}",
                 _na(m.get("profile")),
                 f"{pl['start']}:{pl['size']}" if pl else "n/a",
                 _na(m.get("memory_mb")),
@@ -157,14 +174,14 @@ def render(out: Console, data: dict[str, Any]) -> None:
             )
         out.print(it)
     procs = [(g["index"], p) for g in data["gpus"] for p in g.get("processes", [])]
-    pt = Table(title="Processes", title_justify="left")
-    for col in ("GPU", "GI", "CI", "PID", "memory MiB", "device"):
+    pt = table("Processes")
+    for col in ("GPU", "GI/CI", "PID", "MiB"):
         pt.add_column(col)
+    pt.add_column("device", no_wrap=True, min_width=40)
     for idx, p in procs:
         pt.add_row(
             str(idx),
-            _na(p.get("gi_id")),
-            _na(p.get("ci_id")),
+            f"{_na(p.get('gi_id'))}/{_na(p.get('ci_id'))}",
             str(p["pid"]),
             _na(p.get("used_memory_mb")),
             _na(p.get("device_uuid")),
