@@ -16,6 +16,7 @@ from miso_cli.cli.common import (
     execute,
     state_dir_or_default,
 )
+from miso_cli.gpu.layouts import Layout
 
 
 def command(
@@ -117,19 +118,29 @@ def command(
         }
 
         def render(out: Console) -> None:
+            from rich import box
             from rich.table import Table
 
             kind = "layouts" if all_layouts else "maximal layouts"
-            t = Table(title=f"{len(layouts)} {kind} of {gm.name}", title_justify="left")
+            t = Table(
+                title=f"{len(layouts)} {kind} of {gm.name}",
+                title_justify="left",
+                box=box.SIMPLE_HEAD,
+                pad_edge=False,
+                collapse_padding=True,
+                caption="slots: each memory slot shows the compute slices of the instance "
+                "in it; '.' is free",
+                caption_justify="left",
+            )
             t.add_column("#", justify="right")
-            t.add_column("layout")
-            t.add_column("placements (profile@start:size)")
-            t.add_column("compute slices", justify="right")
+            t.add_column("slots", no_wrap=True)
+            t.add_column("layout", no_wrap=True)
+            t.add_column("compute", justify="right")
             for n, lay in enumerate(layouts, 1):
                 t.add_row(
                     str(n),
+                    slot_map(lay, gm.memory_slots),
                     lay.name,
-                    " ".join(f"{s.profile}@{s.start}:{s.size}" for s in lay.slices),
                     f"{lay.compute_slices}/{gm.compute_slices}",
                 )
             out.print(t)
@@ -137,3 +148,19 @@ def command(
         return Result(data=data, render=render)
 
     execute("layouts", body, json_out=json_out, debug=debug)
+
+
+def slot_map(layout: Layout, memory_slots: int) -> str:
+    """``4444|22|1|.``: the memory slots, grouped by instance, each showing its size class."""
+    cells: list[str] = []
+    slot = 0
+    by_start = {s.start: s for s in layout.slices}
+    while slot < memory_slots:
+        inst = by_start.get(slot)
+        if inst is None:
+            cells.append(".")
+            slot += 1
+            continue
+        cells.append(str(inst.slices) * inst.size)
+        slot += inst.size
+    return "|".join(cells)
