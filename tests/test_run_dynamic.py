@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,217 @@ def test_sim_train_under_mps_is_slowed_by_its_co_runners(state_dir: Path) -> Non
         # 1 + 0.39 x (200 - 100) / 100: co-located at 100 % each, 39 % slower than alone
         assert per_step == pytest.approx(model_pair, rel=0.15)
         assert per_step > solo_s * 1.2
+
+
+# ---------------------------------------------------------------- miso run, miso+ (the default)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_executor import (  # noqa: E402
+    envelope,
+    events,
+    log_of,
+    miso,
+    sim_job,
+    start_miso,
+    wait_for,
+    write_queue,
+)
+
+QUICKSTART = ROOT / "examples" / "quickstart.toml"
+
+
+def _decisions(env: dict) -> list[dict]:
+    journal = Path(env["data"]["run_dir"], "journal.json")
+    return json.loads(journal.read_text()).get("decisions", [])
+
+
+def test_quickstart_default_policy_profiles_repartitions_and_observes(state_dir: Path) -> None:
+    r = miso(state_dir, str(QUICKSTART), "--gpu", "sim:a100-40gb", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    env = envelope(r.stdout)
+    assert env["data"]["policy"] == "miso+"
+    jobs = env["data"]["jobs"]
+    assert {j["state"] for j in jobs} == {"finished"}
+    # every job ended pinned to a MIG instance, after the profiling phase
+    assert all(j["slice"] and "g." in j["slice"] for j in jobs), jobs
+    reasons = [d["reason"] for d in _decisions(env)]
+    assert any("under MPS" in why for why in reasons), reasons
+    evs = [json.loads(ln) for ln in r.stdout.splitlines()[:-1]]
+    kinds = [e["event"] for e in evs]
+    assert kinds.index("profiling") < kinds.index("profiled") < kinds.index("layout_changed")
+    (profiled,) = [e for e in evs if e["event"] == "profiled"]
+    assert sorted(profiled["jobs"]) == sorted(j["name"] for j in jobs)
+    for rel in profiled["prediction"].values():
+        assert rel["7"] == 1.0 and rel["2"] > 1.0
+    under_mps = [e for e in evs if e["event"] == "started" and e["mps"]]
+    assert {e["mps"] for e in under_mps} == {14.0, 50.0, 100.0}
+    assert [e["running"] for e in evs if e["event"] == "mps_daemon"] == [True, False]
+    # profiles went to the store; each job's run on its slice is an observation
+    assert len(list((state_dir / "profiles").glob("*.json"))) == len(jobs)
+    observed = [e for e in evs if e["event"] == "observed"]
+    assert {e["job"] for e in observed} == {j["name"] for j in jobs}
+    lines = (state_dir / "observations" / "a100-40gb.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert set(rec["mps"]) == {"100", "50", "14"} and rec["jobs_in_mix"] == len(jobs)
+    for j in jobs:
+        log = log_of(state_dir, env, j["name"])
+        assert log.count("sim_train: done") == 1
+        assert "under MPS at 14%" in log and "connected" not in log
+
+    # a second run of the same queue starts from the stored profiles: no profiling
+    r = miso(state_dir, str(QUICKSTART), "--gpu", "sim:a100-40gb", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    kinds = [json.loads(ln)["event"] for ln in r.stdout.splitlines()[:-1]]
+    assert "profiles_reused" in kinds and "profiling" not in kinds
+    assert {j["state"] for j in envelope(r.stdout)["data"]["jobs"]} == {"finished"}
+
+
+SLOW_STOP = """
+import signal, sys, time
+sys.path.insert(0, {root!r})
+from miso_cli import report
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # ignores the checkpoint signal: killed after grace
+for i in range(1, 201):
+    time.sleep(0.03)
+    report.step(i, 200)
+report.done()
+"""
+
+
+class _MoveOnce:
+    """Places a on GPU 0 and b on GPU 1 (whole 7g instances), then moves a to a 4g once."""
+
+    name = "test-move-once"
+
+    def __init__(self) -> None:
+        self.moved = False
+
+    def decide(self, event, view):  # type: ignore[no-untyped-def]
+        from miso_cli.gpu.layouts import Layout, Slice
+        from miso_cli.policy.core import GpuTarget
+
+        def one(g, profile):  # type: ignore[no-untyped-def]
+            p = g.model.profile(profile)
+            pl = p.placements[0]
+            return Slice(pl.start, pl.size, p.name, p.slices)
+
+        out = []
+        jobs = view.jobs
+        for name, gi in (("a", 0), ("b", 1)):
+            g = view.gpus[gi]
+            if jobs[name].state == "waiting" and not g.busy and not (self.moved and name == "a"):
+                full = one(g, g.model.full_profile.name)
+                out.append(GpuTarget(gi, "mig", Layout((full,)), {name: full}, reason="place"))
+        a = jobs["a"]
+        if not self.moved and a.state == "running" and a.done_steps >= 5:
+            self.moved = True
+            g = view.gpus[0]
+            four = one(g, "4g.20gb")
+            out.append(GpuTarget(0, "mig", Layout((four,)), {"a": four}, reason="move a to 4g"))
+        return out
+
+
+def test_a_move_does_not_block_the_other_gpus(tmp_path: Path, state_dir: Path) -> None:
+    from miso_cli.executor import RunRequest, run_queue
+    from miso_cli.policy import registry
+
+    script = tmp_path / "slow_stop.py"
+    script.write_text(SLOW_STOP.format(root=str(ROOT)))
+    a = "\n".join(
+        [
+            "[[job]]",
+            'name = "a"',
+            f"command = {json.dumps([sys.executable, str(script)])}",
+            "steps = 200",
+            "[job.checkpoint]",
+            'signal = "SIGUSR1"',
+            'grace = "3s"',
+        ]
+    )
+    q = write_queue(tmp_path, a + "\n", sim_job("b", "toy-mlp_32", 2500))
+    registry.register(_MoveOnce.name, _MoveOnce)
+    seen: list[dict] = []
+    refreshes: list[float] = []
+
+    def sink(ev: dict) -> None:
+        if ev["event"] == "_refresh":
+            refreshes.append(time.time())
+        else:
+            seen.append(ev)
+
+    try:
+        report = run_queue(
+            RunRequest(q, state_dir, "sim:a100-40gbx2", policy=_MoveOnce.name, speedup=10),
+            sink=sink,
+        )
+    finally:
+        registry.POLICIES.pop(_MoveOnce.name, None)
+    jobs = {j["name"]: j for j in report["jobs"]}
+    assert jobs["a"]["state"] == "finished" and jobs["a"]["slice"] == "4g.20gb"
+    assert jobs["b"]["state"] == "finished" and jobs["b"]["attempts"] == 1
+    drain = next(e for e in seen if e["event"] == "draining" and e["gpu"] == 0)
+    reconf = next(
+        e
+        for e in seen
+        if e["event"] == "reconfiguring" and e["gpu"] == 0 and e["time"] > drain["time"]
+    )
+    assert reconf["time"] - drain["time"] >= 2.5  # a was killed only after its grace
+    during = [
+        e
+        for e in seen
+        if e["event"] == "progress"
+        and e["job"] == "b"
+        and drain["time"] < e["time"] < reconf["time"]
+    ]
+    assert during, "GPU 1's job made no reported progress while GPU 0 drained"
+    assert sum(drain["time"] < t < reconf["time"] for t in refreshes) >= 2  # the view kept going
+
+
+def test_resume_after_kill_9_during_profiling(tmp_path: Path, state_dir: Path) -> None:
+    q = write_queue(tmp_path, *[sim_job(f"j{i}", "toy-mlp_32", 900 + 100 * i) for i in range(3)])
+    proc = start_miso(state_dir, str(q), "--gpu", "sim:a100-40gb", "--speedup", "10")
+    wait_for(lambda: any(e["event"] == "profile_level" for e in events(state_dir)))
+    proc.kill()  # SIGKILL mid-profile: jobs and the MPS daemon outlive miso
+    proc.communicate(timeout=10)
+    r = miso(state_dir, "--resume", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    env = envelope(r.stdout)
+    assert all(j["state"] == "finished" for j in env["data"]["jobs"]), env["data"]["jobs"]
+    for j in env["data"]["jobs"]:
+        log = log_of(state_dir, env, j["name"])
+        assert log.count("sim_train: done") == 1, (j["name"], log)
+        assert log.count("=== miso: ") == j["attempts"]
+    evs = events(state_dir)
+    assert any(e["event"] == "mps_daemon" and e.get("stale") for e in evs)
+    # no MPS daemon is left behind
+    from miso_cli.gpu import mps
+
+    assert not any(
+        mps.inspect(p / "pipe").running for p in (state_dir / "mps").glob("*") if p.is_dir()
+    )
+
+
+def test_oracle_is_refused_by_run(cli, tmp_path: Path) -> None:
+    q = write_queue(tmp_path, sim_job("a", "toy-mlp_32", 10))
+    code, _, err = cli("run", str(q), "--gpu", "sim:a100-40gb", "--policy", "oracle")
+    assert code == 2 and "true speed" in err
+
+
+def test_plan_profile_stores_then_plans_from_the_store(cli, state_dir: Path) -> None:
+    from test_executor import ROOT as R  # noqa: F401 - same checkout
+
+    queue = str(ROOT / "examples" / "quickstart.toml")
+    code, out, err = cli("plan", queue, "--gpu", "sim:a100-40gb", "--profile", "--json")
+    assert code == 0, err
+    first = json.loads(out)["data"]
+    assert len(list((state_dir / "profiles").glob("*.json"))) == 4
+    code, out, err = cli("plan", queue, "--gpu", "sim:a100-40gb", "--json")  # no --profile
+    assert code == 0, err
+    assert json.loads(out)["data"]["gpus"] == first["gpus"]
+    from miso_cli.planner import queue_plan_data
+    from miso_cli.queue import load_queue
+
+    assert (
+        queue_plan_data(load_queue(Path(queue)), "sim:a100-40gb", state_dir)["gpus"]
+        == first["gpus"]
+    )
