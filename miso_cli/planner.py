@@ -244,6 +244,108 @@ def _classes(model: GpuModel) -> list[int]:
     return sorted({p.slices for p in model.standard_profiles()}, reverse=True)
 
 
+# Above this many distinct capacity vectors the prefix test gives way to the programme.
+_PREFIX_LIMIT = 200_000
+
+
+def _fifo_prefix(
+    groups: Sequence[_Group],
+    jobs: Sequence[PlanJob],
+    options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
+    musts: Sequence[bool],
+    queue: Sequence[int],
+) -> int | None:
+    """The longest ``k`` such that the must-place jobs and ``queue[:k]`` can all be placed.
+
+    Exact, without the programme. A job may take any instance of the (model, size
+    class) pairs among its options (a stay option is one of them, and a pinned
+    job's layout must keep its instance), so once the layouts are chosen this is
+    a bipartite matching of jobs to instances, and by Hall's theorem it exists
+    iff for every union ``T`` of the jobs' option sets, the jobs whose options
+    lie inside ``T`` number at most the instances in ``T``. Each layout is thus a
+    vector of instance counts over those unions; a pool's achievable vectors are
+    the distinct sums of one vector per GPU, built GPU by GPU (integers packed
+    into one number, so a set union is one ``numpy.unique``). Feasibility only
+    falls as ``k`` grows, so a binary search finds the longest prefix. None when
+    the must-place jobs alone do not fit, or when the vectors would be too many
+    (the caller then keeps the ordering constraints, which are exact as well).
+    """
+    import numpy as np
+
+    masks = [frozenset(cls for _, cls, _ in opts) for opts in options]
+    in_queue = set(queue)
+    involved = [i for i in range(len(jobs)) if musts[i] or i in in_queue]
+    if any(musts[i] and not masks[i] for i in involved):
+        return None
+    # A queue job that fits nowhere ends every feasible prefix.
+    limit = len(queue)
+    for k, i in enumerate(queue):
+        if not masks[i] and not musts[i]:
+            limit = k
+            break
+    unions: set[frozenset[tuple[str, int]]] = set()
+    for m in {masks[i] for i in involved if masks[i]}:
+        unions |= {m | u for u in unions} | {m}
+        if len(unions) > 16:
+            return None
+    dims = sorted(unions, key=lambda u: sorted(u))
+    if not dims:  # nothing involved fits anywhere (and no must-place job is involved)
+        return limit
+    # Instances a pinned job keeps must stay in its GPU's layout.
+    keep: dict[int, set[Slice]] = {}
+    for i in involved:
+        job = jobs[i]
+        if job.pinned and job.gpu is not None and job.slice is not None:
+            keep.setdefault(job.gpu, set()).add(job.slice)
+    most = sum(len(grp.gpus) * max((len(lay) for lay in grp.layouts), default=0) for grp in groups)
+    radix = most + 1
+    if radix ** len(dims) >= 2**62:
+        return None
+    weights = [radix**d for d in range(len(dims))]
+    sums = np.zeros(1, dtype=np.int64)
+    for grp in groups:
+        need = keep.get(grp.gpus[0].index, set()) if len(grp.gpus) == 1 else set()
+        vectors = set()
+        for lay in grp.layouts:
+            if not need <= set(lay.slices):
+                continue
+            nodes = [(grp.model.key, s.slices) for s in lay.slices]
+            vectors.add(tuple(sum(1 for n in nodes if n in u) for u in dims))
+        # A vector no larger anywhere than another adds nothing.
+        best = [
+            v
+            for v in vectors
+            if not any(w != v and all(a >= b for a, b in zip(w, v, strict=True)) for w in vectors)
+        ]
+        if not best:
+            return None
+        step = np.array([sum(a * w for a, w in zip(v, weights, strict=True)) for v in best])
+        for _ in grp.gpus:
+            sums = np.unique((sums[:, None] + step[None, :]).ravel())
+            if len(sums) > _PREFIX_LIMIT:
+                return None
+    caps = (sums[:, None] // np.array(weights, dtype=np.int64)[None, :]) % radix
+    inside = np.array([[masks[i] <= u for u in dims] for i in range(len(jobs))], dtype=np.int64)
+    base = inside[[i for i in involved if musts[i]]].sum(axis=0)
+    # Row k: what queue[:k] adds (a queue job that must be placed is in ``base``).
+    steps = [inside[i] * (0 if musts[i] else 1) for i in queue[:limit]]
+    adds = np.cumsum(np.vstack([np.zeros(len(dims), dtype=np.int64), *steps]), axis=0)
+
+    def fits(k: int) -> bool:
+        return bool((caps >= base + adds[k]).all(axis=1).any())
+
+    if not fits(0):
+        return None
+    lo, hi = 0, limit  # fits(lo); the answer lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 # ---------------------------------------------------------------------------- the cluster
 
 
@@ -324,6 +426,27 @@ def plan(
                         costs.append(job_cost(job, c, running, objective, risk))
         options.append(opts)
         raw.append(costs)
+    # FIFO: the longest prefix of the queue that fits beside the jobs that must be
+    # placed, found combinatorially; no job behind it can be placed.
+    musts = [j.required or j.pinned or (_is_running(j) and not allow_evict) for j in jobs]
+    queue_ix = [i for i, j in enumerate(jobs) if j.waiting and not _is_running(j)] if fifo else []
+    lo_x = [1.0 if m else 0.0 for m in musts]
+    hi_x = [1.0] * len(jobs)
+    determined = False  # every job's placed-or-not is fixed; only costs remain
+    chain = bool(queue_ix)
+    if queue_ix:
+        prefix = _fifo_prefix(groups, jobs, options, musts, queue_ix)
+        if prefix is not None:
+            for i in queue_ix[prefix:]:
+                hi_x[i] = 0.0
+            queued = set(queue_ix)
+            if not any(opts and not musts[i] and i not in queued for i, opts in enumerate(options)):
+                # Every other job is placed anyway, so the plan that places the most
+                # places exactly this prefix: fix it, and the order no longer binds.
+                for i in queue_ix[:prefix]:
+                    lo_x[i] = 1.0
+                determined = True
+                chain = False
     # Placing one more job outweighs any difference in cost among placed jobs.
     spread = sum(max((abs(c) for c in costs), default=0.0) for costs in raw)
     big = spread + reconfig_cost * len(gpus) + 1.0
@@ -331,7 +454,7 @@ def plan(
     xvars: list[list[int]] = []
     for pos, costs in enumerate(raw):
         # Without FIFO, earlier jobs still win ties: a reward that shrinks with position.
-        reward = big + order_eps * (len(jobs) - pos)
+        reward = 0.0 if determined else big + order_eps * (len(jobs) - pos)
         xvars.append([var(c - reward) for c in costs])
 
     rows: list[dict[int, float]] = []
@@ -346,12 +469,11 @@ def plan(
     for gi, grp in enumerate(groups):
         n_gpus = float(len(grp.gpus))
         constraint({z[(gi, li)]: 1.0 for li in range(len(grp.layouts))}, n_gpus, n_gpus)
-    for job, opts, xs in zip(jobs, options, xvars, strict=True):
-        must = job.required or job.pinned or (_is_running(job) and not allow_evict)
-        if must and not xs:
+    for pos, (job, opts, xs) in enumerate(zip(jobs, options, xvars, strict=True)):
+        if musts[pos] and not xs:
             raise PlanError(f"job {job.name} fits no instance of the GPUs at hand")
         if xs:
-            constraint({x: 1.0 for x in xs}, 1.0 if must else 0.0, 1.0)
+            constraint({x: 1.0 for x in xs}, lo_x[pos], hi_x[pos])
         for (kind, _, sl), x in zip(opts, xs, strict=True):
             if kind == "stay":
                 assert job.gpu is not None and sl is not None
@@ -380,7 +502,7 @@ def plan(
                     if n:
                         coefs[z[(gi, li)]] = -float(n)
             constraint(coefs, -math.inf, 0.0)
-    if fifo:
+    if chain:
         queue = [
             xs for job, xs in zip(jobs, xvars, strict=True) if job.waiting and not _is_running(job)
         ]
