@@ -980,16 +980,19 @@ class Executor:
             return
         model = self.gpus[attempt.gpu].model
         spec = self.specs[name]
+        mps = {int(k): float(v) for k, v in known["mps"].items()}
+        mix_size = int(known.get("jobs_in_mix", 1))
+        t7 = whole_gpu_reference(mps, mix_size, attempt.slices, step_time_s * self.scale)
         try:
             path = record_observation(
                 self.state_dir,
                 gpu_model_key=model.key,
                 workload=workload_name(spec),
-                mps={int(k): float(v) for k, v in known["mps"].items()},
-                jobs_in_mix=int(known.get("jobs_in_mix", 1)),
+                mps=mps,
+                jobs_in_mix=mix_size,
                 slices=attempt.slices,
                 step_time_s=step_time_s * self.scale,
-                step_time_7g_s=None,
+                step_time_7g_s=t7,
                 memory_mb=spec.memory_mb,
             )
         except (MisoError, OSError) as exc:
@@ -1325,6 +1328,22 @@ def run_report(journal: Journal) -> dict[str, Any]:
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),
     }
+
+
+def whole_gpu_reference(
+    mps: dict[int, float], jobs_in_mix: int, slices: int, step_time_s: float
+) -> float | None:
+    """The job's step time on a whole GPU (7g), when an observation tells it.
+
+    Measured on 7g itself, it is that. Alone under MPS at 100% a job has the whole
+    GPU, and in the published A100 measurements its step time there equals its
+    time on 7g. A co-located profile is slowed by its co-runners, so it gives none.
+    """
+    if slices == 7:
+        return step_time_s
+    if jobs_in_mix == 1 and mps.get(100):
+        return float(mps[100])
+    return None
 
 
 # ---------------------------------------------------------------- one whole run

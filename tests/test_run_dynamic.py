@@ -139,6 +139,8 @@ def test_quickstart_default_policy_profiles_repartitions_and_observes(state_dir:
     lines = (state_dir / "observations" / "a100-40gb.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
     assert set(rec["mps"]) == {"100", "50", "14"} and rec["jobs_in_mix"] == len(jobs)
+    # a co-located profile gives no whole-GPU reference unless the job ran on 7g
+    assert rec["step_time_7g_s"] is None or rec["slices"] == 7
     for j in jobs:
         log = log_of(state_dir, env, j["name"])
         assert log.count("sim_train: done") == 1
@@ -301,3 +303,13 @@ def test_plan_profile_stores_then_plans_from_the_store(cli, state_dir: Path) -> 
         queue_plan_data(load_queue(Path(queue)), "sim:a100-40gb", state_dir)["gpus"]
         == first["gpus"]
     )
+
+
+def test_whole_gpu_reference_of_an_observation() -> None:
+    from miso_cli.executor import whole_gpu_reference
+
+    solo = {100: 0.05, 50: 0.06, 14: 0.2}
+    assert whole_gpu_reference(solo, 1, 3, 0.08) == 0.05  # alone at 100% = 7g
+    assert whole_gpu_reference(solo, 4, 3, 0.08) is None  # co-runners slow the 100% level
+    assert whole_gpu_reference(solo, 4, 7, 0.051) == 0.051  # measured on 7g itself
+    assert whole_gpu_reference({50: 0.06}, 1, 3, 0.08) is None
