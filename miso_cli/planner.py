@@ -254,8 +254,13 @@ def _fifo_prefix(
     options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
     musts: Sequence[bool],
     queue: Sequence[int],
-) -> int | None:
-    """The longest ``k`` such that the must-place jobs and ``queue[:k]`` can all be placed.
+) -> tuple[int, int, int] | None:
+    """Which FIFO prefixes the best plans place: ``(shortest, longest, placed)``.
+
+    Every plan that places the most jobs places ``queue[:k]`` for some ``k`` in
+    ``[shortest, longest]`` (no job behind ``longest`` ever fits) and ``placed``
+    jobs in all. When every job outside the queue must be placed, that is the
+    longest ``k`` for which the must-place jobs and ``queue[:k]`` all fit.
 
     Exact, without the programme. A job may take any instance of the (model, size
     class) pairs among its options (a stay option is one of them, and a pinned
@@ -266,15 +271,24 @@ def _fifo_prefix(
     vector of instance counts over those unions; a pool's achievable vectors are
     the distinct sums of one vector per GPU, built GPU by GPU (integers packed
     into one number, so a set union is one ``numpy.unique``). Feasibility only
-    falls as ``k`` grows, so a binary search finds the longest prefix. None when
-    the must-place jobs alone do not fit, or when the vectors would be too many
-    (the caller then keeps the ordering constraints, which are exact as well).
+    falls as ``k`` grows, so a binary search finds the longest prefix.
+
+    Jobs outside the queue that may stay unplaced (evictable running jobs) can
+    trade places with queue jobs. Placeable sets of jobs are the independent sets
+    of a transversal matroid, so any feasible prefix extends to a largest
+    placeable set, whose size is ``|J| - max(0, max_T (jobs inside T - instances
+    in T))`` (the deficiency form of Hall's theorem); the best count for each
+    ``k`` is the largest such size over the layouts where the prefix fits.
+
+    None when the must-place jobs alone do not fit, or when the vectors would be
+    too many (the caller then keeps the ordering constraints, exact as well).
     """
     import numpy as np
 
     masks = [frozenset(cls for _, cls, _ in opts) for opts in options]
     in_queue = set(queue)
     involved = [i for i in range(len(jobs)) if musts[i] or i in in_queue]
+    free = [i for i in range(len(jobs)) if masks[i] and not musts[i] and i not in in_queue]
     if any(musts[i] and not masks[i] for i in involved):
         return None
     # A queue job that fits nowhere ends every feasible prefix.
@@ -284,13 +298,13 @@ def _fifo_prefix(
             limit = k
             break
     unions: set[frozenset[tuple[str, int]]] = set()
-    for m in {masks[i] for i in involved if masks[i]}:
+    for m in {masks[i] for i in involved + free if masks[i]}:
         unions |= {m | u for u in unions} | {m}
         if len(unions) > 16:
             return None
     dims = sorted(unions, key=lambda u: sorted(u))
-    if not dims:  # nothing involved fits anywhere (and no must-place job is involved)
-        return limit
+    if not dims:  # nothing fits anywhere (and no job must be placed)
+        return 0, 0, 0
     # Instances a pinned job keeps must stay in its GPU's layout.
     keep: dict[int, set[Slice]] = {}
     for i in involved:
@@ -343,7 +357,23 @@ def _fifo_prefix(
             lo = mid
         else:
             hi = mid - 1
-    return lo
+    placed = [sum(musts) + int(sum(not musts[i] for i in queue[:k])) for k in range(lo + 1)]
+    if not free:
+        return lo, lo, placed[lo]
+    # FIFO still requires every queue job up to the last required one.
+    first = max((k + 1 for k, i in enumerate(queue) if musts[i]), default=0)
+    if first > lo:
+        return lo, lo, placed[lo]  # no plan: the programme reports it
+    others = inside[free].sum(axis=0)
+    best: dict[int, int] = {}
+    for k in range(first, lo + 1):
+        need = base + adds[k]
+        ok = (caps >= need).all(axis=1)
+        short = np.maximum(0, (need + others - caps[ok]).max(axis=1))
+        best[k] = placed[k] + len(free) - int(short.min())
+    most = max(best.values())
+    ks = [k for k, v in best.items() if v == most]
+    return min(ks), max(ks), most
 
 
 # ---------------------------------------------------------------------------- the cluster
@@ -432,21 +462,22 @@ def plan(
     queue_ix = [i for i, j in enumerate(jobs) if j.waiting and not _is_running(j)] if fifo else []
     lo_x = [1.0 if m else 0.0 for m in musts]
     hi_x = [1.0] * len(jobs)
-    determined = False  # every job's placed-or-not is fixed; only costs remain
+    determined = False  # how many jobs are placed is fixed; only costs remain
+    count = 0
     chain = bool(queue_ix)
     if queue_ix:
-        prefix = _fifo_prefix(groups, jobs, options, musts, queue_ix)
-        if prefix is not None:
-            for i in queue_ix[prefix:]:
+        found = _fifo_prefix(groups, jobs, options, musts, queue_ix)
+        if found is not None:
+            # Fix what every best plan shares: the prefix's bounds and the count
+            # placed. The order binds only between the bounds, and the costs alone
+            # choose among the plans left.
+            shortest, longest, count = found
+            for i in queue_ix[longest:]:
                 hi_x[i] = 0.0
-            queued = set(queue_ix)
-            if not any(opts and not musts[i] and i not in queued for i, opts in enumerate(options)):
-                # Every other job is placed anyway, so the plan that places the most
-                # places exactly this prefix: fix it, and the order no longer binds.
-                for i in queue_ix[:prefix]:
-                    lo_x[i] = 1.0
-                determined = True
-                chain = False
+            for i in queue_ix[:shortest]:
+                lo_x[i] = 1.0
+            determined = True
+            chain = shortest < longest
     # Placing one more job outweighs any difference in cost among placed jobs.
     spread = sum(max((abs(c) for c in costs), default=0.0) for costs in raw)
     big = spread + reconfig_cost * len(gpus) + 1.0
@@ -484,6 +515,9 @@ def plan(
                     if sl in lay.slices
                 }
                 constraint({x: 1.0, **having}, -math.inf, 0.0)
+    if determined:
+        every = {x: 1.0 for xs in xvars for x in xs}
+        constraint(every, float(count), float(count))
     # Capacity per (model, size class): starters and movers + stayers <= instances chosen.
     for key, model in models.items():
         for c in _classes(model):
