@@ -64,20 +64,25 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--amp", action="store_true", help="mixed precision (bfloat16)")
     ap.add_argument("--resume", default=None, help="checkpoint to resume from / save to")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda (the slice miso pins) or cpu, to try the script on a machine without a GPU",
+    )
     ap.add_argument("--log-every", type=int, default=50)
     args = ap.parse_args(argv)
 
     import torch
     import torch.nn.functional as F
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "train_resnet: no CUDA device visible (CUDA_VISIBLE_DEVICES="
             f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
             file=sys.stderr,
         )
         return 1
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     try:
         import torchvision
 
@@ -112,7 +117,7 @@ def main(argv: list[str]) -> int:
     t_last = time.time()
     step = start
     while step < args.steps and not stop["now"]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,7 +125,8 @@ def main(argv: list[str]) -> int:
         step += 1
         report.step(step, args.steps)
         if step % args.log_every == 0:
-            torch.cuda.synchronize()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             now = time.time()
             rate = args.log_every * args.batch_size / (now - t_last)
             t_last = now

@@ -47,6 +47,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--resume", default=None, help="checkpoint to resume from / save to")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        help="cuda (the slice miso pins) or cpu, to try the script on a machine without a GPU",
+    )
     ap.add_argument("--log-every", type=int, default=20)
     args = ap.parse_args(argv)
 
@@ -54,10 +59,10 @@ def main(argv: list[str]) -> int:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("train_transformer: no CUDA device visible", file=sys.stderr)
         return 1
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
 
     class LM(nn.Module):
         def __init__(self) -> None:
@@ -107,7 +112,7 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     step = start
     while step < args.steps and not stop["now"]:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
             logits = model(x)
             loss = F.cross_entropy(logits.reshape(-1, args.vocab).float(), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -115,7 +120,8 @@ def main(argv: list[str]) -> int:
         opt.step()
         step += 1
         if step % args.log_every == 0 or step == args.steps:
-            torch.cuda.synchronize()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             # "\r" like tqdm: the log keeps one line per refresh, miso reads the latest.
             sys.stderr.write("\r" + bar_line(step, args.steps, time.time() - t0, step - start))
             sys.stderr.flush()
