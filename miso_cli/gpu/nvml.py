@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -502,10 +502,8 @@ class Driver:
                 )
         return out
 
-    def _compute_instances(self, gi: Any, prof: SliceProfile, where: str) -> list[int]:
-        ids: list[int] = []
-        # Only compute-instance sizes that fit in this GPU instance can exist in it.
-        indices = sorted(v for s, v in _FULL_CI_INDEX.items() if s <= prof.slices)
+    def _each_compute_instance(self, gi: Any, indices: Iterable[int], where: str) -> Iterator[Any]:
+        """Handles of the compute instances of ``gi``, for the given CI profile indices."""
         for index in indices:
             try:
                 cinfo = self._call(
@@ -531,8 +529,15 @@ class Driver:
                 where=where,
             )
             for k in range(count.value):
-                ids.append(int(self._call("nvmlComputeInstanceGetInfo", arr[k], where=where).id))
-        return sorted(ids)
+                yield arr[k]
+
+    def _compute_instances(self, gi: Any, prof: SliceProfile, where: str) -> list[int]:
+        # Only compute-instance sizes that fit in this GPU instance can exist in it.
+        indices = sorted(v for s, v in _FULL_CI_INDEX.items() if s <= prof.slices)
+        return sorted(
+            int(self._call("nvmlComputeInstanceGetInfo", ci, where=where).id)
+            for ci in self._each_compute_instance(gi, indices, where)
+        )
 
     def _mig_devices(self, i: int) -> dict[tuple[int, int], tuple[str, int | None]]:
         """(gi, ci) -> (MIG device UUID, memory MiB), from the unprivileged MIG-device calls."""
@@ -648,32 +653,11 @@ class Driver:
         h = self._handle(i)
         where = f"GPU {i}, GPU instance {gi_id}"
         gi = self._call("nvmlDeviceGetGpuInstanceById", h, gi_id, where=where)
-        for index in range(int(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT)):
-            try:
-                cinfo = self._call(
-                    "nvmlGpuInstanceGetComputeInstanceProfileInfo",
-                    gi,
-                    index,
-                    pynvml.NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                    where=where,
-                )
-            except NvmlCallFailed as exc:
-                if exc.nvml_error in ("NOT_SUPPORTED", "INVALID_ARGUMENT"):
-                    continue
-                raise
-            n = max(1, int(cinfo.instanceCount))
-            arr = (pynvml.c_nvmlComputeInstance_t * n)()
-            count = ctypes.c_uint(n)
-            self._call(
-                "nvmlGpuInstanceGetComputeInstances",
-                gi,
-                int(cinfo.id),
-                arr,
-                ctypes.byref(count),
-                where=where,
-            )
-            for k in range(count.value):
-                self._call("nvmlComputeInstanceDestroy", arr[k], where=where)
+        # Compute instances first: the driver refuses to destroy a GPU instance that has any.
+        # Collected before destroying, so the listing never changes under the iteration.
+        indices = range(int(pynvml.NVML_COMPUTE_INSTANCE_PROFILE_COUNT))
+        for ci in list(self._each_compute_instance(gi, indices, where)):
+            self._call("nvmlComputeInstanceDestroy", ci, where=where)
         self._call("nvmlGpuInstanceDestroy", gi, where=where)
 
 
