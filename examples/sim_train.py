@@ -88,7 +88,9 @@ def mps_step_time_ms(workload, pct: float, co_runners: list) -> float:
 class MpsClient:
     """This process as a client of the simulated MPS daemon: who shares the GPU with it."""
 
-    REFRESH_S = 0.5
+    # On a GPU, co-runners slow a job the moment they start; profiling levels last about
+    # a second of wall time here, so look again often (a small locked JSON read).
+    REFRESH_S = 0.1
 
     def __init__(self, state: Path, device: str, workload, catalog) -> None:
         from miso_cli.gpu import sim_mps_control
