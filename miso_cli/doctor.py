@@ -107,7 +107,7 @@ def version_text() -> str:
     """What ``miso --version`` prints."""
     v = version_info()
     binding = v["nvidia-ml-py"] or "not installed"
-    driver = v["driver"] or "no driver"
+    driver = v["driver"] or "none found"
     if v["driver"] and v["nvml"]:
         driver += f" (NVML {v['nvml']})"
     return f"miso {v['miso']}\nnvidia-ml-py {binding}\nNVIDIA driver {driver}"

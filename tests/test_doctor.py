@@ -289,7 +289,7 @@ def test_version_without_driver(cli, fake_driver) -> None:
     lines = out.splitlines()
     assert lines[0] == f"miso {__version__}"
     assert lines[1].startswith("nvidia-ml-py ")
-    assert lines[2] == "NVIDIA driver no driver"
+    assert lines[2] == "NVIDIA driver none found"
 
 
 def test_version_with_driver(cli, fake_driver) -> None:
