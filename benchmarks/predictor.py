@@ -63,7 +63,9 @@ def main() -> int:
 
     spec = FeatureSpec.from_rows(rows)
     X = spec.matrix(rows)
-    own_cols = [i for i, n in enumerate(spec.names) if n.startswith("own_")]
+    # The second baseline sees the job's own level ratios only (no products with the mix).
+    own_cols = [f"own_r{p}" for p in spec.levels]
+    own_cols = [spec.names.index(n) for n in own_cols]
     groups = [r.family for r in rows]
     fams = sorted(set(groups))
     g_arr = np.asarray(groups)

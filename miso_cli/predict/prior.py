@@ -75,7 +75,10 @@ def parse_prior(doc: dict[str, Any], path: Path | None = None) -> LinearPrior:
     try:
         if doc.get("format") != PRIOR_FORMAT:
             raise BadInput(f"{where}: format is {doc.get('format')!r}, expected {PRIOR_FORMAT!r}")
-        spec = FeatureSpec(doc["features"]["levels"])
+        spec = FeatureSpec(
+            doc["features"]["levels"],
+            interactions=bool(doc["features"].get("interactions", False)),
+        )
         names = spec.names
         if list(doc["features"]["names"]) != names:
             raise BadInput(f"{where}: feature names do not match levels {list(spec.levels)}")
