@@ -359,3 +359,38 @@ def test_fit_on_rows_with_mixes_uses_co_runners() -> None:
     own = spec.names.index("own_r14")
     assert X[0, co_mean] == pytest.approx(X[1, own])
     assert math.isfinite(float(X.sum()))
+
+
+def test_interaction_features_follow_the_mix_size_and_old_specs_keep_their_names() -> None:
+    spec = FeatureSpec([50, 14])
+    x = spec.vector({100: 1.0, 50: 1.3, 14: 3.0}, 4)
+    named = dict(zip(spec.names, x, strict=True))
+    assert named["own_r14_x_jobs"] == pytest.approx(4 * math.log(3.0))
+    assert named["own_r50_per_job"] == pytest.approx(math.log(1.3) / 4)
+    # A spec pickled before the interaction features existed has no such attribute:
+    # it must keep producing the 9 columns its estimators were fitted on.
+    old = FeatureSpec([50, 14])
+    del old.__dict__["interactions"]
+    assert len(old.names) == 9 and len(old.vector({100: 1.0, 50: 1.3, 14: 3.0}, 4)) == 9
+    assert "own_r14_x_jobs" not in old.names
+
+
+def test_slices_measured_only_beside_solo_profiles_are_left_to_the_physical_model() -> None:
+    rows = synthetic_rows(per_family=3)
+    # 4g/3g measured on jobs profiled in mixes of two; 2g/1g only on solo profiles.
+    mixed = []
+    for i in range(0, len(rows) - 1, 2):
+        for r in rows[i : i + 2]:
+            mig = {g: t for g, t in r.mig.items() if g in (7, 4, 3)}
+            mixed.append(ProfileRow(r.workload, r.mps, mig, 2, f"p{i}", None, r.source))
+    solo = [ProfileRow(r.workload, r.mps, dict(r.mig), 1, None, None, r.source) for r in rows]
+    model = SliceRatioModel(estimators=("ridge",)).fit(mixed + solo)
+    assert sorted(model.targets_) == [3, 4]
+    assert set(model.not_learned_) == {1, 2}
+    pred = SlicePredictor(model, source="model", gpu_model_key="a100-40gb")
+    p = pred.predict_one({100: 1.0, 50: 1.27, 14: 2.5}, mix=[{100: 1.0, 50: 1.1, 14: 1.6}])
+    assert p.source == "model"
+    assert p.relative[2] > p.relative[3] > p.relative[4] > 1.0
+    # Solo data alone: every measured slice is learned, as before.
+    alone = SliceRatioModel(estimators=("ridge",)).fit(solo)
+    assert sorted(alone.targets_) == [1, 2, 3, 4] and not alone.not_learned_

@@ -61,5 +61,7 @@ def fit_rows(
         "families": meta["training_data"]["families"],
         "features": meta["features"]["names"],
         "targets": {f"mig_{g}g": rep for g, rep in model.cv_.items()},
+        # Slice sizes the data has but the model does not learn: physical model.
+        "not_learned": {f"mig_{g}g": why for g, why in getattr(model, "not_learned_", {}).items()},
         "sklearn_version": meta["sklearn_version"],
     }

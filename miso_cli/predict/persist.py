@@ -89,6 +89,7 @@ def save_model(
         "params": model.get_params(),
         "estimators": {f"mig_{g}g": n for g, n in model.chosen_.items()},
         "cv": {f"mig_{g}g": r for g, r in model.cv_.items()},
+        "not_learned": {f"mig_{g}g": w for g, w in getattr(model, "not_learned_", {}).items()},
         "training_data": summarize(rows),
     }
     if extra:
