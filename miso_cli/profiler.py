@@ -38,7 +38,7 @@ import shutil
 import signal
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,29 @@ class _Run:
         return statistics.median(rates) if rates else None
 
 
+class NoMps:
+    """Stands in for the MPS daemon when jobs run on MIG instances: no client settings."""
+
+    notes: list[str] = []
+
+    def client_env(self, level: float) -> dict[str, str]:
+        return {}
+
+    def alive(self) -> bool:
+        return True
+
+
+@dataclass
+class Measurement:
+    """What :meth:`Profiler.measure` found for one job on one device."""
+
+    job: JobSpec
+    device: str
+    result: LevelResult
+    # The job saved a checkpoint and stopped cleanly: a next run may resume from it.
+    checkpointed: bool = False
+
+
 class Profiler:
     """Profiles jobs on one GPU of ``drv`` (see the module docstring)."""
 
@@ -347,6 +370,56 @@ class Profiler:
         self.sink(ProfileEvent("done"))
         return [results[j.name] for j in jobs]
 
+    def measure(
+        self,
+        placements: Sequence[tuple[JobSpec, str]],
+        *,
+        level: float = 100.0,
+        daemon: Any | None = None,
+        attempts: Mapping[str, int] | None = None,
+        resume: Mapping[str, bool] | None = None,
+        fresh: bool = True,
+    ) -> list[Measurement]:
+        """Run jobs together, each on its device, until their step times are measured.
+
+        ``placements``: (job, device) pairs; a device is what the job's
+        ``CUDA_VISIBLE_DEVICES`` gets (a MIG instance's UUID, or the GPU under MPS).
+        ``daemon``: the MPS daemon whose client settings give each job ``level`` %
+        active threads; ``None`` runs the jobs without MPS (on MIG instances, where
+        ``level`` is only a label). The jobs run until each has ``min_steps``
+        measured steps after warm-up or ``max_level_s`` passes, then are asked to
+        save and stop. ``fresh``: start from an empty work directory
+        (``<state>/profiles/work/<job>``); otherwise the directory is kept, for a
+        job that resumes from the checkpoint it saved there (``resume``).
+        ``attempts``: the attempt number each job is told. Returns one
+        :class:`Measurement` per placement, in order.
+        """
+        if daemon is None:
+            daemon = NoMps()
+        runs: list[_Run] = []
+        try:
+            for job, device in placements:
+                work = self.work_root / job.name
+                if fresh:
+                    shutil.rmtree(work, ignore_errors=True)
+                (work / "checkpoint").mkdir(parents=True, exist_ok=True)
+                run = _Run(
+                    job,
+                    level,
+                    work,
+                    (attempts or {}).get(job.name, 1),
+                    resumed=bool((resume or {}).get(job.name, False)),
+                )
+                self._start(run, device, daemon)
+                runs.append(run)
+            self._watch(runs, daemon)
+        finally:
+            self._stop_all(runs)
+        return [
+            Measurement(run.job, device, self._result(run), checkpointed=run.checkpointed)
+            for run, (_, device) in zip(runs, placements, strict=True)
+        ]
+
     # ------------------------------------------------------------ internals
     def _profile_group(
         self, group: list[JobSpec], device: str, daemon: Any, results: dict[str, JobProfile]
@@ -370,38 +443,32 @@ class Profiler:
             if not active:
                 continue
             self.sink(ProfileEvent("level", level=level, group=[j.name for j in active]))
-            runs = []
-            try:
-                for job in active:
-                    attempts[job.name] += 1
-                    run = _Run(
-                        job,
-                        level,
-                        workdirs[job.name],
-                        attempts[job.name],
-                        resumed=resumable[job.name],
-                    )
-                    self._start(run, device, daemon)
-                    runs.append(run)
-                self._watch(runs, daemon)
-            finally:
-                self._stop_all(runs)
-            for run in runs:
-                res = self._result(run)
-                results[run.job.name].levels.append(res)
+            for job in active:
+                attempts[job.name] += 1
+            measured = self.measure(
+                [(job, device) for job in active],
+                level=level,
+                daemon=daemon,
+                attempts=attempts,
+                resume=resumable,
+                fresh=False,  # the work directory carries the checkpoint between levels
+            )
+            for m in measured:
+                res, name = m.result, m.job.name
+                results[name].levels.append(res)
                 self.sink(
                     ProfileEvent(
                         "job-level",
-                        job=run.job.name,
+                        job=name,
                         level=level,
                         steps=res.steps,
                         status=res.status,
                     )
                 )
                 if res.status in ("oom", "failed"):
-                    dropped[run.job.name] = f"{res.status} at {level:g}%"
+                    dropped[name] = f"{res.status} at {level:g}%"
                 # resume next level from the save only if the job stopped cleanly after it
-                resumable[run.job.name] = bool(run.job.checkpoint and run.checkpointed)
+                resumable[name] = bool(m.job.checkpoint and m.checkpointed)
 
     def _start(self, run: _Run, device: str, daemon: Any) -> None:
         from miso_cli import launch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,34 @@ def test_calibrate_refuses_a_busy_gpu(cli, state_dir: Path) -> None:
         simnvml.detach_process(path, os.getpid())
     assert code == 8
     assert parse_envelope(out)["errors"][0]["code"] == "GPU_BUSY"
+
+
+def test_profiler_measure_runs_jobs_side_by_side_on_mig_instances(cli, state_dir: Path) -> None:
+    from miso_cli.predict.calibrate import synthetic_jobs
+    from miso_cli.profiler import Profiler, ProfileSettings
+
+    root = Path(__file__).resolve().parent.parent
+    jobs = synthetic_jobs(root / "examples" / "catalog.csv", root / "examples" / "sim_train.py")
+    mlp = next(j for j in jobs if j.workload == "toy-mlp_32")
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", "4g.20gb", "3g.20gb")
+    assert code == 0, err
+    drv = open_driver("sim:a100-40gb", state_dir)
+    try:
+        by_size = {m.slice.slices: m.uuid for m in drv.instances(0)}
+        settings = ProfileSettings(
+            mode="solo", levels=(100.0,), warmup_steps=2, min_steps=10, max_level_s=30.0,
+            speedup=100.0, poll_s=0.1, gpu_index=0,
+        )  # fmt: skip
+        twin = dataclasses.replace(mlp, name=mlp.name + "-twin")
+        got = Profiler(drv, state_dir, settings).measure([(mlp, by_size[3]), (twin, by_size[4])])
+        assert drv.processes(0) == []  # stopped and gone
+    finally:
+        drv.close()
+    assert [(m.job.name, m.device) for m in got] == [
+        (mlp.name, by_size[3]),
+        (twin.name, by_size[4]),
+    ]
+    assert all(m.result.status == "ok" and m.result.steps >= 10 for m in got)
+    # Paced by the catalog (3g 26 ms, 4g 24 ms), scaled back from the speed-up.
+    assert got[0].result.step_time_s == pytest.approx(0.026, rel=0.2)
+    assert got[1].result.step_time_s == pytest.approx(0.024, rel=0.2)

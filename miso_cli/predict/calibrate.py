@@ -50,18 +50,6 @@ class CalibrationResult:
     statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # job -> what -> status
 
 
-class _NoMps:
-    """Stands in for the MPS daemon while jobs run on MIG instances: no client settings."""
-
-    notes: list[str] = []
-
-    def client_env(self, level: float) -> dict[str, str]:
-        return {}
-
-    def alive(self) -> bool:
-        return True
-
-
 def calibration_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "calibration"
 
@@ -189,7 +177,9 @@ def calibrate(
                 raise NoGpu(f"GPU {i}: {layout.name} applied but no instance has a UUID")
             for start in range(0, len(jobs), len(devices)):
                 batch = list(zip(jobs[start : start + len(devices)], devices, strict=False))
-                for job, res in _measure_on_instances(profiler, batch).items():
+                # Instances are isolated: jobs on different ones run at once, without MPS.
+                for m in profiler.measure(batch):
+                    res, job = m.result, m.job.name
                     status.setdefault(job, {})[prof_g.compute_name] = res.status
                     mig[job][prof_g.slices] = res.step_time_s if res.status == "ok" else None
         result.notes.extend(profiler.notes)
@@ -231,32 +221,6 @@ def _fill(model: Any, profile: str, count: int) -> Layout:
         except LayoutError:
             continue
     raise NoGpu(f"{model.key}: no {profile} instance fits an empty GPU")
-
-
-def _measure_on_instances(profiler: Any, batch: list[tuple[JobSpec, str]]) -> dict[str, Any]:
-    """Run each job alone on its MIG instance until its step time is measured.
-
-    The profiler's launch, watch, stop and result logic is reused with a stand-in
-    for the MPS daemon, so a step time on a slice is measured exactly as under MPS.
-    """
-    import shutil
-
-    from miso_cli.profiler import _Run
-
-    nomps = _NoMps()
-    runs = []
-    try:
-        for job, device in batch:
-            work = profiler.work_root / job.name
-            shutil.rmtree(work, ignore_errors=True)
-            (work / "checkpoint").mkdir(parents=True, exist_ok=True)
-            run = _Run(job, 100.0, work, 1, resumed=False)
-            profiler._start(run, device, nomps)
-            runs.append(run)
-        profiler._watch(runs, nomps)
-    finally:
-        profiler._stop_all(runs)
-    return {run.job.name: profiler._result(run) for run in runs}
 
 
 def _restore(drv: Any, i: int, original: Layout, mig_was_on: bool) -> None:
