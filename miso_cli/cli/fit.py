@@ -150,4 +150,6 @@ def _render(out: Console, report: dict[str, Any]) -> None:
             fam or rep.get("cv", ""),
         )
     out.print(table)
+    for name, why in report.get("not_learned", {}).items():
+        out.print(f"{name}: not learned ({why}); predicted by the physical model", markup=False)
     out.print(f"Saved {report['model']}")
