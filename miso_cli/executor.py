@@ -1243,6 +1243,17 @@ def _log_tail(path: Path, limit: int = 160) -> str:
     return lines[-1][:limit] if lines else ""
 
 
+def _refuse_sudo_on_simulated(drv: Any) -> None:
+    """Under sudo, jobs run as the invoking user, who cannot reach root's private state
+    (where a simulated GPU lives): refuse before anything starts, and say why."""
+    if drv.is_simulated and launch.run_as_from_env(os.environ, os.geteuid()) is not None:
+        raise UsageError(
+            "simulated GPUs need no root, and under sudo the jobs (run as "
+            f"{os.environ.get('SUDO_USER', 'the invoking user')}) could not reach them",
+            hint="run miso without sudo for --gpu sim:...",
+        )
+
+
 def _hand_over(run_dir: Path, paths: list[Path], run_as: launch.RunAs) -> None:
     """Under sudo: the job's own files belong to the user, and the way to them is open."""
     for d in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "jobs"):
@@ -1460,6 +1471,7 @@ def run_queue(
                 )
             policy = registry.get(req.policy, **options)
             drv = _open_driver(req.gpu_spec, state_dir)
+            _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
             journal = Journal.create(

@@ -313,3 +313,20 @@ def test_whole_gpu_reference_of_an_observation() -> None:
     assert whole_gpu_reference(solo, 4, 3, 0.08) is None  # co-runners slow the 100% level
     assert whole_gpu_reference(solo, 4, 7, 0.051) == 0.051  # measured on 7g itself
     assert whole_gpu_reference({50: 0.06}, 1, 3, 0.08) is None
+
+
+def test_sudo_on_a_simulated_gpu_is_refused_before_anything_starts(
+    cli, monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    from conftest import parse_envelope
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("SUDO_UID", "65534")
+    monkeypatch.setenv("SUDO_GID", "65534")
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    code, out, err = cli("run", str(QUICKSTART), "--gpu", "sim:a100-40gb", "--json")
+    assert code == 2
+    env = parse_envelope(out)
+    assert env["errors"][0]["code"] == "USAGE"
+    assert "without sudo" in env["errors"][0]["hint"]
+    assert not (state_dir / "runs").exists() or not any((state_dir / "runs").iterdir())
