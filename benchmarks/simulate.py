@@ -1,17 +1,30 @@
-"""Mean JCT, makespan and the rest for every policy on the development trace.
+"""Mean JCT, makespan and the rest for every policy on the development trace (and synthetic ones).
 
     python benchmarks/simulate.py [--model MODEL.joblib] [--seeds 0,1,2] [--restart-cost 30]
+    python benchmarks/simulate.py --model M --synthetic 6 --restart-cost 30,paper \
+        --policies miso,oracle,miso+ [--workers 2]
 
 Reads ``../shared/data/a100-40gb/{trace_dev,catalog}.csv``. ``miso`` and ``miso+``
 see predictions from the fitted model given with ``--model`` (else the state
 dir's, else the shipped prior). Prints one table per seed and the mean over
 seeds, with the paper's reference figures (MISO: mean JCT 49% below nopart, 16%
 below the best static partition, within 10% of oracle).
+
+``--synthetic N`` also replays N traces generated deterministically from the
+catalog (trace ``i``: 100 jobs, Poisson arrivals with the ``i``-th mean gap of
+``--loads`` taken in turn, durations log-normal like the development trace's,
+workloads drawn uniformly from the catalog, random seed ``i``), and prints for
+every trace and restart-cost setting the ratios ``miso+/oracle`` and
+``miso+/miso`` of mean JCT and makespan, then their geometric mean and worst
+case over all traces: a change to a policy should help the aggregate without
+hurting any one trace.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import statistics
 import sys
 import time
@@ -23,9 +36,71 @@ sys.path.insert(0, str(ROOT))
 from miso_cli.catalog import load_catalog  # noqa: E402
 from miso_cli.gpu.profiles import model as gpu_model  # noqa: E402
 from miso_cli.policy import registry  # noqa: E402
-from miso_cli.simulator import SimConfig, load_trace, make_predict, simulate  # noqa: E402
+from miso_cli.simulator import (  # noqa: E402
+    SimConfig,
+    TraceJob,
+    load_trace,
+    make_predict,
+    simulate,
+)
 
 POLICIES = ("nopart", "static", "mps", "miso", "oracle", "miso+")
+# The development trace's run times: log-normal, log mean 5.89, log std. dev. 1.13
+# (median about 6 minutes, mean about 13), from 2 minutes to under 2 hours.
+DURATION_LOG_MEAN = 5.9
+DURATION_LOG_SD = 1.1
+DURATION_RANGE_S = (120.0, 6000.0)
+
+
+def synthetic_trace(catalog, index: int, mean_gap_s: float, jobs: int = 100) -> list[TraceJob]:
+    """Trace ``index``: Poisson arrivals, log-normal durations, uniform catalog workloads."""
+    rng = random.Random(index)
+    names = sorted(n for n, w in catalog.workloads.items() if w.step_time_ms(7) is not None)
+    out = []
+    t = 0.0
+    lo, hi = DURATION_RANGE_S
+    for k in range(jobs):
+        t += rng.expovariate(1.0 / mean_gap_s)
+        duration = min(hi, max(lo, rng.lognormvariate(DURATION_LOG_MEAN, DURATION_LOG_SD)))
+        out.append(TraceJob(f"s{index}-{k}", round(t, 1), rng.choice(names), round(duration)))
+    return out
+
+
+def _run(task: tuple) -> tuple[str, str, int, str, dict, float]:
+    """One simulation (a process-pool task)."""
+    label, trace, cost, seed, name, catalog_path, model_path = task
+    cat = _catalog(catalog_path)
+    gpus = [gpu_model("a100-40gb")] * 8
+    predict = _predict(model_path)
+    t0 = time.perf_counter()
+    s = simulate(
+        trace,
+        cat,
+        gpus,
+        registry.get(name),
+        predict=predict,
+        config=SimConfig(restart_costs=cost, seed=seed),
+    )
+    return label, str(cost), seed, name, s.summary(), time.perf_counter() - t0
+
+
+_CACHE: dict[object, object] = {}
+
+
+def _catalog(path: Path):
+    if ("cat", path) not in _CACHE:
+        _CACHE[("cat", path)] = load_catalog(path)
+    return _CACHE[("cat", path)]
+
+
+def _predict(model_path: Path | None):
+    if ("pred", model_path) not in _CACHE:
+        _CACHE[("pred", model_path)] = make_predict(model_path, gpu_model("a100-40gb"), None)[0]
+    return _CACHE[("pred", model_path)]
+
+
+def _cost(text: str) -> str | float:
+    return text if text == "paper" else float(text)
 
 
 def main() -> None:
@@ -33,46 +108,130 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "a100-40gb")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--restart-cost", default="30")
+    ap.add_argument("--restart-cost", default="30", help="30, paper, or a list: 30,paper")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--synthetic", type=int, default=0, help="also replay N synthetic traces")
+    ap.add_argument("--synthetic-seeds", default="0", help="simulator seeds for synthetic traces")
+    ap.add_argument("--loads", default="30,45,70", help="mean arrival gaps (s), taken in turn")
+    ap.add_argument("--no-dev", action="store_true", help="skip the development trace")
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
-    cat = load_catalog(args.data / "catalog.csv")
-    trace = load_trace(args.data / "trace_dev.csv", cat)
-    gpus = [gpu_model("a100-40gb")] * 8
-    predict, meta = make_predict(args.model, gpus[0], None)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    cat_path = args.data / "catalog.csv"
+    cat = _catalog(cat_path)
+    _, meta = make_predict(args.model, gpu_model("a100-40gb"), None)
     print(f"predictor: {meta.get('source', meta.get('kind', '?'))} {meta.get('path', '')}")
-    costs: str | float = (
-        args.restart_cost if args.restart_cost == "paper" else float(args.restart_cost)
+    costs = [_cost(c.strip()) for c in args.restart_cost.split(",")]
+    traces: list[tuple[str, list[TraceJob], list[int]]] = []
+    if not args.no_dev:
+        dev_seeds = [int(s) for s in args.seeds.split(",")]
+        traces.append(("dev", load_trace(args.data / "trace_dev.csv", cat), dev_seeds))
+    loads = [float(x) for x in args.loads.split(",")]
+    syn_seeds = [int(s) for s in args.synthetic_seeds.split(",")]
+    for i in range(args.synthetic):
+        gap = loads[i % len(loads)]
+        traces.append((f"syn{i}-gap{gap:g}", synthetic_trace(cat, i, gap), syn_seeds))
+    tasks = [
+        (label, trace, cost, seed, name, cat_path, args.model)
+        for label, trace, seeds in traces
+        for cost in costs
+        for seed in seeds
+        for name in policies
+    ]
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.workers) as pool:
+            results = list(pool.map(_run, tasks))
+    else:
+        results = [_run(t) for t in tasks]
+    rows: dict[tuple[str, str, int, str], dict] = {}
+    walls: dict[str, list[float]] = {p: [] for p in policies}
+    for label, cost, seed, name, row, wall in results:
+        rows[(label, cost, seed, name)] = row
+        walls[name].append(wall)
+
+    detailed = len(traces) == 1 and len(costs) == 1
+    for label, _trace, seeds in traces:
+        for cost in map(str, costs):
+            if detailed:
+                for seed in seeds:
+                    _seed_table(label, cost, seed, policies, rows)
+    print(
+        "\nwall seconds per simulation (mean): "
+        + ", ".join(f"{p} {statistics.mean(w):.2f}" for p, w in walls.items() if w)
     )
-    per: dict[str, list[dict]] = {p: [] for p in POLICIES}
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        config = SimConfig(restart_costs=costs, seed=seed)
-        print(f"\nseed {seed}: {len(trace)} jobs on 8 x a100-40gb, restart cost {costs}")
+    if detailed:
+        label, _t, seeds = traces[0]
+        _paper_summary(label, str(costs[0]), seeds, policies, rows)
+    _ratio_table(traces, [str(c) for c in costs], policies, rows)
+
+
+def _mean(rows, label, cost, seeds, name, key) -> float:
+    return statistics.mean(rows[(label, cost, s, name)][key] for s in seeds)
+
+
+def _seed_table(label, cost, seed, policies, rows) -> None:
+    print(f"\n{label} seed {seed}: 8 x a100-40gb, restart cost {cost}")
+    print(
+        f"{'policy':8s} {'JCT s':>7s} {'p95 s':>7s} {'queue s':>8s} {'makespan':>9s} "
+        f"{'reconf':>6s} {'migr':>5s} {'util':>5s}"
+    )
+    for name in policies:
+        row = rows[(label, cost, seed, name)]
         print(
-            f"{'policy':8s} {'JCT s':>7s} {'p95 s':>7s} {'queue s':>8s} {'makespan':>9s} "
-            f"{'reconf':>6s} {'migr':>5s} {'util':>5s} {'wall s':>7s}"
+            f"{name:8s} {row['mean_jct_s']:7.0f} {row['p95_jct_s']:7.0f} "
+            f"{row['mean_queue_s']:8.0f} {row['makespan_s']:9.0f} "
+            f"{row['reconfigurations']:6d} {row['migrations']:5d} "
+            f"{row['slice_utilisation']:5.0%}"
         )
-        for name in POLICIES:
-            t0 = time.perf_counter()
-            s = simulate(trace, cat, gpus, registry.get(name), predict=predict, config=config)
-            row = s.summary()
-            wall = time.perf_counter() - t0
-            per[name].append(row)
-            print(
-                f"{name:8s} {row['mean_jct_s']:7.0f} {row['p95_jct_s']:7.0f} "
-                f"{row['mean_queue_s']:8.0f} {row['makespan_s']:9.0f} "
-                f"{row['reconfigurations']:6d} {row['migrations']:5d} "
-                f"{row['slice_utilisation']:5.0%} {wall:7.2f}"
-            )
-    mean = {p: statistics.mean(r["mean_jct_s"] for r in rows) for p, rows in per.items()}
-    span = {p: statistics.mean(r["makespan_s"] for r in rows) for p, rows in per.items()}
+
+
+def _paper_summary(label, cost, seeds, policies, rows) -> None:
+    mean = {p: _mean(rows, label, cost, seeds, p, "mean_jct_s") for p in policies}
+    span = {p: _mean(rows, label, cost, seeds, p, "makespan_s") for p in policies}
     print("\nmean over seeds (ratio of mean JCT to nopart / static / oracle; makespan):")
-    for p in POLICIES:
-        print(
-            f"{p:8s} JCT {mean[p]:7.0f}  vs nopart {mean[p] / mean['nopart']:.2f}  "
-            f"vs static {mean[p] / mean['static']:.2f}  vs oracle {mean[p] / mean['oracle']:.2f}"
-            f"  makespan {span[p]:7.0f}"
-        )
+    for p in policies:
+        parts = [f"{p:8s} JCT {mean[p]:7.0f}"]
+        for ref in ("nopart", "static", "oracle"):
+            if ref in mean:
+                parts.append(f"vs {ref} {mean[p] / mean[ref]:.2f}")
+        parts.append(f"makespan {span[p]:7.0f}")
+        print("  ".join(parts))
     print("paper (MISO): JCT 0.51 of nopart, 0.84 of best static, <= 1.10 of oracle")
+
+
+def _ratio_table(traces, costs, policies, rows) -> None:
+    if "miso+" not in policies:
+        return
+    refs = [r for r in ("oracle", "miso") if r in policies]
+    if not refs:
+        return
+    print("\nper trace (mean over seeds): mean JCT and makespan, miso+ against " + ", ".join(refs))
+    head = f"{'trace':16s} {'cost':>5s} {'JCT':>6s} {'span':>6s}"
+    for r in refs:
+        head += f" {'JCT/' + r:>11s} {'span/' + r:>12s}"
+    head += f" {'reconf':>6s} {'migr':>5s}"
+    print(head)
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for label, _trace, seeds in traces:
+        for cost in costs:
+            jct = _mean(rows, label, cost, seeds, "miso+", "mean_jct_s")
+            span = _mean(rows, label, cost, seeds, "miso+", "makespan_s")
+            line = f"{label:16s} {cost:>5s} {jct:6.0f} {span:6.0f}"
+            for r in refs:
+                rj = jct / _mean(rows, label, cost, seeds, r, "mean_jct_s")
+                rs = span / _mean(rows, label, cost, seeds, r, "makespan_s")
+                ratios.setdefault((r, "jct"), []).append(rj)
+                ratios.setdefault((r, "span"), []).append(rs)
+                line += f" {rj:11.3f} {rs:12.3f}"
+            line += f" {_mean(rows, label, cost, seeds, 'miso+', 'reconfigurations'):6.0f}"
+            line += f" {_mean(rows, label, cost, seeds, 'miso+', 'migrations'):5.0f}"
+            print(line)
+    print("aggregate over traces: geometric mean (worst)")
+    for (r, what), vals in ratios.items():
+        geo = math.exp(statistics.mean(math.log(v) for v in vals))
+        print(f"  miso+/{r:6s} {what:4s} {geo:.3f} ({max(vals):.3f})")
 
 
 if __name__ == "__main__":
