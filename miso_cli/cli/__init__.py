@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # recent Typer carries its own copy of Click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older Typer on top of Click
+    from click.exceptions import ClickException
+
+
+class _MisoGroup(TyperGroup):
+    """A command line the parser refuses follows the error conventions of ``execute``.
+
+    Click would print a usage block and ``Error: ...`` over several lines, and no
+    JSON envelope; scripts that pass ``--json`` read stdout and would find nothing.
+    """
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `miso CMD` alone: show help
+                raise
+            from miso_cli.cli.common import fail_usage
+
+            fail_usage(argv, list(self.commands), exc.format_message().rstrip("."))
+
 
 app = typer.Typer(
     name="miso",
+    cls=_MisoGroup,
     help="Choose, apply and run MIG layouts for a queue of GPU training jobs.",
     no_args_is_help=True,
     add_completion=True,

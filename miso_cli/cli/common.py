@@ -81,7 +81,37 @@ def _print_error(err: dict[str, Any]) -> None:
     line = f"miso: error: {err['message']}"
     if err.get("hint"):
         line += f" ({err['hint']})"
+    # One line, whatever the message holds: a script greps the first line only.
+    line = " ".join(line.split())
     stderr_console().print(line, markup=False, soft_wrap=True)
+
+
+def fail(command: str, err: dict[str, Any], exit_code: ExitCode, *, json_out: bool) -> NoReturn:
+    """Report ``err`` the way every command does (envelope with --json, one line) and exit."""
+    if json_out:
+        print(dumps(envelope(command, None, [err])), flush=True)
+    _print_error(err)
+    raise typer.Exit(int(exit_code))
+
+
+def _os_error(exc: OSError) -> tuple[dict[str, Any], ExitCode]:
+    """An operating-system error the core did not expect, named by its path."""
+    import errno
+
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    what = exc.strerror or type(exc).__name__
+    message = f"{path}: {what}" if path is not None else what
+    if isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        return {
+            "code": "PERMISSION",
+            "message": message,
+            "hint": "run as a user who may write there, or choose another --state-dir / --out",
+        }, ExitCode.PERMISSION
+    return {
+        "code": "FAILURE",
+        "message": message,
+        "hint": "check the path, its parent folders and the free space",
+    }, ExitCode.FAILURE
 
 
 def execute(
@@ -102,19 +132,21 @@ def execute(
     except MisoError as exc:
         if debug:
             stderr_console().print_exception()
-        err = exc.as_dict()
-        if json_out:
-            print(dumps(envelope(command, None, [err])), flush=True)
-        _print_error(err)
-        raise typer.Exit(int(exc.exit_code)) from None
+        fail(command, exc.as_dict(), exc.exit_code, json_out=json_out)
     except KeyboardInterrupt:
-        err = {"code": "INTERRUPTED", "message": "interrupted"}
-        if json_out:
-            print(dumps(envelope(command, None, [err])), flush=True)
-        _print_error(err)
-        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        fail(
+            command,
+            {"code": "INTERRUPTED", "message": "interrupted"},
+            ExitCode.INTERRUPTED,
+            json_out=json_out,
+        )
     except typer.Exit:
         raise
+    except OSError as exc:  # a path the core did not check: name it, no traceback
+        if debug or os.environ.get("MISO_DEBUG"):
+            raise
+        err, code = _os_error(exc)
+        fail(command, err, code, json_out=json_out)
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if debug or os.environ.get("MISO_DEBUG"):
             raise
@@ -123,16 +155,21 @@ def execute(
             "message": f"internal error: {type(exc).__name__}: {exc}",
             "hint": "run again with --debug for the traceback, and report it",
         }
-        if json_out:
-            print(dumps(envelope(command, None, [err])), flush=True)
-        _print_error(err)
-        raise typer.Exit(int(ExitCode.FAILURE)) from None
+        fail(command, err, ExitCode.FAILURE, json_out=json_out)
     if json_out:
         print(dumps(envelope(command, result.data, result.errors)), flush=True)
     elif result.render is not None:
         result.render(human)
+    # Errors also reach stderr with --json: a person watching a script sees why it stopped.
     for err in result.errors:
-        if not json_out:
-            _print_error(err)
+        _print_error(err)
     sys.stdout.flush()
     raise typer.Exit(int(result.exit_code))
+
+
+def fail_usage(argv: list[str], commands: list[str], message: str) -> NoReturn:
+    """A command line the parser refused: one line, exit 2 (USAGE), an envelope with --json."""
+    name = argv[0] if argv and argv[0] in commands else "miso"
+    where = f"miso {name}" if name != "miso" else "miso"
+    err = {"code": "USAGE", "message": message, "hint": f"see '{where} --help'"}
+    fail(name, err, ExitCode.USAGE, json_out="--json" in argv[1:])

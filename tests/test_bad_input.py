@@ -1,0 +1,125 @@
+"""Bad input, as a person or a shell script meets it, on every command.
+
+The contract: a clear one-line error on stderr that names the file, line or
+option; a named non-zero exit code; with ``--json`` exactly one envelope on
+stdout; never a traceback; never a half-changed GPU or a lost journal.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from miso_cli.errors import ExitCode
+from tests.conftest import ROOT, parse_envelope
+
+EXAMPLES = ROOT / "examples"
+
+TRACE_HEAD = "job,arrival_s,workload,duration_7g_s\n"
+CATALOG = (
+    "workload,mig_7g,mig_4g,mig_3g,mig_2g,mig_1g,mps_100,mps_50,mps_14\n"
+    "toy-mlp_32,20.0,24.0,26.0,34.0,58.0,20.0,23.0,52.0\n"
+    "toy-cnn_64,40.0,58.0,66.0,98.0,185.0,40.0,52.0,170.0\n"
+)
+PAIRS = (
+    "workload,mix,jobs_in_mix,mps_100,mps_50,mps_14,mig_7g,mig_4g,mig_3g\n"
+    "resnet_64,0,1,0.68,0.66,1.0,0.95,1.0,0.95\n"
+)
+
+
+def one_error_line(err: str, *names: str) -> str:
+    """stderr holds one line, ``miso: error: ...``, naming each of ``names``."""
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    line = lines[0]
+    assert line.startswith("miso: error: "), line
+    for name in names:
+        assert name in line, f"{name!r} not named in: {line}"
+    return line
+
+
+def check_failure(
+    result: tuple[int, str, str],
+    exit_code: ExitCode,
+    *names: str,
+    json_out: bool = True,
+    progress: bool = False,
+) -> dict:
+    """The whole contract for one failed invocation; returns the envelope (or {})."""
+    code, out, err = result
+    assert "Traceback" not in out + err
+    assert "internal error" not in err
+    assert code == int(exit_code), f"exit {code}, wanted {int(exit_code)}: {err}"
+    if progress:  # progress lines may come first; the error is the last line
+        err = [ln for ln in err.splitlines() if ln.strip()][-1]
+    one_error_line(err, *names)
+    if not json_out:
+        return {}
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"stdout must hold one envelope, got:\n{out}"
+    env = parse_envelope(out)
+    assert env["status"] == "error"
+    assert env["errors"][0]["code"] == exit_code.name
+    for name in names:
+        assert name in env["errors"][0]["message"] + env["errors"][0].get("hint", "")
+    return env
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Path:
+    """The quickstart queue beside its synthetic training script and catalog."""
+    for name in ("quickstart.toml", "sim_train.py", "catalog.csv"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    return tmp_path / "quickstart.toml"
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "catalog.csv").write_text(CATALOG)
+    (d / "trace.csv").write_text(TRACE_HEAD + "0,0,toy-mlp_32,60\n1,5,toy-cnn_64,60\n")
+    (d / "pairs.csv").write_text(PAIRS)
+    (d / "folder").mkdir()
+    return d
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["status", "--bogus"], ["--bogus"]),
+        (["apply", "--plan", "{folder}"], ["--plan", "is a directory"]),
+        (["plan", "{queue}", "--risk", "-1"], ["--risk"]),
+        (["predict", "--gpu-model", "a100-40gb"], ["--data"]),
+        (["profile", "{queue}", "--min-steps", "0"], ["--min-steps"]),
+        (["simulate", "--trace", "t.csv", "--catalog", "c.csv", "--noise", "-1"], ["--noise"]),
+        (["export", "--format", "bogus"], ["--format"]),
+        (["calibrate", "--speedup", "0"], ["--speedup"]),
+        (["layouts", "--gpu-index", "-1"], ["--gpu-index"]),
+        (["nosuchcommand"], ["nosuchcommand"]),
+    ],
+)
+@pytest.mark.parametrize("json_out", [True, False])
+def test_parser_errors_follow_the_conventions(cli, files, queue, args, names, json_out):
+    """What Click refuses is one line and exit 2, with an envelope under --json."""
+    args = [a.format(folder=files / "folder", queue=queue) for a in args]
+    if json_out:
+        args.append("--json")
+    env = check_failure(cli(*args), ExitCode.USAGE, *names, json_out=json_out)
+    if json_out and args[0] != "nosuchcommand":
+        assert env["command"] == args[0]
+
+
+def test_bare_miso_still_shows_help(cli):
+    code, out, err = cli()
+    assert code == 2 and "Commands" in out + err and "miso: error" not in err
+
+
+def test_help_is_not_an_error(cli):
+    code, out, _ = cli("apply", "--help")
+    assert code == 0 and "--plan" in out
