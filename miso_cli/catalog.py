@@ -8,7 +8,7 @@ training jobs on simulated GPUs and give the simulator its ground truth.
 
 from __future__ import annotations
 
-import csv
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,18 +103,17 @@ def _number(path: Path, line: int, column: str, text: str) -> float | None:
         raise BadInput(f"{path}:{line}: column {column}: {text!r} is not a number") from None
     if not value > 0:
         raise BadInput(f"{path}:{line}: column {column}: step time must be positive, got {text}")
+    if not math.isfinite(value):
+        raise BadInput(f"{path}:{line}: column {column}: step time must be finite, got {text}")
     return value
 
 
 def load_catalog(path: Path | str) -> Catalog:
     """Read a catalog CSV; every problem is a :class:`BadInput` naming file, line and column."""
+    from miso_cli.textfile import csv_reader
+
     path = Path(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read catalog: {exc.strerror}") from None
-    with fh:
-        reader = csv.DictReader(fh)
+    with csv_reader(path, "catalog") as reader:
         fields = reader.fieldnames or []
         if "workload" not in fields:
             raise BadInput(f"{path}:1: catalog needs a 'workload' column")

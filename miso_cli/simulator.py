@@ -36,7 +36,6 @@ and restarted elsewhere (another instance, GPU or mode).
 
 from __future__ import annotations
 
-import csv
 import heapq
 import math
 import random
@@ -92,16 +91,13 @@ class TraceJob:
 
 def load_trace(path: Path | str, catalog: Catalog) -> list[TraceJob]:
     """Read a trace CSV (``job,arrival_s,workload,duration_7g_s``); errors name file and line."""
+    from miso_cli.textfile import csv_reader
+
     path = Path(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read trace: {exc.strerror}") from None
     need = ("job", "arrival_s", "workload", "duration_7g_s")
     out: list[TraceJob] = []
     seen: set[str] = set()
-    with fh:
-        reader = csv.DictReader(fh)
+    with csv_reader(path, "trace") as reader:
         fields = reader.fieldnames or []
         missing = [c for c in need if c not in fields]
         if missing:

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miso_cli.errors import ExitCode
 from tests.conftest import ROOT, parse_envelope
@@ -123,3 +125,97 @@ def test_bare_miso_still_shows_help(cli):
 def test_help_is_not_an_error(cli):
     code, out, _ = cli("apply", "--help")
     assert code == 0 and "--plan" in out
+
+
+# --------------------------------------------------------------------------- input files
+
+LATIN1 = b"workload,mig_7g\n" + "caf\xe9,1.0\n".encode("latin-1")
+
+
+def _file_args(files: Path, bad: Path) -> list[tuple[list[str], str]]:
+    """(command line, the option that names ``bad``) for every command reading a table."""
+    return [
+        (["fit", "--data", str(bad), "--gpu-model", "a100-40gb"], "--data"),
+        (["predict", "--data", str(bad), "--gpu-model", "a100-40gb"], "--data"),
+        (["simulate", "--trace", str(bad), "--catalog", str(files / "catalog.csv")], "--trace"),
+        (["simulate", "--trace", str(files / "trace.csv"), "--catalog", str(bad)], "--catalog"),
+        (["calibrate", "--gpu", "sim:a100-40gb", "--catalog", str(bad)], "--catalog"),
+        (["apply", "--gpu", "sim:a100-40gb", "--plan", str(bad)], "--plan"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_file_that_is_not_utf8_names_file_and_line(cli, files, index):
+    bad = files / "latin1.csv"
+    bad.write_bytes(LATIN1)
+    args, _ = _file_args(files, bad)[index]
+    check_failure(cli(*args, "--json"), ExitCode.BAD_INPUT, f"{bad}:2", "UTF-8")
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_csv_cell_too_long_for_the_csv_module_names_file_and_line(cli, files, index):
+    bad = files / "long.csv"
+    bad.write_text(
+        "job,arrival_s,workload,duration_7g_s,mig_7g,mps_100,mps_50\n"
+        + "a," * 3
+        + "1" * 200_000
+        + ",1,1,1\n"
+    )
+    args, _ = _file_args(files, bad)[index]
+    if args[0] == "apply":  # a plan is JSON, not CSV: it fails as JSON
+        check_failure(cli(*args, "--json"), ExitCode.BAD_INPUT, str(bad))
+        return
+    check_failure(cli(*args, "--json"), ExitCode.BAD_INPUT, f"{bad}:2")
+
+
+def test_a_catalog_with_an_infinite_step_time_is_refused(cli, files):
+    cat = files / "inf.csv"
+    cat.write_text("workload,mig_7g,mig_1g\ntoy-mlp_32,inf,5\n")
+    args = ["simulate", "--trace", str(files / "trace.csv"), "--catalog", str(cat), "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, f"{cat}:2", "mig_7g")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(cli, files):
+    """Spreadsheets save UTF-8 with a BOM; the 'workload' column must still be found."""
+    cat = files / "bom.csv"
+    cat.write_bytes(b"\xef\xbb\xbf" + CATALOG.encode())
+    trace = files / "bom-trace.csv"
+    trace.write_bytes(b"\xef\xbb\xbf" + (files / "trace.csv").read_bytes())
+    code, out, err = cli(
+        "simulate", "--trace", str(trace), "--catalog", str(cat), "--policy", "nopart", "--json"
+    )
+    assert code == 0, err
+    assert parse_envelope(out)["data"]["results"][0]["policy"] == "nopart"
+
+
+_CELL = st.one_of(
+    st.sampled_from(["0", "1", "-1", "nan", "inf", "1e308", "", "toy-mlp_32", "toy-cnn_64", "x"]),
+    st.text(max_size=6),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    header=st.sampled_from([TRACE_HEAD, "job,arrival_s,workload\n", ""]),
+    rows=st.lists(st.lists(_CELL, min_size=0, max_size=5), max_size=4),
+    tail=st.binary(max_size=8),
+)
+def test_any_trace_is_simulated_or_refused_in_one_line(tmp_path_factory, header, rows, tail):
+    """Whatever the trace holds, simulate finishes (0) or names the trace (3); nothing else."""
+    from typer.testing import CliRunner
+
+    from miso_cli.cli import app
+
+    d = tmp_path_factory.mktemp("trace")
+    (d / "catalog.csv").write_text(CATALOG)
+    body = header + "".join(",".join(r) + "\n" for r in rows)
+    (d / "trace.csv").write_bytes(body.encode("utf-8", "surrogatepass") + tail)
+    args = ["simulate", "--trace", str(d / "trace.csv"), "--catalog", str(d / "catalog.csv")]
+    args += ["--policy", "nopart,static", "--json"]
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert "Traceback" not in r.stdout + r.stderr
+    if r.exit_code == 0:
+        assert parse_envelope(r.stdout)["status"] == "ok"
+        return
+    assert r.exit_code == ExitCode.BAD_INPUT, r.stderr
+    check_failure((r.exit_code, r.stdout, r.stderr), ExitCode.BAD_INPUT, "trace.csv")

@@ -356,12 +356,10 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
     from pathlib import Path
 
     from miso_cli.errors import BadInput
+    from miso_cli.textfile import read_text
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BadInput(f"{p}: cannot read the plan file ({exc.strerror})") from None
+    text = read_text(p, "the plan file")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

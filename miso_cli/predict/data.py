@@ -18,7 +18,6 @@ ratios to ``mps_100`` and ``mig_7g`` only.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections import Counter
@@ -108,14 +107,11 @@ def read_profile_csv(
     skips it, prediction falls back to the prior's centre). ``require_mig_7g``:
     each row needs ``mig_7g`` (what training targets are relative to).
     """
+    from miso_cli.textfile import csv_reader
+
     path = Path(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
     rows: list[ProfileRow] = []
-    with fh:
-        reader = csv.DictReader(fh)
+    with csv_reader(path, "profile CSV") as reader:
         fields = [f.strip() for f in (reader.fieldnames or [])]
         if "workload" not in fields:
             raise BadInput(f"{path}:1: needs a 'workload' column", hint="see `miso fit --help`")
