@@ -219,3 +219,64 @@ def test_any_trace_is_simulated_or_refused_in_one_line(tmp_path_factory, header,
         return
     assert r.exit_code == ExitCode.BAD_INPUT, r.stderr
     check_failure((r.exit_code, r.stdout, r.stderr), ExitCode.BAD_INPUT, "trace.csv")
+
+
+# --------------------------------------------------------------------------- the state dir
+
+
+def _state_dir_commands(files: Path, queue: Path) -> list[list[str]]:
+    sim = ["--gpu", "sim:a100-40gb"]
+    return [
+        ["status", *sim],
+        ["layouts", *sim],
+        ["apply", "3g.20gb", *sim],
+        ["run", str(queue), *sim],
+        ["profile", str(queue), *sim],
+        ["plan", str(queue), *sim],
+        ["calibrate", *sim],
+        ["fit", "--data", str(files / "pairs.csv"), "--gpu-model", "a100-40gb"],
+        ["predict", "--data", str(files / "pairs.csv"), "--gpu-model", "a100-40gb"],
+        ["simulate", "--trace", str(files / "trace.csv"), "--catalog", str(files / "catalog.csv")],
+        ["export", *sim],
+    ]
+
+
+@pytest.mark.parametrize("index", range(11))
+@pytest.mark.parametrize("below", [False, True])
+def test_a_state_dir_that_is_a_file_is_a_usage_error(cli, files, queue, tmp_path, index, below):
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("x")
+    state = afile / "miso" if below else afile
+    args = _state_dir_commands(files, queue)[index]
+    env = check_failure(
+        cli(*args, "--state-dir", str(state), "--json"), ExitCode.USAGE, str(state), "--state-dir"
+    )
+    assert env["command"] == args[0]
+    assert afile.read_text() == "x"
+
+
+def test_doctor_reports_a_state_dir_that_is_a_file_as_a_finding(cli, tmp_path):
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("x")
+    code, out, err = cli("doctor", "--gpu", "sim:a100-40gb", "--state-dir", str(afile), "--json")
+    assert code != 0 and "Traceback" not in err
+    checks = {c["name"]: c for c in parse_envelope(out)["data"]["checks"]}
+    assert checks["state-dir"]["status"] == "fail"
+    assert all(ln.startswith("miso: error: ") for ln in err.splitlines() if ln.strip())
+
+
+def test_a_model_that_cannot_be_written_names_the_path_asked_for(cli, files):
+    """--out on a folder: the message names --out's path, not the temp file beside it."""
+    out_dir = files / "folder"
+    rows = [
+        f"{fam}_{k},{fam}{k},1,{0.3 + k / 50:.3f},{0.4 + k / 60:.3f},1.0,{0.6 + k / 40:.3f},0.9,1.0"
+        for fam in ("resnet", "bert")
+        for k in range(12)
+    ]
+    (files / "train.csv").write_text(PAIRS.splitlines()[0] + "\n" + "\n".join(rows) + "\n")
+    args = ["fit", "--data", str(files / "train.csv"), "--gpu-model", "a100-40gb"]
+    code, out, err = cli(*args, "--out", str(out_dir), "--estimators", "ridge", "--json")
+    assert code != 0 and "Traceback" not in err and "internal error" not in err
+    line = one_error_line(err, str(out_dir))
+    assert ".tmp" not in line
+    assert parse_envelope(out)["status"] == "error"

@@ -71,10 +71,17 @@ def stdout_console() -> Console:
     return Console(highlight=False)
 
 
-def state_dir_or_default(state_dir: Path | None) -> Path:
-    from miso_cli.state import default_state_dir
+def state_dir_or_default(state_dir: Path | None, *, check: bool = True) -> Path:
+    """``--state-dir`` (or ``MISO_STATE_DIR``), else the default; refused if it is a file.
 
-    return Path(state_dir).expanduser() if state_dir else default_state_dir()
+    ``check=False`` for ``miso doctor``, which reports a bad state dir as a finding.
+    """
+    from miso_cli.state import check_state_dir, default_state_dir
+
+    path = Path(state_dir).expanduser() if state_dir else default_state_dir()
+    if check:
+        check_state_dir(path)
+    return path
 
 
 def _print_error(err: dict[str, Any]) -> None:

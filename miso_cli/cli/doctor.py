@@ -41,7 +41,7 @@ def command(
     def body(console: Console) -> Result:
         from miso_cli import doctor
 
-        sdir = state_dir_or_default(state_dir)
+        sdir = state_dir_or_default(state_dir, check=False)
         checks = doctor.run_checks(gpu, sdir)
         code = doctor.exit_code(checks)
         errors = [
