@@ -7,6 +7,7 @@ stdout; never a traceback; never a half-changed GPU or a lost journal.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -280,3 +281,59 @@ def test_a_model_that_cannot_be_written_names_the_path_asked_for(cli, files):
     line = one_error_line(err, str(out_dir))
     assert ".tmp" not in line
     assert parse_envelope(out)["status"] == "error"
+
+
+# --------------------------------------------------------------------------- simulated GPU state
+
+
+def _sim_state(cli, state_dir: Path) -> Path:
+    assert cli("apply", "3g.20gb", "2g.10gb", "--gpu", "sim:a100-40gb")[0] == 0
+    path = state_dir / "sim" / "a100-40gb.json"
+    assert path.is_file()
+    return path
+
+
+def _corrupt(path: Path, how: str) -> None:
+    good = json.loads(path.read_text())
+    if how == "folder":
+        path.unlink()
+        path.mkdir()
+        return
+    text = {
+        "truncated": path.read_text()[:80],
+        "empty": "",
+        "list": "[1, 2]",
+        "gpu-not-object": json.dumps({**good, "gpus": [1]}),
+        "bad-instance": json.dumps(
+            {**good, "gpus": [{**good["gpus"][0], "instances": [{"id": "x"}]}]}
+        ),
+        "bad-process": json.dumps({**good, "processes": [{"pid": "me"}]}),
+    }.get(how)
+    if text is None:
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "truncated",
+        "empty",
+        "binary",
+        "list",
+        "folder",
+        "gpu-not-object",
+        "bad-instance",
+        "bad-process",
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "apply"])
+def test_a_corrupted_simulated_gpu_state_is_bad_input_naming_it(cli, state_dir, how, command):
+    path = _sim_state(cli, state_dir)
+    _corrupt(path, how)
+    args = ["status"] if command == "status" else ["apply", "7g.40gb"]
+    env = check_failure(
+        cli(*args, "--gpu", "sim:a100-40gb", "--json"), ExitCode.BAD_INPUT, str(path)
+    )
+    assert "delete" in env["errors"][0]["hint"]

@@ -60,6 +60,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
+from miso_cli.errors import BadInput
 from miso_cli.gpu.profiles import GpuModel, SliceProfile, model
 
 STATE_VERSION = 1
@@ -204,6 +205,10 @@ class _Store:
             raise SimStateError(
                 f"{self.path}: line {exc.lineno}: not valid JSON ({exc.msg})"
             ) from None
+        except UnicodeDecodeError as exc:
+            raise SimStateError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
+        except OSError as exc:  # a folder in its place, unreadable, ...
+            raise SimStateError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         _check_state(state, self.path)
         self._cache, self._stamp = state, stamp
         return state
@@ -241,8 +246,14 @@ class _Store:
             self._write(state)
 
 
-class SimStateError(ValueError):
-    """The simulated GPU's state file is missing or malformed."""
+class SimStateError(BadInput, ValueError):
+    """The simulated GPU's state file is missing or malformed (exit 3, BAD_INPUT)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            message,
+            hint="delete it to start the simulated GPUs afresh, with MIG off",
+        )
 
 
 def _check_state(state: Any, path: Path) -> None:
@@ -253,8 +264,34 @@ def _check_state(state: Any, path: Path) -> None:
     for key in ("gpus", "processes", "faults"):
         if not isinstance(state.get(key), list):
             raise SimStateError(f"{path}: key {key!r} must be a list")
+    # Deep enough that a hand-edited file fails here, with its place, not in an NVML call.
+    for n, gpu in enumerate(state["gpus"]):
+        where = f"{path}: gpus[{n}]"
+        if not isinstance(gpu, dict):
+            raise SimStateError(f"{where}: must be an object")
+        try:
+            model(str(gpu.get("model")))
+        except KeyError:
+            raise SimStateError(f"{where}.model: unknown GPU model {gpu.get('model')!r}") from None
+        if not isinstance(gpu.get("uuid"), str):
+            raise SimStateError(f"{where}.uuid: must be a string")
+        if not isinstance(gpu.get("instances"), list):
+            raise SimStateError(f"{where}.instances: must be a list")
+        for k, gi in enumerate(gpu["instances"]):
+            ints = ("id", "profile_id", "start", "size")
+            if not isinstance(gi, dict) or not all(_is_int(gi.get(x)) for x in ints):
+                raise SimStateError(f"{where}.instances[{k}]: needs integer {', '.join(ints)}")
+            if not isinstance(gi.get("cis", []), list):
+                raise SimStateError(f"{where}.instances[{k}].cis: must be a list")
+    for n, proc in enumerate(state["processes"]):
+        if not isinstance(proc, dict) or not _is_int(proc.get("pid")):
+            raise SimStateError(f"{path}: processes[{n}]: needs an integer pid")
     state.setdefault("extensions", {})
     state.setdefault("privileged", True)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_faults(text: str) -> list[dict[str, Any]]:
