@@ -337,3 +337,129 @@ def test_a_corrupted_simulated_gpu_state_is_bad_input_naming_it(cli, state_dir, 
         cli(*args, "--gpu", "sim:a100-40gb", "--json"), ExitCode.BAD_INPUT, str(path)
     )
     assert "delete" in env["errors"][0]["hint"]
+
+
+# --------------------------------------------------------------------------- apply --plan
+
+
+def _layouts(cli) -> list[tuple[bool, list[tuple[str, int]]]]:
+    code, out, err = cli("status", "--gpu", "sim:a100-40gbx2", "--json")
+    assert code == 0, err
+    return [
+        (g["mig_current"], [(i["profile"], i["placement"]["start"]) for i in g["instances"]])
+        for g in parse_envelope(out)["data"]["gpus"]
+    ]
+
+
+def _write_plan(tmp_path: Path, doc: object) -> Path:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_plan_wrong_for_its_second_gpu_changes_no_gpu(cli, tmp_path):
+    before = _layouts(cli)
+    plan = _write_plan(
+        tmp_path,
+        {"gpus": [{"index": 0, "layout": ["7g.40gb"]}, {"index": 1, "layout": ["4g.24gb"]}]},
+    )
+    args = ["apply", "--plan", str(plan), "--gpu", "sim:a100-40gbx2", "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, str(plan), "GPU 1", "4g.24gb")
+    assert _layouts(cli) == before
+
+
+def test_a_plan_for_a_gpu_the_machine_lacks_names_the_plan_and_changes_nothing(cli, tmp_path):
+    before = _layouts(cli)
+    plan = _write_plan(
+        tmp_path,
+        {"gpus": [{"index": 0, "layout": ["7g.40gb"]}, {"index": 2, "layout": ["7g.40gb"]}]},
+    )
+    args = ["apply", "--plan", str(plan), "--gpu", "sim:a100-40gbx2", "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, str(plan), "GPU 2", "has 2")
+    assert _layouts(cli) == before
+
+
+def test_an_a30_plan_on_an_a100_is_bad_input(cli, tmp_path):
+    plan = _write_plan(tmp_path, {"gpus": [{"index": 0, "layout": ["4g.24gb"]}]})
+    args = ["apply", "--plan", str(plan), "--gpu", "sim:a100-40gb", "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, str(plan), "4g.24gb", "a100-40gb")
+
+
+def test_a_plan_with_no_gpus_is_bad_input(cli, tmp_path):
+    plan = _write_plan(tmp_path, {"gpus": []})
+    args = ["apply", "--plan", str(plan), "--gpu", "sim:a100-40gb", "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, str(plan), "no GPUs")
+
+
+_TOKENS = st.sampled_from(
+    [
+        "7g.40gb",
+        "4g.20gb",
+        "3g.20gb",
+        "3g.20gb@4",
+        "2g.10gb",
+        "1g.5gb",
+        "1g.5gb@6",
+        "1g.10gb",
+        "4g.24gb",
+        "9g.99gb",
+        "3g.20gb@9",
+        "1g.5gb@x",
+        "3g.20gb@0:4",
+        "3g.20gb@0:3",
+        "",
+    ]
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 3) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+_GPU = st.fixed_dictionaries(
+    {
+        "index": st.one_of(st.integers(-1, 3), st.just("0"), st.none(), st.booleans()),
+        "layout": st.one_of(st.lists(_TOKENS, max_size=5), _JSON),
+    },
+    optional={"mode": st.sampled_from(["mig", "full", 3])},
+)
+_PLAN = st.one_of(
+    st.fixed_dictionaries({"gpus": st.lists(_GPU, max_size=3)}),
+    st.fixed_dictionaries(
+        {
+            "schema_version": st.just(1),
+            "data": st.fixed_dictionaries({"gpus": st.lists(_GPU, max_size=3)}),
+        }
+    ),
+    _JSON,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_PLAN, dry_run=st.booleans())
+def test_any_plan_is_applied_whole_or_refused_with_the_gpus_untouched(
+    tmp_path_factory, doc, dry_run
+):
+    """Whatever the plan holds: exit 0, or exit 3 naming the plan with every GPU as it was."""
+    from typer.testing import CliRunner
+
+    from miso_cli.cli import app
+
+    runner = CliRunner()
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        r = runner.invoke(app, list(args), catch_exceptions=False)
+        return r.exit_code, r.stdout, r.stderr
+
+    before = _layouts(cli)
+    plan = _write_plan(tmp_path_factory.mktemp("plan"), doc)
+    args = ["apply", "--plan", str(plan), "--gpu", "sim:a100-40gbx2", "--json"]
+    result = cli(*args, *(["--dry-run"] if dry_run else []))
+    code, out, err = result
+    assert "Traceback" not in out + err
+    if code == 0:
+        assert parse_envelope(out)["status"] == "ok"
+        if dry_run:
+            assert _layouts(cli) == before
+        return
+    check_failure(result, ExitCode.BAD_INPUT, str(plan))
+    assert _layouts(cli) == before

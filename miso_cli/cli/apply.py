@@ -82,7 +82,7 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.errors import ExitCode, UsageError
+        from miso_cli.errors import BadInput, ExitCode, UsageError
         from miso_cli.gpu import apply as core
         from miso_cli.gpu.nvml import open_driver
 
@@ -108,8 +108,18 @@ def command(
             reports: list[dict[str, Any]] = []
             code = ExitCode.OK
             errors: list[dict[str, Any]] = []
-            for i, toks, source in wanted:
-                layout = core.resolve(drv, i, toks, source)
+            if plan is not None:
+                count = drv.device_count()
+                for i, _, source in wanted:
+                    if i >= count:
+                        raise BadInput(
+                            f"{source}: no such GPU (this machine has {count})",
+                            hint="see 'miso status'",
+                        )
+            # Every GPU's layout is checked before any GPU changes: a plan that is wrong
+            # for its second GPU must not leave the first one half-way.
+            resolved = [(i, core.resolve(drv, i, toks, source)) for i, toks, source in wanted]
+            for i, layout in resolved:
                 if check:
                     info = drv.gpu(i)
                     current = drv.current_layout(i) if info.mig_current else None

@@ -368,6 +368,8 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
         doc = doc["data"]
     if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list):
         raise BadInput(f"{p}: expected an object with a 'gpus' list (or a miso plan envelope)")
+    if not doc["gpus"]:
+        raise BadInput(f"{p}: the plan has no GPUs")
     out: list[tuple[int, list[str]]] = []
     seen: set[int] = set()
     for n, g in enumerate(doc["gpus"]):
