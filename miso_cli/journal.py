@@ -169,9 +169,24 @@ class Journal:
             raise UsageError(f"--resume: {path} not found") from None
         except (OSError, ValueError) as exc:
             raise BadInput(f"{path}: unreadable journal: {exc}") from None
-        if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
+        if not isinstance(data, dict):
+            raise BadInput(f"{path}: not a miso journal (expected an object)")
+        if data.get("version") != JOURNAL_VERSION:
             raise BadInput(f"{path}: journal version {data.get('version')!r} is not supported")
-        return Journal(run_dir, data)
+        # What a resume reads, checked here: a damaged journal is named, not a KeyError.
+        shapes = {"run_id": str, "status": str, "policy": dict, "queue": dict, "jobs": dict}
+        for key, kind in shapes.items():
+            if not isinstance(data.get(key), kind):
+                what = "an object" if kind is dict else "a string"
+                raise BadInput(f"{path}: damaged journal: {key!r} is missing or not {what}")
+        if not isinstance(data.get("options", {}), dict):
+            raise BadInput(f"{path}: damaged journal: 'options' is not an object")
+        try:
+            journal = Journal(run_dir, data)
+            journal.queue  # noqa: B018 - parsed now so that a damaged queue fails here
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadInput(f"{path}: damaged journal ({type(exc).__name__}: {exc})") from None
+        return journal
 
     # ------------------------------------------------------------ properties
 

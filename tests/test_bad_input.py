@@ -463,3 +463,70 @@ def test_any_plan_is_applied_whole_or_refused_with_the_gpus_untouched(
         return
     check_failure(result, ExitCode.BAD_INPUT, str(plan))
     assert _layouts(cli) == before
+
+
+# --------------------------------------------------------------------------- run and its journal
+
+
+def _journal(state_dir: Path, queue: Path) -> Path:
+    from miso_cli.journal import Journal
+    from miso_cli.queue import load_queue
+
+    j = Journal.create(
+        state_dir,
+        load_queue(queue),
+        gpu_spec="sim:a100-40gb",
+        policy="nopart",
+        policy_options={},
+        options={},
+    )
+    j.status = "running"
+    j.save()
+    return j.run_dir / "journal.json"
+
+
+@pytest.mark.parametrize(
+    ("how", "names"),
+    [
+        ("list", ["not a miso journal"]),
+        ("truncated", ["unreadable journal"]),
+        ("binary", ["unreadable journal"]),
+        ("no-policy", ["'policy'"]),
+        ("jobs-list", ["'jobs'"]),
+        ("bad-queue", ["damaged journal"]),
+        ("bad-job", ["damaged journal"]),
+    ],
+)
+def test_a_damaged_journal_is_bad_input_on_resume_and_stays_as_it_was(
+    cli, state_dir, queue, how, names
+):
+    path = _journal(state_dir, queue)
+    doc = json.loads(path.read_text())
+    broken = {
+        "list": "[1]",
+        "truncated": path.read_text()[:100],
+        "no-policy": json.dumps({k: v for k, v in doc.items() if k != "policy"}),
+        "jobs-list": json.dumps({**doc, "jobs": [1]}),
+        "bad-queue": json.dumps({**doc, "queue": {"x": 1}}),
+        "bad-job": json.dumps({**doc, "jobs": {"a": {"bogus": 1}}}),
+    }.get(how)
+    data = b"\x80\x81 not json" if broken is None else broken.encode()
+    path.write_bytes(data)
+    args = ["run", "--resume", "--gpu", "sim:a100-40gb", "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, str(path), *names)
+    assert path.read_bytes() == data
+
+
+def test_resume_with_nothing_to_resume_is_a_usage_error(cli, state_dir):
+    check_failure(cli("run", "--resume", "--json"), ExitCode.USAGE, "--resume", str(state_dir))
+
+
+def test_a_model_that_does_not_load_stops_run_before_any_job_starts(
+    cli, state_dir, queue, tmp_path
+):
+    model = tmp_path / "model.joblib"
+    model.write_bytes(b"not a joblib")
+    model.chmod(0o600)
+    args = ["run", str(queue), "--gpu", "sim:a100-40gb", "--model", str(model), "--json"]
+    check_failure(cli(*args), ExitCode.BAD_INPUT, str(model))
+    assert not (state_dir / "runs").exists()  # no journal: nothing half-started to resume
