@@ -1410,6 +1410,16 @@ def _check_fits(queue: Any, drv: Any, policy: Policy) -> None:
         check_memory(queue, best_mb, what)
 
 
+def _load_predict(policy: Policy, drv: Any, model_path: str | Path | None, state_dir: Path) -> Any:
+    """The predictor of a policy that predicts from profiles (None for the others)."""
+    if getattr(policy, "knowledge", "none") != "profile" or drv.device_count() == 0:
+        return None
+    from miso_cli.simulator import make_predict
+
+    predict, _ = make_predict(Path(model_path) if model_path else None, drv.gpu_model(0), state_dir)
+    return predict
+
+
 def run_queue(
     req: RunRequest,
     *,
@@ -1446,6 +1456,7 @@ def run_queue(
             drv = _open_driver(spec, state_dir)
             if journal.status == "finished":
                 return run_report(journal)
+            predict = _load_predict(policy, drv, model_path, state_dir)
         else:
             if req.queue_path is None:
                 raise UsageError("a queue file is needed", hint="miso run QUEUE.toml")
@@ -1474,6 +1485,9 @@ def run_queue(
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
+            # The predictor is loaded now, not when the first profile comes in: a model
+            # that cannot be used must stop the run before a journal or a job exists.
+            predict = _load_predict(policy, drv, model_path, state_dir)
             journal = Journal.create(
                 state_dir,
                 queue,
@@ -1499,6 +1513,8 @@ def run_queue(
             ),
             sink=sink,
         )
+        if predict is not None:
+            ex._predict = predict
         if on_executor is not None:
             on_executor(ex)
 
