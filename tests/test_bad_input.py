@@ -530,3 +530,75 @@ def test_a_model_that_does_not_load_stops_run_before_any_job_starts(
     args = ["run", str(queue), "--gpu", "sim:a100-40gb", "--model", str(model), "--json"]
     check_failure(cli(*args), ExitCode.BAD_INPUT, str(model))
     assert not (state_dir / "runs").exists()  # no journal: nothing half-started to resume
+
+
+# --------------------------------------------------------------------------- option values
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["run", "{queue}", "--gpu", "sim:a100-40gb", "--speedup", "inf"], "--speedup"),
+        (["profile", "{queue}", "--gpu", "sim:a100-40gb", "--speedup", "inf"], "--speedup"),
+        (["calibrate", "--gpu", "sim:a100-40gb", "--speedup", "inf"], "--speedup"),
+        (["calibrate", "--gpu", "sim:a100-40gb", "--max-level-s", "inf"], "--max-level-s"),
+        (["plan", "{queue}", "--gpu", "sim:a100-40gb", "--risk", "inf"], "--risk"),
+        (
+            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--profile-s", "inf"],
+            "--profile-s",
+        ),
+        (
+            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--reconfig-s", "inf"],
+            "--reconfig-s",
+        ),
+        (
+            [
+                "simulate",
+                "--trace",
+                "{trace}",
+                "--catalog",
+                "{catalog}",
+                "--static-layout",
+                "9g.99gb",
+            ],
+            "--static-layout",
+        ),
+        (
+            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--static-layout", ","],
+            "--static-layout",
+        ),
+        (
+            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--gpu", "sim:a30-24gb"],
+            "default layout",
+        ),
+        (
+            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--gpu", "sim:h100-80gb"],
+            "default layout",
+        ),
+        (["status", "--gpu", "sim:nope"], "--gpu"),
+        (["status", "--gpu", "sim:a100-40gbx0"], "--gpu"),
+        (["status", "--gpu", "sim:a100-40gbx-1"], "--gpu"),
+        (
+            ["layouts", "--gpu", "sim:a100-40gb", "--gpu-index", "99999999999999999999"],
+            "--gpu-index",
+        ),
+        (["profile", "{queue}", "--gpu", "sim:a100-40gb", "--levels", "0,150"], "--levels"),
+        (["run", "{queue}", "--gpu", "sim:a100-40gb", "--policy", "bogus"], "--policy"),
+        (["run", "{queue}", "--gpu", "sim:a100-40gb", "--layout", "9g.99gb"], "--layout"),
+        (["run", "{queue}", "--gpu", "sim:a100-40gb", "--hang-timeout", "0"], "--hang-timeout"),
+        (["run", "{queue}", "--gpu", "sim:a100-40gb", "--speedup", "-1"], "--speedup"),
+    ],
+)
+def test_bad_option_values_are_usage_errors_naming_the_option(cli, files, queue, args, option):
+    names = {"queue": queue, "trace": files / "trace.csv", "catalog": files / "catalog.csv"}
+    args = [a.format(**names) for a in args]
+    check_failure(cli(*args, "--json"), ExitCode.USAGE, option)
+
+
+def test_result_errors_reach_stderr_under_json_too(cli):
+    """doctor returns its failures as data; with --json a person still sees why on stderr."""
+    code, out, err = cli("doctor", "--gpu", "sim:nope", "--json")
+    assert code == ExitCode.USAGE
+    env = parse_envelope(out)
+    assert env["status"] == "error"
+    one_error_line(err, "--gpu")

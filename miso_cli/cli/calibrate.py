@@ -15,6 +15,7 @@ from miso_cli.cli.common import (
     Result,
     StateDirOpt,
     execute,
+    require_finite,
     state_dir_or_default,
     stderr_console,
 )
@@ -101,6 +102,7 @@ def command(
         from miso_cli.predict.observations import observation_rows
         from miso_cli.predict.persist import default_model_path
 
+        require_finite(speedup=speedup, max_level_s=max_level_s)
         names = parse_estimators(estimators)
         sdir = state_dir_or_default(state_dir)
         drv = open_driver(gpu, sdir)

@@ -63,6 +63,21 @@ class Result:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
+def require_finite(**options: float | None) -> None:
+    """Refuse ``inf`` and ``nan``: Typer reads them as floats, and no miso option means either.
+
+    Keyword names are the options' (``profile_s`` for ``--profile-s``).
+    """
+    import math
+
+    from miso_cli.errors import UsageError
+
+    for name, value in options.items():
+        if value is not None and not math.isfinite(value):
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"{option}: must be a finite number, got {value}")
+
+
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
 

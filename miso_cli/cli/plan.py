@@ -60,10 +60,11 @@ def command(
     """Plan layouts and assignments for a queue from its jobs' profiles and predictions."""
 
     def body(console: Console) -> Result:
-        from miso_cli.cli.common import state_dir_or_default
+        from miso_cli.cli.common import require_finite, state_dir_or_default
         from miso_cli.planner import queue_plan
         from miso_cli.queue import load_queue
 
+        require_finite(risk=risk)
         planned = queue_plan(
             load_queue(queue),
             gpu,

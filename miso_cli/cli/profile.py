@@ -14,6 +14,7 @@ from miso_cli.cli.common import (
     Result,
     StateDirOpt,
     execute,
+    require_finite,
     state_dir_or_default,
 )
 from miso_cli.errors import ExitCode, UsageError
@@ -87,6 +88,7 @@ def command(
             raise UsageError("--max-time: must be positive")
         if speedup is not None and not speedup > 0:
             raise UsageError("--speedup: must be positive")
+        require_finite(speedup=speedup)
         from miso_cli.profiler import ProfileSettings, parse_levels
 
         settings = ProfileSettings(

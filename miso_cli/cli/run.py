@@ -14,6 +14,7 @@ from miso_cli.cli.common import (
     Result,
     StateDirOpt,
     execute,
+    require_finite,
     state_dir_or_default,
 )
 from miso_cli.errors import ExitCode, UsageError
@@ -98,6 +99,7 @@ def command(
             raise UsageError("--hang-timeout: must be positive")
         if speedup is not None and not speedup > 0:
             raise UsageError("--speedup: must be positive")
+        require_finite(speedup=speedup)
         if resume and (layout or policy or model):
             raise UsageError("--resume continues the run as it was: drop --layout/--policy/--model")
         if model is not None and not model.is_file():

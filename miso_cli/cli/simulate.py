@@ -46,6 +46,31 @@ def _restart_costs(text: str) -> str | float:
     return value
 
 
+def _check_layouts(names: list[str], policies: list[Any], gpus: list[Any], given: bool) -> None:
+    """A fixed-layout policy's layout must fit the simulated GPUs before any simulation runs."""
+    from miso_cli.gpu.layouts import LayoutError, place
+    from miso_cli.policy.simple import FixedLayout
+
+    for name, pol in zip(names, policies, strict=True):
+        if not isinstance(pol, FixedLayout):
+            continue
+        for i, gpu_model in enumerate(gpus):
+            wanted = pol.wanted(i)
+            if wanted is None:
+                continue
+            try:
+                if not wanted:
+                    raise LayoutError("the layout names no MIG profile")
+                place(gpu_model, wanted)
+            except LayoutError as exc:
+                where = "--static-layout" if given else f"policy {name}: its default layout"
+                raise UsageError(
+                    f"{where}: {exc}",
+                    hint=f"'miso layouts --model {gpu_model.key}' lists what fits; "
+                    f"or leave {name} out of --policy",
+                ) from None
+
+
 def _policy(name: str, static_layout: list[str] | None, profile_s: float) -> Any:
     from miso_cli.policy import registry
 
@@ -117,9 +142,10 @@ def command(
 
     def body(console: Console) -> Result:
         from miso_cli.catalog import load_catalog
-        from miso_cli.cli.common import state_dir_or_default, stderr_console
+        from miso_cli.cli.common import require_finite, state_dir_or_default, stderr_console
         from miso_cli.simulator import SimConfig, load_trace, make_predict, simulate
 
+        require_finite(reconfig_s=reconfig_s, profile_s=profile_s, noise=noise)
         names = [p.strip() for p in policy.split(",") if p.strip()]
         if not names:
             raise UsageError("--policy: name at least one policy")
@@ -129,6 +155,7 @@ def command(
         costs = _restart_costs(restart_cost)
         layout = [p.strip() for p in static_layout.split(",")] if static_layout else None
         policies = [_policy(n, layout, profile_s) for n in names]
+        _check_layouts(names, policies, gpus, given=layout is not None)
         cat = load_catalog(catalog)
         jobs = load_trace(trace, cat)
         predict = None
