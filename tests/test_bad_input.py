@@ -567,14 +567,6 @@ def test_a_model_that_does_not_load_stops_run_before_any_job_starts(
             ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--static-layout", ","],
             "--static-layout",
         ),
-        (
-            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--gpu", "sim:a30-24gb"],
-            "default layout",
-        ),
-        (
-            ["simulate", "--trace", "{trace}", "--catalog", "{catalog}", "--gpu", "sim:h100-80gb"],
-            "default layout",
-        ),
         (["status", "--gpu", "sim:nope"], "--gpu"),
         (["status", "--gpu", "sim:a100-40gbx0"], "--gpu"),
         (["status", "--gpu", "sim:a100-40gbx-1"], "--gpu"),

@@ -46,29 +46,39 @@ def _restart_costs(text: str) -> str | float:
     return value
 
 
-def _check_layouts(names: list[str], policies: list[Any], gpus: list[Any], given: bool) -> None:
-    """A fixed-layout policy's layout must fit the simulated GPUs before any simulation runs."""
-    from miso_cli.gpu.layouts import LayoutError, place
+def _check_layouts(
+    names: list[str], policies: list[Any], gpus: list[Any], given: bool, jobs: list[Any], cat: Any
+) -> None:
+    """Before any simulation runs: a fixed-layout policy's layout must fit the simulated GPUs,
+    and every job of the trace must fit one of its instances (else it would wait forever)."""
+    from miso_cli.gpu.layouts import LayoutError
+    from miso_cli.policy.core import GpuView
     from miso_cli.policy.simple import FixedLayout
 
     for name, pol in zip(names, policies, strict=True):
         if not isinstance(pol, FixedLayout):
             continue
         for i, gpu_model in enumerate(gpus):
-            wanted = pol.wanted(i)
-            if wanted is None:
-                continue
+            where = "--static-layout" if given else f"policy {name}: its default layout"
             try:
-                if not wanted:
-                    raise LayoutError("the layout names no MIG profile")
-                place(gpu_model, wanted)
+                layout = pol.layout_for(GpuView(index=i, model=gpu_model))
             except LayoutError as exc:
-                where = "--static-layout" if given else f"policy {name}: its default layout"
                 raise UsageError(
                     f"{where}: {exc}",
                     hint=f"'miso layouts --model {gpu_model.key}' lists what fits; "
                     f"or leave {name} out of --policy",
                 ) from None
+            if layout is None:
+                continue
+            sizes = {s.slices for s in layout.slices}
+            for job in jobs:
+                if not any(cat[job.workload].fits(g) for g in sizes):
+                    raise UsageError(
+                        f"{where}: trace job {job.name} ({job.workload}) fits no instance of "
+                        f"{layout.name} on {gpu_model.key}, so it would wait forever",
+                        hint=f"give a layout with a larger instance, or leave {name} out of "
+                        "--policy",
+                    )
 
 
 def _policy(name: str, static_layout: list[str] | None, profile_s: float) -> Any:
@@ -131,7 +141,8 @@ def command(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--static-layout",
-            help="Layout of the static policy, e.g. 3g.20gb,2g.10gb,2g.10gb (the default).",
+            help="Layout of the static policy, e.g. 3g.20gb,2g.10gb,2g.10gb [default: the paper's "
+            "3g+2g+2g on 7-slice GPUs, 2g+1g+1g on the A30].",
         ),
     ] = None,
     state_dir: StateDirOpt = None,
@@ -155,9 +166,9 @@ def command(
         costs = _restart_costs(restart_cost)
         layout = [p.strip() for p in static_layout.split(",")] if static_layout else None
         policies = [_policy(n, layout, profile_s) for n in names]
-        _check_layouts(names, policies, gpus, given=layout is not None)
         cat = load_catalog(catalog)
         jobs = load_trace(trace, cat)
+        _check_layouts(names, policies, gpus, given=layout is not None, jobs=jobs, cat=cat)
         predict = None
         predictor_meta: dict[str, Any] | None = None
         if any(getattr(p, "knowledge", "none") == "profile" for p in policies):

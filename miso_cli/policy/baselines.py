@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from miso_cli.gpu.layouts import Slice
-from miso_cli.policy.core import ClusterView, Event, GpuTarget, JobView, Policy
+from miso_cli.gpu.layouts import Layout, LayoutError, Slice, place
+from miso_cli.policy.core import ClusterView, Event, GpuTarget, GpuView, JobView, Policy
 from miso_cli.policy.simple import FixedLayout
 
-DEFAULT_STATIC = ("3g.20gb", "2g.10gb", "2g.10gb")
+# The MISO paper's static partition, 3g+2g+2g on an A100, by compute slices so that it
+# carries over to every 7-slice model; on the 4-slice A30 its analogue is 2g+1g+1g.
+DEFAULT_STATIC_SLICES = {7: (3, 2, 2), 4: (2, 1, 1)}
 
 
 class Static(FixedLayout):
@@ -29,11 +31,25 @@ class Static(FixedLayout):
 
     def __init__(
         self,
-        layout: Sequence[str] | Mapping[int, Sequence[str]] = DEFAULT_STATIC,
+        layout: Sequence[str] | Mapping[int, Sequence[str]] | None = None,
         promote: bool = True,
     ) -> None:
-        super().__init__(layout)
+        super().__init__(layout if layout is not None else ())
+        self.model_default = layout is None
         self.promote = promote
+
+    def layout_for(self, gpu: GpuView) -> Layout | None:
+        if self.model_default and gpu.index not in self._placed:
+            sizes = DEFAULT_STATIC_SLICES.get(gpu.model.compute_slices)
+            if sizes is None:
+                raise LayoutError(
+                    f"GPU {gpu.index}: no default static layout for {gpu.model.key}; "
+                    "give one (e.g. --static-layout)"
+                )
+            names = [gpu.model.by_slices(g).name for g in sizes]
+            prefer = gpu.layout if gpu.mode == "mig" else None
+            self._placed[gpu.index] = place(gpu.model, names, prefer=prefer)
+        return super().layout_for(gpu)
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
         targets = {t.gpu: t for t in super().decide(event, view)}
