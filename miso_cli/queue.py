@@ -658,7 +658,7 @@ def load_queue(path: Path | str) -> QueueSpec:
     except OSError as exc:
         raise BadInput(f"{path}: cannot read the queue file: {exc.strerror}") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # editors on Windows may start the file with a BOM
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_queue(text, path.absolute())

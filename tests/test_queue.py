@@ -287,3 +287,13 @@ def test_fuzz_raw_text(qdir: Path, text: str) -> None:
         parse_queue("version = 1\n" + text, qdir / "q.toml")
     except BadInput as exc:
         assert exc.message
+
+
+def test_a_queue_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    from miso_cli.queue import load_queue
+
+    (tmp_path / "t.py").write_text("")
+    body = 'version = 1\n\n[[job]]\nname = "a"\ncommand = ["python", "t.py"]\n'
+    path = tmp_path / "q.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert [j.name for j in load_queue(path).jobs] == ["a"]
