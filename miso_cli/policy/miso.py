@@ -21,7 +21,14 @@ SoCC 2022):
 (objective ``jct``, backfilling, 4g+3g allowed, slices may stay free), and:
 
 * keeps instances whose jobs run (partial reconfiguration): a running job moves
-  only when the plan's predicted gain outweighs its checkpoint/restart cost;
+  only when the plan's predicted gain outweighs twice its checkpoint/restart cost
+  (the plan lasts only until the next arrival or finish);
+* weighs every job alike for the large instances (mean slowdown, a move judged
+  in seconds saved) rather than handing them to the longest jobs, except jobs
+  long enough to set the makespan (3 x the backlog per GPU), weighted by their
+  remaining time;
+* knows remaining times from measured progress: seconds per step on the
+  instance a job runs on, measured from the first look that finds it progressing;
 * profiles newcomers under MPS only where that disturbs no running job (an idle
   GPU), several at once; a newcomer that cannot be profiled cheaply starts on
   the cluster's prior (the mean prediction of the jobs profiled so far, with the
@@ -31,6 +38,7 @@ SoCC 2022):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -49,6 +57,7 @@ from miso_cli.policy.core import (
 
 MAX_JOBS_PER_GPU = 7
 PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition list
+MEASURE_MIN_S = 5.0  # shortest stretch of progress a step time is measured over
 
 
 def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
@@ -271,7 +280,10 @@ class MisoPlus(Policy):
         objective: str = "jct",
         default_remaining_s: float = 600.0,
         profile: bool = True,
-        move_factor: float = 1.0,
+        move_factor: float = 2.0,
+        weight_power: float = 0.0,
+        measure: bool = True,
+        critical: float = 3.0,
     ) -> None:
         self.profile_s = profile_s
         self.risk = risk
@@ -281,7 +293,22 @@ class MisoPlus(Policy):
         # A move is charged this many times its restart cost: the plan it serves lasts
         # only until the next arrival or finish, not for the job's whole remaining run.
         self.move_factor = move_factor
+        # Each job's cost in the plan is weighted by (remaining time) ** (weight_power - 1):
+        # 1 minimises the summed completion time of the jobs placed now, which hands the
+        # large instances to the longest jobs and so delays the many short ones behind
+        # them; 0 weighs every job alike (mean slowdown; a move still pays off only when
+        # it saves more time than it costs), which lowers the mean completion time.
+        self.weight_power = weight_power
+        # Jobs whose remaining time is ``critical`` times the cluster's backlog per GPU
+        # or more set the makespan: they are weighted by their remaining time (power 1).
+        self.critical = critical
+        # Remaining times from measured progress (seconds per step on the instance).
+        self.measure = measure
         self._last: tuple[object, ...] | None = None
+        # Measured progress: job -> (gpu, instance, since, done steps then), and
+        # job -> {compute slices: measured seconds per step}.
+        self._anchor: dict[str, tuple[int | None, Slice | None, float, float]] = {}
+        self._measured: dict[str, dict[int, float]] = {}
 
     # A fingerprint of the facts the plan depends on, so that ticks cost nothing.
     def _signature(self, view: ClusterView) -> tuple[object, ...]:
@@ -304,6 +331,8 @@ class MisoPlus(Policy):
         return gpus, jobs
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
+        if self.measure:
+            self._observe(view)
         sig = self._signature(view)
         if event.kind == "tick" and sig == self._last:
             return []
@@ -344,51 +373,57 @@ class MisoPlus(Policy):
             )
         return out
 
-    def _remaining_s(self, job: JobView) -> float:
+    def _observe(self, view: ClusterView) -> None:
+        """Measure each running job's seconds per step on its instance from its progress.
+
+        The stretch measured starts at the first look that finds the job progressing on
+        its instance, so the time it spent restoring or waiting for its instance is not
+        counted as slow steps.
+        """
+        for job in view.jobs.values():
+            if job.state != "running" or job.slice is None:
+                self._anchor.pop(job.name, None)
+                if job.state in ("finished", "failed"):
+                    self._measured.pop(job.name, None)
+                continue
+            prev = self._anchor.get(job.name)
+            if prev is None or prev[:2] != (job.gpu, job.slice):
+                self._anchor[job.name] = (job.gpu, job.slice, math.nan, job.done_steps)
+                continue
+            _, _, since, done = prev
+            if math.isnan(since):
+                if job.done_steps > done:
+                    self._anchor[job.name] = (job.gpu, job.slice, view.now, job.done_steps)
+                continue
+            elapsed = view.now - since
+            if elapsed >= MEASURE_MIN_S and job.done_steps > done:
+                per_step = elapsed / (job.done_steps - done)
+                self._measured.setdefault(job.name, {})[job.slice.slices] = per_step
+
+    def _step_7g_s(self, job: JobView, pred: SlicePrediction) -> float | None:
+        """Seconds per step on a whole GPU: from measured progress, else from the profile."""
+        seen = self._measured.get(job.name)
+        if seen:
+            c = job.slice.slices if job.slice is not None and job.slice.slices in seen else None
+            c = c if c is not None else max(seen)
+            rel = pred.relative.get(c)
+            if rel:
+                return seen[c] / rel
+        return job.step_time_7g_s
+
+    def _remaining_s(self, job: JobView, pred: SlicePrediction | None = None) -> float:
         steps = job.remaining_steps
-        if steps is not None and job.step_time_7g_s:
-            return steps * job.step_time_7g_s
+        step = self._step_7g_s(job, pred) if (self.measure and pred is not None) else None
+        step = step or job.step_time_7g_s
+        if steps is not None and step:
+            return steps * step
         return self.default_remaining_s
 
     def _replan(self, view: ClusterView, skip: set[int]) -> dict[int, GpuTarget]:
         gpus = [g for g in view.gpus if g.index not in skip and not g.busy and not g.profiling]
         if not gpus:
             return {}
-        indices = {g.index for g in gpus}
-        model_classes = sorted(
-            {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
-        )
-        prior = prior_prediction(view.jobs.values(), model_classes)
-        jobs: list[PlanJob] = []
-        running: list[JobView] = []
-        for g in gpus:
-            running.extend(_alive(view, g))
-        waiting = [
-            j
-            for j in view.queue()
-            if j.prediction is not None or not self.profile or not self._profilable(view)
-        ]
-        for job in running + waiting:
-            pred = job.prediction or prior
-            where = None
-            if job.gpu in indices and job.slice is not None:
-                where = job.slice
-            jobs.append(
-                PlanJob(
-                    job.name,
-                    dict(pred.relative),
-                    dict(pred.uncertainty),
-                    memory_mb=job.memory_mb,
-                    remaining_s=self._remaining_s(job),
-                    restart_cost_s=(
-                        job.restart_cost_s * self.move_factor if job.checkpointable else 1e9
-                    ),
-                    gpu=job.gpu if where is not None else None,
-                    slice=where,
-                    required=job.state in ("running", "profiling"),
-                    waiting=job.state == "waiting",
-                )
-            )
+        jobs = self.plan_jobs(view, gpus)
         if not jobs:
             return self._tidy(view, gpus)
         # Starting jobs on instances being created costs a little: prefer fewer changes.
@@ -430,6 +465,56 @@ class MisoPlus(Policy):
                 reason="; ".join(parts) or "re-plan",
             )
         return out
+
+    def plan_jobs(self, view: ClusterView, gpus: Sequence[GpuView]) -> list[PlanJob]:
+        """The running jobs on ``gpus`` and the waiting ones as the planner should see them."""
+        indices = {g.index for g in gpus}
+        model_classes = sorted(
+            {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
+        )
+        prior = prior_prediction(view.jobs.values(), model_classes)
+        jobs: list[PlanJob] = []
+        running: list[JobView] = []
+        for g in gpus:
+            running.extend(_alive(view, g))
+        waiting = [
+            j
+            for j in view.queue()
+            if j.prediction is not None or not self.profile or not self._profilable(view)
+        ]
+        remainings = {
+            j.name: self._remaining_s(j, j.prediction or prior) for j in running + waiting
+        }
+        backlog = sum(remainings.values()) / len(view.gpus)
+        for job in running + waiting:
+            pred = job.prediction or prior
+            where = None
+            if job.gpu in indices and job.slice is not None:
+                where = job.slice
+            remaining = remainings[job.name]
+            # The planner's cost is restart + remaining x relative step time; scaling both
+            # by the weight keeps a move worth making exactly when it saves more time
+            # than it costs, and sets how jobs compete for large instances.
+            power = self.weight_power
+            if self.critical and remaining >= self.critical * backlog:
+                power = 1.0
+            weight = (max(remaining, 1.0) / self.default_remaining_s) ** (power - 1.0)
+            restart = job.restart_cost_s * self.move_factor if job.checkpointable else 1e9
+            jobs.append(
+                PlanJob(
+                    job.name,
+                    dict(pred.relative),
+                    dict(pred.uncertainty),
+                    memory_mb=job.memory_mb,
+                    remaining_s=remaining * weight,
+                    restart_cost_s=restart * weight if job.checkpointable else 1e9,
+                    gpu=job.gpu if where is not None else None,
+                    slice=where,
+                    required=job.state in ("running", "profiling"),
+                    waiting=job.state == "waiting",
+                )
+            )
+        return jobs
 
     def _profilable(self, view: ClusterView) -> bool:
         """Whether some GPU could profile newcomers without disturbing a running job."""

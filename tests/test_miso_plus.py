@@ -1,0 +1,118 @@
+"""miso+: remaining times from measured progress, how jobs are weighed, when a job moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from miso_cli.gpu.layouts import place
+from miso_cli.gpu.profiles import MODELS
+from miso_cli.planner import PlanGpu, plan
+from miso_cli.policy.core import ClusterView, Event, GpuView, JobView, SlicePrediction
+from miso_cli.policy.miso import MisoPlus
+
+A100 = MODELS["a100-40gb"]
+REL = {7: 1.0, 4: 1.3, 3: 1.45, 2: 2.2, 1: 4.0}
+PRED = SlicePrediction(dict(REL), {g: 0.0 for g in REL})
+
+
+def _view(now: float, gpus: list[GpuView], jobs: list[JobView]) -> ClusterView:
+    return ClusterView(now, gpus, {j.name: j for j in jobs})
+
+
+def _running(name: str, gpu: int, sl, **kw) -> JobView:
+    base = {"state": "running", "gpu": gpu, "slice": sl, "prediction": PRED, "profiled": True}
+    return JobView(name, 0.0, **{**base, **kw})
+
+
+def test_measured_progress_gives_remaining_time_without_the_restore() -> None:
+    """Seconds per step are measured from the first look that finds the job progressing."""
+    pol = MisoPlus(weight_power=1.0, critical=0.0)  # weight 1: the plan sees remaining time
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    three = next(s for s in lay.slices if s.slices == 3)
+    gpu = GpuView(0, A100, "mig", lay, {"a": three})
+    # Not profiled: no step time known. Placed at t=0, restoring until t=30, then
+    # 1 step/s on its 3g instance.
+    looks = [(0.0, 0.0), (20.0, 0.0), (40.0, 10.0), (100.0, 70.0)]
+    for now, done in looks:
+        a = _running("a", 0, three, profiled=False, total_steps=10_000, done_steps=done)
+        view = _view(now, [gpu], [a])
+        pol.decide(Event("tick"), view)
+    (job,) = pol.plan_jobs(view, view.gpus)
+    # 1.0 s/step on 3g is 1.0 / 1.45 s/step on 7g; counting from placement would say
+    # 100 s / 70 steps instead.
+    assert job.remaining_s == pytest.approx((10_000 - 70) * 1.0 / REL[3])
+    # A job that moves is measured afresh on its new instance; until then its 3g
+    # measurement still stands.
+    four = next(s for s in lay.slices if s.slices == 4)
+    moved = _running("a", 0, four, profiled=False, total_steps=10_000, done_steps=70.0)
+    view = _view(110.0, [GpuView(0, A100, "mig", lay, {"a": four})], [moved])
+    pol.decide(Event("tick"), view)
+    (job,) = pol.plan_jobs(view, view.gpus)
+    assert job.remaining_s == pytest.approx((10_000 - 70) * 1.0 / REL[3])
+
+
+def test_jobs_are_weighed_alike_except_the_one_that_sets_the_makespan() -> None:
+    pol = MisoPlus()
+    gpus = [GpuView(i, A100) for i in range(8)]
+    # Remaining on a whole GPU: 100 s each for the short ones, 6000 s for the long one.
+    jobs = [
+        JobView(f"s{i}", i, prediction=PRED, profiled=True, total_steps=100, step_time_7g_s=1.0)
+        for i in range(3)
+    ]
+    jobs.append(
+        JobView("long", 5, prediction=PRED, profiled=True, total_steps=6000, step_time_7g_s=1.0)
+    )
+    view = _view(0.0, gpus, jobs)
+    planned = {j.name: j for j in pol.plan_jobs(view, gpus)}
+    # Short jobs count alike whatever their length (mean slowdown) ...
+    assert {planned[f"s{i}"].remaining_s for i in range(3)} == {pol.default_remaining_s}
+    # ... the one whose remaining time is 3 x the backlog per GPU or more by its length.
+    assert planned["long"].remaining_s == pytest.approx(6000.0)
+    # On one GPU with 4g+3g, the long job takes the 4g, although it came last.
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    result = plan(
+        [PlanGpu(0, A100, lay, candidates=[lay])],
+        [planned["s0"], planned["long"]],
+        objective="jct",
+        fifo=False,
+    )
+    assert result.gpus[0].assignment["long"].slices == 4
+    # Without the makespan rule, the first come wins the tie.
+    plain = MisoPlus(critical=0.0)
+    planned = {j.name: j for j in plain.plan_jobs(view, gpus)}
+    assert planned["long"].remaining_s == pytest.approx(pol.default_remaining_s)
+
+
+@pytest.mark.parametrize(("remaining_s", "moves"), [(100.0, False), (1000.0, True)])
+def test_a_running_job_moves_only_when_it_saves_twice_its_restart_cost(
+    remaining_s: float, moves: bool
+) -> None:
+    """Alone on a GPU, a 3g job would run 1.45x faster on 7g; a move costs 30 s."""
+    pol = MisoPlus()
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    three = next(s for s in lay.slices if s.slices == 3)
+    gpu = GpuView(0, A100, "mig", lay, {"a": three})
+    a = _running("a", 0, three, total_steps=remaining_s, step_time_7g_s=1.0, restart_cost_s=30.0)
+    targets = pol.decide(Event("finish", "b", 0), _view(0.0, [gpu], [a]))
+    if not moves:
+        # 100 s x (1.45 - 1) = 45 s saved: more than the restart, less than twice it.
+        assert targets == []
+    else:
+        (t,) = targets
+        assert t.assignment["a"].slices > 3
+
+
+def test_no_back_and_forth_when_nothing_changes() -> None:
+    """After a move, the same facts plan no further move (no ping-pong)."""
+    pol = MisoPlus()
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    three = next(s for s in lay.slices if s.slices == 3)
+    a = _running("a", 0, three, total_steps=1000, step_time_7g_s=1.0)
+    (t,) = pol.decide(
+        Event("finish", "b", 0), _view(0.0, [GpuView(0, A100, "mig", lay, {"a": three})], [a])
+    )
+    new = t.assignment["a"]
+    after = GpuView(0, A100, "mig", t.layout, {"a": new})
+    for now, done in ((40.0, 0.0), (60.0, 20.0), (120.0, 80.0)):
+        a = _running("a", 0, new, total_steps=1000, step_time_7g_s=1.0, done_steps=done)
+        assert pol.decide(Event("arrival", "x"), _view(now, [after], [a])) == []
