@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from miso_cli.errors import BadInput, ExitCode
 from miso_cli.queue import (
+    JOB_KEYS,
     JobSpec,
     QueueSpec,
     check_memory,
@@ -204,31 +205,9 @@ def test_python_module_and_flags(qdir: Path) -> None:
 
 # ---------------------------------------------------------------- fuzzing
 
+# Every key the spec knows, plus the checkpoint table's and one it does not.
 _keys = st.sampled_from(
-    sorted(
-        [
-            "name",
-            "command",
-            "shell",
-            "cwd",
-            "env",
-            "steps",
-            "progress",
-            "progress_regex",
-            "memory",
-            "checkpoint",
-            "retries",
-            "priority",
-            "hang_timeout",
-            "workload",
-            "version",
-            "job",
-            "signal",
-            "grace",
-            "resume_args",
-            "x",
-        ]
-    )
+    sorted(JOB_KEYS | {"version", "job", "signal", "grace", "resume_args", "x"})
 )
 _scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
