@@ -22,6 +22,7 @@ from typing import Any
 from miso_cli.errors import GpuBusy, Inconsistent, MisoError, NoGpu, RolledBack
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.nvml import Driver, GpuProcess, MigInstance, ModeChange
+from miso_cli.pids import pid_exists
 
 
 @dataclass(frozen=True)
@@ -335,13 +336,7 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)
 
 
 def load_plan(path: Any) -> list[tuple[int, list[str]]]:

@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from miso_cli.pids import pid_exists
+
 PID_FILE = "nvidia-cuda-mps-control.pid"
 SOCKET = "control"
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"
@@ -50,15 +52,7 @@ NOT_FOUND = "Cannot find MPS control daemon process"
 
 # ------------------------------------------------------------------ shared state
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return not _zombie(pid)
+    return pid_exists(pid) and not _zombie(pid)
 
 
 def _zombie(pid: int) -> bool:

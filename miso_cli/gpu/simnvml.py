@@ -62,6 +62,7 @@ from typing import Any, TypeVar
 
 from miso_cli.errors import BadInput
 from miso_cli.gpu.profiles import GpuModel, SliceProfile, model
+from miso_cli.pids import pid_exists
 
 STATE_VERSION = 1
 SIM_DRIVER_VERSION = "550.54.15-sim"
@@ -137,15 +138,7 @@ def new_state(model_key: str, count: int = 1) -> dict[str, Any]:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+    return pid_exists(pid)
 
 
 def _drop_dead(state: dict[str, Any]) -> bool:
