@@ -919,21 +919,21 @@ class Executor:
         )
         how = f"exit code {code}" if code is not None else f"signal {sig}" if sig else "unknown"
         reason = rec.stop_reason
-        outcome: str
-        if info.get("lost") and reason is None:
-            outcome, rec.state = "lost", "waiting"
+        outcome = end_outcome(code, sig, reason, complete, lost=bool(info.get("lost")))
+        if outcome == "lost":
+            rec.state = "waiting"
             rec.reason = "its process vanished while miso was not watching; restarting"
-        elif code == 0 and (reason is None or complete):
-            outcome, rec.state = "finished", "finished"
+        elif outcome == "finished":
+            rec.state = "finished"
             rec.reason = ""
-        elif reason == "hang":
-            outcome, rec.state = "hung", "hung"
+        elif outcome == "hung":
+            rec.state = "hung"
             rec.reason = rec.reason or "no progress"
-        elif reason == "interrupt":
-            outcome, rec.state = "interrupted", "interrupted"
+        elif outcome == "interrupted":
+            rec.state = "interrupted"
             rec.reason = f"stopped on request ({how})"
-        elif reason in ("requeue", "migrate", "level"):
-            outcome, rec.state = "stopped", "waiting"
+        elif outcome == "stopped":
+            rec.state = "waiting"
             rec.reason = f"stopped to {reason} ({how})"
         else:
             rec.failures += 1
@@ -1241,6 +1241,33 @@ def _log_tail(path: Path, limit: int = 160) -> str:
     lines = [ln.strip() for ln in data.replace("\r", "\n").splitlines() if ln.strip()]
     lines = [ln for ln in lines if not ln.startswith("=== miso:")]
     return lines[-1][:limit] if lines else ""
+
+
+def end_outcome(
+    code: int | None, sig: int | None, stop_reason: str | None, complete: bool, *, lost: bool
+) -> str:
+    """How a job's process ended, from its exit and why miso was stopping it (if it was).
+
+    One of ``lost``, ``finished``, ``hung``, ``interrupted``, ``stopped`` (to be moved or
+    profiled at another level; it goes back to the queue) or ``failure`` (a retry or a
+    failed job, by its retries left).
+    """
+    if lost and stop_reason is None:
+        return "lost"
+    if code == 0 and (stop_reason is None or complete):
+        return "finished"
+    if complete and sig is not None and stop_reason not in (None, "hang"):
+        # It reached its last step as miso asked it to stop, and the stop signal ended
+        # it on its way out: the work is done (its checkpoint may be gone already), so
+        # starting it again would run it twice.
+        return "finished"
+    if stop_reason == "hang":
+        return "hung"
+    if stop_reason == "interrupt":
+        return "interrupted"
+    if stop_reason in ("requeue", "migrate", "level"):
+        return "stopped"
+    return "failure"
 
 
 def _refuse_sudo_on_simulated(drv: Any) -> None:

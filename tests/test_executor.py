@@ -290,3 +290,24 @@ def test_resume_after_kill_9(tmp_path: Path, state_dir: Path) -> None:
         assert log.count("=== miso: ") == j["attempts"]  # every start is accounted for
     resumed = [e for e in events(state_dir) if e["event"] == "run_resumed"]
     assert resumed and resumed[0]["running"] + resumed[0]["collected"]
+
+
+def test_end_outcome_of_a_job_process() -> None:
+    from miso_cli.executor import end_outcome
+
+    # a plain exit, with nothing asked of the job
+    assert end_outcome(0, None, None, complete=False, lost=False) == "finished"
+    assert end_outcome(1, None, None, complete=False, lost=False) == "failure"
+    assert end_outcome(None, 9, None, complete=True, lost=False) == "failure"  # not our signal
+    assert end_outcome(None, None, None, complete=False, lost=True) == "lost"
+    # asked to stop (move, profiling level, requeue, Ctrl-C): it goes back, or is done
+    for why in ("migrate", "level", "requeue"):
+        assert end_outcome(0, None, why, complete=False, lost=False) == "stopped"
+        assert end_outcome(None, 10, why, complete=False, lost=False) == "stopped"
+        assert end_outcome(0, None, why, complete=True, lost=False) == "finished"
+        # the stop signal caught it as it finished its last step: done, never run twice
+        assert end_outcome(None, 10, why, complete=True, lost=False) == "finished"
+    assert end_outcome(None, 2, "interrupt", complete=False, lost=False) == "interrupted"
+    assert end_outcome(None, 10, "interrupt", complete=True, lost=False) == "finished"
+    # a hung job stays hung even if its counter claims the end
+    assert end_outcome(None, 9, "hang", complete=True, lost=False) == "hung"
