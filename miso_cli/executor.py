@@ -820,6 +820,7 @@ class Executor:
     def stop_jobs(self, names: list[str], reasons: dict[str, str], *, wait: bool) -> None:
         """Ask each job to checkpoint (its signal), then kill what outlives its grace."""
         now = self.clock()
+        asked = []
         for name in names:
             rec, spec = self.journal.jobs[name], self.specs[name]
             if rec.state not in ACTIVE:
@@ -828,18 +829,23 @@ class Executor:
                 rec.state = "stopping"
                 rec.stop_reason = reasons[name]
                 rec.stop_deadline = now + spec.grace_s
-                if rec.pid:
-                    launch.send(rec.pid, spec.stop_signal)
-                self.emit(
-                    "stopping",
-                    job=name,
-                    reason=rec.stop_reason,
-                    signal=signal.Signals(spec.stop_signal).name,
-                    grace_s=spec.grace_s,
-                )
+                asked.append(name)
             elif reasons[name] in ("interrupt", "hang"):
                 rec.stop_reason = reasons[name]
+        # Journal the requests before sending them: if miso dies in between, a resumed
+        # run knows a job that exited 0 was checkpointing on request, not finished.
         self.save()
+        for name in asked:
+            rec, spec = self.journal.jobs[name], self.specs[name]
+            if rec.pid:
+                launch.send(rec.pid, spec.stop_signal)
+            self.emit(
+                "stopping",
+                job=name,
+                reason=rec.stop_reason,
+                signal=signal.Signals(spec.stop_signal).name,
+                grace_s=spec.grace_s,
+            )
         if not wait:
             return
         while any(self.journal.jobs[n].state == "stopping" for n in names):
@@ -1104,7 +1110,11 @@ class Executor:
                 self._ended(name, info or {"exit_code": None, "signal": None, "lost": True})
                 collected.append(name)
             if rec.state == "stopping" and rec.stop_deadline is not None:
+                # miso may have died between journaling the request and sending it:
+                # ask again (a second request to checkpoint is harmless), with a new grace.
                 rec.stop_deadline = self.clock() + self.specs[name].grace_s
+                if rec.pid and name in found:
+                    launch.send(rec.pid, self.specs[name].stop_signal)
         # A GPU left in MPS mode lost its profiling phase (and miso's watch over its
         # daemon): its jobs checkpoint and go back to the queue, the daemon is shut down.
         under_mps = [

@@ -311,3 +311,38 @@ def test_end_outcome_of_a_job_process() -> None:
     assert end_outcome(None, 10, "interrupt", complete=True, lost=False) == "finished"
     # a hung job stays hung even if its counter claims the end
     assert end_outcome(None, 9, "hang", complete=True, lost=False) == "hung"
+
+
+def test_a_stop_request_is_journaled_before_the_signal_is_sent(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If miso dies right after signalling, a resumed run must know the job was asked to
+    checkpoint: an exit 0 then means 'stopped', not 'finished'."""
+    from miso_cli import launch
+    from miso_cli.executor import Executor
+    from miso_cli.journal import Journal
+    from miso_cli.policy.simple import NoPart
+    from miso_cli.queue import parse_queue
+
+    (tmp_path / "t.py").write_text("")
+    spec = 'version = 1\n[[job]]\nname = "a"\ncommand = ["python", "t.py"]\n'
+    journal = Journal.create(
+        state_dir,
+        parse_queue(spec, tmp_path / "q.toml"),
+        gpu_spec="sim:a100-40gb",
+        policy="nopart",
+        policy_options={},
+        options={},
+    )
+    rec = journal.jobs["a"]
+    rec.state, rec.attempt, rec.pid = "running", 1, 424242
+    journal.save()
+    seen = []
+
+    def send(pid: int, sig: int) -> None:
+        on_disk = Journal.open(state_dir, journal.run_id).jobs["a"]
+        seen.append((pid, on_disk.state, on_disk.stop_reason))
+
+    monkeypatch.setattr(launch, "send", send)
+    Executor(None, NoPart(), journal).stop_jobs(["a"], {"a": "migrate"}, wait=False)
+    assert seen == [(424242, "stopping", "migrate")]
