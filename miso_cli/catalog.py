@@ -8,7 +8,6 @@ training jobs on simulated GPUs and give the simulator its ground truth.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,24 +92,9 @@ class Catalog:
         return len(self.workloads)
 
 
-def _number(path: Path, line: int, column: str, text: str) -> float | None:
-    text = text.strip()
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(f"{path}:{line}: column {column}: {text!r} is not a number") from None
-    if not value > 0:
-        raise BadInput(f"{path}:{line}: column {column}: step time must be positive, got {text}")
-    if not math.isfinite(value):
-        raise BadInput(f"{path}:{line}: column {column}: step time must be finite, got {text}")
-    return value
-
-
 def load_catalog(path: Path | str) -> Catalog:
     """Read a catalog CSV; every problem is a :class:`BadInput` naming file, line and column."""
-    from miso_cli.textfile import csv_reader
+    from miso_cli.textfile import csv_reader, positive_cell
 
     path = Path(path)
     with csv_reader(path, "catalog") as reader:
@@ -129,10 +113,13 @@ def load_catalog(path: Path | str) -> Catalog:
                 raise BadInput(f"{path}:{line}: column workload: empty")
             if name in workloads:
                 raise BadInput(f"{path}:{line}: workload {name!r} appears twice")
-            mig = {g: _number(path, line, c, row.get(c) or "") for c, g in mig_cols.items()}
+            mig = {
+                g: positive_cell(path, line, c, row.get(c) or "", what="step time")
+                for c, g in mig_cols.items()
+            }
             mps: dict[int, float] = {}
             for c, pct in mps_cols.items():
-                v = _number(path, line, c, row.get(c) or "")
+                v = positive_cell(path, line, c, row.get(c) or "", what="step time")
                 if v is not None:
                     mps[pct] = v
             if all(v is None for v in mig.values()):

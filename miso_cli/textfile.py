@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +79,24 @@ def csv_reader(path: Path | str, what: str) -> CsvReader:
     """A dict reader over the CSV file ``path`` (read whole: these files are small)."""
     path = Path(path)
     return CsvReader(path, read_text(path, what))
+
+
+def positive_cell(
+    path: Path, line: int, column: str, text: str, *, what: str | None = None
+) -> float | None:
+    """A CSV cell that holds a positive, finite number, or nothing (None).
+
+    ``what`` names the quantity in the message (``"step time"``)."""
+    text = text.strip()
+    if text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadInput(f"{path}:{line}: column {column}: {text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        rule = (
+            f"{what} must be positive and finite" if what else "must be a positive, finite number"
+        )
+        raise BadInput(f"{path}:{line}: column {column}: {rule}, got {text}")
+    return value

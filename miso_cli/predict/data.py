@@ -18,7 +18,6 @@ ratios to ``mps_100`` and ``mig_7g`` only.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -84,19 +83,6 @@ def family_of(workload: str) -> str:
     return workload.split("_", 1)[0]
 
 
-def _positive(path: Path, line: int, column: str, text: str) -> float | None:
-    text = text.strip()
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadInput(f"{path}:{line}: column {column}: {text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise BadInput(f"{path}:{line}: column {column}: must be a positive number, got {text}")
-    return value
-
-
 def read_profile_csv(
     path: Path | str, *, require_mps: bool = False, require_mig_7g: bool = False
 ) -> list[ProfileRow]:
@@ -107,7 +93,7 @@ def read_profile_csv(
     skips it, prediction falls back to the prior's centre). ``require_mig_7g``:
     each row needs ``mig_7g`` (what training targets are relative to).
     """
-    from miso_cli.textfile import csv_reader
+    from miso_cli.textfile import csv_reader, positive_cell
 
     path = Path(path)
     rows: list[ProfileRow] = []
@@ -139,12 +125,12 @@ def read_profile_csv(
                 raise BadInput(f"{path}:{line}: column workload: empty")
             mps: dict[int, float] = {}
             for c, pct in mps_cols.items():
-                v = _positive(path, line, c, raw.get(c) or "")
+                v = positive_cell(path, line, c, raw.get(c) or "")
                 if v is not None:
                     mps[pct] = v
             mig: dict[int, float] = {}
             for c, g in mig_cols.items():
-                v = _positive(path, line, c, raw.get(c) or "")
+                v = positive_cell(path, line, c, raw.get(c) or "")
                 if v is not None:
                     mig[g] = v
             if require_mps and (FULL_LEVEL not in mps or len(mps) < 2):
@@ -166,7 +152,7 @@ def read_profile_csv(
                 if jobs < 1:
                     raise BadInput(f"{path}:{line}: column jobs_in_mix: must be >= 1")
             mix_text = (raw.get("mix") or "").strip()
-            memory = _positive(path, line, "memory_mb", raw.get("memory_mb") or "")
+            memory = positive_cell(path, line, "memory_mb", raw.get("memory_mb") or "")
             rows.append(
                 ProfileRow(
                     workload=workload,
