@@ -85,6 +85,18 @@ def _fits_together(model: GpuModel, memories: tuple[float | None, ...]) -> bool:
     return plan_gpu(model, jobs, slices_equal_jobs=True, exclude=PAPER_EXCLUDED) is not None
 
 
+def _paper_partition(gpu: GpuView, jobs: list[PlanJob]) -> tuple[Layout, dict[str, Slice]] | None:
+    """The paper's optimiser on one GPU: one instance per job, mean slowdown, no 4g+3g."""
+    return plan_gpu(
+        gpu.model,
+        jobs,
+        objective="miso",
+        slices_equal_jobs=True,
+        exclude=PAPER_EXCLUDED,
+        current=gpu.layout if gpu.mode == "mig" else None,
+    )
+
+
 def _plan_job(job: JobView) -> PlanJob:
     pred = job.prediction
     assert pred is not None
@@ -188,14 +200,7 @@ class Miso(Policy):
             )
         if any(j.prediction is None for j in jobs):
             return None  # a job without a profile stays where it is until one exists
-        solved = plan_gpu(
-            gpu.model,
-            [_plan_job(j) for j in jobs],
-            objective="miso",
-            slices_equal_jobs=True,
-            exclude=PAPER_EXCLUDED,
-            current=gpu.layout if gpu.mode == "mig" else None,
-        )
+        solved = _paper_partition(gpu, [_plan_job(j) for j in jobs])
         if solved is None:
             return None
         layout, assignment = solved
@@ -222,14 +227,7 @@ class Oracle(Miso):
         if not present or job.prediction is None:
             return super()._admit(view, gpu, present, job)
         jobs = [_plan_job(j) for j in present + [job]]
-        solved = plan_gpu(
-            gpu.model,
-            jobs,
-            objective="miso",
-            slices_equal_jobs=True,
-            exclude=PAPER_EXCLUDED,
-            current=gpu.layout if gpu.mode == "mig" else None,
-        )
+        solved = _paper_partition(gpu, jobs)
         assert solved is not None  # _fits_together checked it
         layout, assignment = solved
         return GpuTarget(
