@@ -18,3 +18,17 @@ def pid_exists(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def is_zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet (e.g. a daemon re-parented to init)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def pid_running(pid: int) -> bool:
+    """``pid`` exists and has not exited (a zombie has)."""
+    return pid_exists(pid) and not is_zombie(pid)

@@ -44,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from miso_cli.errors import ExitCode, GpuBusy, MisoError, NoGpu
+from miso_cli.pids import pid_running
 
 CONTROL = "nvidia-cuda-mps-control"
 PID_FILE = "nvidia-cuda-mps-control.pid"
@@ -93,24 +94,7 @@ def mps_dirs(state_dir: Path, device: str) -> MpsDirs:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive, not ours
-    except OSError:
-        return False
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """An exited process its parent has not reaped yet (e.g. a daemon re-parented to init)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+    return pid_running(pid)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miso_cli.pids import pid_exists
+from miso_cli.pids import pid_running
 
 PID_FILE = "nvidia-cuda-mps-control.pid"
 SOCKET = "control"
@@ -52,16 +52,7 @@ NOT_FOUND = "Cannot find MPS control daemon process"
 
 # ------------------------------------------------------------------ shared state
 def _alive(pid: int) -> bool:
-    return pid_exists(pid) and not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """An exited process its parent has not reaped yet (e.g. a daemon re-parented to init)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
+    return pid_running(pid)
 
 
 def _section(state: dict[str, Any]) -> dict[str, Any]:
