@@ -61,6 +61,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("submit", "submit"),
     ("cancel", "cancel"),
     ("priority", "priority"),
+    ("runs", "runs"),
+    ("logs", "logs"),
 ]
 
 
