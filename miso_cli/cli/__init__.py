@@ -63,6 +63,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("priority", "priority"),
     ("runs", "runs"),
     ("logs", "logs"),
+    ("report", "report"),
 ]
 
 
