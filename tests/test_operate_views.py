@@ -201,3 +201,23 @@ def test_logs_follow_stops_when_the_run_is_not_driven(cli, tmp_path: Path, state
     j.log_path("a").write_text("x\n")
     code, out, _ = cli("logs", "a", "-f")
     assert code == 0 and out == "x\n"
+
+
+def test_status_shows_runs_without_a_driver(
+    cli, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miso_cli.gpu import nvml
+
+    def boom() -> None:
+        raise nvml.pynvml.NVMLError(nvml.pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(nvml.pynvml, "nvmlInit", boom)
+    j = make_run(tmp_path, state_dir, "a")
+    j.data["gpu_spec"] = None  # a run on the real driver
+    j.save()
+    code, out, err = cli("status", "--json")
+    assert code == 0, err
+    data = parse_envelope(out)["data"]
+    assert data["runs"][0]["run_id"] == j.run_id and data["gpu_error"]["code"] == "NO_GPU"
+    code, out, _ = cli("status")
+    assert code == 0 and "no NVIDIA driver" in " ".join(out.split())
