@@ -73,15 +73,15 @@ def command(
             spec = next((r["gpu_spec"] for r in ordered if r["gpu_spec"]), None)
         try:
             drv = open_driver(spec, state)
+            try:
+                data = collect(drv)
+            finally:
+                drv.close()
         except NoGpu as exc:
             if not runs:
                 raise
             # The runs are still worth showing: the GPU part says why it is missing.
             return {"runs": runs, "gpus": [], "gpu_error": exc.as_dict()}
-        try:
-            data = collect(drv)
-        finally:
-            drv.close()
         data["runs"] = runs
         return data
 
