@@ -46,6 +46,11 @@ def test_status_json_shows_the_run_and_its_jobs(cli, tmp_path: Path, state_dir: 
     assert rows["a"]["slice"] == "3g.20gb" and rows["a"]["fraction"] == 0.25
     assert rows["a"]["step_time_s"] == 0.12 and rows["a"]["eta_s"] == 3.6
     assert rows["b"]["state"] == "waiting" and rows["b"]["gpu"] is None
+    j.data["gpus"] = [{"index": 0, "mode": "mps"}]  # profiling: no instance, under MPS
+    j.jobs["a"].slice = None
+    j.save()
+    code, out, err = cli("status", *SIM, "--json")
+    assert parse_envelope(out)["data"]["runs"][0]["jobs"][0]["slice"] == "MPS"
 
 
 def test_status_uses_the_runs_gpus_by_default(cli, tmp_path: Path, state_dir: Path) -> None:
