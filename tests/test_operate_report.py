@@ -235,3 +235,57 @@ def test_report_of_a_simulation(cli, tmp_path: Path) -> None:
 def test_report_without_runs(cli) -> None:
     code, _, err = cli("report")
     assert code == ExitCode.USAGE and "miso run" in err
+
+
+def test_timeline_of_a_simulation_from_its_targets() -> None:
+    from miso_cli.gpu.profiles import model
+    from miso_cli.operate.html import render_page
+    from miso_cli.operate.timeline import from_sim, render_text
+
+    a100 = model("a100-40gb")
+    targets = [
+        {
+            "time": 0.0,
+            "gpu": 0,
+            "mode": "mps",
+            "layout": None,
+            "assignment": {"a": None, "b": None},
+            "profile_s": 30,
+        },
+        {
+            "time": 35.0,
+            "gpu": 0,
+            "mode": "mig",
+            "layout": "4g.20gb+3g.20gb",
+            "assignment": {"a": "4g.20gb@0", "b": "3g.20gb@4"},
+            "profile_s": None,
+        },
+        {
+            "time": 60.0,
+            "gpu": 0,
+            "mode": "mig",
+            "layout": "4g.20gb+2g.10gb+1g.5gb",
+            "assignment": {"a": "4g.20gb@0", "c": "2g.10gb@4"},
+            "profile_s": None,
+        },
+    ]
+    tl = from_sim(
+        "miso+", targets, {"a": 100.0, "b": 60.0, "c": 90.0}, [a100], jobs=["a", "b", "c"]
+    )
+    bars = [(b.job, b.start_s, b.end_s, b.profile, b.slot, b.outcome) for b in tl.bars]
+    assert ("a", 0.0, 35.0, None, None, "stopped") in bars  # profiled under MPS, then moved
+    assert ("b", 35.0, 60.0, "3g.20gb", 4, "finished") in bars
+    assert ("a", 35.0, 100.0, "4g.20gb", 0, "finished") in bars  # kept its instance at 60
+    assert ("c", 60.0, 90.0, "2g.10gb", 4, "finished") in bars
+    assert [(p.start_s, p.end_s) for p in tl.phases] == [(0.0, 30.0)]
+    assert [m.time_s for m in tl.marks] == [0.0, 35.0, 60.0]
+    last = [sp for sp in tl.layouts if sp.start_s == 60.0][0]
+    assert sorted((i.profile, i.start) for i in last.instances) == [
+        ("1g.5gb", 6),
+        ("2g.10gb", 4),
+        ("4g.20gb", 0),
+    ]
+    text = "\n".join(render_text(tl, width=80))
+    assert "4g.20gb@0" in text and "jobs: a=a, b=b, c=c" in text
+    page = render_page([tl, tl], "miso simulate")
+    assert page.count("<svg") == 2 and "break-before: page" in page

@@ -29,6 +29,8 @@ table.summary td { padding: 2px 14px 2px 0; vertical-align: top; }
 table.summary td.k { color: #5a6270; white-space: nowrap; }
 table.summary td.v { font-variant-numeric: tabular-nums; }
 p.note { color: #5a6270; max-width: 1000px; margin: 4px 0; font-size: 12px; }
+section.policy { break-before: page; page-break-before: always; }
+section.policy:first-of-type { break-before: auto; page-break-before: auto; }
 .lane { margin: 10px 0 18px; break-inside: avoid; page-break-inside: avoid; }
 svg { width: 100%; height: auto; display: block; }
 svg text { font-family: inherit; }
@@ -170,15 +172,9 @@ def lane_svg(tl: Timeline, gpu: int, slots: int, colour: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def render_html(tl: Timeline) -> str:
+def _section(tl: Timeline, heading: str) -> list[str]:
     colour = colours(tl.jobs or sorted({b.job for b in tl.bars}))
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(tl.title)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{escape(tl.title)}</h1>",
-    ]
+    parts = [f"<{heading}>{escape(tl.title)}</{heading}>"]
     if tl.summary:
         parts.append('<table class="summary">')
         for k, v in tl.summary:
@@ -205,5 +201,28 @@ def render_html(tl: Timeline) -> str:
             + lane_svg(tl, lane.index, lane.slots, colour)
             + "</div>"
         )
+    return parts
+
+
+def render_page(timelines: list[Timeline], title: str) -> str:
+    """One page; one section per timeline (a run, or each policy of a simulation)."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+    ]
+    if len(timelines) == 1:
+        parts += _section(timelines[0], "h1")
+    else:
+        parts.append(f"<h1>{escape(title)}</h1>")
+        for tl in timelines:
+            parts.append('<section class="policy">')
+            parts += _section(tl, "h2")
+            parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def render_html(tl: Timeline) -> str:
+    return render_page([tl], tl.title)

@@ -352,3 +352,130 @@ def render_text(tl: Timeline, width: int = 80) -> list[str]:
     lines.append("jobs: " + ", ".join(f"{ch}={j}" for j, ch in legend.items()))
     lines.append("| reconfiguration, p profiling under MPS, . idle")
     return lines
+
+
+# ---------------------------------------------------------------- a simulation
+
+
+def _key(key: str | None) -> tuple[str, int] | None:
+    if not key or "@" not in key:
+        return None
+    profile, _, start = key.rpartition("@")
+    return (profile, int(start)) if start.isdigit() else None
+
+
+def from_sim(
+    policy: str,
+    targets: list[dict[str, Any]],
+    finish_s: dict[str, float | None],
+    models: list[Any],
+    *,
+    jobs: list[str] | None = None,
+) -> Timeline:
+    """The timeline of one simulated policy from the targets it chose (``SimResult.targets``,
+    each ``{time, gpu, mode, layout, assignment: {job: "3g.20gb@4" or None}, profile_s}``)
+    and when each job finished. A job holds its place from the target that put it there
+    until a later target moves it or it finishes."""
+    lanes = [GpuLane(i, m.name, m.memory_slots) for i, m in enumerate(models)]
+    spans: list[LayoutSpan] = []
+    marks: list[Mark] = []
+    phases: list[Phase] = []
+    bars: list[Bar] = []
+    current: dict[int, tuple[float, str, list[Instance]]] = {
+        i: (0.0, "full", []) for i in range(len(models))
+    }
+    placed: dict[str, tuple[int, float, str | None]] = {}  # job -> (gpu, since, key)
+    end = max([f for f in finish_s.values() if f is not None] + [0.0])
+
+    def leave(job: str, at: float) -> None:
+        if job not in placed:
+            return
+        gpu, since, key = placed.pop(job)
+        pk = _key(key)
+        stop = min(at, finish_s.get(job) or at)
+        if stop > since:
+            size = None
+            if pk:
+                try:
+                    size = int(models[gpu].profile(pk[0]).memory_slots)
+                except (KeyError, AttributeError):
+                    size = 1
+            done = finish_s.get(job) is not None and stop >= (finish_s.get(job) or 0) - 1e-9
+            bars.append(
+                Bar(
+                    gpu,
+                    job,
+                    since,
+                    stop,
+                    pk[1] if pk else None,
+                    size,
+                    pk[0] if pk else None,
+                    "finished" if done else "stopped",
+                )
+            )
+
+    for t in sorted(targets, key=lambda r: float(r.get("time") or 0.0)):
+        at, gpu = float(t.get("time") or 0.0), int(t.get("gpu") or 0)
+        if not 0 <= gpu < len(models):
+            continue
+        mode = str(t.get("mode") or "full")
+        assignment: dict[str, Any] = t.get("assignment") or {}
+        since, old_mode, old = current[gpu]
+        insts = []
+        if mode == "mig":
+            insts = [
+                Instance(k[1], int(models[gpu].profile(k[0]).memory_slots), k[0])
+                for k in (_key(v) for v in assignment.values())
+                if k
+            ]
+            names = str(t.get("layout") or "").split("+") if t.get("layout") else []
+            missing = list(names)
+            for i in insts:
+                if i.profile in missing:
+                    missing.remove(i.profile)
+            if missing:  # instances nobody was given: placed as miso's placer would
+                extra = _placed(
+                    models[gpu].key,
+                    "+".join(i.profile for i in insts) + ("+" if insts else "") + "+".join(missing),
+                    insts,
+                )
+                taken = {(i.start, i.profile) for i in insts}
+                insts += [i for i in extra if (i.start, i.profile) not in taken][: len(missing)]
+        changed = mode != old_mode or sorted((i.start, i.profile) for i in insts) != sorted(
+            (i.start, i.profile) for i in old
+        )
+        if changed:
+            if at > since:
+                spans.append(LayoutSpan(gpu, since, at, old_mode, old))
+            current[gpu] = (at, mode, insts)
+            marks.append(Mark(gpu, at, "reconfigure", f"{mode} {t.get('layout') or ''}"))
+        if t.get("profile_s"):
+            phases.append(
+                Phase(gpu, at, at + float(t["profile_s"]), "profiling", ", ".join(assignment))
+            )
+        # Jobs this GPU had and the target drops, or moves: their bar ends here.
+        for job, (g, _, key) in list(placed.items()):
+            if g == gpu and (
+                job not in assignment or assignment[job] != key or changed and mode != "mig"
+            ):
+                leave(job, at)
+        for job, key in assignment.items():
+            if job in placed and placed[job][0] != gpu:
+                leave(job, at)
+            if job not in placed and (finish_s.get(job) is None or finish_s[job] > at):
+                placed[job] = (gpu, at, key)
+    for job in list(placed):
+        leave(job, finish_s.get(job) or end)
+    for gpu, (since, mode, insts) in current.items():
+        if end > since:
+            spans.append(LayoutSpan(gpu, since, end, mode, insts))
+    return Timeline(
+        title=f"miso simulate: {policy}",
+        end_s=end,
+        gpus=lanes,
+        layouts=spans,
+        bars=bars,
+        marks=marks,
+        phases=phases,
+        jobs=jobs or sorted(finish_s),
+    )
