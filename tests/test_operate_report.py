@@ -289,3 +289,46 @@ def test_timeline_of_a_simulation_from_its_targets() -> None:
     assert "4g.20gb@0" in text and "jobs: a=a, b=b, c=c" in text
     page = render_page([tl, tl], "miso simulate")
     assert page.count("<svg") == 2 and "break-before: page" in page
+
+
+def test_simulation_page_has_a_section_per_policy(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from miso_cli.gpu.profiles import model
+    from miso_cli.operate.html import write_simulation
+
+    def result(targets: list[dict], finish: dict[str, float]) -> SimpleNamespace:
+        jobs = [SimpleNamespace(name=n, finish_s=f) for n, f in finish.items()]
+        return SimpleNamespace(targets=targets, jobs=jobs)
+
+    nopart = result(
+        [
+            {"time": 0.0, "gpu": 0, "mode": "full", "assignment": {"a": None}},
+            {"time": 10.0, "gpu": 0, "mode": "full", "assignment": {"b": None}},
+        ],
+        {"a": 10.0, "b": 20.0},
+    )
+    split = result(
+        [
+            {
+                "time": 0.0,
+                "gpu": 0,
+                "mode": "mig",
+                "layout": "4g.20gb+3g.20gb",
+                "assignment": {"a": "4g.20gb@0", "b": "3g.20gb@4"},
+            }
+        ],
+        {"a": 14.0, "b": 16.0},
+    )
+    data = dict(SIM["data"], gpus={"model": "a100-40gb", "count": 1})
+    out = write_simulation(
+        tmp_path / "sim.html",
+        [("nopart", nopart), ("miso+", split)],
+        [model("a100-40gb")],
+        ["a", "b"],
+        data,
+    )
+    page = Path(out).read_text()
+    assert page.count("<svg") == 2 and page.count('<section class="policy">') == 2
+    assert "miso simulate: nopart" in page and "miso simulate: miso+" in page
+    assert "time saved (makespan)" in page and "<script" not in page

@@ -10,6 +10,7 @@ landscape page with the summary above the lanes.
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from miso_cli.operate.timeline import Timeline, fmt_s, share_rows
 
@@ -226,3 +227,41 @@ def render_page(timelines: list[Timeline], title: str) -> str:
 
 def render_html(tl: Timeline) -> str:
     return render_page([tl], tl.title)
+
+
+def write_simulation(
+    path: Any,
+    results: list[tuple[str, Any]],
+    models: list[Any],
+    jobs: list[str],
+    data: dict[str, Any],
+) -> str:
+    """``miso simulate --timeline PATH``: one section per policy, its report above its lanes.
+
+    ``results`` pairs each policy name with its ``SimResult`` (``targets`` and ``jobs``
+    with ``finish_s``); ``data`` is the simulate payload (for the summaries).
+    """
+    from miso_cli.operate.accounting import sim_report, summary_pairs
+    from miso_cli.operate.timeline import from_sim
+    from miso_cli.state import atomic_write_text
+
+    report = sim_report({"data": data})
+    rows = {r["policy"]: r for r in report["policies"]}
+    base = rows.get("nopart")
+    timelines = []
+    for name, res in results:
+        finish = {j.name: j.finish_s for j in res.jobs}
+        tl = from_sim(name, list(getattr(res, "targets", []) or []), finish, models, jobs=jobs)
+        row = rows.get(name)
+        if row is not None:
+            baseline = {"estimated": False}
+            if base is not None:
+                baseline.update(
+                    makespan_s=base["summary"].get("makespan_s"),
+                    mean_jct_s=base["summary"].get("mean_jct_s"),
+                )
+            tl.summary = summary_pairs({**row, "baseline": baseline})
+        timelines.append(tl)
+    title = f"miso simulate: {data.get('trace')} on {len(models)} x {models[0].key}"
+    atomic_write_text(path, render_page(timelines, title), mode=0o644)
+    return str(path)
