@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miso_cli.errors import BadInput, MisoError, UsageError
+from miso_cli.errors import BadInput, MisoError, PermissionDenied, UsageError
 
 ACTIVE = ("starting", "running", "stopping")
 DONE_STATUSES = ("finished", "failed")
@@ -90,7 +90,10 @@ def read_run(run_dir: Path) -> RunInfo:
     except FileNotFoundError:
         raise UsageError(f"no run {Path(run_dir).name} ({path} not found)") from None
     except PermissionError:
-        raise
+        raise PermissionDenied(
+            f"{path}: not readable by this user (the run belongs to another user)",
+            hint="a run started with 'sudo miso run' is seen and changed with sudo miso ...",
+        ) from None
     except (OSError, ValueError) as exc:
         raise BadInput(f"{path}: unreadable journal: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
