@@ -129,6 +129,7 @@ def main() -> int:
     ap.add_argument("--go")
     ap.add_argument("--out", default="-")
     ap.add_argument("--window", type=float, default=3.0)
+    ap.add_argument("--only", default="", help="comma-separated labels to run (default: all)")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, Path(args.go))
@@ -138,7 +139,15 @@ def main() -> int:
     exps = results["experiments"]
     assert isinstance(exps, list)
 
+    only = {x for x in args.only.split(",") if x}
+
+    def save() -> None:
+        if args.out != "-":
+            Path(args.out).write_text(json.dumps(results, indent=1))
+
     def record(label: str, jobs: list[tuple[str, float | None]], mps: dict[str, str] | None) -> None:
+        if only and label not in only:
+            return
         t = time.time()
         try:
             rows = run_mix(jobs, mps, args.window)
@@ -148,6 +157,7 @@ def main() -> int:
         except Exception as exc:  # noqa: BLE001 - a failed mix is a result too
             exps.append({"label": label, "mps": mps is not None, "error": str(exc)})
             print(label, "FAILED", exc, file=sys.stderr, flush=True)
+        save()
 
     for k in ("matmul", "membw", "small"):
         record(f"solo-nomps-{k}", [(k, None)], None)
@@ -179,6 +189,9 @@ def main() -> int:
             record("triple33-matmul-x3", [("matmul", 33)] * 3, mps)
             record("pair100-matmul-membw", [("matmul", 100), ("membw", 100)], mps)
             record("pair100-matmul-matmul", [("matmul", 100), ("matmul", 100)], mps)
+            record("pair100-membw-membw", [("membw", 100), ("membw", 100)], mps)
+            record("solo-mps14-matmul", [("matmul", 14)], mps)
+            record("solo-mps14-membw", [("membw", 14)], mps)
             record("triple100-matmul-membw-small",
                    [("matmul", 100), ("membw", 100), ("small", 100)], mps)
         finally:

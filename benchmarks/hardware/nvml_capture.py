@@ -13,6 +13,7 @@ against.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 from typing import Any
@@ -26,6 +27,16 @@ def _s(v: Any) -> Any:
 
 def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def placements(h: Any, profile_id: int) -> list[dict[str, int]]:
+    """The profile's possible placements: count first (NULL array), then fill."""
+    fn = pynvml.nvmlDeviceGetGpuInstancePossiblePlacements
+    count = ctypes.c_uint(0)
+    fn(h, profile_id, None, ctypes.byref(count))
+    arr = (pynvml.c_nvmlGpuInstancePlacement_t * max(1, count.value))()
+    fn(h, profile_id, arr, ctypes.byref(count))
+    return [{"start": int(arr[k].start), "size": int(arr[k].size)} for k in range(count.value)]
 
 
 def profile_info(h: Any, index: int) -> dict[str, Any]:
@@ -63,8 +74,7 @@ def profile_info(h: Any, index: int) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - recorded, not fatal
             row["name_error"] = _err(exc)
     try:
-        pls = pynvml.nvmlDeviceGetGpuInstancePossiblePlacements(h, info.id)
-        row["placements"] = [{"start": int(p.start), "size": int(p.size)} for p in pls]
+        row["placements"] = placements(h, int(info.id))
     except pynvml.NVMLError as exc:
         row["placements"] = None
         row["placements_error"] = _err(exc)
