@@ -722,11 +722,11 @@ class Executor:
         now = self.clock()
         job_dir = self.journal.job_dir(name)
         ckpt = self.journal.checkpoint_dir(name)
-        ckpt.mkdir(parents=True, exist_ok=True)
         progress_file = self.journal.progress_file(name)
-        progress_file.touch()
-        if self.opt.run_as is not None:
-            _hand_over(self.journal.run_dir, [job_dir, ckpt, progress_file], self.opt.run_as)
+        # issue-11: made and handed over without following a link the job planted
+        launch.prepare_job_files(
+            self.journal.run_dir, job_dir, ckpt, progress_file, self.opt.run_as
+        )
         extra = {
             "MISO_PROGRESS_FILE": str(progress_file),
             "MISO_CHECKPOINT_DIR": str(ckpt),
@@ -1344,20 +1344,6 @@ def _refuse_sudo_on_simulated(drv: Any) -> None:
             f"{os.environ.get('SUDO_USER', 'the invoking user')}) could not reach them",
             hint="run miso without sudo for --gpu sim:...",
         )
-
-
-def _hand_over(run_dir: Path, paths: list[Path], run_as: launch.RunAs) -> None:
-    """Under sudo: the job's own files belong to the user, and the way to them is open."""
-    for d in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "jobs"):
-        try:
-            os.chmod(d, 0o711)  # traverse, not list
-        except OSError:
-            pass
-    for p in paths:
-        try:
-            os.chown(p, run_as.uid, run_as.gid)
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- the report
