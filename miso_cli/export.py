@@ -1383,4 +1383,3 @@ def validate_with_mig_parted(bundle: Bundle, binary: str | None = None) -> dict[
     if not ok:
         raise RuntimeError(f"nvidia-mig-parted refuses the config miso wrote: {detail}")
     return {"tool": "nvidia-mig-parted", "ok": True, "detail": detail}
-
