@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -65,8 +66,9 @@ def command(
         from miso_cli.queue import load_queue
 
         require_finite(risk=risk)
+        spec = load_queue(queue)
         planned = queue_plan(
-            load_queue(queue),
+            spec,
             gpu,
             state_dir_or_default(state_dir),
             model=model,
@@ -76,8 +78,23 @@ def command(
             profile=profile,
         )
         data, result, by_name = planned.data, planned.result, planned.jobs
+        simulated = bool(gpu and gpu.strip().lower().startswith("sim:"))
+        pr = data["predicted"]
+        # Seconds of GPU time at the profiled speed. On a simulated GPU those are the
+        # catalog's seconds: a run of synthetic jobs takes 1/--speedup of them in wall time.
+        pr["time_base"] = "catalog" if simulated else "gpu"
+        pr["unknown_reason"] = (
+            _unknown_reason(spec, result, by_name) if pr["mean_jct_s"] is None else None
+        )
+        predictor = data.get("predictor") or {}
 
         def render(out: Console) -> None:
+            from miso_cli.cli.common import stderr_console
+
+            if predictor.get("description"):
+                stderr_console().print(
+                    f"predictor: {predictor['description']}", markup=False, soft_wrap=True
+                )
             for g in result.gpus:
                 out.print(f"GPU {g.index} ({g.model.key}): {g.layout.name}", markup=False)
                 out.print("  slots " + _slots(g.model, g.layout, g.assignment), markup=False)
@@ -90,17 +107,49 @@ def command(
                     )
             if result.waiting:
                 out.print("waiting: " + ", ".join(result.waiting), markup=False)
-            pr = data["predicted"]
+            unit = "s of catalog time" if simulated else "s"
             if pr["mean_jct_s"] is not None and pr["nopart_mean_jct_s"]:
                 out.print(
-                    f"predicted mean completion {pr['mean_jct_s']:,.0f} s vs "
-                    f"{pr['nopart_mean_jct_s']:,.0f} s with one job per whole GPU "
+                    f"predicted mean completion {pr['mean_jct_s']:,.0f} {unit} vs "
+                    f"{pr['nopart_mean_jct_s']:,.0f} {unit} with one job per whole GPU "
                     f"({pr['mean_jct_s'] / pr['nopart_mean_jct_s']:.2f}x)",
                     markup=False,
                 )
+                if simulated:
+                    out.print(
+                        "  (simulated GPU: synthetic jobs run --speedup times faster than the "
+                        f"catalog, so miso run at the default x10 takes about "
+                        f"{pr['mean_jct_s'] / 10:,.1f} s of wall time)",
+                        markup=False,
+                    )
             else:
-                out.print("predicted mean completion: unknown (give each job 'steps')")
+                out.print(f"predicted mean completion: unknown ({pr['unknown_reason']})")
 
         return Result(data, render)
 
     execute("plan", body, json_out=json_out, debug=debug)
+
+
+def short_list(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c, d, e, ... (7 in all)``: a list cut short says so."""
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+def _unknown_reason(spec: Any, result: Any, jobs: dict[str, Any]) -> str:
+    """Why the plan has no predicted completion time, naming the jobs."""
+    no_steps = [j.name for j in spec.jobs if not j.steps]
+    if no_steps:
+        verb = "has" if len(no_steps) == 1 else "have"
+        return f"give each job 'steps': {short_list(no_steps)} {verb} none"
+    stuck = [
+        n
+        for n in result.waiting
+        if not any(jobs[n].fits(g.model, s.slices) for g in result.gpus for s in g.layout.slices)
+    ]
+    if stuck:
+        return (
+            f"no instance of this layout fits waiting {short_list(stuck)}: it starts after a "
+            "re-plan, which this estimate does not cover"
+        )
+    return "a waiting job fits no instance that frees up in this layout"
