@@ -42,8 +42,8 @@ def test_calibrate_measures_restores_and_fits(cli, state_dir: Path) -> None:
     assert len(rows) == data["rows"] == 10  # each job alone, and in one mix of five
     solo = {r["workload"]: r for r in rows if r["jobs_in_mix"] == "1"}
     mlp = solo["toy-mlp_32"]
-    # Paced by the catalog (20/24/26/34/58 ms): the measured ratios follow it.
-    assert float(mlp["mig_3g"]) / float(mlp["mig_7g"]) == pytest.approx(26 / 20, rel=0.15)
+    # Measured step times (wall time on a shared machine: only their presence is asserted).
+    assert all(float(mlp[f"mig_{g}g"]) > 0 for g in (7, 4, 3, 2, 1))
     assert solo["toy-gpt_16"]["mig_2g"] == ""
 
     fit = data["fit"]
@@ -56,8 +56,15 @@ def test_calibrate_measures_restores_and_fits(cli, state_dir: Path) -> None:
         assert drv.processes(0) == []
     finally:
         drv.close()
+    # The fit replaces the shipped prior only if the same held-out measure says it is better.
+    sel = fit["selection"]
+    assert sel["rows"] == 10 and sel["cv"] == "leave-one-family-out"
+    assert set(sel["mape"]["prior"]) >= {"mig_4g", "mig_3g", "mean"}
+    means = {c: m["mean"] for c, m in sel["mape"].items() if m}
+    assert sel["chosen"] == min(means, key=lambda c: (means[c], ("prior", "blend", "fitted").index(c)))
     pred = load_predictor(state_dir=state_dir)
-    assert pred.source == "model" and pred.metadata["driver"] is not None
+    assert pred.metadata["model_used"] == sel["chosen"]
+    assert "held-out error" in pred.metadata["description"]
 
 
 def test_calibrate_refuses_a_busy_gpu(cli, state_dir: Path) -> None:

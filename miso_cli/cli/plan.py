@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from miso_cli.cli.common import DebugOpt, GpuOpt, JsonOpt, Result, StateDirOpt, execute
+from miso_cli.cli.profile import ResetLayoutOpt, layout_consent
 
 
 def _slots(model: Any, layout: Any, assignment: dict[str, Any]) -> str:
@@ -54,11 +55,18 @@ def command(
             help="Profile jobs without a fresh stored profile now (runs them under MPS).",
         ),
     ] = False,
+    reset_layout: ResetLayoutOpt = False,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Plan layouts and assignments for a queue from its jobs' profiles and predictions."""
+    """Plan layouts and assignments for a queue from its jobs' profiles and predictions.
+
+    Predicted times are seconds of GPU time at the profiled speed; on a simulated GPU
+    they are the catalog's seconds, which synthetic jobs run --speedup times faster.
+    The predictor used (fitted here, the shipped prior, or both blended) is named on
+    stderr and in the JSON's "predictor".
+    """
 
     def body(console: Console) -> Result:
         from miso_cli.cli.common import require_finite, state_dir_or_default
@@ -67,10 +75,13 @@ def command(
 
         require_finite(risk=risk)
         spec = load_queue(queue)
+        sdir = state_dir_or_default(state_dir)
+        if profile:  # here, so that an idle split GPU can be offered back whole (and restored)
+            _profile_missing(spec, gpu, sdir, layout_consent(reset_layout, json_out))
         planned = queue_plan(
             spec,
             gpu,
-            state_dir_or_default(state_dir),
+            sdir,
             model=model,
             objective=objective,
             risk=risk,
@@ -128,6 +139,36 @@ def command(
         return Result(data, render)
 
     execute("plan", body, json_out=json_out, debug=debug)
+
+
+def _profile_missing(spec: Any, gpu: str | None, sdir: Path, consent: Any) -> None:
+    """Profile (co-located, 100/50/14 %) the jobs without a fresh stored profile."""
+    from miso_cli.cli.profile import _ProgressView
+    from miso_cli.commands.profile import profile_queue
+    from miso_cli.gpu.nvml import open_driver
+    from miso_cli.profiler import ProfileSettings
+    from miso_cli.profiles_store import fresh_profiles
+
+    levels = (100.0, 50.0, 14.0)
+    drv = open_driver(gpu, sdir)
+    try:
+        if not drv.device_count():
+            return
+        fresh = fresh_profiles(
+            sdir,
+            spec.jobs,
+            gpu_model=drv.gpu_model(0).key,
+            driver_version=drv.driver_version(),
+            levels=levels,
+        )
+        missing = [j for j in spec.jobs if j.name not in fresh]
+        if not missing:
+            return
+        settings = ProfileSettings(mode="colocated", levels=levels)
+        with _ProgressView(len(levels), settings.min_steps) as view:
+            profile_queue(drv, missing, sdir, settings, sink=view.sink, consent=consent)
+    finally:
+        drv.close()
 
 
 def short_list(names: Sequence[str], limit: int = 5) -> str:
