@@ -328,7 +328,9 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
             else:
                 for spec in req.jobs:
                     queue_jobs.append(spec.to_json())
-                    journal.jobs[spec.name] = JobRecord(spec.name, queued_at=now)
+                    # An ``arrival`` in a submitted queue counts from its submission.
+                    queued = now + float(getattr(spec, "arrival_s", 0.0) or 0.0)
+                    journal.jobs[spec.name] = JobRecord(spec.name, queued_at=queued)
                     out.arrived.append(spec.name)
                 entry.update(status="taken", jobs=[j.name for j in req.jobs], source=req.source)
         else:
