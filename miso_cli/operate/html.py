@@ -21,6 +21,7 @@ AXIS_H = 22
 
 CSS = """
 :root { color-scheme: light; }
+* { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        margin: 24px; color: #1d2330; background: #fff; }
 h1 { font-size: 20px; margin: 0 0 12px; }
