@@ -332,3 +332,27 @@ def test_simulation_page_has_a_section_per_policy(tmp_path: Path) -> None:
     assert page.count("<svg") == 2 and page.count('<section class="policy">') == 2
     assert "miso simulate: nopart" in page and "miso simulate: miso+" in page
     assert "time saved (makespan)" in page and "<script" not in page
+
+
+def test_simulate_writes_its_timeline(cli, tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent / "examples"
+    page = tmp_path / "sim.html"
+    code, out, err = cli(
+        "simulate",
+        "--trace",
+        str(root / "trace.csv"),
+        "--catalog",
+        str(root / "catalog.csv"),
+        "--gpu",
+        "sim:a100-40gbx2",
+        "--policy",
+        "nopart,static",
+        "--timeline",
+        str(page),
+        "--json",
+    )
+    assert code == 0, err
+    assert parse_envelope(out)["data"]["timeline"] == str(page)
+    html = page.read_text()
+    assert html.count('<section class="policy">') == 2 and html.count("<svg") == 4
+    assert "miso simulate: static" in html and "<script" not in html
