@@ -399,3 +399,63 @@ def test_parent_queries_refused_in_a_container_become_data() -> None:
     assert info.to_json()["memory_total_mb"] is None
     assert info.to_json()["missing"] == {"memory_total_mb": "NO_PERMISSION"}
     assert drv.gpu_model(0).memory_mb == model("a100-40gb").memory_mb  # the table stands in
+
+
+_FLOOR_SCENARIO = """
+import os, sys, tempfile
+from importlib.metadata import version
+import pynvml
+from miso_cli.gpu.apply import apply_layout
+from miso_cli.gpu.layouts import enumerate_layouts
+from miso_cli.gpu.nvml import open_driver
+from miso_cli.gpu.profiles import model
+print(version("nvidia-ml-py"), os.path.dirname(pynvml.__file__))
+for spec in ("sim:a100-40gb", "sim:h200-141gb", "sim:rtx-pro-6000"):
+    drv = open_driver(spec, tempfile.mkdtemp())
+    drv.set_mig_mode(0, True)
+    gm = drv.gpu_model(0)
+    lay = enumerate_layouts(gm)[-1]
+    apply_layout(drv, 0, lay)
+    insts = drv.instances(0)
+    drv.lib.attach(insts[0].uuid, os.getpid(), 10)
+    assert [p.pid for p in drv.processes(0)] == [os.getpid()], spec
+    drv.lib.set_privileged(False)
+    assert sorted(m.profile for m in drv.instances(0)) == sorted(s.profile for s in lay.slices)
+    assert len(gm.profiles) == len(model(spec[4:]).profiles), spec
+print("ok")
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MISO_OLD_PYNVML"),
+    reason="set MISO_OLD_PYNVML to a folder holding the oldest supported nvidia-ml-py",
+)
+def test_binding_floor() -> None:
+    """The simulated GPU and the driver boundary on the oldest nvidia-ml-py pyproject allows.
+
+    CI installs it apart (pip install --no-deps --target DIR nvidia-ml-py==FLOOR) and
+    points MISO_OLD_PYNVML at DIR; 12.535.108, before the fix, crashed here for want
+    of c_nvmlProcessInfo_v3_t.
+    """
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(os.environ["MISO_OLD_PYNVML"]).resolve()
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    floor = re.search(r'"nvidia-ml-py>=([0-9.]+)"', text)
+    assert floor, "pyproject.toml: no nvidia-ml-py floor"
+    env = dict(os.environ, PYTHONPATH=str(folder))
+    run = subprocess.run(
+        [sys.executable, "-c", _FLOOR_SCENARIO],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    got_version, got_dir = run.stdout.splitlines()[0].split()
+    assert Path(got_dir).resolve() == folder, "the old binding was not the one imported"
+    assert got_version == floor.group(1), f"{folder} holds {got_version}, the floor is {floor[1]}"
+    assert run.stdout.splitlines()[-1] == "ok"
