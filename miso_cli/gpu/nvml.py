@@ -731,6 +731,72 @@ class Driver:
         # A driver without the _v3 call (pynvml raised NVMLLibraryMismatchError).
         return list(self._call("nvmlDeviceGetComputeRunningProcesses_v2", h, where=where))
 
+    # ------------------------------------------------------------- capture
+    def capture(self) -> dict[str, Any]:
+        """Every GPU-instance profile of every GPU and its placements, as the driver says.
+
+        Read-only (the format ``tests/data/real/*.json`` holds): per profile index
+        the profile info, and the placements (``None`` where refused, e.g. without
+        root, with the NVML error in ``error``). Nothing here falls back to miso's
+        tables, so the result can be held against them.
+        """
+        gpus = []
+        for i in range(self.device_count()):
+            info = self.gpu(i)
+            h = self._handle(i)
+            rows: list[dict[str, Any]] = []
+            for index in _PROFILE_INDICES:
+                row: dict[str, Any] = {"profile": index, "error": None}
+                try:
+                    p = self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index)
+                except MisoError as exc:
+                    row["error"] = _error_of(exc)
+                    rows.append(row)
+                    continue
+                name = _text(getattr(p, "name", None))
+                row.update(
+                    id=int(p.id),
+                    name=name.removeprefix("MIG ").strip() if name else None,
+                    slice_count=int(p.sliceCount),
+                    instance_count=int(p.instanceCount),
+                    memory_mib=int(p.memorySizeMB),
+                    multiprocessor_count=int(p.multiprocessorCount),
+                    copy_engine_count=int(p.copyEngineCount),
+                    decoder_count=int(p.decoderCount),
+                    encoder_count=int(p.encoderCount),
+                    jpeg_count=int(p.jpegCount),
+                    ofa_count=int(p.ofaCount),
+                    placements=None,
+                )
+                try:
+                    count = ctypes.c_uint(0)
+                    call = "nvmlDeviceGetGpuInstancePossiblePlacements"
+                    self._call(call, h, int(p.id), None, ctypes.byref(count))
+                    arr = (pynvml.c_nvmlGpuInstancePlacement_t * max(1, count.value))()
+                    self._call(call, h, int(p.id), arr, ctypes.byref(count))
+                    row["placements"] = [
+                        {"start": int(arr[k].start), "size": int(arr[k].size)}
+                        for k in range(count.value)
+                    ]
+                except MisoError as exc:
+                    row["error"] = _error_of(exc)
+                rows.append(row)
+            pci = info.pci_device_id
+            gpus.append(
+                {
+                    "name": info.name,
+                    "pci_device_id": None if pci is None else f"0x{pci >> 16:04X}",
+                    "memory_total_mib": info.memory_total_mb,
+                    "mig_mode": [int(info.mig_current), int(info.mig_pending)],
+                    "gi_profiles": rows,
+                }
+            )
+        return {
+            "driver": self.driver_version(),
+            "nvml_version": self.nvml_version(),
+            "gpus": gpus,
+        }
+
     # ------------------------------------------------------------- holders
     def likely_holders(self, i: int) -> list[Holder]:
         """Non-CUDA clients that may hold GPU ``i`` (they never show as processes).
@@ -1039,6 +1105,14 @@ def parse_mig_uuid(text: str) -> tuple[str, int, int] | None:
     if not m:
         return None
     return m.group("gpu"), int(m.group("gi")), int(m.group("ci"))
+
+
+def _error_of(exc: MisoError) -> str:
+    if isinstance(exc, NvmlCallFailed):
+        return exc.nvml_error
+    if isinstance(exc, PermissionDenied):
+        return "NO_PERMISSION"
+    return exc.code
 
 
 def _text(value: Any) -> str | None:
