@@ -16,10 +16,11 @@ machine, written by ``Driver.capture()`` or an equivalent script):
                                 "error": str|null}]}]}
 
 For each GPU whose model miso has a table for (by PCI device id, else name),
-the ids, slice and instance counts and placements must match exactly, and the
-memory sizes within a tolerance (they drift by a few hundred MiB between driver
-releases). Without captures the real-data test skips; the checker itself is
-tested on a synthetic capture made from the simulated GPU.
+the ids, slice and instance counts and placements must match exactly, SM and
+engine counts too (for the model's own PCI id), and the memory sizes within a
+tolerance (they drift by a few hundred MiB between driver releases). Without
+captures the real-data test skips; the checker itself is tested on synthetic
+captures made from the simulated GPU.
 """
 
 from __future__ import annotations
@@ -93,6 +94,16 @@ def compare_capture(doc: dict[str, Any]) -> tuple[list[str], list[str]]:
             ):
                 if int(row[field]) != want:
                     problems.append(f"{label}: {field} {row[field]}, table {want} ({p.name})")
+            for field, want in (
+                ("multiprocessor_count", p.multiprocessors),
+                ("copy_engine_count", p.copy_engines),
+                ("decoder_count", p.decoders),
+                ("encoder_count", p.encoders),
+                ("jpeg_count", p.jpegs),
+                ("ofa_count", p.ofas),
+            ):
+                if memory and row.get(field) is not None and int(row[field]) != want:
+                    problems.append(f"{label}: {field} {row[field]}, table {want} ({p.name})")
             mem = int(row["memory_mib"])
             if memory and abs(mem - p.memory_mb) > MEMORY_TOLERANCE * mem:
                 problems.append(f"{label}: memory {mem} MiB, table {p.memory_mb} ({p.name})")
@@ -145,9 +156,11 @@ def test_checker_finds_what_differs() -> None:
     rows[4]["memory_mib"] += 256  # 7g: 140.25 vs 140.00 GiB is within tolerance
     rows[0]["id"] = 21  # 1g: another id
     rows[9]["memory_mib"] = 40000  # 1g double memory: far off
+    rows[1]["multiprocessor_count"] = 34  # 2g: other SM count
     problems, _ = compare_capture(doc)
     text = "\n".join(problems)
-    assert len(problems) == 3, text
+    assert len(problems) == 4, text
+    assert "multiprocessor_count 34" in text
     assert "index 2" in text and "placements" in text
     assert "index 0" in text and "id 21" in text
     assert "index 9" in text and "memory 40000" in text

@@ -334,7 +334,9 @@ H200_141GB = _build(
     143771,
     _SEVEN,
     _names("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
-    _sizes(16384, 33024, 71168, 143360),
+    # As a real H200 (SXM) on driver 580.159.04 reports them (tests/data/real/h200-141gb.json;
+    # docs/hardware.md); an earlier public capture gave 33024/71168 and 7g 143104.
+    _sizes(16384, 33280, 71424, 143360),
     _HOPPER_ENGINES,
     132,
     0x233510DE,
