@@ -370,3 +370,20 @@ def test_new_models_through_the_nvml_calls() -> None:
     _gi(rtx, dev, 47, 3, 3)
     with pytest.raises(N.NVMLError_InvalidArgument):
         _gi(rtx, dev, 14, 1, 3)  # not on the 12-unit grid's placements
+
+
+def test_bad_holders_in_the_environment_or_the_state_file(tmp_path, monkeypatch) -> None:
+    from miso_cli.errors import UsageError
+
+    monkeypatch.setenv("MISO_SIM_HOLDERS", "nv-hostengine:x")
+    with pytest.raises(UsageError) as info:
+        nvml_mod.open_driver("sim:a100-40gb", tmp_path)
+    assert "MISO_SIM_HOLDERS" in info.value.message and "delete" not in (info.value.hint or "")
+    monkeypatch.delenv("MISO_SIM_HOLDERS")
+    path = tmp_path / "state.json"
+    state = new_state("a100-40gb")
+    state["holders"] = ["nvidia-persistenced"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(simnvml.SimStateError) as bad:
+        SimNvml(N, state_path=path).nvmlInit()
+    assert "holders[0]" in bad.value.message

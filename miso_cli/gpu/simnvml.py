@@ -366,6 +366,11 @@ def _check_state(state: Any, path: Path) -> None:
     state.setdefault("privileged", True)
     if not isinstance(state.setdefault("holders", []), list):
         raise SimStateError(f"{path}: key 'holders' must be a list")
+    for n, holder in enumerate(state["holders"]):
+        if not isinstance(holder, dict) or not isinstance(holder.get("name"), str):
+            raise SimStateError(f"{path}: holders[{n}]: needs a string name")
+        if holder.get("gpu") is not None and not _is_int(holder.get("gpu")):
+            raise SimStateError(f"{path}: holders[{n}].gpu: must be a GPU index or null")
 
 
 def _is_int(value: Any) -> bool:
