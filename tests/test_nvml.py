@@ -459,3 +459,14 @@ def test_binding_floor() -> None:
     assert Path(got_dir).resolve() == folder, "the old binding was not the one imported"
     assert got_version == floor.group(1), f"{folder} holds {got_version}, the floor is {floor[1]}"
     assert run.stdout.splitlines()[-1] == "ok"
+
+
+def test_pci_ids_agree_with_the_export_sibling_table() -> None:
+    # miso_cli/export.py keeps its own copy of the GPU Operator's device-filter groups.
+    from miso_cli.export import device_ids
+    from miso_cli.gpu.profiles import MODELS, PCI_DEVICE_IDS
+
+    for key, gm in MODELS.items():
+        mine = {pci for pci, (_what, k) in PCI_DEVICE_IDS.items() if k == key}
+        assert gm.pci_device_id in mine, key
+        assert {int(x, 16) for x in device_ids(key)} == mine, key
