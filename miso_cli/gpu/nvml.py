@@ -791,9 +791,17 @@ class Driver:
                     "gi_profiles": rows,
                 }
             )
+        try:
+            from importlib.metadata import version
+
+            binding: str | None = version("nvidia-ml-py")
+        except Exception:  # an unpackaged pynvml: the capture is still whole without it
+            binding = None
         return {
             "driver": self.driver_version(),
             "nvml_version": self.nvml_version(),
+            "binding": binding,
+            "simulated": self.is_simulated,
             "gpus": gpus,
         }
 
