@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli import launch
+from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.errors import MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
@@ -38,6 +39,7 @@ from miso_cli.progress import Progress, ProgressTracker
 from miso_cli.queue import JobSpec
 
 DEFAULT_HANG_TIMEOUT_S = 600.0
+METRICS = ("reconfigurations", "migrations")  # counted as engine.rules defines them
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -421,23 +423,26 @@ class Executor:
                 continue
             wanted[name] = sl if target.mode == "mig" else None
         # Jobs that must move or leave: checkpoint and stop them (they go back to the
-        # queue, or to their new place once stopped).
-        moving = []
-        for name, rec in self.journal.jobs.items():
-            if rec.state not in ACTIVE:
-                continue
-            here = rec.gpu == g.index
-            share = target.mps_share.get(name, 100) if target.mode == "mps" else None
-            if here and name not in wanted:
-                moving.append((name, "requeue"))
-            elif here and (target.mode != g.mode or slice_from_json(rec.slice) != wanted[name]):
-                moving.append((name, "migrate"))
-            elif (
-                here and target.mode == "mps" and (target.profile_s or g.shares.get(name) != share)
-            ):
-                moving.append((name, "migrate"))  # a new share needs a new CUDA context
-            elif not here and name in wanted:
-                moving.append((name, "migrate"))
+        # queue, or to their new place once stopped). The rules are the simulator's.
+        running = {
+            name: rules.Placed(
+                rec.gpu if rec.gpu is not None else -1,
+                slice_from_json(rec.slice),
+                self.gpus[rec.gpu].shares.get(name)
+                if rec.gpu is not None and rec.gpu < len(self.gpus)
+                else None,
+            )
+            for name, rec in self.journal.jobs.items()
+            if rec.state in ACTIVE
+        }
+        stops = rules.moves(g.index, g.mode, target, running)
+        moving = [(n, why) for n, why in stops.items() if n in wanted or why == "requeue"]
+        metrics = self.journal.data.setdefault("metrics", dict.fromkeys(METRICS, 0))
+        if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
+            metrics["reconfigurations"] = metrics.get("reconfigurations", 0) + 1
+        metrics["migrations"] = metrics.get("migrations", 0) + sum(
+            1 for _, why in moving if why == "migrate"
+        )
         for other in self.gpus:  # a job taken from another GPU's plan leaves that plan
             if other is not g and other.pending is not None:
                 for name in wanted:
@@ -1427,6 +1432,7 @@ def run_report(journal: Journal) -> dict[str, Any]:
             "makespan_s": makespan,
             "mean_jct_s": sum(jcts) / len(jcts) if jcts else None,
             "slice_utilisation": min(1.0, util) if util is not None else None,
+            **{k: int(journal.data.get("metrics", {}).get(k, 0)) for k in METRICS},
         },
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),

@@ -166,3 +166,27 @@ def test_arrival_is_validated_like_other_keys(tmp_path: Path, value: str, ok: fl
             parse_queue(text, tmp_path / "q.toml")
     else:
         assert parse_queue(text, tmp_path / "q.toml").jobs[0].arrival_s == ok
+
+
+def test_the_rules_both_drivers_apply_to_a_target() -> None:
+    from miso_cli.engine.rules import PROFILE_ORDER, Placed, is_reconfiguration, moves
+    from miso_cli.gpu.layouts import Layout, place
+    from miso_cli.policy.core import GpuTarget
+
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    four, three = sorted(lay.slices, key=lambda s: -s.slices)
+    same = GpuTarget(0, "mig", lay, {"a": four, "b": three})
+    assert not is_reconfiguration("mig", lay, same)
+    assert is_reconfiguration("full", Layout(()), same)
+    assert is_reconfiguration("mig", Layout((four,)), same)
+    running = {"a": Placed(0, four), "b": Placed(0, three), "c": Placed(1, None)}
+    assert moves(0, "mig", same, running) == {}
+    swap = GpuTarget(0, "mig", lay, {"a": three, "c": four})
+    assert moves(0, "mig", swap, running) == {"a": "migrate", "b": "requeue", "c": "migrate"}
+    # Under MPS a new share is a new CUDA context: a restart; the same share is not.
+    mps = {"a": Placed(0, None, 100.0)}
+    assert moves(0, "mps", GpuTarget(0, "mps", assignment={"a": None}), mps) == {}
+    half = GpuTarget(0, "mps", assignment={"a": None}, mps_share={"a": 50})
+    assert moves(0, "mps", half, mps) == {"a": "migrate"}
+    # Profiling runs the smallest share first and ends at 100 %.
+    assert PROFILE_ORDER == (14, 50, 100)

@@ -1,0 +1,71 @@
+"""The rules both drivers apply to a target: what is kept, what restarts, what is counted.
+
+Written once here, used by :mod:`miso_cli.executor` (real processes, wall clock) and
+:mod:`miso_cli.simulator` (virtual jobs, virtual clock), so a figure ``miso simulate``
+prints counts what ``miso run`` does:
+
+* a *reconfiguration* is a target that changes a GPU's mode or its MIG layout;
+* a job on the GPU that the target no longer lists is *requeued* (checkpointed);
+* a running job whose instance, GPU or mode changes is *migrated*: checkpointed and
+  restarted on its new place, paying its restart cost;
+* under MPS a new share is a migration too: a CUDA context's active-thread
+  percentage is fixed when it is created, so the job restarts to get it;
+* an MPS profiling phase runs its levels in :data:`PROFILE_ORDER`, smallest share
+  first, so the jobs end the phase at 100 %, the share they keep; every level after
+  the first restarts the jobs (a new share), paying their restart cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from miso_cli.gpu.layouts import Layout, Slice
+from miso_cli.policy.core import GpuTarget
+
+PROFILE_LEVELS: tuple[int, ...] = (100, 50, 14)  # MPS active-thread % a profile measures
+PROFILE_ORDER: tuple[int, ...] = tuple(sorted(PROFILE_LEVELS))  # the order a phase runs them
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a running job is now: its GPU, its instance (None: whole GPU or MPS), its share."""
+
+    gpu: int
+    slice: Slice | None
+    share: float | None = None  # MPS active-thread %, in mode "mps"
+
+
+def is_reconfiguration(mode: str, layout: Layout, target: GpuTarget) -> bool:
+    """Whether carrying out ``target`` changes the GPU's mode or its MIG layout."""
+    if target.mode != mode:
+        return True
+    return target.mode == "mig" and target.layout != layout
+
+
+def moves(gpu: int, mode: str, target: GpuTarget, running: Mapping[str, Placed]) -> dict[str, str]:
+    """The running jobs ``target`` stops: job -> ``requeue`` or ``migrate``.
+
+    ``running`` holds every running job of the cluster (a job the target takes from
+    another GPU migrates). Jobs not named stay as they are.
+    """
+    out: dict[str, str] = {}
+    for name, where in running.items():
+        here = where.gpu == gpu
+        wanted = name in target.assignment
+        if here and not wanted:
+            out[name] = "requeue"
+            continue
+        if not wanted:
+            continue
+        if not here:
+            out[name] = "migrate"
+            continue
+        new_slice = target.assignment[name] if target.mode == "mig" else None
+        if target.mode != mode or where.slice != new_slice:
+            out[name] = "migrate"
+        elif target.mode == "mps" and (
+            target.profile_s or float(target.mps_share.get(name, 100)) != (where.share or 100.0)
+        ):
+            out[name] = "migrate"  # a new share (or a profiling phase) needs a new context
+    return out
