@@ -342,6 +342,11 @@ class Simulator:
         self.jobs: dict[str, _Job] = {}
         self.seq: dict[str, int] = {}
         self.meter = ProgressMeter()
+        self._views: dict[str, JobView] = {}  # arrived jobs as the policy sees them
+        self._prev_active: set[str] = set()
+        self._arrived: set[str] = set()
+        self._touched: set[str] = set()
+        self._waiting: set[str] = set()  # names of the waiting jobs, kept as views are built
         for t in trace:
             self.seq[t.name] = len(self.seq)
             w = catalog[t.workload]
@@ -379,11 +384,17 @@ class Simulator:
                     busy=False,
                 )
             )
-        jviews = {}
-        for j in self.jobs.values():
-            if j.state == "pending":
-                continue
-            jviews[j.trace.name] = JobView(
+        # Incremental: only the jobs that can have changed since the last view are
+        # rebuilt (those on a GPU then or now, and the newly arrived), so an event costs
+        # in proportion to the active jobs, not to every job seen.
+        active = {n for g in self.gpus for n in g.jobs}
+        touched = active | self._prev_active | self._arrived
+        self._prev_active = active
+        self._arrived = set()
+        jviews = self._views
+        for name in touched:
+            j = self.jobs[name]
+            jviews[name] = JobView(
                 name=j.trace.name,
                 arrival_s=j.trace.arrival_s,
                 state=j.state,  # type: ignore[arg-type]
@@ -398,8 +409,14 @@ class Simulator:
                 profiled=j.profiled,
                 workload=j.trace.workload,
                 seq=self.seq[j.trace.name],
+                measured_step_s=self.meter.of(name),
             )
-        return ClusterView(self.now, gviews, jviews)
+            if j.state == "waiting":
+                self._waiting.add(name)
+            else:
+                self._waiting.discard(name)
+        self._touched = touched
+        return ClusterView(self.now, gviews, jviews, waiting=set(self._waiting))
 
     # ------------------------------------------------------------------ speeds
 
@@ -658,10 +675,13 @@ class Simulator:
 
     def _decide(self, event: Event) -> None:
         view = self.view()
-        measure_view(self.meter, view)
+        measure_view(self.meter, view, self._touched)
         targets = self.policy.decide(event, view)
         for t in targets:
             self._apply(t)
+        # Jobs the targets placed are looked at again next time (requeued ones were
+        # active at this view, so they are too).
+        self._prev_active |= {n for g in self.gpus for n in g.jobs}
         self._update_rates()
 
     def run(self) -> SimResult:
@@ -703,6 +723,7 @@ class Simulator:
                 _, name = heapq.heappop(arrivals)
                 j = self.jobs[name]
                 j.state = "waiting"
+                self._arrived.add(name)
                 if self.knowledge == "oracle":
                     self._oracle(j)
                 events.append(Event("arrival", job=name))

@@ -190,3 +190,42 @@ def test_the_rules_both_drivers_apply_to_a_target() -> None:
     assert moves(0, "mps", half, mps) == {"a": "migrate"}
     # Profiling runs the smallest share first and ends at 100 %.
     assert PROFILE_ORDER == (14, 50, 100)
+
+
+@pytest.mark.parametrize("name", ["static", "miso", "miso+"])
+def test_the_simulators_incremental_view_matches_its_jobs(name: str, tmp_path: Path) -> None:
+    """The view is rebuilt only for jobs that can have changed: it must still be right."""
+    from miso_cli.catalog import load_catalog
+    from miso_cli.simulator import Simulator, load_trace, make_predict
+
+    root = Path(__file__).resolve().parent.parent
+    cat = load_catalog(root / "examples" / "catalog.csv")
+    trace = load_trace(root / "examples" / "trace.csv", cat)[:14]
+    pol = registry.get(name)
+    predict = make_predict(None, A100, tmp_path)[0] if name != "static" else None
+    sim = Simulator(trace, cat, [A100, A100], pol, predict=predict)
+    decide = pol.decide
+    looks = []
+
+    def checking(event: Event, view: ClusterView) -> list:
+        for job_name, j in sim.jobs.items():
+            if j.state == "pending":
+                assert job_name not in view.jobs
+                continue
+            v = view.jobs[job_name]
+            assert (v.state, v.gpu, v.slice, v.done_steps, v.prediction, v.profiled) == (
+                j.state,
+                j.gpu,
+                j.slice,
+                j.done,
+                j.prediction,
+                j.profiled,
+            ), job_name
+        fresh = ClusterView(view.now, view.gpus, view.jobs)  # its queue found from the jobs
+        assert [j.name for j in view.queue()] == [j.name for j in fresh.queue()]
+        looks.append(event.kind)
+        return decide(event, view)
+
+    pol.decide = checking  # type: ignore[method-assign]
+    sim.run()
+    assert "finish" in looks and "arrival" in looks
