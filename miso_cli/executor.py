@@ -410,9 +410,11 @@ class Executor:
         """
         if not 0 <= target.gpu < len(self.gpus):
             raise UsageError(f"policy {self.policy.name} named GPU {target.gpu}, which is not here")
-        if target.profile_s and target.mode != "mps":
-            raise UsageError(f"policy {self.policy.name}: profiling needs mode 'mps'")
         g = self.gpus[target.gpu]
+        try:  # before any job is asked to stop for it
+            rules.check_target(g.model, target, f"policy {self.policy.name}, GPU {g.index}")
+        except rules.TargetError as exc:
+            raise UsageError(str(exc)) from None
         if g.phase is not None:  # a new target ends the profiling phase early
             self.emit("profile_cancelled", gpu=g.index, jobs=list(g.phase.jobs))
             g.phase = None

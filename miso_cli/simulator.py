@@ -52,7 +52,7 @@ from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.engine.rules import PROFILE_LEVELS, PROFILE_ORDER
 from miso_cli.errors import BadInput, MisoError
-from miso_cli.gpu.layouts import Layout, Slice, fits
+from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
 from miso_cli.policy.core import (
     ClusterView,
@@ -616,27 +616,10 @@ class Simulator:
         j.gpu, j.slice = None, None
 
     def _validate(self, g: _Gpu, target: GpuTarget) -> None:
-        who = f"policy {self.policy.name}, GPU {g.index}"
-        if target.mode == "mig":
-            placed: list[Any] = []
-            for sl in target.layout.slices:
-                try:
-                    prof = g.model.profile(sl.profile)
-                except KeyError:
-                    raise SimulationError(f"{who}: unknown profile {sl.profile}") from None
-                if not fits(g.model, placed, prof, sl.placement):
-                    raise SimulationError(f"{who}: {sl.key} does not fit in {target.layout.name}")
-                placed.append((prof, sl.placement))
-            used = [s for s in target.assignment.values()]
-            if any(s is None or s not in target.layout.slices for s in used):
-                raise SimulationError(f"{who}: a job is assigned to no instance of the layout")
-            if len(set(used)) != len(used):
-                raise SimulationError(f"{who}: two jobs on one instance")
-        elif target.mode == "full":
-            if len(target.assignment) > 1:
-                raise SimulationError(f"{who}: more than one job on a whole GPU")
-        elif target.mode != "mps":
-            raise SimulationError(f"{who}: unknown mode {target.mode!r}")
+        try:
+            rules.check_target(g.model, target, f"policy {self.policy.name}, GPU {g.index}")
+        except rules.TargetError as exc:
+            raise SimulationError(str(exc)) from None
 
     # ------------------------------------------------------------------ events
 

@@ -229,3 +229,24 @@ def test_the_simulators_incremental_view_matches_its_jobs(name: str, tmp_path: P
     pol.decide = checking  # type: ignore[method-assign]
     sim.run()
     assert "finish" in looks and "arrival" in looks
+
+
+def test_a_wrong_target_is_refused_before_any_job_is_asked_to_stop(tmp_path: Path) -> None:
+    from miso_cli.errors import UsageError
+    from miso_cli.executor import Executor, GpuState
+    from miso_cli.gpu.layouts import Layout, place
+    from miso_cli.policy.core import GpuTarget
+    from miso_cli.policy.simple import NoPart
+
+    journal = _journal(tmp_path, JOB.format("a"))
+    rec = journal.jobs["a"]
+    rec.state, rec.gpu, rec.pid = "running", 0, 424242
+    ex = Executor(None, NoPart(), journal, clock=lambda: 1000.0)
+    ex.gpus = [GpuState(0, "GPU-x", "A100", A100)]
+    stopped: list[list[str]] = []
+    ex.stop_jobs = lambda names, reasons, wait: stopped.append(names)  # type: ignore[method-assign]
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    bad = GpuTarget(0, "mig", Layout((lay.slices[0],)), {"b": lay.slices[1]})
+    with pytest.raises(UsageError, match="assigned to no instance"):
+        ex.apply(bad)
+    assert stopped == [] and rec.state == "running"

@@ -10,6 +10,7 @@ prints counts what ``miso run`` does:
   restarted on its new place, paying its restart cost;
 * under MPS a new share is a migration too: a CUDA context's active-thread
   percentage is fixed when it is created, so the job restarts to get it;
+* a target is checked (:func:`check_target`) before anything is done for it;
 * an MPS profiling phase runs its levels in :data:`PROFILE_ORDER`, smallest share
   first, so the jobs end the phase at 100 %, the share they keep; every level after
   the first restarts the jobs (a new share), paying their restart cost.
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from miso_cli.gpu.layouts import Layout, Slice
+from miso_cli.gpu.layouts import Layout, Slice, fits
+from miso_cli.gpu.profiles import GpuModel
 from miso_cli.policy.core import GpuTarget
 
 PROFILE_LEVELS: tuple[int, ...] = (100, 50, 14)  # MPS active-thread % a profile measures
@@ -69,3 +72,37 @@ def moves(gpu: int, mode: str, target: GpuTarget, running: Mapping[str, Placed])
         ):
             out[name] = "migrate"  # a new share (or a profiling phase) needs a new context
     return out
+
+
+class TargetError(ValueError):
+    """A policy asked for something no GPU can be (a bug of the policy, not of the input)."""
+
+
+def check_target(model: GpuModel, target: GpuTarget, who: str) -> None:
+    """Raise :class:`TargetError` unless ``target`` can be carried out on a GPU of ``model``.
+
+    Both drivers check a target before acting on it: ``miso run`` before it asks any
+    job to checkpoint, so a wrong target stops nothing.
+    """
+    if target.profile_s and target.mode != "mps":
+        raise TargetError(f"{who}: profiling needs mode 'mps'")
+    if target.mode == "mig":
+        placed: list[Any] = []
+        for sl in target.layout.slices:
+            try:
+                prof = model.profile(sl.profile)
+            except KeyError:
+                raise TargetError(f"{who}: unknown profile {sl.profile}") from None
+            if not fits(model, placed, prof, sl.placement):
+                raise TargetError(f"{who}: {sl.key} does not fit in {target.layout.name}")
+            placed.append((prof, sl.placement))
+        used = list(target.assignment.values())
+        if any(s is None or s not in target.layout.slices for s in used):
+            raise TargetError(f"{who}: a job is assigned to no instance of the layout")
+        if len(set(used)) != len(used):
+            raise TargetError(f"{who}: two jobs on one instance")
+    elif target.mode == "full":
+        if len(target.assignment) > 1:
+            raise TargetError(f"{who}: more than one job on a whole GPU")
+    elif target.mode != "mps":
+        raise TargetError(f"{who}: unknown mode {target.mode!r}")
