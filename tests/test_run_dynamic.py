@@ -82,11 +82,13 @@ def test_sim_train_under_mps_is_slowed_by_its_co_runners(state_dir: Path) -> Non
     w = CATALOG["toy-cnn_256"]
     model_solo = simmps.step_time_ms(w, 100) / 10_000
     model_pair = simmps.step_time_ms(w, 100, [(w, 100.0)]) / 10_000
-    assert solo_s == pytest.approx(model_solo, rel=0.2)
+    # Paced by sleeping, a job is never faster than the model; on a loaded machine it may
+    # be slower, so only lower bounds on wall time are asserted, and the slow-down.
+    assert solo_s >= model_solo * 0.9
     for per_step in both:
         # 1 + 0.39 x (200 - 100) / 100: co-located at 100 % each, 39 % slower than alone
-        assert per_step == pytest.approx(model_pair, rel=0.15)
-        assert per_step > solo_s * 1.2
+        assert per_step >= model_pair * 0.9
+        assert per_step > solo_s * 1.15
 
 
 # ---------------------------------------------------------------- miso run, miso+ (the default)
