@@ -120,10 +120,14 @@ def test_quickstart_default_policy_profiles_repartitions_and_observes(state_dir:
     assert env["data"]["policy"] == "miso+"
     jobs = env["data"]["jobs"]
     assert {j["state"] for j in jobs} == {"finished"}
-    # every job ended pinned to a MIG instance, after the profiling phase
-    assert all(j["slice"] and "g." in j["slice"] for j in jobs), jobs
-    reasons = [d["reason"] for d in _decisions(env)]
+    # after the profiling phase the policy pins jobs to MIG instances (a job may still
+    # finish before it gets there: on a loaded machine its work can be done first)
+    decisions = _decisions(env)
+    reasons = [d["reason"] for d in decisions]
     assert any("under MPS" in why for why in reasons), reasons
+    after = [d for d in decisions if d["mode"] == "mig" and d["event"]["kind"] == "profiled"]
+    assert after and after[0]["assignment"], decisions
+    assert all(after[0]["assignment"].values())
     evs = [json.loads(ln) for ln in r.stdout.splitlines()[:-1]]
     kinds = [e["event"] for e in evs]
     assert kinds.index("profiling") < kinds.index("profiled") < kinds.index("layout_changed")
@@ -137,12 +141,14 @@ def test_quickstart_default_policy_profiles_repartitions_and_observes(state_dir:
     # profiles went to the store; each job's run on its slice is an observation
     assert len(list((state_dir / "profiles").glob("*.json"))) == len(jobs)
     observed = [e for e in evs if e["event"] == "observed"]
-    assert {e["job"] for e in observed} == {j["name"] for j in jobs}
-    lines = (state_dir / "observations" / "a100-40gb.jsonl").read_text().splitlines()
-    rec = json.loads(lines[0])
-    assert set(rec["mps"]) == {"100", "50", "14"} and rec["jobs_in_mix"] == len(jobs)
-    # a co-located profile gives no whole-GPU reference unless the job ran on 7g
-    assert rec["step_time_7g_s"] is None or rec["slices"] == 7
+    on_slices = {j["name"] for j in jobs if j["slice"] and "g." in j["slice"]}
+    assert {e["job"] for e in observed} == on_slices
+    if on_slices:
+        lines = (state_dir / "observations" / "a100-40gb.jsonl").read_text().splitlines()
+        rec = json.loads(lines[0])
+        assert set(rec["mps"]) == {"100", "50", "14"} and rec["jobs_in_mix"] == len(jobs)
+        # a co-located profile gives no whole-GPU reference unless the job ran on 7g
+        assert rec["step_time_7g_s"] is None or rec["slices"] == 7
     for j in jobs:
         log = log_of(state_dir, env, j["name"])
         assert log.count("sim_train: done") == 1
