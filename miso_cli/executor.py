@@ -1231,8 +1231,7 @@ class Executor:
             for g in self.gpus:
                 self.advance(g)
             now = self.clock()
-            self.step_profiles(now)
-            self.arrivals(now)
+            # rules.EVENT_ORDER: jobs that ended, then profiling phases, then arrivals.
             for name in ended:
                 rec = self.journal.jobs[name]
                 if rec.state not in ("finished", "failed", "hung"):
@@ -1240,6 +1239,8 @@ class Executor:
                 kind = "finish" if rec.state == "finished" else "failed"
                 last = rec.attempts[-1] if rec.attempts else None
                 self._decide(Event(kind, job=name, gpu=last.gpu if last else None))
+            self.step_profiles(now)
+            self.arrivals(now)
             if now - last_view >= self.opt.view_s:
                 last_view = now
                 self.watch(now)

@@ -699,6 +699,7 @@ class Simulator:
                         j.gpu, j.slice = None, None
                         unfinished -= 1
                         events.append(Event("finish", job=name, gpu=g.index))
+            for g in self.gpus:  # rules.EVENT_ORDER: finishes, then profiles, then arrivals
                 if g.profile_end is not None and g.profile_end <= self.now + 1e-9:
                     self._profiled(g)
                     events.append(Event("profiled", gpu=g.index))

@@ -10,6 +10,7 @@ prints counts what ``miso run`` does:
   restarted on its new place, paying its restart cost;
 * under MPS a new share is a migration too: a CUDA context's active-thread
   percentage is fixed when it is created, so the job restarts to get it;
+* events of one instant are decided in :data:`EVENT_ORDER`;
 * a target is checked (:func:`check_target`) before anything is done for it;
 * an MPS profiling phase runs its levels in :data:`PROFILE_ORDER`, smallest share
   first, so the jobs end the phase at 100 %, the share they keep; every level after
@@ -25,6 +26,11 @@ from typing import Any
 from miso_cli.gpu.layouts import Layout, Slice, fits
 from miso_cli.gpu.profiles import GpuModel
 from miso_cli.policy.core import GpuTarget
+
+# What happened at one instant reaches the policy in this order: jobs that ended,
+# then profiling phases that ended (in GPU order), then arrivals (in queue
+# order): a finish frees room the newly profiled and the newcomers may take.
+EVENT_ORDER: tuple[str, ...] = ("finish", "failed", "profiled", "arrival")
 
 PROFILE_LEVELS: tuple[int, ...] = (100, 50, 14)  # MPS active-thread % a profile measures
 PROFILE_ORDER: tuple[int, ...] = tuple(sorted(PROFILE_LEVELS))  # the order a phase runs them
