@@ -1375,14 +1375,15 @@ def run_report(journal: Journal) -> dict[str, Any]:
     """Per job: state, times, retries, slice; overall: makespan, mean JCT, slice utilisation."""
     t0 = journal.started_at
     jobs = []
-    busy = 0.0  # compute-slice seconds used by jobs
+    spans: list[tuple[int | None, int | None, float, float]] = []  # attempts that ended
     last_end = t0
     for job in journal.queue.jobs:
         rec = journal.jobs[job.name]
         run_s = sum((a.ended_at or a.started_at) - a.started_at for a in rec.attempts if a.ended_at)
         for a in rec.attempts:
             if a.ended_at:
-                busy += a.slices * (a.ended_at - a.started_at)
+                # An instance's slices, or None: the whole GPU (alone or under MPS).
+                spans.append((a.gpu, _instance_slices(a), a.started_at, a.ended_at))
                 last_end = max(last_end, a.ended_at)
         if rec.ended_at:
             last_end = max(last_end, rec.ended_at)
@@ -1415,7 +1416,13 @@ def run_report(journal: Journal) -> dict[str, Any]:
     ended = journal.data.get("ended_at") or last_end
     makespan = max(0.0, float(ended) - t0)
     jcts = [j["completion_s"] for j in jobs if j["completion_s"] is not None]
-    capacity = sum(int(g.get("compute_slices", 7)) for g in journal.data.get("gpus", []))
+    gpu_slices = {
+        int(g["index"]): int(g.get("compute_slices", 7))
+        for g in journal.data.get("gpus", [])
+        if "index" in g
+    }
+    capacity = sum(gpu_slices.values())
+    busy = rules.busy_slice_seconds(spans, gpu_slices)  # compute-slice seconds used by jobs
     util = busy / (capacity * makespan) if capacity and makespan > 0 else None
     states = [j["state"] for j in jobs]
     return {
@@ -1440,6 +1447,13 @@ def run_report(journal: Journal) -> dict[str, Any]:
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),
     }
+
+
+def _instance_slices(a: Attempt) -> int | None:
+    """Compute slices of the MIG instance an attempt ran on; None for a whole GPU or MPS."""
+    if a.slice is None:
+        return None
+    return a.slices
 
 
 def whole_gpu_reference(

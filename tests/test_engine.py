@@ -250,3 +250,16 @@ def test_a_wrong_target_is_refused_before_any_job_is_asked_to_stop(tmp_path: Pat
     with pytest.raises(UsageError, match="assigned to no instance"):
         ex.apply(bad)
     assert stopped == [] and rec.state == "running"
+
+
+def test_utilisation_counts_a_shared_gpu_once() -> None:
+    from miso_cli.engine.rules import busy_slice_seconds
+
+    spans = [
+        (0, 3, 0.0, 10.0),  # a 3g instance for 10 s
+        (0, 2, 5.0, 10.0),  # a 2g instance for 5 s
+        (1, None, 0.0, 10.0),  # two jobs sharing GPU 1 under MPS, overlapping 5 s
+        (1, None, 5.0, 20.0),
+        (1, None, 30.0, 30.0),  # an empty span counts nothing
+    ]
+    assert busy_slice_seconds(spans, {0: 7, 1: 7}) == 3 * 10 + 2 * 5 + 7 * 20

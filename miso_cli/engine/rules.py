@@ -11,6 +11,8 @@ prints counts what ``miso run`` does:
 * under MPS a new share is a migration too: a CUDA context's active-thread
   percentage is fixed when it is created, so the job restarts to get it;
 * events of one instant are decided in :data:`EVENT_ORDER`;
+* slice utilisation counts a whole GPU, or one shared under MPS, once
+  (:func:`busy_slice_seconds`);
 * a target is checked (:func:`check_target`) before anything is done for it;
 * an MPS profiling phase runs its levels in :data:`PROFILE_ORDER`, smallest share
   first, so the jobs end the phase at 100 %, the share they keep; every level after
@@ -19,7 +21,8 @@ prints counts what ``miso run`` does:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,3 +115,31 @@ def check_target(model: GpuModel, target: GpuTarget, who: str) -> None:
             raise TargetError(f"{who}: more than one job on a whole GPU")
     elif target.mode != "mps":
         raise TargetError(f"{who}: unknown mode {target.mode!r}")
+
+
+def busy_slice_seconds(
+    spans: Iterable[tuple[int | None, int | None, float, float]], gpu_slices: Mapping[int, int]
+) -> float:
+    """Compute-slice seconds occupied by jobs, counted as ``miso simulate`` counts them.
+
+    ``spans``: (GPU, compute slices of the instance or None for a whole GPU / MPS,
+    start, end). A job on an instance occupies its slices; jobs on a whole GPU or
+    sharing it under MPS occupy all its slices once, however many share it.
+    """
+    whole: dict[int, list[tuple[float, float]]] = {}
+    busy = 0.0
+    for gpu, slices, start, end in spans:
+        if end <= start:
+            continue
+        if slices is not None:
+            busy += slices * (end - start)
+        elif gpu is not None:
+            whole.setdefault(gpu, []).append((start, end))
+    for gpu, intervals in whole.items():
+        covered, reach = 0.0, -math.inf
+        for start, end in sorted(intervals):
+            if end > reach:
+                covered += end - max(start, reach)
+                reach = end
+        busy += gpu_slices.get(gpu, 7) * covered
+    return busy
