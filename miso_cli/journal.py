@@ -139,7 +139,8 @@ class Journal:
         }
         journal = Journal(run_dir, data)
         for job in queue.jobs:
-            journal.jobs[job.name] = JobRecord(job.name, queued_at=now)
+            # A job with an arrival joins the queue that long after the start.
+            journal.jobs[job.name] = JobRecord(job.name, queued_at=now + job.arrival_s)
         journal.save()
         atomic_write_text(Path(state_dir) / "runs" / "latest", run_id + "\n")
         return journal
