@@ -12,6 +12,7 @@ meanwhile, and restarts only the others: no job lost, none run twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -1510,12 +1511,14 @@ def run_queue(
     then ``interrupted``.
     """
     from miso_cli.journal import RunLock
+    from miso_cli.locks import hold_all  # issue-11
     from miso_cli.policy import registry
     from miso_cli.queue import load_queue
 
     state_dir = Path(req.state_dir)
     lock = RunLock(state_dir)
     lock.acquire()
+    gpu_hold = contextlib.ExitStack()  # issue-11: the GPU locks (miso_cli.locks), once opened
     try:
         if req.resume:
             journal = Journal.open(state_dir)
@@ -1532,6 +1535,7 @@ def run_queue(
             speedup = opts.get("speedup", req.speedup)
             model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
@@ -1560,6 +1564,7 @@ def run_queue(
                 )
             policy = registry.get(req.policy, **options)
             drv = _open_driver(req.gpu_spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
@@ -1641,4 +1646,5 @@ def run_queue(
         drv.close()
         return report
     finally:
+        gpu_hold.close()  # issue-11
         lock.release()

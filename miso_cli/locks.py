@@ -217,6 +217,7 @@ def hold_gpus(
         for lk in locks:
             lk.acquire(wait_s, sleep=sleep, clock=clock)
             taken.append(lk)
+            _HELD[(id(drv), lk.index)] = lk
         if recover:
             from miso_cli.gpu.apply import recover_unfinished
 
@@ -228,7 +229,39 @@ def hold_gpus(
         yield {lk.index: lk for lk in taken if lk.index is not None}
     finally:
         for lk in reversed(taken):
+            _HELD.pop((id(drv), lk.index), None)
             lk.release()
+
+
+# The locks this process holds, by (driver, GPU index): an apply under one of them
+# writes its intent beside it without being told where.
+_HELD: dict[tuple[int, int | None], GpuLock] = {}
+
+
+def held_lock(drv: Any, index: int) -> GpuLock | None:
+    """The lock of GPU ``index`` that this process holds through ``drv``, if any."""
+    return _HELD.get((id(drv), index))
+
+
+def _stderr_note(msg: str) -> None:
+    print(f"miso: {msg}", file=sys.stderr, flush=True)
+
+
+def hold_all(
+    stack: contextlib.ExitStack,
+    drv: Any,
+    command: str,
+    *,
+    wait_s: float = 0.0,
+    note: Callable[[str], None] = _stderr_note,
+) -> dict[int, GpuLock]:
+    """Take the locks of every GPU of ``drv`` into ``stack`` (released when it closes).
+
+    The one call a long command (``run``) makes once its driver is open.
+    """
+    return stack.enter_context(
+        hold_gpus(drv, list(range(drv.device_count())), command, wait_s=wait_s, note=note)
+    )
 
 
 # ------------------------------------------------------------ signals

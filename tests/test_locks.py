@@ -206,3 +206,13 @@ def test_transient_means_a_passing_nvml_error_or_a_full_disk() -> None:
     assert not is_transient(OSError(errno.EACCES, "Permission denied"))
     assert not is_transient(ValueError("x"))
     assert Backoff(tries=3, first_s=1, factor=2, max_s=10).total_s == 3
+
+
+def test_run_refuses_a_gpu_another_command_is_changing(cli, state_dir) -> None:
+    queue = Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml"
+    drv = open_driver("sim:a100-40gb", state_dir)
+    with hold_gpus(drv, [0], "apply"):
+        code, _, err = cli("run", str(queue), "--gpu", "sim:a100-40gb", "--policy", "nopart")
+    assert code == 8, err
+    assert "miso apply" in err and "Traceback" not in err
+    assert not (state_dir / "runs").exists()  # refused before a journal existed

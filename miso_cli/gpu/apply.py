@@ -24,7 +24,7 @@ from typing import Any
 from miso_cli.errors import GpuBusy, Inconsistent, MisoError, NoGpu, RolledBack
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.nvml import Driver, GpuProcess, MigInstance, ModeChange
-from miso_cli.locks import deferred_signals
+from miso_cli.locks import deferred_signals, held_lock
 from miso_cli.pids import pid_exists
 from miso_cli.retry import Backoff, nvml_error, retry
 
@@ -215,6 +215,9 @@ def apply_layout(
     if not plan:
         return ApplyReport(i, layout, before, before, steps, kept, False, mode, False, killed)
 
+    if intent is None:  # under a GPU lock this process holds: the intent goes beside it
+        held = held_lock(drv, i)
+        intent = held.intent_path if held is not None else None
     # From here the GPU changes: the intent is on disk first, and a signal waits.
     with deferred_signals():
         if intent is not None:
