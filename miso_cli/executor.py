@@ -1514,6 +1514,7 @@ def run_queue(
     from miso_cli.locks import hold_all  # issue-11
     from miso_cli.policy import registry
     from miso_cli.queue import load_queue
+    from miso_cli.retry import RetryingDriver  # issue-11
 
     state_dir = Path(req.state_dir)
     lock = RunLock(state_dir)
@@ -1584,6 +1585,7 @@ def run_queue(
                 },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
+        drv = RetryingDriver(drv)  # type: ignore[assignment]  # issue-11: transient NVML errors
         ex = Executor(
             drv,
             policy,
@@ -1598,6 +1600,9 @@ def run_queue(
         )
         if predict is not None:
             ex._predict = predict
+        drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
+            "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
+        )  # issue-11: every retry of a transient NVML error is journaled
         warm_up = getattr(policy, "warm_up", None)
         if warm_up is not None:
             warm_up()  # the solver's import, before any job starts

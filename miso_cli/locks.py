@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import GpuBusy, PermissionDenied
+from miso_cli.retry import unwrap
 from miso_cli.safefs import UnsafePath, open_file, private_dir, runtime_dir
 
 
@@ -217,7 +218,7 @@ def hold_gpus(
         for lk in locks:
             lk.acquire(wait_s, sleep=sleep, clock=clock)
             taken.append(lk)
-            _HELD[(id(drv), lk.index)] = lk
+            _HELD[(id(unwrap(drv)), lk.index)] = lk
         if recover:
             from miso_cli.gpu.apply import recover_unfinished
 
@@ -229,7 +230,7 @@ def hold_gpus(
         yield {lk.index: lk for lk in taken if lk.index is not None}
     finally:
         for lk in reversed(taken):
-            _HELD.pop((id(drv), lk.index), None)
+            _HELD.pop((id(unwrap(drv)), lk.index), None)
             lk.release()
 
 
@@ -240,7 +241,7 @@ _HELD: dict[tuple[int, int | None], GpuLock] = {}
 
 def held_lock(drv: Any, index: int) -> GpuLock | None:
     """The lock of GPU ``index`` that this process holds through ``drv``, if any."""
-    return _HELD.get((id(drv), index))
+    return _HELD.get((id(unwrap(drv)), index))
 
 
 def _stderr_note(msg: str) -> None:

@@ -96,3 +96,69 @@ def retry(
             if on_retry is not None:
                 on_retry(attempt, exc, pause)
             sleep(pause)
+
+
+# Driver methods that are safe to call again after a transient error: reads, and the two
+# instance changes (a failed create removes its half-made GPU instance; a destroy of what
+# is already gone fails with a non-transient error, and apply's rollback takes over).
+RETRIED_DRIVER_CALLS = frozenset(
+    {
+        "device_count",
+        "driver_version",
+        "gpu",
+        "gpu_model",
+        "instances",
+        "current_layout",
+        "processes",
+        "create_instance",
+        "destroy_instance",
+    }
+)
+RUN_BACKOFF = Backoff(tries=5, first_s=0.5, factor=2.0, max_s=8.0)
+
+
+class RetryingDriver:
+    """A driver whose calls are retried on transient NVML errors (:func:`is_transient`).
+
+    What ``miso run`` talks to: one ``UNKNOWN`` or ``TIMEOUT`` from the driver is a
+    retry that ``on_retry`` journals, not the end of a run; an error that persists
+    through ``policy`` is raised as the driver raised it.
+    """
+
+    def __init__(
+        self,
+        inner: object,
+        *,
+        policy: Backoff | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[str, int, BaseException, float], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.policy = policy if policy is not None else RUN_BACKOFF
+        self.sleep = sleep
+        self.on_retry = on_retry
+        self.retries = 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if name not in RETRIED_DRIVER_CALLS or not callable(attr):
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            def report(n: int, exc: BaseException, pause: float) -> None:
+                self.retries += 1
+                if self.on_retry is not None:
+                    self.on_retry(name, n, exc, pause)
+
+            return retry(
+                lambda: attr(*args, **kwargs), policy=self.policy, sleep=self.sleep, on_retry=report
+            )
+
+        return call
+
+
+def unwrap(drv: object) -> object:
+    """The driver under any :class:`RetryingDriver`."""
+    while isinstance(drv, RetryingDriver):
+        drv = drv.inner
+    return drv

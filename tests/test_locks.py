@@ -216,3 +216,86 @@ def test_run_refuses_a_gpu_another_command_is_changing(cli, state_dir) -> None:
     assert code == 8, err
     assert "miso apply" in err and "Traceback" not in err
     assert not (state_dir / "runs").exists()  # refused before a journal existed
+
+
+def test_retrying_driver_weathers_a_transient_error_and_reports_it() -> None:
+    from miso_cli.gpu import nvml as nvml_mod
+    from miso_cli.gpu.nvml import Driver
+    from miso_cli.gpu.simnvml import SimNvml, new_state
+    from miso_cli.retry import RetryingDriver, unwrap
+
+    sim = SimNvml(nvml_mod.pynvml, state=new_state("a100-40gb"))
+    seen: list[tuple[str, int]] = []
+    pauses: list[float] = []
+    drv = RetryingDriver(
+        Driver(sim, simulated=True),
+        sleep=pauses.append,
+        on_retry=lambda call, n, exc, pause: seen.append((call, n)),
+    )
+    sim.inject_fault("nvmlDeviceGetCount", 1, "UNKNOWN")
+    assert drv.device_count() == 1
+    assert seen == [("device_count", 1)] and len(pauses) == 1
+    assert drv.is_simulated and isinstance(unwrap(drv), Driver)
+    sim.inject_fault("nvmlDeviceGetCount", "*", "TIMEOUT")  # persistent: raised as is
+    with pytest.raises(MisoError, match="TIMEOUT"):
+        drv.device_count()
+    assert len(pauses) == 1 + drv.policy.tries - 1
+
+
+def test_a_transient_nvml_error_in_a_run_is_retried_and_journaled(
+    cli, tmp_path: Path, state_dir: Path, monkeypatch
+) -> None:
+    import json
+
+    from miso_cli import retry as retry_mod
+
+    monkeypatch.setattr(retry_mod, "RUN_BACKOFF", Backoff(tries=3, first_s=0.0))
+    sim_train = ROOT / "examples" / "sim_train.py"
+    cmd = [sys.executable, str(sim_train), "--workload", "toy-mlp_32", "--steps", "20"]
+    q = tmp_path / "q.toml"
+    q.write_text(f'version = 1\n[[job]]\nname = "a"\ncommand = {json.dumps(cmd)}\nsteps = 20\n')
+    faults = {"MISO_SIM_FAULTS": "nvmlDeviceGetMigMode:3:UNKNOWN"}
+    code, out, err = cli(
+        "run",
+        str(q),
+        "--gpu",
+        "sim:a100-40gb",
+        "--speedup",
+        "50",
+        "--policy",
+        "nopart",
+        env=faults,
+    )
+    assert code == 0, err
+    events = [
+        json.loads(line)
+        for line in next((state_dir / "runs").glob("2*/events.jsonl")).read_text().splitlines()
+    ]
+    retries = [e for e in events if e["event"] == "nvml_retry"]
+    assert retries and retries[0]["call"] == "gpu" and "UNKNOWN" in retries[0]["error"]
+
+
+def test_a_full_disk_is_waited_out_then_reported(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    from miso_cli import state
+
+    pauses: list[float] = []
+    monkeypatch.setattr(state, "_sleep", pauses.append)
+    real = tempfile.mkstemp
+    fails = [2]
+
+    def full(*a, **k):
+        if fails[0] > 0:
+            fails[0] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    state.atomic_write_text(tmp_path / "j.json", "{}\n")
+    assert (tmp_path / "j.json").read_text() == "{}\n" and len(pauses) == 2
+    fails[0] = 10**6
+    with pytest.raises(OSError) as info:
+        state.atomic_write_text(tmp_path / "k.json", "{}\n")
+    assert info.value.errno == errno.ENOSPC and str(tmp_path / "k.json") in str(info.value)
+    assert len(pauses) == 2 + state.DISK_RETRIES - 1
