@@ -12,6 +12,7 @@ meanwhile, and restarts only the others: no job lost, none run twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -1533,12 +1534,15 @@ def run_queue(
     then ``interrupted``.
     """
     from miso_cli.journal import RunLock
+    from miso_cli.locks import hold_all  # issue-11
     from miso_cli.policy import registry
     from miso_cli.queue import load_queue
+    from miso_cli.retry import RetryingDriver  # issue-11
 
     state_dir = Path(req.state_dir)
     lock = RunLock(state_dir)
     lock.acquire()
+    gpu_hold = contextlib.ExitStack()  # issue-11: the GPU locks (miso_cli.locks), once opened
     try:
         if req.resume:
             journal = Journal.open(state_dir)
@@ -1555,6 +1559,7 @@ def run_queue(
             speedup = opts.get("speedup", req.speedup)
             model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
@@ -1583,6 +1588,7 @@ def run_queue(
                 )
             policy = registry.get(req.policy, **options)
             drv = _open_driver(req.gpu_spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
@@ -1602,6 +1608,7 @@ def run_queue(
                 },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
+        drv = RetryingDriver(drv)  # type: ignore[assignment]  # issue-11: transient NVML errors
         ex = Executor(
             drv,
             policy,
@@ -1616,6 +1623,9 @@ def run_queue(
         )
         if predict is not None:
             ex._predict = predict
+        drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
+            "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
+        )  # issue-11: every retry of a transient NVML error is journaled
         warm_up = getattr(policy, "warm_up", None)
         if warm_up is not None:
             warm_up()  # the solver's import, before any job starts
@@ -1664,4 +1674,5 @@ def run_queue(
         drv.close()
         return report
     finally:
+        gpu_hold.close()  # issue-11
         lock.release()
