@@ -1,0 +1,1 @@
+"""Use cases behind the commands: they return typed results and never print."""
