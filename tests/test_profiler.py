@@ -289,3 +289,113 @@ def test_a_partitioned_gpu_is_refused(cli, tmp_path: Path, state_dir: Path) -> N
     code, out, _ = cli("profile", str(q), *GPU, "--json")
     assert code == 8
     assert "full-size instance" in parse_envelope(out)["errors"][0]["message"]
+
+
+# -- profiling after a run: an idle GPU split into MIG instances -------------------------
+
+
+def _layout(state_dir: Path) -> str:
+    from miso_cli.gpu.nvml import open_driver
+
+    drv = open_driver("sim:a100-40gb", state_dir)
+    try:
+        return drv.current_layout(0).name
+    finally:
+        drv.close()
+
+
+def _split(cli) -> str:
+    code, _, err = cli("apply", *GPU, "3g.20gb", "2g.10gb", "2g.10gb")
+    assert code == 0, err
+    return "3g.20gb+2g.10gb+2g.10gb"
+
+
+def test_a_split_idle_gpu_is_refused_without_consent(cli, tmp_path: Path, state_dir) -> None:
+    _split(cli)
+    before = _layout(state_dir)
+    q = _queue(tmp_path, [_sim("mlp", "toy-mlp_32")])
+    code, out, _ = cli("profile", str(q), *GPU, *FAST, "--json")  # not a terminal: no question
+    assert code == 8
+    err = parse_envelope(out)["errors"][0]
+    assert err["code"] == "GPU_BUSY" and "--reset-layout" in err["hint"]
+    assert _layout(state_dir) == before
+
+
+def test_reset_layout_profiles_on_the_whole_gpu_and_restores(cli, tmp_path, state_dir) -> None:
+    _split(cli)
+    before = _layout(state_dir)
+    q = _queue(tmp_path, [_sim("mlp", "toy-mlp_32")])
+    code, out, err = cli(
+        "profile", str(q), *GPU, *FAST, "--levels", "100,50", "--reset-layout", "--json"
+    )
+    assert code == 0, out + err
+    data = parse_envelope(out)["data"]
+    assert data["layout_reset"] == {
+        "gpu_index": 0, "previous": before, "profiled_on": "7g.40gb", "restored": True,
+    }  # fmt: skip
+    assert data["measured"] == 1 and data["profiles"][0]["failed_levels"] == []
+    assert _layout(state_dir) == before
+    # `miso plan --profile` offers the same: here the profile is stored, nothing to do.
+    code, out, _ = cli("plan", str(q), *GPU, "--profile", "--reset-layout", "--json")
+    assert code == 0, out
+    assert _layout(state_dir) == before
+
+
+def test_ctrl_c_while_profiling_restores_the_layout(cli, tmp_path, state_dir) -> None:
+    from miso_cli.commands.profile import profile_queue
+    from miso_cli.gpu.nvml import open_driver
+    from miso_cli.journal import RunLock
+    from miso_cli.profiler import ProfileSettings
+    from miso_cli.queue import load_queue
+
+    _split(cli)
+    before = _layout(state_dir)
+    jobs = load_queue(_queue(tmp_path, [_sim("mlp", "toy-mlp_32")])).jobs
+    seen: list[str] = []
+
+    def sink(ev) -> None:
+        seen.append(ev.kind)
+        if ev.kind == "poll":
+            raise KeyboardInterrupt  # Ctrl-C in the middle of a level
+
+    asked = []
+    drv = open_driver("sim:a100-40gb", state_dir)
+    try:
+        settings = ProfileSettings(mode="solo", levels=(100.0,), min_steps=5, speedup=20.0)
+        with pytest.raises(KeyboardInterrupt):
+            profile_queue(
+                drv, jobs, state_dir, settings, sink=sink,
+                consent=lambda offer: asked.append(offer.question()) or True,
+            )  # fmt: skip
+        assert drv.processes(0) == []
+    finally:
+        drv.close()
+    assert "poll" in seen and "3g.20gb+2g.10gb+2g.10gb" in asked[0]
+    assert _layout(state_dir) == before
+    lock = RunLock(state_dir)  # released: a run may start
+    lock.acquire()
+    lock.release()
+
+
+def test_a_split_gpu_with_processes_is_never_reset(cli, tmp_path, state_dir) -> None:
+    import os
+
+    from miso_cli.gpu import simnvml
+    from miso_cli.gpu.nvml import open_driver
+
+    _split(cli)
+    drv = open_driver("sim:a100-40gb", state_dir)
+    try:
+        uuid = next(m.uuid for m in drv.instances(0))
+        path = drv.sim_state_path
+    finally:
+        drv.close()
+    simnvml.attach_process(path, uuid, os.getpid(), 100)
+    try:
+        q = _queue(tmp_path, [_sim("mlp", "toy-mlp_32")])
+        code, out, _ = cli("profile", str(q), *GPU, *FAST, "--reset-layout", "--json")
+    finally:
+        simnvml.detach_process(path, os.getpid())
+    assert code == 8
+    assert f"pid {os.getpid()}" in parse_envelope(out)["errors"][0]["message"]
+    assert _layout(state_dir) == "3g.20gb+2g.10gb+2g.10gb"

@@ -194,3 +194,6 @@ def _render(out: Console, data: dict[str, Any]) -> None:
             shown = f"{mape:.1%}" if mape is not None else "n/a"
             out.print(f"  {name}: {rep['estimator']}, grouped-CV error {shown}")
         out.print(f"Saved {fit['model']}")
+        from miso_cli.cli.fit import _render_selection
+
+        _render_selection(out, fit.get("selection"))

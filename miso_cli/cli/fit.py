@@ -153,3 +153,21 @@ def _render(out: Console, report: dict[str, Any]) -> None:
     for name, why in report.get("not_learned", {}).items():
         out.print(f"{name}: not learned ({why}); predicted by the physical model", markup=False)
     out.print(f"Saved {report['model']}")
+    _render_selection(out, report.get("selection"))
+
+
+def _render_selection(out: Console, sel: dict[str, Any] | None) -> None:
+    """Which model plan, run and simulate will use, with the held-out figures behind it."""
+    from miso_cli.predict.selection import summary_line
+
+    if not sel:
+        return
+    out.print(summary_line(sel), markup=False)
+    use = {
+        "prior": "the shipped prior (the fit is kept aside: it is not better)",
+        "fitted": "this fitted model",
+        "blend": "the shipped prior blended with this fitted model",
+    }[sel["chosen"]]
+    out.print(f"plan, run and simulate will use {use}.", markup=False)
+    for note in sel.get("notes", []):
+        out.print(f"note: {note}", markup=False)

@@ -146,6 +146,7 @@ def queue_plan(
             close()
     if missing:
         names = ", ".join(j.name for j in missing[:5])
+        names += ", ..." if len(missing) > 5 else ""  # issue-15b: a cut list says so
         raise UsageError(
             f"{label}: no fresh profile for {len(missing)} job(s) ({names})",
             hint=f"run 'miso profile {label}' first, or pass --profile to profile them now",
