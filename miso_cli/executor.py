@@ -859,7 +859,7 @@ class Executor:
                 rec.stop_reason = reasons[name]
                 rec.stop_deadline = now + spec.grace_s
                 asked.append(name)
-            elif reasons[name] in ("interrupt", "hang"):
+            elif reasons[name] in ("interrupt", "hang", "cancel"):
                 rec.stop_reason = reasons[name]
         # Journal the requests before sending them: if miso dies in between, a resumed
         # run knows a job that exited 0 was checkpointing on request, not finished.
@@ -967,6 +967,9 @@ class Executor:
         elif outcome == "interrupted":
             rec.state = "interrupted"
             rec.reason = f"stopped on request ({how})"
+        elif outcome == "cancelled":  # issue-15: miso cancel
+            rec.state = "cancelled"
+            rec.reason = f"cancelled by miso cancel ({how})"
         elif outcome == "stopped":
             rec.state = "waiting"
             rec.reason = f"stopped to {reason} ({how})"
@@ -983,7 +986,7 @@ class Executor:
                     rec.reason += f": {tail}"
         if attempt is not None:
             attempt.outcome = outcome
-        if rec.state in ("finished", "failed", "hung", "interrupted"):
+        if rec.terminal:
             rec.ended_at = now
         if rec.state == "waiting":
             rec.gpu, rec.slice, rec.instance_uuid = None, None, None
@@ -998,8 +1001,8 @@ class Executor:
             self.emit("finished", **fields)
         elif outcome in ("failed", "hung"):
             self.emit(outcome, **fields)
-        elif outcome == "interrupted":
-            self.emit("interrupted", **fields)
+        elif outcome in ("interrupted", "cancelled"):
+            self.emit(outcome, **fields)
         else:
             self.emit("requeued", outcome=outcome, **fields)
 
@@ -1103,6 +1106,7 @@ class Executor:
         The one place where jobs enter a run in progress: jobs submitted from outside
         (an inbox) are to be added to the journal and the queue here.
         """
+        self.take_requests()  # issue-15: miso submit / cancel / priority, from the inbox
         due = sorted((t, self.seq[n], n) for n, t in self.not_arrived.items() if t <= now)
         arrived = []
         for _, _, name in due:
@@ -1112,8 +1116,34 @@ class Executor:
             self._decide(Event("arrival", job=name))
         return arrived
 
+    def take_requests(self) -> None:
+        """issue-15: what miso submit/cancel/priority left in the run's inbox, journaled
+        first, then removed from the inbox; new jobs join ``not_arrived`` (an arrival each)."""
+        from miso_cli.operate import inbox
+
+        got = inbox.absorb(self.journal, now=self.clock())
+        if not got.changed:
+            return
+        self.specs = {j.name: j for j in self.journal.queue.jobs}
+        self.order = [j.name for j in self.journal.queue.jobs]
+        self.seq = {name: i for i, name in enumerate(self.order)}
+        for name in got.arrived:
+            self.not_arrived[name] = self.journal.jobs[name].queued_at
+        for name in [n for n in self.not_arrived if self.journal.jobs[n].state != "waiting"]:
+            del self.not_arrived[name]  # cancelled before it arrived
+        self.save()
+        inbox.done(self.journal.run_dir, got.ids)
+        for ev in got.events:
+            self.emit(ev.pop("event"), **ev)
+        self.stop_jobs(got.cancel_running, dict.fromkeys(got.cancel_running, "cancel"), wait=False)
+        if got.reprioritised:
+            self._decide(Event("tick"))
+
     def start_run(self) -> None:
         """A fresh run: every queued job without a later ``arrival`` arrives now."""
+        from miso_cli.operate.inbox import make_inbox
+
+        make_inbox(self.journal.run_dir)  # issue-15: where miso submit leaves requests
         self.load_gpus()
         self.emit(
             "run_started",
@@ -1339,6 +1369,8 @@ def end_outcome(
         return "hung"
     if stop_reason == "interrupt":
         return "interrupted"
+    if stop_reason == "cancel":  # issue-15: miso cancel
+        return "cancelled"
     if stop_reason in ("requeue", "migrate", "level"):
         return "stopped"
     return "failure"

@@ -67,6 +67,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("priority", "priority"),
     ("runs", "runs"),
     ("logs", "logs"),
+    ("report", "report"),
     ("man", "man"),
 ]
 
