@@ -1,4 +1,4 @@
-"""A fitted model replaces the shipped prior only when the same held-out measure says it is better."""
+"""A fitted model replaces the shipped prior only when the same held-out measure says so."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def test_a_better_fit_replaces_the_prior(state_dir: Path) -> None:
     sel = report["selection"]
     assert sel["chosen"] == "fitted", summary_line(sel)
     assert sel["mape"]["prior"]["mig_4g"] > 0.4  # 1.8x off
-    assert sel["mape"]["fitted"]["mean"] < sel["mape"]["blend"]["mean"] < sel["mape"]["prior"]["mean"]
+    assert (
+        sel["mape"]["fitted"]["mean"] < sel["mape"]["blend"]["mean"] < sel["mape"]["prior"]["mean"]
+    )
     pred = load_predictor(state_dir=state_dir)
     assert pred.source == "model" and pred.metadata["model_used"] == "fitted"
     assert "fitted on this machine" in pred.metadata["description"]

@@ -42,7 +42,9 @@ MEASURE = (
 
 
 def _targets(rows: Sequence[ProfileRow]) -> list[int]:
-    return sorted({g for r in rows for g in r.mig if g != 7 and r.ratio(g) is not None}, reverse=True)
+    return sorted(
+        {g for r in rows for g in r.mig if g != 7 and r.ratio(g) is not None}, reverse=True
+    )
 
 
 def _sources(doc: dict[str, Any]) -> set[str]:
