@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli import launch
+from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.errors import MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
@@ -114,6 +115,9 @@ class Executor:
         self.clock = clock
         self.specs: dict[str, JobSpec] = {j.name: j for j in journal.queue.jobs}
         self.order = [j.name for j in journal.queue.jobs]
+        self.seq = {name: i for i, name in enumerate(self.order)}
+        # Jobs whose arrival lies ahead (queue key ``arrival``), by arrival time.
+        self.not_arrived: dict[str, float] = {}
         self.gpus: list[GpuState] = []
         self.trackers: dict[str, ProgressTracker] = {}
         self.popens: dict[str, Any] = {}
@@ -129,6 +133,10 @@ class Executor:
         self.profiles: dict[str, dict[str, Any]] = journal.data.setdefault("profiles", {})
         self._predict: Any = None
         self._predictions: dict[str, Any] = {}
+        # What the run measured of each job's speed: kept in the journal, so that a
+        # resumed run (and its policy) continues with it.
+        self.meter = ProgressMeter.from_json(journal.data.get("measured"))
+        self._decided_on: tuple[object, ...] | None = None  # the last view's fingerprint
 
     # ------------------------------------------------------------ events
 
@@ -138,7 +146,17 @@ class Executor:
         self.sink(record)
 
     def _decide(self, event: Event) -> None:
-        targets = self.policy.decide(event, self.view())
+        view = self.view()
+        measure_view(self.meter, view)
+        fingerprint = view.fingerprint()
+        if (
+            event.kind == "tick"
+            and fingerprint == self._decided_on
+            and not getattr(self.policy, "reacts_to_progress", True)
+        ):
+            return  # nothing it reacts to changed since the policy last looked
+        self._decided_on = fingerprint
+        targets = self.policy.decide(event, view)
         for target in targets:
             self.journal.decision(
                 {
@@ -182,6 +200,8 @@ class Executor:
         jobs: dict[str, JobView] = {}
         for name in self.order:
             rec, spec = self.journal.jobs[name], self.specs[name]
+            if name in self.not_arrived:
+                continue  # not in the queue yet (its arrival lies ahead)
             if rec.state == "waiting":
                 state = "waiting"
             elif rec.state in ACTIVE:
@@ -220,6 +240,7 @@ class Executor:
                 prediction=self.prediction(name),
                 profiled=known is not None,
                 workload=spec.workload,
+                seq=self.seq[name],
             )
         gpus = []
         for g in self.gpus:
@@ -701,11 +722,11 @@ class Executor:
         now = self.clock()
         job_dir = self.journal.job_dir(name)
         ckpt = self.journal.checkpoint_dir(name)
-        ckpt.mkdir(parents=True, exist_ok=True)
         progress_file = self.journal.progress_file(name)
-        progress_file.touch()
-        if self.opt.run_as is not None:
-            _hand_over(self.journal.run_dir, [job_dir, ckpt, progress_file], self.opt.run_as)
+        # issue-11: made and handed over without following a link the job planted
+        launch.prepare_job_files(
+            self.journal.run_dir, job_dir, ckpt, progress_file, self.opt.run_as
+        )
         extra = {
             "MISO_PROGRESS_FILE": str(progress_file),
             "MISO_CHECKPOINT_DIR": str(ckpt),
@@ -1051,14 +1072,40 @@ class Executor:
     def save(self, *, force: bool = True) -> None:
         now = self.clock()
         if force or self._dirty or now - self._last_save >= self.opt.save_s:
+            self.journal.data["measured"] = self.meter.to_json()
             self.journal.save()
             self._last_save = now
             self._dirty = False
 
     # ------------------------------------------------------------ the loop
 
+    def _schedule_arrivals(self) -> None:
+        """Jobs still waiting whose arrival (``queued_at``) lies ahead of the clock."""
+        now = self.clock()
+        self.not_arrived = {
+            name: self.journal.jobs[name].queued_at
+            for name in self.order
+            if self.journal.jobs[name].state == "waiting"
+            and self.journal.jobs[name].queued_at > now
+        }
+
+    def arrivals(self, now: float) -> list[str]:
+        """Jobs that join the queue by ``now``: each is an ``arrival`` for the policy.
+
+        The one place where jobs enter a run in progress: jobs submitted from outside
+        (an inbox) are to be added to the journal and the queue here.
+        """
+        due = sorted((t, self.seq[n], n) for n, t in self.not_arrived.items() if t <= now)
+        arrived = []
+        for _, _, name in due:
+            del self.not_arrived[name]
+            arrived.append(name)
+            self.emit("arrived", job=name)
+            self._decide(Event("arrival", job=name))
+        return arrived
+
     def start_run(self) -> None:
-        """A fresh run: every queued job arrives now."""
+        """A fresh run: every queued job without a later ``arrival`` arrives now."""
         self.load_gpus()
         self.emit(
             "run_started",
@@ -1068,8 +1115,10 @@ class Executor:
             gpus=self.journal.data["gpus"],
         )
         self.load_stored_profiles()
+        self._schedule_arrivals()
         for name in self.order:
-            self._decide(Event("arrival", job=name))
+            if name not in self.not_arrived:
+                self._decide(Event("arrival", job=name))
 
     def resume_run(self) -> None:
         """After a crash or an interruption: find jobs again, collect exits, restart the rest."""
@@ -1130,6 +1179,7 @@ class Executor:
             restarted.extend(n for n in under_mps if self.journal.jobs[n].state == "waiting")
         self._clear_stale_daemons()
         self.load_stored_profiles()
+        self._schedule_arrivals()
         self.save()
         self.emit(
             "run_resumed",
@@ -1138,7 +1188,7 @@ class Executor:
             collected=collected,
             restarting=restarted,
         )
-        self._decide(Event("tick"))
+        self._decide(Event("resume"))
 
     def _adopt_attempt(self, rec: JobRecord, started_at: float) -> None:
         """A job launched just before a crash, before its start was journaled."""
@@ -1175,6 +1225,7 @@ class Executor:
                 self.advance(g)
             now = self.clock()
             self.step_profiles(now)
+            self.arrivals(now)
             for name in ended:
                 rec = self.journal.jobs[name]
                 if rec.state not in ("finished", "failed", "hung"):
@@ -1192,9 +1243,13 @@ class Executor:
                 self.save(force=False)
                 self.sink({"event": "_refresh"})
                 active = [r for r in self.journal.jobs.values() if r.state in ACTIVE]
-                waiting = [r for r in self.journal.jobs.values() if r.state == "waiting"]
+                waiting = [
+                    r
+                    for r in self.journal.jobs.values()
+                    if r.state == "waiting" and r.name not in self.not_arrived
+                ]
                 held = self._claims()
-                if not active and not waiting:
+                if not active and not waiting and not self.not_arrived:
                     return "finished"
                 if not active and waiting and not any(r.name in held for r in waiting):
                     idle_ticks += 1
@@ -1289,20 +1344,6 @@ def _refuse_sudo_on_simulated(drv: Any) -> None:
             f"{os.environ.get('SUDO_USER', 'the invoking user')}) could not reach them",
             hint="run miso without sudo for --gpu sim:...",
         )
-
-
-def _hand_over(run_dir: Path, paths: list[Path], run_as: launch.RunAs) -> None:
-    """Under sudo: the job's own files belong to the user, and the way to them is open."""
-    for d in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "jobs"):
-        try:
-            os.chmod(d, 0o711)  # traverse, not list
-        except OSError:
-            pass
-    for p in paths:
-        try:
-            os.chown(p, run_as.uid, run_as.gid)
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- the report
@@ -1552,6 +1593,9 @@ def run_queue(
         )
         if predict is not None:
             ex._predict = predict
+        warm_up = getattr(policy, "warm_up", None)
+        if warm_up is not None:
+            warm_up()  # the solver's import, before any job starts
         if on_executor is not None:
             on_executor(ex)
 

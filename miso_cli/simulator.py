@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.catalog import Catalog, Workload
+from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.errors import BadInput, MisoError
 from miso_cli.gpu.layouts import Layout, Slice, fits
 from miso_cli.gpu.profiles import GpuModel
@@ -319,7 +320,10 @@ class Simulator:
             raise ValueError("no GPUs to simulate")
         model0 = self.gpus[0].model
         self.jobs: dict[str, _Job] = {}
+        self.seq: dict[str, int] = {}
+        self.meter = ProgressMeter()
         for t in trace:
+            self.seq[t.name] = len(self.seq)
             w = catalog[t.workload]
             step_7g_s = (w.step_time_ms(7) or 0.0) / 1000.0
             self.jobs[t.name] = _Job(
@@ -372,6 +376,7 @@ class Simulator:
                 prediction=j.prediction,
                 profiled=j.profiled,
                 workload=j.trace.workload,
+                seq=self.seq[j.trace.name],
             )
         return ClusterView(self.now, gviews, jviews)
 
@@ -606,7 +611,9 @@ class Simulator:
         j.step_time_7g_s = full / 1000.0
 
     def _decide(self, event: Event) -> None:
-        targets = self.policy.decide(event, self.view())
+        view = self.view()
+        measure_view(self.meter, view)
+        targets = self.policy.decide(event, view)
         for t in targets:
             self._apply(t)
         self._update_rates()

@@ -33,6 +33,8 @@ def check_state_dir(path: Path) -> None:
 
     for p in (path, *path.parents):
         if p.is_dir():
+            if p == path:
+                _check_owner(path)
             return
         if p.exists() or p.is_symlink():
             where = "is" if p == path else f"is below {p}, which is"
@@ -40,6 +42,21 @@ def check_state_dir(path: Path) -> None:
                 f"state dir {path} {where} not a directory",
                 hint="point --state-dir or MISO_STATE_DIR at a folder",
             )
+
+
+def _check_owner(path: Path) -> None:
+    """An existing state dir must be this user's and closed to others' writes: under
+    ``sudo`` a folder the invoking user owns could hold symlinks for root to follow."""
+    from miso_cli.errors import PermissionDenied
+    from miso_cli.safefs import UnsafePath, check_dir
+
+    try:
+        check_dir(path.resolve(), owners=(os.geteuid(),), what="state dir")
+    except UnsafePath as exc:
+        hint = "point --state-dir or MISO_STATE_DIR at a folder of your own"
+        if os.geteuid() == 0:
+            hint += " (as root, e.g. --state-dir /var/lib/miso)"
+        raise PermissionDenied(str(exc), hint=hint) from None
 
 
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:

@@ -227,3 +227,61 @@ def test_spec_parsing(tmp_path) -> None:
     for bad in ("sim:", "sim:v100", "sim:a100-40gbx0", "a100"):
         with pytest.raises(simnvml.SimSpecError):
             simnvml.parse_spec(bad)
+
+
+# ------------------------------------------------------------ MISO_SIM_LATENCY
+def test_latency_delays_each_mutating_call_through_the_injected_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MISO_SIM_LATENCY", "0.25")
+    slept: list[float] = []
+    sim = _sim(mig=False, sleep=slept.append)
+    assert sim.latency == 0.25
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    sim.nvmlDeviceGetMigMode(dev)
+    assert slept == []  # reads are not delayed
+    sim.nvmlDeviceSetMigMode(dev, 1)
+    gi = _gi(sim, dev, 9, 4, 4)
+    ci = sim.nvmlGpuInstanceCreateComputeInstance(gi, 2)
+    sim.nvmlComputeInstanceDestroy(ci)
+    sim.nvmlGpuInstanceDestroy(gi)
+    assert slept == [0.25] * 5
+    assert set(simnvml.MUTATING_CALLS) >= {
+        "nvmlDeviceSetMigMode",
+        "nvmlDeviceCreateGpuInstanceWithPlacement",
+        "nvmlGpuInstanceCreateComputeInstance",
+        "nvmlComputeInstanceDestroy",
+        "nvmlGpuInstanceDestroy",
+    }
+
+
+def test_latency_defaults_to_zero_and_an_argument_overrides_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MISO_SIM_LATENCY", raising=False)
+    slept: list[float] = []
+    sim = _sim(sleep=slept.append)
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    _gi(sim, dev, 0, 0, 8)
+    assert (sim.latency, slept) == (0.0, [])
+    monkeypatch.setenv("MISO_SIM_LATENCY", "")
+    assert _sim().latency == 0.0
+    monkeypatch.setenv("MISO_SIM_LATENCY", "9")
+    assert _sim(latency=0.0).latency == 0.0
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "nan", "inf", "1e9", "0.5s"])
+def test_bad_latency_is_a_usage_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    from miso_cli.errors import ExitCode, UsageError
+
+    monkeypatch.setenv("MISO_SIM_LATENCY", bad)
+    with pytest.raises(UsageError) as info:
+        _sim()
+    assert "MISO_SIM_LATENCY" in info.value.message and repr(bad) in info.value.message
+    assert info.value.exit_code == ExitCode.USAGE
+    with pytest.raises(UsageError) as info2:
+        nvml_mod.open_driver("sim:a100-40gb", None)
+    assert "MISO_SIM_LATENCY" in info2.value.message
+    assert "delete" not in (info2.value.hint or "")

@@ -57,6 +57,12 @@ COMMANDS: list[tuple[str, str]] = [
     ("fit", "fit"),
     ("predict", "predict"),
     ("calibrate", "calibrate"),
+    # issue-15: the operator's view
+    ("submit", "submit"),
+    ("cancel", "cancel"),
+    ("priority", "priority"),
+    ("runs", "runs"),
+    ("logs", "logs"),
 ]
 
 

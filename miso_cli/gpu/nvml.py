@@ -171,6 +171,8 @@ def open_driver(spec: str | None, state_dir: Path | None) -> Driver:
             raise UsageError(f"--gpu: {exc}", hint="e.g. --gpu sim:a100-40gb") from None
         try:
             lib = simnvml.SimNvml(pynvml, state_path=path, state=simnvml.new_state(key, count))
+        except simnvml.SimLatencyError:
+            raise
         except (simnvml.SimStateError, ValueError) as exc:
             raise UsageError(
                 str(exc), hint=f"delete {path} to start the simulated GPUs afresh"

@@ -44,6 +44,11 @@ Fault injection, three ways (the call counts are per process):
 
 ``MISO_SIM_PRIVILEGED=0`` (or ``1``) overrides the state file's ``privileged``
 flag, which defaults to true so a newcomer can apply layouts on the simulated GPU.
+
+``MISO_SIM_LATENCY=SECONDS`` (default 0) delays every mutating call (set MIG
+mode, create or destroy a GPU or compute instance) by that many seconds, as a
+driver takes time to carve a GPU; the delay goes through the ``sleep`` the
+:class:`SimNvml` was given, so tests pass a fake one and never wait.
 """
 
 from __future__ import annotations
@@ -53,14 +58,16 @@ import ctypes
 import fcntl
 import json
 import os
+import math
 import re
+import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from miso_cli.errors import BadInput
+from miso_cli.errors import BadInput, UsageError
 from miso_cli.gpu.profiles import GpuModel, SliceProfile, model
 from miso_cli.pids import pid_exists
 
@@ -79,11 +86,46 @@ _CI_SLICES = {1: (1,), 2: (1, 2), 3: (1, 2, 3), 4: (1, 2, 4), 7: (1, 2, 3, 4, 7)
 # NVML_COMPUTE_INSTANCE_PROFILE_* index (= the CI profile id the driver reports) per size.
 _CI_INDEX = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
 
+# The calls that change the GPU: each takes MISO_SIM_LATENCY seconds.
+MUTATING_CALLS = frozenset(
+    {
+        "nvmlDeviceSetMigMode",
+        "nvmlDeviceCreateGpuInstance",
+        "nvmlDeviceCreateGpuInstanceWithPlacement",
+        "nvmlGpuInstanceDestroy",
+        "nvmlGpuInstanceCreateComputeInstance",
+        "nvmlComputeInstanceDestroy",
+    }
+)
+LATENCY_ENV = "MISO_SIM_LATENCY"
+_MAX_LATENCY_S = 3600.0
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 class SimSpecError(ValueError):
     """A ``sim:...`` GPU spec that names no known model."""
+
+
+class SimLatencyError(UsageError, ValueError):
+    """``MISO_SIM_LATENCY`` is not a number of seconds (exit 2, USAGE)."""
+
+
+def parse_latency(text: str | None) -> float:
+    """``MISO_SIM_LATENCY``'s value -> seconds per mutating call; unset or empty = 0."""
+    if text is None or text.strip() == "":
+        return 0.0
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= _MAX_LATENCY_S:
+        raise SimLatencyError(
+            f"{LATENCY_ENV}={text!r}: expected seconds per mutating NVML call, "
+            f"a number from 0 to {_MAX_LATENCY_S:g}",
+            hint=f"e.g. {LATENCY_ENV}=0.5, or unset it for no delay",
+        )
+    return value
 
 
 def parse_spec(spec: str) -> tuple[str, int]:
@@ -305,9 +347,14 @@ def _api(fn: F) -> F:
     """Count the call, apply injected faults, then run the simulated function."""
     name = fn.__name__
 
+    mutating = name in MUTATING_CALLS
+
     @wraps(fn)
     def wrapper(self: SimNvml, *args: Any, **kwargs: Any) -> Any:
         self._before(name)
+        if mutating and self.latency > 0:
+            # Outside the state lock, so other processes keep reading the GPU meanwhile.
+            self._sleep(self.latency)
         return fn(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -323,8 +370,16 @@ class SimNvml:
         state_path: Path | None = None,
         state: dict[str, Any] | None = None,
         faults: list[dict[str, Any]] | None = None,
+        latency: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``latency``: seconds per mutating call (None: ``$MISO_SIM_LATENCY``, default 0)."""
         self._n = nvml
+        if latency is None:
+            self.latency = parse_latency(os.environ.get(LATENCY_ENV))
+        else:
+            self.latency = parse_latency(repr(float(latency)))
+        self._sleep = sleep
         self._store = _Store(state_path, state)
         self._faults: list[dict[str, Any]] = list(faults or [])
         env = os.environ.get("MISO_SIM_FAULTS")
