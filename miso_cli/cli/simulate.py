@@ -182,6 +182,9 @@ def command(
         predictor_meta: dict[str, Any] | None = None
         if any(getattr(p, "knowledge", "none") == "profile" for p in policies):
             predict, predictor_meta = make_predict(model, gpus[0], state_dir_or_default(state_dir))
+            from miso_cli.predict import predictor_line  # issue-15b: say which model predicts
+
+            stderr_console().print(predictor_line(predictor_meta), markup=False, soft_wrap=True)
         config = SimConfig(
             restart_costs=costs,
             reconfig_s=reconfig_s,
