@@ -303,3 +303,13 @@ def test_control_refuses_a_non_owner(tmp_path: Path, state_dir: Path) -> None:
         control(state_dir, "cancel", ["a"], euid=os.stat(j.run_dir).st_uid + 4242)
     with pytest.raises(BadInput):
         submit(state_dir, queue_path=write_queue(tmp_path, job("a"), "again.toml"))
+
+
+def test_a_job_larger_than_any_gpu_is_refused(cli, tmp_path: Path, state_dir: Path) -> None:
+    j = make_run(tmp_path, state_dir, "a")
+    j.data["gpus"] = [{"index": 0, "model": "a100-40gb", "compute_slices": 7}]
+    j.save()
+    code, _, err = cli("submit", str(write_queue(tmp_path, job("big", memory="100GiB"))))
+    assert code == ExitCode.BAD_INPUT and "memory" in err and "A100" in err
+    code, _, err = cli("submit", str(write_queue(tmp_path, job("fits", memory="30GiB"), "b.toml")))
+    assert code == 0, err

@@ -69,6 +69,23 @@ def command_queue_text(
     return "\n".join(lines) + "\n"
 
 
+def _check_memory(run: RunInfo, queue: QueueSpec) -> None:
+    """A job larger than any GPU of the run could never start: refuse it now."""
+    from miso_cli.gpu.profiles import model
+    from miso_cli.queue import check_memory
+
+    best, what = 0.0, ""
+    for g in run.data.get("gpus") or []:
+        try:
+            m = model(str(g.get("model")))
+        except (KeyError, ValueError):
+            continue
+        if m.memory_mb > best:
+            best, what = float(m.memory_mb), f"a whole {m.name} of run {run.run_id}"
+    if best:
+        check_memory(queue, best, what)
+
+
 def _check_names(run: RunInfo, queue: QueueSpec) -> None:
     taken = set(run.jobs) | inbox.submitted_names(run.run_dir)
     for job in queue.jobs:
@@ -102,6 +119,7 @@ def submit(
         text = queue_text
         queue = parse_queue(text, path)
     _check_names(run, queue)
+    _check_memory(run, queue)
     payload: dict[str, Any] = {"kind": "submit", "queue_path": str(path), "queue_text": text}
     if priority is not None:
         payload["priority"] = priority  # every job of the submission, over the file's
