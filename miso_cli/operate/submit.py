@@ -9,6 +9,7 @@ within about a second if a ``miso run`` drives it, else when it is resumed.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,23 @@ def command_queue_text(
         if grace is not None:
             lines.append(f"grace = {_toml_value(grace)}")
     return "\n".join(lines) + "\n"
+
+
+def _withdraw_if_over(run: RunInfo, rid: str) -> None:
+    """The run may have ended while the request was written: then take it back, and say so
+    (a request the run took already is not withdrawn: its jobs are in the journal)."""
+    from miso_cli.operate.runs import NoRun, read_run
+
+    if read_run(run.run_dir).accepts_requests:
+        return
+    try:
+        os.unlink(inbox.inbox_dir(run.run_dir) / f"{rid}.json")
+    except FileNotFoundError:
+        return  # taken by the run before it ended
+    raise NoRun(
+        f"run {run.run_id} ended while the request was written; nothing was added",
+        hint="start a new run with: miso run QUEUE.toml",
+    )
 
 
 def _check_memory(run: RunInfo, queue: QueueSpec) -> None:
@@ -129,6 +147,7 @@ def submit(
         euid=euid,
         now=now,
     )
+    _withdraw_if_over(run, rid)
     return {
         "run_id": run.run_id,
         "request": rid,
@@ -166,6 +185,7 @@ def control(
     if kind == "priority":
         payload["priority"] = priority
     rid = inbox.write_request(run.run_dir, payload, euid=euid, now=now)
+    _withdraw_if_over(run, rid)
     states = {n: run.jobs.get(n, {}).get("state", "submitted") for n in names}
     return {
         "run_id": run.run_id,
