@@ -217,12 +217,13 @@ class Executor:
                 gpu, sl, state = claims[name]
             prog = self.trackers[name].progress if name in self.trackers else None
             step_time = prog.step_time_s if prog else None
+            prediction = self.prediction(name)
             if step_time is not None and rec.gpu is not None and rec.gpu < len(self.gpus):
-                # Predictions are relative to the whole GPU; a rough 7g figure from the
-                # slice it ran on, scaled by compute slices, is better than none.
                 rs = slice_from_json(rec.slice)
-                g = rs.slices if rs else self.gpus[rec.gpu].model.compute_slices
-                step_time = step_time * g / self.gpus[rec.gpu].model.compute_slices
+                full = self.gpus[rec.gpu].model.compute_slices
+                step_time = rules.step_time_7g_s(
+                    step_time, rs.slices if rs else full, full, prediction
+                )
             known = self.profiles.get(name)
             if step_time is None and known is not None:
                 step_time = known.get("step_time_7g_s")
@@ -239,7 +240,7 @@ class Executor:
                 restart_cost_s=spec.grace_s,
                 gpu=gpu,
                 slice=sl,
-                prediction=self.prediction(name),
+                prediction=prediction,
                 profiled=known is not None,
                 workload=spec.workload,
                 seq=self.seq[name],
