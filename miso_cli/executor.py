@@ -12,6 +12,7 @@ meanwhile, and restarts only the others: no job lost, none run twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -730,11 +731,11 @@ class Executor:
         now = self.clock()
         job_dir = self.journal.job_dir(name)
         ckpt = self.journal.checkpoint_dir(name)
-        ckpt.mkdir(parents=True, exist_ok=True)
         progress_file = self.journal.progress_file(name)
-        progress_file.touch()
-        if self.opt.run_as is not None:
-            _hand_over(self.journal.run_dir, [job_dir, ckpt, progress_file], self.opt.run_as)
+        # issue-11: made and handed over without following a link the job planted
+        launch.prepare_job_files(
+            self.journal.run_dir, job_dir, ckpt, progress_file, self.opt.run_as
+        )
         extra = {
             "MISO_PROGRESS_FILE": str(progress_file),
             "MISO_CHECKPOINT_DIR": str(ckpt),
@@ -859,7 +860,7 @@ class Executor:
                 rec.stop_reason = reasons[name]
                 rec.stop_deadline = now + spec.grace_s
                 asked.append(name)
-            elif reasons[name] in ("interrupt", "hang"):
+            elif reasons[name] in ("interrupt", "hang", "cancel"):
                 rec.stop_reason = reasons[name]
         # Journal the requests before sending them: if miso dies in between, a resumed
         # run knows a job that exited 0 was checkpointing on request, not finished.
@@ -967,6 +968,9 @@ class Executor:
         elif outcome == "interrupted":
             rec.state = "interrupted"
             rec.reason = f"stopped on request ({how})"
+        elif outcome == "cancelled":  # issue-15: miso cancel
+            rec.state = "cancelled"
+            rec.reason = f"cancelled by miso cancel ({how})"
         elif outcome == "stopped":
             rec.state = "waiting"
             rec.reason = f"stopped to {reason} ({how})"
@@ -983,7 +987,7 @@ class Executor:
                     rec.reason += f": {tail}"
         if attempt is not None:
             attempt.outcome = outcome
-        if rec.state in ("finished", "failed", "hung", "interrupted"):
+        if rec.terminal:
             rec.ended_at = now
         if rec.state == "waiting":
             rec.gpu, rec.slice, rec.instance_uuid = None, None, None
@@ -998,8 +1002,8 @@ class Executor:
             self.emit("finished", **fields)
         elif outcome in ("failed", "hung"):
             self.emit(outcome, **fields)
-        elif outcome == "interrupted":
-            self.emit("interrupted", **fields)
+        elif outcome in ("interrupted", "cancelled"):
+            self.emit(outcome, **fields)
         else:
             self.emit("requeued", outcome=outcome, **fields)
 
@@ -1103,6 +1107,7 @@ class Executor:
         The one place where jobs enter a run in progress: jobs submitted from outside
         (an inbox) are to be added to the journal and the queue here.
         """
+        self.take_requests()  # issue-15: miso submit / cancel / priority, from the inbox
         due = sorted((t, self.seq[n], n) for n, t in self.not_arrived.items() if t <= now)
         arrived = []
         for _, _, name in due:
@@ -1112,8 +1117,34 @@ class Executor:
             self._decide(Event("arrival", job=name))
         return arrived
 
+    def take_requests(self) -> None:
+        """issue-15: what miso submit/cancel/priority left in the run's inbox, journaled
+        first, then removed from the inbox; new jobs join ``not_arrived`` (an arrival each)."""
+        from miso_cli.operate import inbox
+
+        got = inbox.absorb(self.journal, now=self.clock())
+        if not got.changed:
+            return
+        self.specs = {j.name: j for j in self.journal.queue.jobs}
+        self.order = [j.name for j in self.journal.queue.jobs]
+        self.seq = {name: i for i, name in enumerate(self.order)}
+        for name in got.arrived:
+            self.not_arrived[name] = self.journal.jobs[name].queued_at
+        for name in [n for n in self.not_arrived if self.journal.jobs[n].state != "waiting"]:
+            del self.not_arrived[name]  # cancelled before it arrived
+        self.save()
+        inbox.done(self.journal.run_dir, got.ids)
+        for ev in got.events:
+            self.emit(ev.pop("event"), **ev)
+        self.stop_jobs(got.cancel_running, dict.fromkeys(got.cancel_running, "cancel"), wait=False)
+        if got.reprioritised:
+            self._decide(Event("tick"))
+
     def start_run(self) -> None:
         """A fresh run: every queued job without a later ``arrival`` arrives now."""
+        from miso_cli.operate.inbox import make_inbox
+
+        make_inbox(self.journal.run_dir)  # issue-15: where miso submit leaves requests
         self.load_gpus()
         self.emit(
             "run_started",
@@ -1339,6 +1370,8 @@ def end_outcome(
         return "hung"
     if stop_reason == "interrupt":
         return "interrupted"
+    if stop_reason == "cancel":  # issue-15: miso cancel
+        return "cancelled"
     if stop_reason in ("requeue", "migrate", "level"):
         return "stopped"
     return "failure"
@@ -1353,20 +1386,6 @@ def _refuse_sudo_on_simulated(drv: Any) -> None:
             f"{os.environ.get('SUDO_USER', 'the invoking user')}) could not reach them",
             hint="run miso without sudo for --gpu sim:...",
         )
-
-
-def _hand_over(run_dir: Path, paths: list[Path], run_as: launch.RunAs) -> None:
-    """Under sudo: the job's own files belong to the user, and the way to them is open."""
-    for d in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "jobs"):
-        try:
-            os.chmod(d, 0o711)  # traverse, not list
-        except OSError:
-            pass
-    for p in paths:
-        try:
-            os.chown(p, run_as.uid, run_as.gid)
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- the report
@@ -1548,12 +1567,15 @@ def run_queue(
     then ``interrupted``.
     """
     from miso_cli.journal import RunLock
+    from miso_cli.locks import hold_all  # issue-11
     from miso_cli.policy import registry
     from miso_cli.queue import load_queue
+    from miso_cli.retry import RetryingDriver  # issue-11
 
     state_dir = Path(req.state_dir)
     lock = RunLock(state_dir)
     lock.acquire()
+    gpu_hold = contextlib.ExitStack()  # issue-11: the GPU locks (miso_cli.locks), once opened
     try:
         if req.resume:
             journal = Journal.open(state_dir)
@@ -1570,6 +1592,7 @@ def run_queue(
             speedup = opts.get("speedup", req.speedup)
             model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
@@ -1598,6 +1621,7 @@ def run_queue(
                 )
             policy = registry.get(req.policy, **options)
             drv = _open_driver(req.gpu_spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
@@ -1617,6 +1641,7 @@ def run_queue(
                 },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
+        drv = RetryingDriver(drv)  # type: ignore[assignment]  # issue-11: transient NVML errors
         ex = Executor(
             drv,
             policy,
@@ -1631,6 +1656,9 @@ def run_queue(
         )
         if predict is not None:
             ex._predict = predict
+        drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
+            "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
+        )  # issue-11: every retry of a transient NVML error is journaled
         warm_up = getattr(policy, "warm_up", None)
         if warm_up is not None:
             warm_up()  # the solver's import, before any job starts
@@ -1679,4 +1707,5 @@ def run_queue(
         drv.close()
         return report
     finally:
+        gpu_hold.close()  # issue-11
         lock.release()

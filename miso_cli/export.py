@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shlex
 from collections import Counter
@@ -41,12 +42,45 @@ from miso_cli.gpu.layouts import Layout, LayoutError, Slice, place
 from miso_cli.gpu.profiles import MODELS, GpuModel
 
 FORMATS = ("mig-parted", "k8s", "slurm")
+SLURM_TYPES = ("bare", "model")
+WORKDIR_VOLUMES = ("hostpath", "none")
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
 MIG_CONFIG_STATE_LABEL = "nvidia.com/mig.config.state"
 DEFAULT_CONFIGMAP = "miso-mig-config"
 DEFAULT_NAMESPACE = "gpu-operator"
 _PROFILE_RE = re.compile(r"^\d+g\.\d+gb(\+me)?$")
 _LABEL_MAX = 63  # Kubernetes label values and DNS-1123 labels
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+# The GPU Operator's standard mig-parted entries that do not depend on the GPU model
+# (assets/state-mig-manager/0400_configmap.yaml of NVIDIA/gpu-operator). The operator
+# labels every MIG-capable node nvidia.com/mig.config=all-disabled
+# (controllers/state_manager.go: migConfigDisabledValue), so a ConfigMap the MIG manager
+# is pointed at must hold at least all-disabled, or mig-manager fails with
+# "selected mig-config not present: all-disabled" (mig-parted assert.go).
+OPERATOR_STANDARD_CONFIGS: dict[str, list[dict[str, Any]]] = {
+    "all-disabled": [{"devices": "all", "mig-enabled": False}],
+    "all-enabled": [{"devices": "all", "mig-enabled": True, "mig-devices": {}}],
+}
+# Names of the operator's own configs (all-disabled, all-1g.5gb, all-balanced, ...):
+# miso never writes one of its layouts under such a name.
+_OPERATOR_NAME = re.compile(r"^all-")
+
+# PCI device ids (mig-parted's device-filter form) of the boards that share a model's
+# MIG profile table, grouped as the GPU Operator's default ConfigMap groups them
+# (assets/state-mig-manager/0400_configmap.yaml of NVIDIA/gpu-operator: "A100-40GB,
+# A800-40GB", "H100-80GB, H800-80GB", ...). The first id of each model is the one
+# miso_cli.gpu.profiles records for it; the others are its sibling boards.
+_SIBLING_DEVICE_IDS: dict[str, tuple[int, ...]] = {
+    "a100-40gb": (0x20B010DE, 0x20B110DE, 0x20F110DE, 0x20F610DE),
+    "a100-80gb": (0x20B210DE, 0x20B510DE, 0x20F310DE, 0x20F510DE),
+    "h100-80gb": (0x233010DE, 0x233110DE, 0x232210DE, 0x232410DE),
+    "h100-94gb": (0x232110DE, 0x233A10DE),
+    "h200-141gb": (0x233510DE, 0x233B10DE),
+    "a30-24gb": (0x20B710DE,),
+}
 
 
 @dataclass
@@ -354,7 +388,15 @@ class MigConfigs:
     per_gpu: dict[int, str]  # GPU index -> config of its layout
 
 
-def mig_configs(handoff: Handoff, node_config: str | None = None) -> MigConfigs:
+def mig_configs(
+    handoff: Handoff, node_config: str | None = None, *, device_filter: bool = False
+) -> MigConfigs:
+    """One config per distinct layout, plus one for the whole node when the GPUs differ.
+
+    ``device_filter`` adds each entry's PCI device ids (for a ConfigMap shared by a
+    cluster of different GPUs). ``node_config`` names the node's config; a name of the
+    GPU Operator's (``all-...``) or of another of these configs is refused.
+    """
     groups: dict[tuple[Any, ...], list[GpuHandoff]] = {}
     for g in handoff.gpus:
         groups.setdefault(layout_key(g), []).append(g)
@@ -363,22 +405,75 @@ def mig_configs(handoff: Handoff, node_config: str | None = None) -> MigConfigs:
     per_gpu: dict[int, str] = {}
     entries = []
     for key, members in groups.items():
-        entry = _entry(key, members, n_gpus)
-        entries.append(entry)
+        group_entries = _entries(key, members, n_gpus, device_filter)
+        entries += group_entries
         name = config_name(key)
-        configs[name] = [entry]
+        configs[name] = group_entries
         for g in members:
             per_gpu[g.index] = name
-    if len(groups) == 1 and node_config is None:
+    if node_config is not None:
+        check_config_name(node_config)
+    if len(groups) == 1 and node_config in (None, next(iter(configs))):
         node = next(iter(configs))
     else:
         node = node_config or _slug("miso-node-" + _digest(entries))
+        if node in configs:
+            raise UsageError(
+                f"--config-name {node!r}: that is the name of the config of another layout "
+                f"in this export ({', '.join(configs)})",
+                hint="choose a name of your own",
+            )
         configs[node] = entries
     return MigConfigs(configs, node, per_gpu)
 
 
+def check_config_name(name: str) -> None:
+    """Refuse a config name that is not a label value or that the GPU Operator uses."""
+    if _slug(name) != name:
+        raise UsageError(
+            f"--config-name {name!r}: must be a valid label value (lowercase letters, "
+            "digits, '-', '.'; at most 63 characters)"
+        )
+    if _OPERATOR_NAME.match(name):
+        raise UsageError(
+            f"--config-name {name!r}: names starting with 'all-' are the GPU Operator's own "
+            "configs (all-disabled, all-1g.5gb, all-balanced, ...)",
+            hint="choose a name of your own, e.g. miso-" + name[4:],
+        )
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def device_ids(model_key: str | None) -> list[str]:
+    """``["0x20B010DE", ...]``: the PCI device ids of a model's boards, as device-filter
+    writes them; empty when the model is unknown."""
+    model = MODELS.get(model_key or "")
+    if model is None:
+        return []
+    ids = list(_SIBLING_DEVICE_IDS.get(model.key, ()))
+    if model.pci_device_id not in ids:
+        ids.insert(0, model.pci_device_id)
+    return [f"0x{i:08X}" for i in ids]
+
+
+def _entries(
+    key: tuple[Any, ...], members: list[GpuHandoff], n_gpus: int, device_filter: bool
+) -> list[dict[str, Any]]:
+    """The mig-parted entries of one layout: one, or one per GPU model with device-filter."""
+    by_model: dict[str | None, list[GpuHandoff]] = {}
+    for g in members:
+        by_model.setdefault(g.model_key if device_filter else None, []).append(g)
+    out = []
+    for model_key, gs in by_model.items():
+        entry: dict[str, Any] = {}
+        ids = device_ids(model_key) if device_filter else []
+        if ids:
+            entry["device-filter"] = ids
+        entry.update(_entry(key, gs, n_gpus))
+        out.append(entry)
+    return out
 
 
 def _entry(key: tuple[Any, ...], members: list[GpuHandoff], n_gpus: int) -> dict[str, Any]:
@@ -398,25 +493,160 @@ def _plain_or_q(text: str) -> str:
     return text if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) else _q(text)
 
 
-def mig_parted_yaml(mc: MigConfigs, header: list[str]) -> str:
+def mig_parted_yaml(mc: MigConfigs | dict[str, list[dict[str, Any]]], header: list[str]) -> str:
+    """A ``version: v1`` mig-parted config (mig-parted's api/spec/v1/spec.go schema)."""
+    configs = mc.configs if isinstance(mc, MigConfigs) else mc
     lines = [f"# {h}" for h in header]
     lines += ["version: v1", "mig-configs:"]
-    for name, entries in mc.configs.items():
+    for name, entries in configs.items():
         lines.append(f"  {_plain_or_q(name)}:")
         for e in entries:
+            first = True
+
+            def put(text: str) -> None:
+                nonlocal first
+                lines.append(("    - " if first else "      ") + text)
+                first = False
+
+            if "device-filter" in e:
+                df = e["device-filter"]
+                if isinstance(df, str):
+                    put(f"device-filter: {_q(df)}")
+                else:
+                    put("device-filter: [" + ", ".join(_q(str(d)) for d in df) + "]")
             devices = e["devices"]
             dev = "all" if devices == "all" else "[" + ", ".join(str(d) for d in devices) + "]"
-            lines.append(f"    - devices: {dev}")
-            lines.append(f"      mig-enabled: {'true' if e['mig-enabled'] else 'false'}")
-            if e["mig-enabled"]:
+            put(f"devices: {dev}")
+            put(f"mig-enabled: {'true' if e['mig-enabled'] else 'false'}")
+            if "mig-devices" in e:
                 if e["mig-devices"]:
-                    lines.append("      mig-devices:")
+                    put("mig-devices:")
                     order = sorted(e["mig-devices"], key=lambda p: (-_slices_of(p), p))
                     for p in order:
                         lines.append(f"        {_q(p)}: {e['mig-devices'][p]}")
                 else:
-                    lines.append("      mig-devices: {}")
+                    put("mig-devices: {}")
     return "\n".join(lines) + "\n"
+
+
+def load_configmap(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The mig-parted configs of an existing ConfigMap (``kubectl get configmap NAME -o yaml``
+    or ``-o json``) or of a bare mig-parted config file, checked as mig-parted checks them."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read the ConfigMap: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text") from None
+    doc = _load_yaml_or_json(text, path)
+    if isinstance(doc, dict) and doc.get("kind") == "ConfigMap":
+        data = doc.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("config.yaml"), str):
+            raise BadInput(
+                f"{path}: the ConfigMap has no data key 'config.yaml'",
+                hint="the GPU Operator's MIG manager reads its configs from that key",
+            )
+        doc = _load_yaml_or_json(data["config.yaml"], path, "data.config.yaml")
+    return _check_mig_parted_doc(doc, f"{path}")
+
+
+def _load_yaml_or_json(text: str, path: Path, where: str = "") -> Any:
+    at = f"{path}" + (f": {where}" if where else "")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        import yaml  # optional: only reading an existing ConfigMap needs it
+    except ImportError:
+        raise UsageError(
+            f"{at}: not JSON, and reading YAML needs PyYAML, which is not installed",
+            hint="pip install pyyaml, or pass `kubectl get configmap NAME -o json` output",
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{at}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def _check_mig_parted_doc(doc: Any, where: str) -> dict[str, list[dict[str, Any]]]:
+    if not isinstance(doc, dict) or doc.get("version") != "v1":
+        raise BadInput(f"{where}: not a mig-parted config (expected 'version: v1')")
+    extra = set(doc) - {"version", "mig-configs"}
+    if extra:
+        raise BadInput(f"{where}: unexpected field {sorted(extra)[0]!r}")
+    configs = doc.get("mig-configs")
+    if not isinstance(configs, dict) or not configs:
+        raise BadInput(f"{where}: 'mig-configs' needs at least one entry")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entries in configs.items():
+        at = f"{where}: mig-configs.{name}"
+        if not isinstance(entries, list) or not entries:
+            raise BadInput(f"{at}: needs at least one entry")
+        checked = []
+        for k, e in enumerate(entries):
+            eat = f"{at}[{k}]"
+            if not isinstance(e, dict):
+                raise BadInput(f"{eat}: expected a mapping")
+            unknown = set(e) - {"device-filter", "devices", "mig-enabled", "mig-devices"}
+            if unknown:
+                raise BadInput(f"{eat}: unexpected field {sorted(unknown)[0]!r}")
+            for req in ("devices", "mig-enabled"):
+                if req not in e:
+                    raise BadInput(f"{eat}: missing required field {req!r}")
+            devices = e["devices"]
+            if devices != "all" and not (
+                isinstance(devices, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in devices)
+            ):
+                raise BadInput(f"{eat}.devices: expected 'all' or a list of GPU indices")
+            if not isinstance(e["mig-enabled"], bool):
+                raise BadInput(f"{eat}.mig-enabled: expected true or false")
+            md = e.get("mig-devices")
+            if md is not None and not (
+                isinstance(md, dict)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in md.values())
+            ):
+                raise BadInput(f"{eat}.mig-devices: expected profile: count pairs")
+            df = e.get("device-filter")
+            if df is not None and not (
+                isinstance(df, str)
+                or (isinstance(df, list) and all(isinstance(d, str) for d in df))
+            ):
+                raise BadInput(f"{eat}.device-filter: expected a device id or a list of them")
+            entry = {k2: e[k2] for k2 in ("device-filter", "devices", "mig-enabled") if k2 in e}
+            if md is not None:
+                entry["mig-devices"] = {str(p): int(n) for p, n in md.items()}
+            checked.append(entry)
+        out[str(name)] = checked
+    return out
+
+
+def merge_configs(
+    ours: dict[str, list[dict[str, Any]]],
+    existing: dict[str, list[dict[str, Any]]] | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The configs of the ConfigMap miso writes: the existing ones (or the operator's
+    standard entries), then miso's; a name in both with other contents is refused."""
+    base = dict(existing) if existing is not None else {}
+    for name, entries in OPERATOR_STANDARD_CONFIGS.items():
+        base.setdefault(name, entries)
+    merged = dict(base)
+    for name, entries in ours.items():
+        if name in base and _canon(base[name]) != _canon(entries):
+            raise UsageError(
+                f"config {name!r} is already in the existing ConfigMap, with other contents",
+                hint="name miso's node config with --config-name",
+            )
+        merged[name] = entries
+    return merged
+
+
+def _canon(entries: list[dict[str, Any]]) -> str:
+    return json.dumps(entries, sort_keys=True)
 
 
 # -- jobs -------------------------------------------------------------------------
@@ -489,6 +719,48 @@ def _argv(spec: Any) -> list[str] | None:
 # -- Kubernetes -------------------------------------------------------------------
 
 
+def k8s_resource(profile: str | None) -> str:
+    """The extended resource the NVIDIA device plugin advertises for a slice (mixed strategy).
+
+    The plugin names it ``mig-<profile>`` with '+' turned into '.'
+    (``strings.ReplaceAll("mig-"+p.String(), "+", ".")`` in internal/rm/rm.go of
+    NVIDIA/k8s-device-plugin): ``1g.10gb+me`` -> ``nvidia.com/mig-1g.10gb.me``. '+' is
+    not allowed in a Kubernetes resource name.
+    """
+    if not profile:
+        return "nvidia.com/gpu"
+    return "nvidia.com/mig-" + profile.replace("+", ".")
+
+
+def k8s_node_name(node: str | None, warnings: list[str]) -> str | None:
+    """A node name as Kubernetes has it: a lowercase DNS-1123 subdomain (the kubelet
+    registers the host name in lowercase)."""
+    if node is None:
+        return None
+    low = node.lower()
+    if not _DNS1123_SUBDOMAIN.match(low) or len(low) > 253:
+        raise UsageError(
+            f"--node {node!r}: not a Kubernetes node name (lowercase letters, digits, '-' "
+            "and '.', starting and ending with a letter or digit)",
+            hint="use the name `kubectl get nodes` shows",
+        )
+    if low != node:
+        warnings.append(f"--node {node!r}: Kubernetes node names are lowercase; wrote {low!r}")
+    return low
+
+
+# Runs the job's command and turns the SIGTERM that Kubernetes sends (pod deletion,
+# preemption, eviction: then SIGKILL after terminationGracePeriodSeconds) into the
+# queue's checkpoint signal. "$0" is the signal name, "$@" the job's argv. sh is PID 1
+# in the container: without the trap it would ignore SIGTERM.
+_SIGNAL_WRAPPER = (
+    'sig="$0"; "$@" & child=$!; '
+    'trap \'kill -s "$sig" "$child" 2>/dev/null\' TERM; '
+    'while :; do wait "$child"; rc=$?; '
+    'kill -0 "$child" 2>/dev/null || exit "$rc"; done'
+)
+
+
 def k8s_bundle(
     handoff: Handoff,
     *,
@@ -498,10 +770,14 @@ def k8s_bundle(
     configmap: str,
     image: str | None,
     node_config: str | None,
+    existing: dict[str, list[dict[str, Any]]] | None = None,
+    workdir_volume: str = "hostpath",
 ) -> Bundle:
-    mc = mig_configs(handoff, node_config)
+    node = k8s_node_name(node, handoff.warnings)
+    mc = mig_configs(handoff, node_config, device_filter=True)
+    configs = merge_configs(mc.configs, existing)
     header = _header(handoff)
-    config_text = mig_parted_yaml(mc, [])
+    config_text = mig_parted_yaml(configs, [])
     cm = [
         "apiVersion: v1",
         "kind: ConfigMap",
@@ -515,15 +791,33 @@ def k8s_bundle(
     ]
     cm += ["    " + ln if ln else "" for ln in config_text.rstrip("\n").split("\n")]
     node_ref = node or "<node>"
+    patch = {
+        "spec": {
+            "mig": {"strategy": "mixed"},
+            "migManager": {"config": {"name": configmap, "default": "all-disabled"}},
+        }
+    }
+    resources = sorted({k8s_resource(j.profile) for j in handoff.jobs} - {"nvidia.com/gpu"})
     steps = [
-        "Apply the layout with the GPU Operator's MIG manager (mixed strategy):",
-        f"  kubectl apply -f {'mig-config.yaml'}",
+        "1. Put the MIG manager's ConfigMap in place:",
+        "  kubectl apply -f mig-config.yaml",
+        "2. Point the GPU Operator's MIG manager at it and use the mixed MIG strategy (the",
+        "   chart's default is single, under which no nvidia.com/mig-* resources exist):",
         "  kubectl patch clusterpolicies.nvidia.com/cluster-policy --type=merge "
-        f'-p \'{{"spec": {{"migManager": {{"config": {{"name": "{configmap}"}}}}}}}}\'',
+        f"-p '{json.dumps(patch)}'",
+        "   or, where the operator was installed with Helm:",
+        f"  helm upgrade gpu-operator nvidia/gpu-operator -n {namespace} --reuse-values "
+        f"--set mig.strategy=mixed --set migManager.config.name={configmap} "
+        "--set migManager.config.create=false",
+        "3. Select this layout on the node (mig-manager drains its GPU pods, applies it):",
         f"  kubectl label node {node_ref} {MIG_CONFIG_LABEL}={mc.node_config} --overwrite",
+        "4. Wait until the MIG manager reports success:",
         f"  kubectl get node {node_ref} -o jsonpath="
         f"'{{.metadata.labels.nvidia\\.com/mig\\.config\\.state}}'   # until: success",
-        "Then submit the jobs:",
+        "5. Check that the slices are offered"
+        + (f" ({', '.join(resources)}):" if resources else ":"),
+        f"  kubectl get node {node_ref} -o jsonpath='{{.status.allocatable}}'",
+        "6. Submit the jobs:",
         "  kubectl apply -f jobs/",
     ]
     files: dict[str, str] = {
@@ -537,14 +831,21 @@ def k8s_bundle(
             "--image is needed to write a Kubernetes Job for each job",
             hint="name the image the jobs run in, e.g. --image nvcr.io/nvidia/pytorch:24.05-py3",
         )
+    if jobs and workdir_volume == "hostpath" and node is None:
+        handoff.warnings.append(
+            "no --node: each Job mounts its working directory from the host it lands on "
+            "(hostPath); that directory must exist on every GPU node"
+        )
     used: set[str] = set()
     for job in handoff.jobs:
-        resource = f"nvidia.com/mig-{job.profile}" if job.profile else "nvidia.com/gpu"
+        resource = k8s_resource(job.profile)
         kname = _job_name(job.name, used)
         fname: str | None = None
         if job.spec is not None:
             fname = f"jobs/{kname}.yaml"
-            files[fname] = _k8s_job(job, kname, resource, image or "", node, job_namespace)
+            files[fname] = _k8s_job(
+                job, kname, resource, image or "", node, job_namespace, workdir_volume
+            )
         job_summaries.append(
             {
                 "job": job.name,
@@ -557,9 +858,10 @@ def k8s_bundle(
         )
     files["STEPS.txt"] = "\n".join([f"# {h}" for h in header] + steps) + "\n"
     summary = {
-        "configs": mc.configs,
+        "configs": configs,
         "node_config": mc.node_config,
         "configmap": {"name": configmap, "namespace": namespace, "key": "config.yaml"},
+        "clusterpolicy_patch": patch,
         "label": {"key": MIG_CONFIG_LABEL, "value": mc.node_config, "node": node},
         "jobs": job_summaries,
         "steps": steps,
@@ -568,10 +870,21 @@ def k8s_bundle(
 
 
 def _k8s_job(
-    job: JobHandoff, kname: str, resource: str, image: str, node: str | None, namespace: str
+    job: JobHandoff,
+    kname: str,
+    resource: str,
+    image: str,
+    node: str | None,
+    namespace: str,
+    workdir_volume: str = "hostpath",
 ) -> str:
     spec = job.spec
-    argv = _argv(spec)
+    argv = _argv(spec) or []
+    cwd = str(spec.cwd) if spec is not None and getattr(spec, "cwd", None) else None
+    if cwd is not None and not cwd.startswith("/"):
+        cwd = None  # a relative cwd means nothing inside a container
+    checkpoint = getattr(spec, "checkpoint", None) if spec is not None else None
+    signame = str(checkpoint.signal) if checkpoint is not None else "SIGTERM"
     lines = [
         "apiVersion: batch/v1",
         "kind: Job",
@@ -588,8 +901,10 @@ def _k8s_job(
         lines.append(
             f"    miso/predicted-relative-step-time: {_q(f'{job.predicted_relative_step_time:g}')}"
         )
-    if spec is not None and getattr(spec, "cwd", None):
-        lines.append(f"    miso/host-cwd: {_q(str(spec.cwd))}")
+    if cwd is not None:
+        lines.append(f"    miso/host-cwd: {_q(cwd)}")
+    if signame != "SIGTERM":
+        lines.append(f"    miso/checkpoint-signal: {_q(signame)}")
     retries = int(getattr(spec, "retries", 0) or 0) if spec is not None else 0
     lines += [
         "spec:",
@@ -601,8 +916,8 @@ def _k8s_job(
         "    spec:",
         "      restartPolicy: Never",
     ]
-    if spec is not None and getattr(spec, "checkpoint", None) is not None:
-        grace = int(round(float(spec.checkpoint.grace_s)))
+    if checkpoint is not None:
+        grace = int(round(float(checkpoint.grace_s)))
         lines.append(f"      terminationGracePeriodSeconds: {grace}")
     if node:
         lines += ["      nodeSelector:", f"        kubernetes.io/hostname: {_q(node)}"]
@@ -611,8 +926,14 @@ def _k8s_job(
         "        - name: train",
         f"          image: {_q(image)}",
     ]
+    if signame != "SIGTERM":
+        # Kubernetes stops a pod with SIGTERM; the job checkpoints on another signal.
+        sig = signame[3:] if signame.startswith("SIG") else signame
+        argv = ["/bin/sh", "-c", _SIGNAL_WRAPPER, sig, *argv]
     if argv:
         lines.append("          command: [" + ", ".join(_q(a) for a in argv) + "]")
+    if cwd is not None:
+        lines.append(f"          workingDir: {_q(cwd)}")
     env = dict(getattr(spec, "env", {}) or {}) if spec is not None else {}
     if env:
         lines.append("          env:")
@@ -623,24 +944,105 @@ def _k8s_job(
         "            limits:",
         f"              {_q(resource)}: 1",
     ]
+    if cwd is not None and workdir_volume == "hostpath":
+        lines += [
+            "          volumeMounts:",
+            "            - name: workdir",
+            f"              mountPath: {_q(cwd)}",
+            "      volumes:",
+            "        - name: workdir",
+            "          hostPath:",
+            f"            path: {_q(cwd)}",
+            "            type: Directory",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # -- Slurm ------------------------------------------------------------------------
 
 
-def slurm_bundle(handoff: Handoff, *, node: str | None, node_config: str | None) -> Bundle:
+def _round_half_away(x: float) -> int:
+    # C's roundl(), as slurmd uses it; Python's round() rounds half to even.
+    return int(math.floor(x + 0.5))
+
+
+def slurm_detected_name(model: GpuModel, profile: str | None = None) -> str:
+    """The GRES type slurmd's NVML autodetection gives a GPU or one of its MIG slices.
+
+    As src/plugins/gpu/nvml/gpu_nvml.c of SchedMD/slurm builds it: the NVML device name,
+    lowercased with spaces as '_' (gpu_common_underscorify_tolower); for a MIG slice the
+    name is cut at its first '-' and ``_<slices>g.<GiB>gb`` appended, the memory being
+    the slice's memorySizeMB / 1024, rounded (so an A100-40GB ``7g.40gb`` is detected as
+    ``nvidia_a100_7g.39gb``, and ``+me`` is not part of the name).
+    """
+    name = model.name.lower().replace(" ", "_")
+    if profile is None:
+        return name
+    p = model.profile(profile)
+    return name.split("-", 1)[0] + f"_{p.slices}g.{_round_half_away(p.memory_mb / 1024)}gb"
+
+
+def slurm_type(model: GpuModel | None, profile: str | None, *, prefixed: bool) -> str | None:
+    """The GRES type miso writes: a substring of what slurmd detects (gres_gpu.c matches a
+    configured type to a detected device by substring, longest types first)."""
+    if model is None:
+        if profile is None:
+            return None
+        return profile.split("+", 1)[0]  # unknown model: the profile name, unverified
+    detected = slurm_detected_name(model, profile)
+    base = detected[len("nvidia_") :] if detected.startswith("nvidia_") else detected
+    if profile is None:
+        # a100-sxm4-40gb has a '-', so it is in no MIG slice's name. Without a '-' (e.g.
+        # nvidia_h100_80gb_hbm3) the whole GPU's name begins every slice's name: its type
+        # is then the first word (h100), shorter than any slice type, so slurmd, which
+        # tries the longest types first, gives each slice its own type before this one.
+        return base if "-" in base else base.split("_", 1)[0]
+    if prefixed:
+        return base  # e.g. a100_3g.20gb
+    return base.rsplit("_", 1)[1]  # e.g. 3g.20gb
+
+
+def slurm_bundle(
+    handoff: Handoff, *, node: str | None, node_config: str | None, types: str = "bare"
+) -> Bundle:
+    if types not in SLURM_TYPES:
+        raise UsageError(f"--slurm-types {types!r}: expected one of {', '.join(SLURM_TYPES)}")
+    prefixed = types == "model"
+    empty = [g.index for g in handoff.gpus if g.mig_enabled and not (g.layout and g.layout.slices)]
+    if empty:
+        raise BadInput(
+            f"GPU {', '.join(map(str, empty))}: MIG is on but the layout has no instances; "
+            'slurmd with AutoDetect=nvml stops on such a GPU ("MIG mode is enabled, but no '
+            'MIG devices were found")',
+            hint="give the GPU instances in the plan, or plan it with MIG off (mode 'full')",
+        )
     mc = mig_configs(handoff, node_config)
     header = _header(handoff)
     node_ref = node or "$(hostname -s)"
     gres_counts: Counter[str] = Counter()
+    detected: dict[str, str] = {}
     untyped = 0
+    unknown_model = False
+
+    def gpu_type(g: GpuHandoff, profile: str | None) -> str | None:
+        nonlocal unknown_model
+        model = MODELS.get(g.model_key or "")
+        if model is None:
+            unknown_model = True
+        t = slurm_type(model, profile, prefixed=prefixed)
+        if t is not None and model is not None:
+            detected[t] = slurm_detected_name(model, profile)
+        return t
+
     for g in handoff.gpus:
         if g.mig_enabled and g.layout is not None:
             for s in g.layout.slices:
-                gres_counts[s.profile] += 1
+                t = gpu_type(g, s.profile)
+                gres_counts[t or s.profile] += 1
         else:
-            t = whole_gpu_type(g.model_key)
+            t = gpu_type(g, None)
+            if t is None:
+                t = whole_gpu_type(g.model_key)
             if t:
                 gres_counts[t] += 1
             else:
@@ -648,20 +1050,34 @@ def slurm_bundle(handoff: Handoff, *, node: str | None, node_config: str | None)
     gres = [f"gpu:{t}:{n}" for t, n in sorted(gres_counts.items(), key=lambda kv: kv[0])]
     if untyped:
         gres.append(f"gpu:{untyped}")
+    if unknown_model:
+        handoff.warnings.append(
+            "a GPU model is unknown: its GRES types are the profile names, not checked "
+            "against the names slurmd detects (see `slurmd -G`)"
+        )
+    example = next(iter(sorted(detected.items())), None)
     gres_conf = [f"# {h}" for h in header] + [
-        "# slurmd finds the MIG instances through NVML once the layout is applied;",
-        "# the node's gres.conf needs nothing else for them.",
+        "# slurmd finds the GPUs and MIG instances through NVML once the layout is applied;",
+        "# the node's gres.conf needs nothing else for them. `slurmd -G` prints what it finds.",
         "AutoDetect=nvml",
     ]
     tres = ",".join(["gres/gpu"] + [f"gres/gpu:{t}" for t in sorted(gres_counts)])
     slurm_conf = [f"# {h}" for h in header] + [
         "# Merge into slurm.conf on every host (keep the node's CPUs, RealMemory, ...).",
-        "# A GRES type must be a substring of the MIG profile slurmd detects",
-        "# (e.g. nvidia_a100-sxm4-40gb_3g.20gb), so the profile name alone is used.",
+        "# A GRES type must be a substring of the name slurmd detects: the NVML name cut at",
+        "# its first '-', then _<slices>g.<GiB>gb for a MIG instance"
+        + (f" (e.g. {example[1]} for {example[0]})." if example else "."),
         "GresTypes=gpu",
         f"NodeName={node or '<node>'} Gres={','.join(gres) if gres else 'gpu:0'}",
+        "# Jobs are confined to their slice only with cgroup.conf: ConstrainDevices=yes",
+        "# and TaskPlugin=task/cgroup (see cgroup.conf.fragment).",
         "# To account MIG usage per type:",
         f"#AccountingStorageTRES={tres}",
+    ]
+    cgroup_conf = [f"# {h}" for h in header] + [
+        "# Merge into cgroup.conf on every GPU node, with TaskPlugin=task/cgroup in slurm.conf:",
+        "# without it a job sees every GPU and MIG instance of the node, not only its own.",
+        "ConstrainDevices=yes",
     ]
     steps = [
         "#!/bin/sh",
@@ -686,17 +1102,29 @@ def slurm_bundle(handoff: Handoff, *, node: str | None, node_config: str | None)
         "mig-parted.yaml": mig_parted_yaml(mc, header),
         "gres.conf": "\n".join(gres_conf) + "\n",
         "slurm.conf.fragment": "\n".join(slurm_conf) + "\n",
+        "cgroup.conf.fragment": "\n".join(cgroup_conf) + "\n",
         "reconfigure.sh": "\n".join(steps) + "\n",
     }
     executable = {"reconfigure.sh"}
+    # The type a whole-GPU job asks for when it waits: that of the plan's whole GPUs.
+    whole_types = [gpu_type(g, None) or whole_gpu_type(g.model_key) for g in handoff.gpus
+                   if not g.mig_enabled]  # fmt: skip
     job_summaries = []
     used: set[str] = set()
     for job in handoff.jobs:
+        gpu = next((g for g in handoff.gpus if g.index == job.gpu), None)
         if job.profile:
-            gtype: str | None = job.profile
+            if gpu is None:  # waiting: a GPU of the plan that has this slice
+                gpu = next(
+                    (g for g in handoff.gpus if g.layout is not None
+                     and job.profile in g.layout.counts()), None,
+                )  # fmt: skip
+            gtype: str | None = gpu_type(gpu, job.profile) if gpu is not None else None
+            gtype = gtype or job.profile
+        elif gpu is not None:
+            gtype = gpu_type(gpu, None) or whole_gpu_type(gpu.model_key)
         else:
-            gpu = next((g for g in handoff.gpus if g.index == job.gpu), None)
-            gtype = whole_gpu_type(gpu.model_key if gpu else None)
+            gtype = next((t for t in whole_types if t), None)
         gres_req = f"gpu:{gtype}:1" if gtype else "gpu:1"
         fname: str | None = None
         if job.spec is not None:  # the script runs the job's command: needs its queue entry
@@ -716,8 +1144,12 @@ def slurm_bundle(handoff: Handoff, *, node: str | None, node_config: str | None)
         "configs": mc.configs,
         "node_config": mc.node_config,
         "gres": gres,
+        "types": types,
+        "detected": dict(sorted(detected.items())),
         "jobs": job_summaries,
         "steps": [
+            "merge slurm.conf.fragment into slurm.conf and cgroup.conf.fragment into "
+            "cgroup.conf on every host",
             f"sh reconfigure.sh (on {node or 'the node'}, as root): drain, wait for its jobs, "
             f"nvidia-mig-parted apply -c {mc.node_config}, scontrol reconfigure, "
             "restart slurmd, resume",
@@ -793,12 +1225,16 @@ def export(
     configmap: str = DEFAULT_CONFIGMAP,
     image: str | None = None,
     node_config: str | None = None,
+    existing_configs: dict[str, list[dict[str, Any]]] | None = None,
+    slurm_types: str = "bare",
+    workdir_volume: str = "hostpath",
 ) -> Bundle:
     """Render ``handoff`` in ``fmt`` (one of :data:`FORMATS`)."""
-    if node_config is not None and _slug(node_config) != node_config:
+    if node_config is not None:
+        check_config_name(node_config)
+    if workdir_volume not in WORKDIR_VOLUMES:
         raise UsageError(
-            f"--config-name {node_config!r}: must be a valid label value (lowercase letters, "
-            "digits, '-', '.'; at most 63 characters)"
+            f"--workdir-volume {workdir_volume!r}: expected one of {', '.join(WORKDIR_VOLUMES)}"
         )
     resolve_waiting(handoff)
     if fmt != "mig-parted" and any(j.spec is None for j in handoff.jobs):
@@ -818,9 +1254,11 @@ def export(
             configmap=configmap,
             image=image,
             node_config=node_config,
+            existing=existing_configs,
+            workdir_volume=workdir_volume,
         )
     elif fmt == "slurm":
-        bundle = slurm_bundle(handoff, node=node, node_config=node_config)
+        bundle = slurm_bundle(handoff, node=node, node_config=node_config, types=slurm_types)
     else:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     bundle.summary = {
@@ -870,9 +1308,78 @@ def stream_text(bundle: Bundle, fmt: str) -> str:
         steps = "".join("# " + ln + "\n" for ln in bundle.summary.get("steps", []))
         return steps + "---\n".join(docs)
     parts = []
-    for name in ["mig-parted.yaml", "gres.conf", "slurm.conf.fragment", "reconfigure.sh"] + sorted(
-        n for n in bundle.files if n.startswith("jobs/")
-    ):
+    for name in [
+        "mig-parted.yaml",
+        "gres.conf",
+        "slurm.conf.fragment",
+        "cgroup.conf.fragment",
+        "reconfigure.sh",
+    ] + sorted(n for n in bundle.files if n.startswith("jobs/")):
         if name in bundle.files:
             parts.append(f"# ==> {name} <==\n{bundle.files[name]}")
     return "\n".join(parts)
+
+
+# -- mig-parted's own check -------------------------------------------------------
+
+
+def mig_parted_config_text(bundle: Bundle) -> str | None:
+    """The mig-parted config inside a bundle (the file, or the ConfigMap's config.yaml)."""
+    if "mig-parted.yaml" in bundle.files:
+        return bundle.files["mig-parted.yaml"]
+    configs = bundle.summary.get("configs")
+    if isinstance(configs, dict):
+        return mig_parted_yaml(configs, [])
+    return None
+
+
+def run_mig_parted_check(
+    config_text: str, config: str, binary: str | None = None, timeout_s: float = 60.0
+) -> tuple[bool, str]:
+    """``nvidia-mig-parted assert --valid-config -f FILE -c CONFIG``: (ok, its output).
+
+    That mode parses the file with mig-parted's own schema and checks the config is
+    present, without touching a GPU (cmd/nvidia-mig-parted/assert/assert.go).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = binary or shutil.which("nvidia-mig-parted")
+    if exe is None:
+        raise FileNotFoundError("nvidia-mig-parted")
+    with tempfile.TemporaryDirectory(prefix="miso-mig-parted-") as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(config_text, encoding="utf-8")
+        proc = subprocess.run(
+            [exe, "assert", "--valid-config", "-f", str(path), "-c", config],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    out = " ".join((proc.stdout + " " + proc.stderr).split())
+    return proc.returncode == 0, out
+
+
+def validate_with_mig_parted(bundle: Bundle, binary: str | None = None) -> dict[str, Any]:
+    """Check the bundle's mig-parted config with ``nvidia-mig-parted`` when it is on PATH.
+
+    Returns ``{"tool": ..., "ok": true/false/None, "detail": ...}``; ``ok`` is None when the
+    tool is not installed. A config the tool refuses is an internal error of miso's.
+    """
+    import shutil
+    import subprocess
+
+    exe = binary or shutil.which("nvidia-mig-parted")
+    text = mig_parted_config_text(bundle)
+    node_config = bundle.summary.get("node_config")
+    if exe is None or text is None or not isinstance(node_config, str):
+        return {"tool": "nvidia-mig-parted", "ok": None, "detail": "not on PATH"}
+    try:
+        ok, detail = run_mig_parted_check(text, node_config, exe)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"tool": "nvidia-mig-parted", "ok": None, "detail": f"could not run: {exc}"}
+    if not ok:
+        raise RuntimeError(f"nvidia-mig-parted refuses the config miso wrote: {detail}")
+    return {"tool": "nvidia-mig-parted", "ok": True, "detail": detail}

@@ -272,7 +272,17 @@ def test_k8s_from_plan_and_queue(cli, plan_file: Path, queue_file: Path) -> None
         assert pod["nodeSelector"] == {"kubernetes.io/hostname": "gpu-node-1"}
     bert = jobs["bert"]["spec"]["template"]["spec"]
     c = bert["containers"][0]
-    assert c["command"] == ["python", "-c", "print('it''s \"quoted\"')", "--lr", "1e-3"]
+    # Kubernetes stops a pod with SIGTERM; bert checkpoints on SIGUSR1: a wrapper turns one
+    # into the other, then runs the job's own argv.
+    assert c["command"][:2] == ["/bin/sh", "-c"] and c["command"][3] == "USR1"
+    assert c["command"][4:] == ["python", "-c", "print('it''s \"quoted\"')", "--lr", "1e-3"]
+    assert jobs["bert"]["metadata"]["annotations"]["miso/checkpoint-signal"] == "SIGUSR1"
+    # The job runs where the queue said, with that directory mounted from the node.
+    assert c["workingDir"] == str(queue_file.parent)
+    assert c["volumeMounts"] == [{"name": "workdir", "mountPath": str(queue_file.parent)}]
+    assert bert["volumes"] == [
+        {"name": "workdir", "hostPath": {"path": str(queue_file.parent), "type": "Directory"}}
+    ]
     assert {e["name"]: e["value"] for e in c["env"]} == {
         "WEIRD": "a: b # not a comment",
         "QUOTE": 'it\'s "x"',
@@ -340,7 +350,7 @@ def test_slurm_from_plan_and_queue(cli, plan_file: Path, queue_file: Path, tmp_p
     want: Counter[str] = Counter()
     for counts in _plan_counts().values():
         want.update(counts)
-    want["a100"] += 1  # GPU 2 stays whole
+    want["a100-sxm4-40gb"] += 1  # GPU 2 stays whole
     assert gres == dict(want)
     # The steps: drain, wait, apply the node config, restart slurmd, resume; runnable sh.
     script = (out_dir / "reconfigure.sh").read_text()
@@ -357,7 +367,9 @@ def test_slurm_from_plan_and_queue(cli, plan_file: Path, queue_file: Path, tmp_p
     scripts = {j["job"]: j for j in data["jobs"]}
     assert set(scripts) == {"bert", "resnet", "small", "big", "gpt", "tiny", "Extra.Job"}
     expect = {"bert": "gpu:4g.20gb:1", "resnet": "gpu:3g.20gb:1", "small": "gpu:2g.10gb:1",
-              "big": "gpu:a100:1", "gpt": "gpu:3g.20gb:1", "tiny": "gpu:2g.10gb:1"}  # fmt: skip
+              "big": "gpu:a100-sxm4-40gb:1", "gpt": "gpu:3g.20gb:1", "tiny": "gpu:2g.10gb:1",
+              # waiting for a whole GPU: typed, so it cannot land on a slice
+              "Extra.Job": "gpu:a100-sxm4-40gb:1"}  # fmt: skip
     for name, gres_req in expect.items():
         assert scripts[name]["gres"] == gres_req
         text = (out_dir / scripts[name]["file"]).read_text()

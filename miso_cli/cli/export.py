@@ -91,6 +91,31 @@ def command(
             "or miso-node-<hash> when the GPUs differ].",
         ),
     ] = None,
+    merge_configmap: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--merge-configmap",
+            help="k8s: an existing MIG manager ConfigMap ('kubectl get configmap NAME -n "
+            "gpu-operator -o yaml' or -o json) whose configs are kept beside miso's "
+            "[default: keep the operator's all-disabled and all-enabled].",
+        ),
+    ] = None,
+    workdir_volume: Annotated[
+        str,
+        typer.Option(
+            "--workdir-volume",
+            help="k8s: 'hostpath' mounts each job's working directory from the node at the "
+            "same path; 'none' only sets workingDir (the image or your volumes provide it).",
+        ),
+    ] = "hostpath",
+    slurm_types: Annotated[
+        str,
+        typer.Option(
+            "--slurm-types",
+            help="slurm: GRES types 'bare' (3g.20gb) or 'model' (a100_3g.20gb: tells GPU "
+            "models with the same profile names apart across a cluster).",
+        ),
+    ] = "bare",
     gpu: GpuOpt = None,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
@@ -104,7 +129,8 @@ def command(
     the GPU Operator MIG manager's ConfigMap with the nvidia.com/mig.config label to
     set, and one batch/v1 Job per job asking for nvidia.com/mig-<profile>; Slurm
     gets gres.conf (AutoDetect=nvml), the node's Gres line, one sbatch script per
-    job with --gres=gpu:<profile>:1, and a drain/apply/resume script.
+    job with --gres=gpu:<profile>:1, and a drain/apply/resume script. Where
+    nvidia-mig-parted is on PATH, its 'assert --valid-config' checks the config first.
 
     $ miso export --format mig-parted --gpu sim:a100-40gb
 
@@ -136,6 +162,11 @@ def command(
                 handoff = ex.from_driver(drv)
             finally:
                 drv.close()
+        existing = ex.load_configmap(merge_configmap) if merge_configmap is not None else None
+        if existing is not None and fmt is not Format.k8s:
+            from miso_cli.errors import UsageError
+
+            raise UsageError("--merge-configmap: only for --format k8s")
         bundle = ex.export(
             handoff,
             fmt.value,
@@ -144,7 +175,12 @@ def command(
             job_namespace=namespace,
             image=image,
             node_config=config_name,
+            existing_configs=existing,
+            slurm_types=slurm_types,
+            workdir_volume=workdir_volume,
         )
+        # mig-parted's own check of what was written, where the tool is installed.
+        bundle.summary["validated"] = ex.validate_with_mig_parted(bundle)
         written = ex.write_bundle(bundle, out) if out is not None else []
         data = dict(bundle.summary)
         data["files"] = dict(sorted(bundle.files.items()))
