@@ -183,7 +183,8 @@ def cycles(
         for k in range(n):
             how = _kill_after(proc, state, rng, limit_s=20)
             hits[how] = hits.get(how, 0) + 1
-            proc = _miso(state, ["run", "--resume"])
+            started = (state / "runs" / "latest").exists()  # killed before a run existed?
+            proc = _miso(state, ["run", "--resume"] if started else args)
             if how == "ended" and k > 0:
                 break
         try:
@@ -206,7 +207,9 @@ def cycles(
             journal = json.loads((state / "runs" / run / "journal.json").read_text())
         except (OSError, ValueError):
             journal = {"jobs": {}}
-        for name, rec in journal.get("jobs", {}).items():
+        recs = journal.get("jobs", {})
+        for name in (f"j{k}" for k in range(jobs)):
+            rec = recs.get(name, {})
             try:
                 log = (state / "runs" / run / "logs" / f"{name}.log").read_text(errors="replace")
             except OSError:
