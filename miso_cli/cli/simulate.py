@@ -16,6 +16,9 @@ from miso_cli.errors import UsageError
 ALL_POLICIES = ("nopart", "static", "mps", "miso", "oracle", "miso+")
 
 
+MAX_TRACE_JOBS = 1000  # issue-11: see --max-jobs
+
+
 def _gpus(spec: str) -> list[Any]:
     from miso_cli.gpu.profiles import model
     from miso_cli.gpu.simnvml import SimSpecError, parse_spec
@@ -154,6 +157,15 @@ def command(
             "reconfigurations, profiling) as one self-contained HTML page.",
         ),
     ] = None,
+    max_jobs: Annotated[  # issue-11: bounded work for any trace
+        int,
+        typer.Option(
+            "--max-jobs",
+            min=1,
+            help="Refuse a trace of more jobs than this (the work grows faster than the "
+            "number of jobs waiting at once).",
+        ),
+    ] = MAX_TRACE_JOBS,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -177,6 +189,12 @@ def command(
         policies = [_policy(n, layout, profile_s) for n in names]
         cat = load_catalog(catalog)
         jobs = load_trace(trace, cat)
+        if len(jobs) > max_jobs:  # issue-11: a clear limit, not a simulation of hours
+            raise UsageError(
+                f"{trace}: {len(jobs)} jobs; simulate takes at most {max_jobs}",
+                hint="pass --max-jobs N to allow more (a 500-job burst takes about half a "
+                "minute per policy), or split the trace",
+            )
         _check_layouts(names, policies, gpus, given=layout is not None, jobs=jobs, cat=cat)
         predict = None
         predictor_meta: dict[str, Any] | None = None
