@@ -61,8 +61,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def step_time_s(workload, device: str | None, state: str | None) -> tuple[float | None, str]:
-    """Seconds per step on the device miso gave us, alone (None: the workload does not fit)."""
+def step_time_s(
+    workload, device: str | None, state: str | None, memory_mb: float | None = None
+) -> tuple[float | None, str]:
+    """Seconds per step on the device miso gave us, alone (None: the workload does not fit).
+
+    Whether it fits is decided by the device's real memory against the job's need
+    (``--memory-mb``, else what the catalog's empty cells imply on the A100 it was
+    measured on), so a job that misses an A100's 2g.10gb runs on an H100's 2g.20gb.
+    """
     pct = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
     if not device or not state:
         return workload.step_time_ms(7) / 1000.0, "no simulated GPU: pacing as a whole GPU"
@@ -72,8 +79,13 @@ def step_time_s(workload, device: str | None, state: str | None) -> tuple[float 
     where = info["profile"] or f"whole GPU {info['gpu_index']}"
     if pct:
         return mps_step_time_ms(workload, float(pct), []) / 1000.0, f"{where} under MPS at {pct}%"
-    ms = workload.step_time_ms(int(info["slices"]))
+    ms = slice_step_time_ms(workload, info, memory_mb)
     return (ms / 1000.0 if ms is not None else None), where
+
+
+def slice_step_time_ms(workload, info: dict, memory_mb: float | None) -> float | None:
+    """Catalog step time on a simulated device (``lookup_device``); None: out of memory."""
+    return workload.step_time_on(int(info["slices"]), float(info["memory_mb"]), memory_mb)
 
 
 def mps_step_time_ms(workload, pct: float, co_runners: list) -> float:
@@ -134,15 +146,17 @@ def main(argv: list[str]) -> int:
     device = (os.environ.get("CUDA_VISIBLE_DEVICES") or "").split(",")[0].strip() or None
     state = os.environ.get("MISO_SIM_STATE")
     try:
-        per_step, where = step_time_s(workload, device, state)
+        per_step, where = step_time_s(workload, device, state, args.memory_mb)
     except KeyError as exc:
         print(
             f"RuntimeError: CUDA error: no CUDA-capable device is detected ({exc})", file=sys.stderr
         )
         return 1
     if per_step is None:
+        need = args.memory_mb or workload.memory_need_mb()
         print(
-            f"torch.OutOfMemoryError: CUDA out of memory. {args.workload} does not fit on {where}.",
+            f"torch.OutOfMemoryError: CUDA out of memory. {args.workload} needs about "
+            f"{need:.0f} MiB and does not fit on {where}.",
             file=sys.stderr,
         )
         return 1
@@ -185,7 +199,7 @@ def main(argv: list[str]) -> int:
         else:
             # no daemon serves this pipe directory: CUDA runs the job without MPS
             info = simnvml.lookup_device(Path(state), device)
-            ms = workload.step_time_ms(int(info["slices"]))
+            ms = slice_step_time_ms(workload, info, args.memory_mb)
             if ms is not None:
                 per_step = ms / 1000.0
             where = (info["profile"] or f"whole GPU {info['gpu_index']}") + " (no MPS daemon)"

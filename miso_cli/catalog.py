@@ -8,12 +8,14 @@ training jobs on simulated GPUs and give the simulator its ground truth.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from miso_cli.errors import BadInput
 
+REFERENCE_GPU = "a100-40gb"  # the GPU the example catalogs (MISO's measurements) come from
 _MIG = re.compile(r"^mig_(\d+)g$")
 _MPS = re.compile(r"^mps_(\d+)$")
 
@@ -34,6 +36,63 @@ class Workload:
     def step_time_ms(self, slices: int) -> float | None:
         """Step time on an instance of ``slices`` compute slices (None: out of memory)."""
         return self.mig_ms.get(slices)
+
+    def memory_need_mb(self, reference: str = REFERENCE_GPU) -> float:
+        """A memory need consistent with the catalog's empties on the ``reference`` GPU.
+
+        An empty ``mig_<g>g`` says the workload did not fit that instance of the GPU the
+        catalog was measured on: its need lies above the largest instance it missed
+        and at most the smallest one it fitted. The middle of that range (half the
+        smallest fitting instance when it fitted everything).
+        """
+        from miso_cli.gpu.profiles import MODELS
+
+        model = MODELS[reference]
+        fitting, not_fitting = [], []
+        for g, t in self.mig_ms.items():
+            try:
+                mem = float(model.by_slices(g).memory_mb)
+            except KeyError:
+                continue
+            (fitting if t is not None else not_fitting).append(mem)
+        low = max(not_fitting, default=0.0)
+        high = min((m for m in fitting if m > low), default=float(model.memory_mb))
+        return low + 0.5 * (high - low) if low else 0.5 * high
+
+    def step_time_on(
+        self, slices: int, slice_memory_mb: float, need_mb: float | None = None
+    ) -> float | None:
+        """Step time (ms) on an instance of ``slices`` compute slices with ``slice_memory_mb``.
+
+        Whether the workload fits is decided by memory, not by the catalog's column:
+        ``need_mb`` (default :meth:`memory_need_mb`) against the instance's memory, so
+        a workload that missed the A100's 2g.10gb fits an H100's 2g.20gb. Where the
+        catalog has no time for a slice size it fits (its cell is empty because it did
+        not fit the reference GPU), the time is extrapolated from the two smallest
+        measured sizes, as a power of the compute slices (exponent between 0 and 1:
+        never faster than the larger slice, never slower than in proportion to SMs).
+        None: out of memory.
+        """
+        need = self.memory_need_mb() if need_mb is None else float(need_mb)
+        if need > float(slice_memory_mb):
+            return None
+        known = self.mig_ms.get(slices)
+        if known is not None:
+            return known
+        measured = sorted((g, t) for g, t in self.mig_ms.items() if t is not None)
+        if not measured:
+            return None
+        if len(measured) == 1 or slices > measured[-1][0]:
+            g0, t0 = measured[0] if slices < measured[0][0] else measured[-1]
+            return t0 * (g0 / slices) if slices < g0 else t0
+        (g0, t0), (g1, t1) = measured[0], measured[1]
+        if slices > g0:  # between measured sizes: interpolate in log-log
+            lower = max((g, t) for g, t in measured if g < slices)
+            upper = min((g, t) for g, t in measured if g > slices)
+            (g0, t0), (g1, t1) = lower, upper
+        b = math.log(t0 / t1) / math.log(g1 / g0)
+        b = min(max(b, 0.0), 1.0)
+        return t0 * (g0 / slices) ** b
 
     def smallest_fit(self) -> int | None:
         fitting = [g for g, t in self.mig_ms.items() if t is not None]

@@ -29,6 +29,7 @@ STATE_STYLE = {
     "hung": "bold red",
     "interrupted": "yellow",
     "profiling": "magenta",
+    "cancelled": "yellow",  # issue-15: miso cancel
 }
 
 
@@ -70,8 +71,14 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"{job}: {kind}: {event.get('reason', '')}"
     if kind == "requeued":
         return f"{job}: back in the queue ({event.get('reason', '')})"
+    if kind == "arrived":
+        return f"{job}: joins the queue"
     if kind == "interrupted":
         return f"{job}: interrupted ({event.get('reason', '')})"
+    if kind in ("cancelled", "request", "request_rejected"):  # issue-15: miso submit/cancel
+        from miso_cli.operate.inbox import describe_event
+
+        return describe_event(event)
     if kind == "stopping":
         return f"{job}: asked to checkpoint and stop ({event['reason']}, {event['signal']})"
     if kind == "killed":
@@ -255,6 +262,8 @@ class Dashboard:
             usage = ex.usage.get(name, {}) if rec.state == "running" else {}
             eta = p.get("eta_s") if rec.state == "running" else None
             state = rec.state
+            if name in getattr(ex, "not_arrived", {}):
+                state = "not yet"
             if name in profiling and rec.state in ("running", "starting", "stopping", "waiting"):
                 state = "profiling"
                 slice_name = f"{rec.gpu if rec.gpu is not None else '-'}:mps"

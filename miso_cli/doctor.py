@@ -516,6 +516,19 @@ def check_model(state_dir: Path, gpu_model_key: str | None) -> Check:
         extra = [f"{k} {meta[k]}" for k in ("gpu_model", "sklearn_version") if meta.get(k)]
         if extra:
             what += " (" + ", ".join(extra) + ")"
+    sel = meta.get("selection") if isinstance(meta.get("selection"), dict) else None
+    if sel and sel.get("chosen") == "prior":
+        from miso_cli.predict.selection import summary_line
+
+        return Check(
+            "model",
+            WARN,
+            f"fitted model {what} is kept aside: it is not better than the shipped prior "
+            f"({summary_line(sel)}); predictions use the prior",
+            "calibrate with more workload families (miso calibrate --queue), then miso fit",
+        )
+    if sel and sel.get("chosen") == "blend":
+        what += "; predictions blend it with the shipped prior (better on held-out rows)"
     if age_days > MODEL_STALE_DAYS:
         return Check(
             "model",
@@ -580,6 +593,14 @@ def run_checks(gpu_spec: str | None, state_dir: Path) -> list[Check]:
     except Exception as exc:  # an unexpected driver answer is a finding, not a crash
         checks.append(Check("driver", FAIL, f"{type(exc).__name__}: {exc}", None, ExitCode.NO_GPU))
     if drv is not None:
+        # The real driver loads NVML on its first call: probe it, so a machine without a
+        # driver still gets the whole checklist, with the rows that need the driver failing.
+        probe = _probe(drv)
+        if probe is not None:
+            _safe(drv.close)
+            checks += _no_driver_checks(probe)
+            drv = None
+    if drv is not None:
         try:
             simulated = bool(getattr(drv, "is_simulated", simulated))
             checks += _driver_checks(drv, gpu_spec)
@@ -594,6 +615,29 @@ def run_checks(gpu_spec: str | None, state_dir: Path) -> list[Check]:
     checks.append(check_state_dir(state_dir))
     checks.append(check_model(state_dir, gpu_model_key))
     return checks
+
+
+def _probe(drv: Any) -> Check | None:
+    """None when the driver answers; else the failing ``driver`` check."""
+    try:
+        drv.device_count()
+    except MisoError as exc:
+        return Check("driver", FAIL, exc.message, exc.hint, exc.exit_code)
+    except Exception as exc:  # an unexpected driver answer is a finding, not a crash
+        return Check("driver", FAIL, f"{type(exc).__name__}: {exc}", None, ExitCode.NO_GPU)
+    return None
+
+
+def _no_driver_checks(driver: Check) -> list[Check]:
+    """The rows that need the driver, when it cannot be loaded: each says why it fails."""
+    why = "not checked: the NVIDIA driver is not loaded"
+    return [
+        driver,
+        _check_binding(None, False),
+        Check("gpus", FAIL, f"no GPU visible ({why})", driver.fix),
+        Check("permission", FAIL, why, "fix the driver first"),
+        Check("processes", FAIL, why, "fix the driver first"),
+    ]
 
 
 def _guard(name: str, fn: Callable[[], list[Check]]) -> list[Check]:

@@ -32,12 +32,15 @@ USAGE = (
 
 
 def _write_exit(path: str, record: dict[str, object]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # The job's folder may belong to the job's user while this wrapper is root: a
+    # symlink planted at any name there must never be followed (see miso_cli.safefs).
+    from miso_cli.safefs import write_new
+
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        write_new(folder, name, json.dumps(record).encode("utf-8"))
+    except OSError as exc:
+        print(f"miso: cannot write the exit status to {path}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

@@ -32,7 +32,7 @@ from miso_cli.state import atomic_write_json, atomic_write_text, ensure_dir
 
 JOURNAL_VERSION = 1
 ACTIVE = ("starting", "running", "stopping")
-TERMINAL = ("finished", "failed", "hung", "interrupted")
+TERMINAL = ("finished", "failed", "hung", "interrupted", "cancelled")  # cancelled: issue-15
 
 
 @dataclass
@@ -139,7 +139,8 @@ class Journal:
         }
         journal = Journal(run_dir, data)
         for job in queue.jobs:
-            journal.jobs[job.name] = JobRecord(job.name, queued_at=now)
+            # A job with an arrival joins the queue that long after the start.
+            journal.jobs[job.name] = JobRecord(job.name, queued_at=now + job.arrival_s)
         journal.save()
         atomic_write_text(Path(state_dir) / "runs" / "latest", run_id + "\n")
         return journal
@@ -262,7 +263,18 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        from miso_cli.errors import PermissionDenied
+        from miso_cli.safefs import UnsafePath, check_dir, open_file
+
+        # A state dir another user owns (or may write) could hold a planted symlink at
+        # any name: refused, and the lock file itself is never followed through a link.
+        try:
+            check_dir(self.path.parent.resolve(), owners=(os.geteuid(),), what="the state dir")
+            fd = open_file(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except UnsafePath as exc:
+            raise PermissionDenied(
+                str(exc), hint="use a --state-dir that belongs to you alone"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,6 +14,7 @@ import json
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -65,6 +66,38 @@ def run_as_from_env(
     except (KeyError, OSError):
         groups = (gid,)
     return RunAs(uid, gid, groups, name, home)
+
+
+def prepare_job_files(
+    run_dir: Path, job_dir: Path, ckpt: Path, progress_file: Path, run_as: RunAs | None
+) -> None:
+    """Make the job's checkpoint folder and progress file; under sudo, hand them over.
+
+    ``job_dir`` is the user's once handed over, so its job may have planted a symlink
+    or hard link at any name in it by the next attempt: nothing here follows one
+    (see :mod:`miso_cli.safefs`), and ownership changes go through descriptors.
+    """
+    from miso_cli.safefs import chown_dir, touch_owned
+
+    job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        st = os.lstat(ckpt)
+        if not (stat.S_ISDIR(st.st_mode)):  # a planted symlink or file: it is not ours
+            os.unlink(ckpt)
+            raise FileNotFoundError
+    except FileNotFoundError:
+        os.mkdir(ckpt, 0o700)
+    if run_as is None:
+        touch_owned(progress_file, None, None)
+        return
+    for d in (run_dir.parent.parent, run_dir.parent, run_dir, run_dir / "jobs"):
+        try:
+            os.chmod(d, 0o711)  # traverse, not list (root's own folders)
+        except OSError:
+            pass
+    chown_dir(job_dir, run_as.uid, run_as.gid)
+    chown_dir(ckpt, run_as.uid, run_as.gid)
+    touch_owned(progress_file, run_as.uid, run_as.gid)
 
 
 @dataclass
@@ -216,9 +249,16 @@ def kill_group(pid: int) -> bool:
 
 
 def read_exit(path: Path) -> dict[str, Any] | None:
-    """The exit record the wrapper wrote, or None while the job runs (or if it was killed)."""
+    """The exit record the wrapper wrote, or None while the job runs (or if it was killed).
+
+    Read without following a symlink: the folder may be the job's user's.
+    """
+    from miso_cli.safefs import open_file
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        fd = open_file(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as fh:
+            data = json.loads(fh.read(1 << 16).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -32,3 +32,15 @@ def is_zombie(pid: int) -> bool:
 def pid_running(pid: int) -> bool:
     """``pid`` exists and has not exited (a zombie has)."""
     return pid_exists(pid) and not is_zombie(pid)
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid a process runs as (None when it is gone or /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -17,6 +17,7 @@ A versioned TOML file with one ``[[job]]`` table per job::
     priority = 0
     hang_timeout = "15m"
     workload = "resnet_64"     # catalog name (simulated GPUs, predictions)
+    arrival = "90s"            # joins the queue this long after the run starts
 
     [job.checkpoint]
     signal = "SIGUSR1"         # how the job is asked to save and stop
@@ -65,6 +66,7 @@ JOB_KEYS = {
     "priority",
     "hang_timeout",
     "workload",
+    "arrival",
 }
 CHECKPOINT_KEYS = {"signal", "grace", "resume_args", "resume_env"}
 TOP_KEYS = {"version", "job"}
@@ -127,6 +129,7 @@ class JobSpec:
     priority: int = 0
     hang_timeout_s: float | None = None
     workload: str | None = None
+    arrival_s: float = 0.0  # seconds after the run's start when the job joins the queue
     line: int = 0  # where its [[job]] starts, for messages
 
     @property
@@ -479,6 +482,13 @@ class _Checker:
             if not workload:
                 self.fail(index, "workload", "is empty")
             spec.workload = workload
+        if "arrival" in raw:
+            try:
+                spec.arrival_s = parse_duration_s(raw["arrival"])
+            except ValueError as exc:
+                self.fail(index, "arrival", str(exc))
+            if spec.arrival_s > 366 * 86400:
+                self.fail(index, "arrival", "must be at most a year after the start")
         if "checkpoint" in raw:
             spec.checkpoint = self._checkpoint(index, raw["checkpoint"])
         return spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ def check_state_dir(path: Path) -> None:
 
     for p in (path, *path.parents):
         if p.is_dir():
+            if p == path:
+                _check_owner(path)
             return
         if p.exists() or p.is_symlink():
             where = "is" if p == path else f"is below {p}, which is"
@@ -42,13 +45,49 @@ def check_state_dir(path: Path) -> None:
             )
 
 
+def _check_owner(path: Path) -> None:
+    """An existing state dir must be this user's and closed to others' writes: under
+    ``sudo`` a folder the invoking user owns could hold symlinks for root to follow."""
+    from miso_cli.errors import PermissionDenied
+    from miso_cli.safefs import UnsafePath, check_dir
+
+    try:
+        check_dir(path.resolve(), owners=(os.geteuid(),), what="state dir")
+    except UnsafePath as exc:
+        hint = "point --state-dir or MISO_STATE_DIR at a folder of your own"
+        if os.geteuid() == 0:
+            hint += " (as root, e.g. --state-dir /var/lib/miso)"
+        raise PermissionDenied(str(exc), hint=hint) from None
+
+
 def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=mode)
     return path
 
 
+# A full disk (or quota) may be cleared while miso waits: a write is tried again for
+# about half a minute before the error stops the command (see miso_cli.retry).
+DISK_RETRIES = 6
+DISK_FIRST_PAUSE_S = 1.0
+_sleep = time.sleep
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename).
+
+    ENOSPC and EDQUOT are retried with growing pauses; then the error is raised.
+    """
+    from miso_cli.retry import Backoff, is_transient, retry
+
+    retry(
+        lambda: _atomic_write_once(path, data, mode),
+        policy=Backoff(tries=DISK_RETRIES, first_s=DISK_FIRST_PAUSE_S, max_s=8.0),
+        sleep=lambda s: _sleep(s),
+        transient=lambda e: isinstance(e, OSError) and is_transient(e),
+    )
+
+
+def _atomic_write_once(path: Path, data: bytes, mode: int) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -322,3 +322,54 @@ def test_simulated_gpu_without_privilege(cli, monkeypatch) -> None:
     assert checks["permission"]["status"] == "fail"
     assert code == int(ExitCode.PERMISSION)
     assert env["errors"][0]["code"] == "PERMISSION"
+
+
+class LazyNoDriver(FakeDriver):
+    """Like the real driver on a machine without NVML: opening works, the first call fails."""
+
+    def device_count(self) -> int:
+        raise NoGpu("no NVIDIA driver found: NVML could not be loaded", hint="install it")
+
+    def driver_version(self) -> str | None:
+        raise NoGpu("no NVIDIA driver found: NVML could not be loaded")
+
+
+def test_no_driver_prints_the_whole_checklist(cli, fake_driver) -> None:
+    fake_driver["driver"] = LazyNoDriver()
+    code, out, err = cli("doctor")
+    assert code == int(ExitCode.NO_GPU)
+    rows = [ln.split()[:2] for ln in out.splitlines() if ln.strip()]
+    names = [name for _, name in rows]
+    assert names[:7] == [
+        "python",
+        "packages",
+        "driver",
+        "binding",
+        "gpus",
+        "permission",
+        "processes",
+    ]
+    assert {"mps-control", "state-dir", "model"} <= set(names)
+    marks = {name: mark for mark, name in rows}
+    assert all(marks[n] == "FAIL" for n in ("driver", "gpus", "permission", "processes"))
+    assert marks["python"] == "ok"
+    assert "NVML could not be loaded" in out and "ready for miso run" not in out
+    assert fake_driver["driver"].closed
+    code, out, _ = cli("doctor", "--json")
+    env = parse_envelope(out)
+    assert [e["code"] for e in env["errors"]] == ["NO_GPU"]  # one blocking finding: the driver
+    assert len(env["data"]["checks"]) >= 10
+
+
+def test_a_fitted_model_kept_aside_says_so(state_dir: Path) -> None:
+    import json
+
+    models = state_dir / "models"
+    models.mkdir(parents=True)
+    (models / "a100-40gb.joblib").write_bytes(b"")
+    sel = {"chosen": "prior", "mape": {"prior": {"mean": 0.1}, "fitted": {"mean": 0.16}}}
+    doc = {"metadata": {"gpu_model": "a100-40gb", "selection": sel}, "rows": []}
+    (models / "a100-40gb.joblib.json").write_text(json.dumps(doc))
+    check = doctor.check_model(state_dir, "a100-40gb")
+    assert check.status == "warn" and "kept aside" in check.message
+    assert "prior 10.0%" in check.message and "fitted 16.0%" in check.message

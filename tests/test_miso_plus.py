@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from miso_cli.engine.measure import Look, ProgressMeter
 from miso_cli.gpu.layouts import place
 from miso_cli.gpu.profiles import MODELS
 from miso_cli.planner import PlanGpu, plan
@@ -27,6 +30,7 @@ def _running(name: str, gpu: int, sl, **kw) -> JobView:
 def test_measured_progress_gives_remaining_time_without_the_restore() -> None:
     """Seconds per step are measured from the first look that finds the job progressing."""
     pol = MisoPlus(weight_power=1.0, critical=0.0)  # weight 1: the plan sees remaining time
+    meter = ProgressMeter()
     lay = place(A100, ["4g.20gb", "3g.20gb"])
     three = next(s for s in lay.slices if s.slices == 3)
     gpu = GpuView(0, A100, "mig", lay, {"a": three})
@@ -34,9 +38,17 @@ def test_measured_progress_gives_remaining_time_without_the_restore() -> None:
     # 1 step/s on its 3g instance.
     looks = [(0.0, 0.0), (20.0, 0.0), (40.0, 10.0), (100.0, 70.0)]
     for now, done in looks:
-        a = _running("a", 0, three, profiled=False, total_steps=10_000, done_steps=done)
-        view = _view(now, [gpu], [a])
-        pol.decide(Event("tick"), view)
+        meter.look(now, [Look("a", "running", 0, three, done)])
+    a = _running(
+        "a",
+        0,
+        three,
+        profiled=False,
+        total_steps=10_000,
+        done_steps=70.0,
+        measured_step_s=meter.of("a"),
+    )
+    view = _view(100.0, [gpu], [a])
     (job,) = pol.plan_jobs(view, view.gpus)
     # 1.0 s/step on 3g is 1.0 / 1.45 s/step on 7g; counting from placement would say
     # 100 s / 70 steps instead.
@@ -44,11 +56,36 @@ def test_measured_progress_gives_remaining_time_without_the_restore() -> None:
     # A job that moves is measured afresh on its new instance; until then its 3g
     # measurement still stands.
     four = next(s for s in lay.slices if s.slices == 4)
-    moved = _running("a", 0, four, profiled=False, total_steps=10_000, done_steps=70.0)
+    meter.look(110.0, [Look("a", "running", 0, four, 70.0)])
+    moved = _running(
+        "a",
+        0,
+        four,
+        profiled=False,
+        total_steps=10_000,
+        done_steps=70.0,
+        measured_step_s=meter.of("a"),
+    )
     view = _view(110.0, [GpuView(0, A100, "mig", lay, {"a": four})], [moved])
-    pol.decide(Event("tick"), view)
     (job,) = pol.plan_jobs(view, view.gpus)
     assert job.remaining_s == pytest.approx((10_000 - 70) * 1.0 / REL[3])
+    # What was measured survives a journal round trip (miso run --resume keeps it).
+    again = ProgressMeter.from_json(json.loads(json.dumps(meter.to_json())))
+    assert again.of("a") == meter.of("a") and again.anchors == meter.anchors
+    # A finished job is forgotten.
+    meter.look(120.0, [Look("a", "finished", None, None, 10_000)])
+    assert meter.of("a") == {}
+
+
+def test_miso_plus_is_pure_same_view_same_targets() -> None:
+    """No state between calls: deciding twice on one view gives the same targets."""
+    pol = MisoPlus()
+    jobs = [JobView(n, 0.0, seq=i, memory_mb=4096.0) for i, n in enumerate("abc")]
+    view = _view(0.0, [GpuView(0, A100)], jobs)
+    first = pol.decide(Event("arrival", job="a"), view)
+    assert first and pol.decide(Event("tick"), view) == first
+    assert pol.decide(Event("resume"), view) == first
+    assert vars(pol) == vars(MisoPlus())  # nothing learnt inside the policy
 
 
 def test_jobs_are_weighed_alike_except_the_one_that_sets_the_makespan() -> None:
@@ -116,3 +153,27 @@ def test_no_back_and_forth_when_nothing_changes() -> None:
     for now, done in ((40.0, 0.0), (60.0, 20.0), (120.0, 80.0)):
         a = _running("a", 0, new, total_steps=1000, step_time_7g_s=1.0, done_steps=done)
         assert pol.decide(Event("arrival", "x"), _view(now, [after], [a])) == []
+
+
+def test_short_jobs_run_one_after_the_other_when_that_finishes_them_sooner() -> None:
+    """Four short jobs, speeds known: splitting the GPU four ways would finish every job
+    late; one after the other on the whole GPU gives the lower mean completion time."""
+    linear = SlicePrediction({7: 1.0, 4: 7 / 4, 3: 7 / 3, 2: 3.5, 1: 7.0}, {})
+    jobs = [
+        JobView(
+            n,
+            0.0,
+            seq=i,
+            prediction=linear,
+            profiled=True,
+            total_steps=100,
+            step_time_7g_s=0.2,
+            memory_mb=2048.0,
+        )
+        for i, n in enumerate("abcd")
+    ]
+    view = _view(0.0, [GpuView(0, A100)], jobs)
+    (t,) = MisoPlus().decide(Event("arrival", job="a"), view)
+    assert list(t.assignment) == ["a"] and t.layout.name == "7g.40gb"
+    (split,) = MisoPlus(hold_back=False).decide(Event("arrival", job="a"), view)
+    assert len(split.assignment) == 4

@@ -131,7 +131,10 @@ def test_fit_on_stored_observations_goes_to_the_state_dir(cli, state_dir: Path) 
     assert data["observation_rows"] == 36
     assert data["model"] == str(state_dir / "models" / "a100-40gb.joblib")
     assert set(data["targets"]) == {"mig_4g", "mig_3g"}
+    chosen = data["selection"]["chosen"]  # the fitted model replaces the prior only if better
     code, out, _ = cli(
         "predict", "--data", str(write_csv(state_dir / "q.csv", synthetic_rows()[:3])), "--json"
     )
-    assert parse_envelope(out)["data"]["source"] == "model"
+    got = parse_envelope(out)["data"]
+    assert got["model_used"] == chosen
+    assert got["source"] == {"prior": "prior", "fitted": "model", "blend": "blend"}[chosen]

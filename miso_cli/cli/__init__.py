@@ -63,6 +63,12 @@ COMMANDS: list[tuple[str, str]] = [
     ("fit", "fit"),
     ("predict", "predict"),
     ("calibrate", "calibrate"),
+    ("submit", "submit"),
+    ("cancel", "cancel"),
+    ("priority", "priority"),
+    ("runs", "runs"),
+    ("logs", "logs"),
+    ("report", "report"),
     ("man", "man"),
 ]
 

@@ -81,7 +81,9 @@ def command(
     Needs a MIG-capable, idle GPU (and root on a real one: MIG is reconfigured).
     The original layout is restored afterwards, whatever happens. The pairs are
     stored under <state dir>/calibration/ and a model is fitted on all of them and
-    the stored observations, saved as this GPU model's model in the state dir.
+    the stored observations, saved as this GPU model's model in the state dir. It
+    replaces the shipped prior only if better on held-out workload families (else
+    the two blended, or the prior, are used; the figures are printed).
 
     $ miso calibrate --gpu sim:a100-40gb --speedup 50
 
@@ -194,3 +196,6 @@ def _render(out: Console, data: dict[str, Any]) -> None:
             shown = f"{mape:.1%}" if mape is not None else "n/a"
             out.print(f"  {name}: {rep['estimator']}, grouped-CV error {shown}")
         out.print(f"Saved {fit['model']}")
+        from miso_cli.cli.fit import _render_selection
+
+        _render_selection(out, fit.get("selection"))

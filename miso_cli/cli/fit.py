@@ -59,7 +59,8 @@ def command(
         typer.Option(
             "--out",
             help="Where to save the model [default: <state dir>/models/<gpu model>.joblib, "
-            "which `miso predict`, `miso plan` and `miso simulate` use].",
+            "which predict, plan, run and simulate use when it beats the shipped prior on "
+            "held-out rows].",
         ),
     ] = None,
     gpu_model: GpuModelOpt = "a100-40gb",
@@ -81,7 +82,9 @@ def command(
     The estimator for each slice size is chosen by cross-validation grouped by
     workload family (the part of the workload name before '_'), so the error
     reported is for models the fit has not seen. The model is saved with mode
-    0600 and a JSON sidecar holding its metadata and training rows.
+    0600 and a JSON sidecar holding its metadata and training rows. It is then
+    scored against the shipped prior, and the two blended, on the same held-out
+    rows: predict, plan, run and simulate use whichever is best.
 
     $ miso fit --data ../shared/data/a100-40gb/mps_mig_pairs.csv
 
@@ -153,3 +156,21 @@ def _render(out: Console, report: dict[str, Any]) -> None:
     for name, why in report.get("not_learned", {}).items():
         out.print(f"{name}: not learned ({why}); predicted by the physical model", markup=False)
     out.print(f"Saved {report['model']}")
+    _render_selection(out, report.get("selection"))
+
+
+def _render_selection(out: Console, sel: dict[str, Any] | None) -> None:
+    """Which model plan, run and simulate will use, with the held-out figures behind it."""
+    from miso_cli.predict.selection import summary_line
+
+    if not sel:
+        return
+    out.print(summary_line(sel), markup=False)
+    use = {
+        "prior": "the shipped prior (the fit is kept aside: it is not better)",
+        "fitted": "this fitted model",
+        "blend": "the shipped prior blended with this fitted model",
+    }[sel["chosen"]]
+    out.print(f"plan, run and simulate will use {use}.", markup=False)
+    for note in sel.get("notes", []):
+        out.print(f"note: {note}", markup=False)

@@ -94,6 +94,10 @@ def command(
         result: dict[str, Any] = {
             "model": pred.metadata.get("path"),
             "source": pred.source,
+            # fitted, prior or blend, and why (see miso_cli/predict/selection.py)
+            "model_used": pred.metadata.get("model_used"),
+            "predictor": pred.metadata.get("description"),
+            "selection": pred.metadata.get("selection"),
             "gpu_model": key,
             "predictions": items,
         }
@@ -110,6 +114,9 @@ def command(
 def _render(out: Console, result: dict[str, Any], slices: list[int]) -> None:
     from rich.table import Table
 
+    from miso_cli.cli.common import stderr_console
+
+    stderr_console().print(f"predictor: {result['predictor']}", markup=False, soft_wrap=True)
     where = result["model"] or "shipped prior"
     table = Table(title=f"Step time relative to {max(slices)}g ({result['source']}: {where})")
     table.add_column("row", justify="right")

@@ -63,6 +63,7 @@ def command(
             "catalog; step times are scaled back [default: 10].",
         ),
     ] = None,
+    reset_layout: ResetLayoutOpt = False,
     gpu: GpuOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -70,9 +71,14 @@ def command(
 ) -> None:
     """Measure each job's step time under MPS at a few active-thread percentages.
 
-    The MIG layout is not touched: miso runs its own MPS daemon on the GPU (or its one
-    full-size MIG instance). Profiles are stored per job and reused by plan and run
-    while fresh. Exit code 7 if a job failed or ran out of memory at some level.
+    miso runs its own MPS daemon on the GPU (or its one full-size MIG instance).
+    The MIG layout is not touched, except with --reset-layout (or a yes on the
+    terminal): an idle GPU split by a previous run is switched to one full-size
+    instance for profiling and back afterwards, also on Ctrl-C. Profiles are stored
+    per job and reused by plan and run while fresh. Exit code 7 if a job failed or
+    ran out of memory at some level.
+
+    $ miso profile queue.toml --gpu sim:a100-40gb --reset-layout
     """
 
     def body(console: Any) -> Result:
@@ -102,11 +108,22 @@ def command(
         )
         spec = load_queue(queue)
         sdir = state_dir_or_default(state_dir)
+        from miso_cli.commands.profile import profile_queue
         from miso_cli.gpu.nvml import open_driver
 
         drv = open_driver(gpu, sdir)
+        view = _ProgressView(len(settings.resolved_levels()), settings.min_steps)
         try:
-            report = _profile(drv, spec.jobs, sdir, settings, refresh, json_out)
+            with view:
+                report = profile_queue(
+                    drv,
+                    spec.jobs,
+                    sdir,
+                    settings,
+                    refresh=refresh,
+                    sink=view.sink,
+                    consent=layout_consent(reset_layout, json_out),
+                )
         finally:
             drv.close()
         errors = []
@@ -127,114 +144,30 @@ def command(
     execute("profile", body, json_out=json_out, debug=debug)
 
 
-def _profile(drv: Any, jobs: list, sdir: Path, settings: Any, refresh: bool, json_out: bool):
-    import time
+def layout_consent(reset_layout: bool, json_out: bool) -> Any:
+    """Consent to switch an idle split GPU to a whole one for profiling: the flag, else a
+    question on a terminal (never with --json or without one), else no."""
+    import sys
 
-    from miso_cli import profiles_store as store
-    from miso_cli.profiler import JobProfile, LevelResult, Profiler, groups_of
-    from miso_cli.profiler import install_sigterm_as_interrupt as sigterm
+    def ask(offer: Any) -> bool:
+        if reset_layout:
+            return True
+        if json_out or not (sys.stdin.isatty() and sys.stderr.isatty()):
+            return False
+        return bool(typer.confirm(offer.question(), default=False, err=True))
 
-    levels = settings.resolved_levels()
-    i = settings.gpu_index
-    if not 0 <= i < drv.device_count():
-        raise UsageError(f"--gpu-index: no GPU {i} (this machine has {drv.device_count()})")
-    info = drv.gpu(i)
-    gpu_model, driver = info.model_key or info.name, drv.driver_version()
-    fps = {j.name: store.fingerprint(j) for j in jobs}
+    return ask
 
-    # reuse: a group is measured again unless every job in it has a fresh profile
-    # taken with the same co-runners (co-located) or alone (solo)
-    todo, reused = [], {}
-    for group in groups_of(jobs, settings.mode):
-        stored = {}
-        for j in group:
-            prof = None if refresh else store.load(sdir, fps[j.name])
-            co = [fps[o.name] for o in group if o.name != j.name]
-            if prof is not None and prof.is_fresh(
-                gpu_model=gpu_model,
-                driver_version=driver,
-                mode=settings.mode,
-                levels=levels,
-                co_runners=co,
-            ):
-                stored[j.name] = prof
-        if len(stored) == len(group):
-            reused.update(stored)
-        else:
-            todo.extend(group)
 
-    measured: dict[str, JobProfile] = {}
-    notes: list[str] = []
-    if todo:
-        view = _ProgressView(len(levels), settings.min_steps)
-        prof = Profiler(drv, sdir, settings, sink=view.sink)
-        restore = sigterm()
-        try:
-            with view:
-                results = prof.profile(todo)
-        finally:
-            restore()
-        notes = prof.notes
-        for r in results:
-            measured[r.job] = r
-            by_name = {j.name: j for j in todo}
-            job = by_name[r.job]
-            store.save(
-                sdir,
-                store.StoredProfile(
-                    fingerprint=r.fingerprint,
-                    job=r.job,
-                    command=job.command,
-                    cwd=str(Path(job.cwd).resolve()),
-                    env=dict(job.env),
-                    gpu_model=gpu_model,
-                    gpu_name=info.name,
-                    driver_version=driver,
-                    mode=r.mode,
-                    co_runners=[fps[n] for n in r.co_runners],
-                    levels=[lv.to_json() for lv in r.levels],
-                    started_at=r.started_at,
-                    finished_at=r.finished_at,
-                    simulated=drv.is_simulated,
-                ),
-            )
-    items = []
-    names = {fp: n for n, fp in fps.items()}
-    for j in jobs:
-        if j.name in measured:
-            p = measured[j.name]
-        else:
-            s = reused[j.name]
-            p = JobProfile(
-                job=j.name,
-                fingerprint=s.fingerprint,
-                mode=s.mode,
-                workload=j.workload,
-                co_runners=[names.get(fp, fp) for fp in s.co_runners],
-                levels=[LevelResult.from_json(lv) for lv in s.levels if lv["level"] in levels],
-                started_at=s.started_at,
-                finished_at=s.finished_at,
-                reused=True,
-            )
-        item = p.to_json()
-        item["failed_levels"] = [f"{r.level:g}" for r in p.levels if r.status != "ok"]
-        items.append(item)
-    return {
-        "gpu": {
-            "index": i,
-            "name": info.name,
-            "model": gpu_model,
-            "driver_version": driver,
-            "simulated": drv.is_simulated,
-        },
-        "mode": settings.mode,
-        "levels": list(levels),
-        "measured": len(measured),
-        "reused": len(reused),
-        "profiles": items,
-        "notes": notes,
-        "generated_at": time.time(),
-    }
+ResetLayoutOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reset-layout",
+        help="If the GPU is idle but split into MIG instances (a run leaves its layout), "
+        "switch it to one full-size instance for profiling and restore the layout "
+        "afterwards (asked on a terminal when not given).",
+    ),
+]
 
 
 class _ProgressView:
@@ -256,15 +189,19 @@ class _ProgressView:
         )
         self.tasks: dict[str, Any] = {}
         self.done: dict[str, int] = {}
+        self.started = False
 
     def __enter__(self) -> _ProgressView:
-        self.progress.start()
-        return self
+        return self  # the display starts at the first event: a question may come first
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
 
     def sink(self, ev: Any) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
         total = self.n_levels * self.min_steps
         if ev.kind == "level":
             for name in ev.group or []:

@@ -1,9 +1,11 @@
-"""``miso status``: GPUs, their MIG instances and the processes on them."""
+"""``miso status``: the runs of this machine, and the GPUs, their MIG instances and processes."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 from miso_cli.cli.common import (
@@ -16,35 +18,119 @@ from miso_cli.cli.common import (
     state_dir_or_default,
 )
 
+_sleep = time.sleep  # tests replace it: a watch never waits on the wall clock there
+
 
 def command(
     gpu: GpuOpt = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help="Redraw every --interval seconds until Ctrl-C (it only reads: the run "
+            "goes on when the view stops).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, max=3600.0, help="Seconds between redraws.")
+    ] = 2.0,
+    count: Annotated[
+        int,
+        typer.Option("--count", min=0, help="With --watch: stop after this many views (0: never)."),
+    ] = 0,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show each GPU (name, memory, MIG capable, mode current/pending), its instances
-    (profile, placement, MIG device UUID, memory) and the processes on it.
+    """Show the runs of this machine's state dir (id, policy, state; per job its state,
+    GPU, slice, progress, step time and ETA), then each GPU (name, memory, MIG capable,
+    mode current/pending), its instances (profile, placement, MIG device UUID, memory)
+    and the processes on it.
 
+    Without --gpu, a running run's GPUs are shown (sim:... for a simulated run).
     A value the driver will not give (a lost GPU, an unprivileged caller) shows as
-    n/a, and null in JSON.
+    n/a, and null in JSON. With --watch --json: one JSON envelope per line and view.
 
     $ miso status
 
+    $ miso status --watch
+
     $ miso status --gpu sim:a100-40gb --json
     """
+    from miso_cli.cli.common import require_finite
+
+    def snapshot() -> dict[str, Any]:
+        from miso_cli.errors import NoGpu
+        from miso_cli.gpu.nvml import open_driver
+        from miso_cli.operate.view import collect_runs
+
+        state = state_dir_or_default(state_dir)
+        runs = collect_runs(state)
+        spec = gpu
+        if spec is None:  # the GPUs of the run shown (a driven one first), if it names them
+            ordered = sorted(runs, key=lambda r: not r["live"])
+            spec = next((r["gpu_spec"] for r in ordered if r["gpu_spec"]), None)
+        try:
+            drv = open_driver(spec, state)
+            try:
+                data = collect(drv)
+            finally:
+                drv.close()
+        except NoGpu as exc:
+            if not runs:
+                raise
+            # The runs are still worth showing: the GPU part says why it is missing.
+            return {"runs": runs, "gpus": [], "gpu_error": exc.as_dict()}
+        data["runs"] = runs
+        return data
 
     def body(console: Console) -> Result:
-        from miso_cli.gpu.nvml import open_driver
+        require_finite(interval=interval)
+        if watch:
+            from miso_cli.operate.view import watch_loop
 
-        drv = open_driver(gpu, state_dir_or_default(state_dir))
-        try:
-            data = collect(drv)
-        finally:
-            drv.close()
-        return Result(data=data, render=lambda out: render(out, data))
+            watch_loop(
+                snapshot,
+                render_watch,
+                console,
+                json_out=json_out,
+                interval=interval,
+                count=count,
+                sleep=_sleep,
+            )
+            raise typer.Exit(0)  # Ctrl-C ends a watch cleanly: the run is not ours
+        data = snapshot()
+        return Result(data=data, render=lambda out: render_all(out, data))
 
     execute("status", body, json_out=json_out, debug=debug)
+
+
+def render_watch(out: Console, data: dict[str, Any]) -> None:
+    """The live view: the runs, then one line per GPU."""
+    from miso_cli.operate.view import render_gpu_lines, render_runs, wide
+
+    out = wide(out)
+    render_runs(out, data.get("runs", []), compact=out.width < 100)
+    if data.get("gpu_error"):
+        _gpu_error(out, data["gpu_error"])
+    render_gpu_lines(out, data)
+
+
+def render_all(out: Console, data: dict[str, Any]) -> None:
+    from miso_cli.operate.view import render_runs, wide
+
+    out = wide(out)
+    render_runs(out, data.get("runs", []))
+    if data.get("gpu_error"):
+        _gpu_error(out, data["gpu_error"])
+        return
+    render(out, data)
+
+
+def _gpu_error(out: Console, err: dict[str, Any]) -> None:
+    hint = f" ({err['hint']})" if err.get("hint") else ""
+    out.print(f"GPUs: {err['message']}{hint}", markup=False, soft_wrap=True)
 
 
 def collect(drv: Any) -> dict[str, Any]:

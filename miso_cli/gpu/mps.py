@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from miso_cli.errors import ExitCode, GpuBusy, MisoError, NoGpu
-from miso_cli.pids import pid_running
+from miso_cli.pids import pid_running, process_uid
 
 CONTROL = "nvidia-cuda-mps-control"
 PID_FILE = "nvidia-cuda-mps-control.pid"
@@ -89,8 +89,41 @@ def mps_dirs(state_dir: Path, device: str) -> MpsDirs:
     if len(os.fsencode(pipe / SOCKET)) <= SUN_PATH_MAX:
         return MpsDirs(pipe, base / "log")
     digest = hashlib.sha1(str(base).encode()).hexdigest()[:12]
-    short = Path(tempfile.gettempdir()) / f"miso-mps-{os.getuid()}" / digest
-    return MpsDirs(short, base / "log", moved=True)
+    return MpsDirs(_short_base() / digest, base / "log", moved=True)
+
+
+def _short_base() -> Path:
+    """Where pipe directories go when the state dir is too deep: a folder only this user
+    can write (never a shared name in /tmp that another user could create first)."""
+    explicit = os.environ.get("MISO_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit) / "mps"
+    if os.geteuid() == 0:
+        return Path("/run/miso/mps")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and len(xdg) < 60:
+        return Path(xdg) / "miso" / "mps"
+    return Path(tempfile.gettempdir()) / f"miso-mps-{os.geteuid()}"
+
+
+def _check_pipe_dir(dirs: MpsDirs) -> None:
+    """The pipe directory and the folder above it are this user's and closed to others: a
+    pipe directory someone else made could fake a daemon (and its pid) for miso to stop."""
+    from miso_cli.safefs import UnsafePath, check_dir, private_dir
+
+    try:
+        if dirs.moved:
+            private_dir(dirs.pipe.parent, what="MPS pipe folder")
+        if os.path.lexists(dirs.pipe):
+            check_dir(dirs.pipe, owners=(os.geteuid(),), what="MPS pipe directory")
+    except UnsafePath as exc:
+        raise MpsError(
+            f"MPS pipe directory {exc.filename}: {exc.why}",
+            hint="remove it (it is not miso's), or use a --state-dir of your own",
+            exit_code=ExitCode.PERMISSION,
+        ) from None
+    except OSError as exc:
+        raise MpsError(f"cannot create MPS directory {dirs.pipe}: {exc.strerror}") from None
 
 
 def _alive(pid: int) -> bool:
@@ -113,9 +146,14 @@ class DaemonState:
 
 def inspect(pipe_dir: Path) -> DaemonState:
     """Look at ``pipe_dir`` without changing it."""
+    from miso_cli.safefs import open_file
+
     pid_file = pipe_dir / PID_FILE
     try:
-        text = pid_file.read_text().strip()
+        fd = open_file(pid_file, os.O_RDONLY)  # a symlink is refused, never followed
+        with os.fdopen(fd, "rb") as fh:
+            owner = os.fstat(fh.fileno()).st_uid
+            text = fh.read(64).decode(errors="replace").strip()
     except FileNotFoundError:
         leftovers = (pipe_dir / SOCKET).exists() or (pipe_dir / "control_lock").exists()
         return DaemonState(pipe_dir, None, leftovers)
@@ -125,7 +163,11 @@ def inspect(pipe_dir: Path) -> DaemonState:
         pid = int(text)
     except ValueError:
         return DaemonState(pipe_dir, None, True)
-    if pid > 0 and _alive(pid):
+    if not 0 < pid < 2**22:
+        return DaemonState(pipe_dir, None, True)
+    if owner != os.geteuid() or process_uid(pid) not in (None, os.geteuid()):
+        return DaemonState(pipe_dir, None, True)  # not this user's daemon: never signalled
+    if _alive(pid):
         return DaemonState(pipe_dir, pid, False)
     return DaemonState(pipe_dir, None, True, pid)
 
@@ -240,6 +282,7 @@ class MpsDaemon:
                 f"the state directory is too deep for a Unix socket path; "
                 f"MPS pipe directory is {self.dirs.pipe}"
             )
+        _check_pipe_dir(self.dirs)
         state = inspect(self.dirs.pipe)
         if state.running:
             raise GpuBusy(

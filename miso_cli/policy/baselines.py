@@ -130,6 +130,7 @@ class Mps(Policy):
     """Up to ``max_jobs`` jobs per GPU under MPS at ``share`` percent of the threads each."""
 
     name = "mps"
+    reacts_to_progress = False
 
     def __init__(self, max_jobs: int = 3, share: int = 33) -> None:
         if max_jobs < 1:

@@ -35,7 +35,11 @@ from miso_cli.gpu.profiles import GpuModel
 
 JobStateName = Literal["waiting", "profiling", "running", "finished", "failed"]
 GpuMode = Literal["full", "mig", "mps"]
-EventKind = Literal["arrival", "finish", "failed", "profiled", "tick"]
+# "resume": a driver took over a run another miso process left (``miso run --resume``):
+# every job may have moved since the policy last looked. "tick": time passed and some
+# fact changed (a driver sends no tick when nothing did, see ClusterView.fingerprint).
+EventKind = Literal["arrival", "finish", "failed", "profiled", "tick", "resume"]
+EVENT_KINDS: tuple[EventKind, ...] = ("arrival", "finish", "failed", "profiled", "tick", "resume")
 
 
 @dataclass
@@ -66,6 +70,10 @@ class JobView:
     prediction: SlicePrediction | None = None
     profiled: bool = False  # an MPS profile of this job exists
     workload: str | None = None  # catalog name, in simulations
+    seq: int = 0  # position in the queue file / trace: ties of arrival_s go by it
+    # Measured seconds per step by compute slices, from the job's own progress on an
+    # instance (see miso_cli.engine.measure); the driver keeps it, so --resume has it.
+    measured_step_s: dict[int, float] = field(default_factory=dict)
 
     @property
     def remaining_steps(self) -> float | None:
@@ -97,10 +105,44 @@ class ClusterView:
     gpus: list[GpuView]
     jobs: dict[str, JobView]
 
+    # The names of the waiting jobs, when the driver keeps them (then queue() costs in
+    # proportion to the queue, not to every job of the run); None: found from ``jobs``.
+    waiting: set[str] | None = None
+
     def queue(self) -> list[JobView]:
-        """Waiting jobs, first come first served (then priority, higher first)."""
-        waiting = [j for j in self.jobs.values() if j.state == "waiting"]
-        return sorted(waiting, key=lambda j: (-j.priority, j.arrival_s, j.name))
+        """Waiting jobs: priority (higher first), then first come first served.
+
+        Jobs that arrive together keep their order in the queue file or trace.
+        """
+        if self.waiting is not None:
+            waiting = [self.jobs[n] for n in self.waiting]
+        else:
+            waiting = [j for j in self.jobs.values() if j.state == "waiting"]
+        return sorted(waiting, key=lambda j: (-j.priority, j.arrival_s, j.seq, j.name))
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """The facts a decision depends on, apart from the clock and measured speeds.
+
+        A driver skips a ``tick`` whose view has the fingerprint of the last view it
+        decided on: the policy has already answered those facts.
+        """
+        gpus = tuple(
+            (
+                g.index,
+                g.mode,
+                g.layout,
+                tuple(sorted(g.jobs.items(), key=lambda kv: kv[0])),
+                g.busy,
+                g.profiling,
+            )
+            for g in self.gpus
+        )
+        jobs = tuple(
+            (j.name, j.state, j.profiled, j.prediction is not None, j.gpu, j.slice)
+            for j in sorted(self.jobs.values(), key=lambda j: j.name)
+            if j.state in ("waiting", "running", "profiling")
+        )
+        return gpus, jobs
 
 
 @dataclass
@@ -124,9 +166,18 @@ class GpuTarget:
 
 
 class Policy(ABC):
-    """A scheduling policy: events and facts in, GPU targets out. Pure and deterministic."""
+    """A scheduling policy: events and facts in, GPU targets out. Pure and deterministic.
+
+    Pure: the targets depend on the event and the view alone. A policy keeps nothing
+    between calls; what it learns from the run (measured speeds, profiles) reaches it
+    through the view, which the driver keeps and journals, so a resumed run decides as
+    the interrupted one would have. Every event kind of :data:`EVENT_KINDS` is handled.
+    """
 
     name: str = "policy"
+    # Whether progress alone (steps done, measured speeds) can change a decision. When
+    # False, a driver skips ticks whose facts (ClusterView.fingerprint) it already decided on.
+    reacts_to_progress: bool = True
 
     @abstractmethod
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:

@@ -38,13 +38,21 @@ SoCC 2022):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
-from miso_cli.planner import PlanGpu, PlanJob, plan, plan_gpu
+from miso_cli.planner import (
+    Plan,
+    PlanError,
+    PlanGpu,
+    PlanJob,
+    estimate_mean_jct,
+    plan,
+    plan_gpu,
+)
 from miso_cli.policy.core import (
     ClusterView,
     Event,
@@ -56,8 +64,10 @@ from miso_cli.policy.core import (
 )
 
 MAX_JOBS_PER_GPU = 7
+# Holding jobs back must be predicted to lower the mean completion time by this much: the
+# estimate ignores later arrivals and re-plans, which favour starting jobs now.
+HOLD_BACK_GAIN = 0.03
 PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition list
-MEASURE_MIN_S = 5.0  # shortest stretch of progress a step time is measured over
 
 
 def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
@@ -76,13 +86,18 @@ def _full_layout(model: GpuModel) -> Layout:
 
 
 @lru_cache(maxsize=4096)
-def _fits_together(model: GpuModel, memories: tuple[float | None, ...]) -> bool:
-    """Whether jobs with these memory needs fit one instance each on one GPU (paper rule)."""
+def _fits_together(
+    model: GpuModel, memories: tuple[float | None, ...], exclude: tuple[str, ...] = PAPER_EXCLUDED
+) -> bool:
+    """Whether jobs with these memory needs fit one instance each on one GPU.
+
+    By default with the paper's partition list (no 4g+3g); ``exclude=()`` for every layout.
+    """
     jobs = [
         PlanJob(str(i), {c: 1.0 for c in range(1, model.compute_slices + 1)}, memory_mb=m)
         for i, m in enumerate(memories)
     ]
-    return plan_gpu(model, jobs, slices_equal_jobs=True, exclude=PAPER_EXCLUDED) is not None
+    return plan_gpu(model, jobs, slices_equal_jobs=True, exclude=exclude) is not None
 
 
 def _paper_partition(gpu: GpuView, jobs: list[PlanJob]) -> tuple[Layout, dict[str, Slice]] | None:
@@ -113,6 +128,7 @@ class Miso(Policy):
     """The MISO paper's policy. See the module docstring."""
 
     name = "miso"
+    reacts_to_progress = False
     knowledge = "profile"  # the simulator gives it predictions from MPS profiles
 
     def __init__(self, profile_s: float = 30.0, max_jobs: int = MAX_JOBS_PER_GPU) -> None:
@@ -120,8 +136,6 @@ class Miso(Policy):
         self.max_jobs = max_jobs
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
-        if event.kind == "tick":
-            return []
         targets: dict[int, GpuTarget] = {}
         if event.kind == "profiled" and event.gpu is not None:
             gpu = self._gpu(view, event.gpu)
@@ -129,6 +143,16 @@ class Miso(Policy):
                 t = self._repartition(view, gpu, "profiled")
                 if t is not None:
                     targets[gpu.index] = t
+        if event.kind == "resume":
+            # A GPU left under MPS without its profiling phase, or with a job the
+            # driver could not keep, is solved again with what is known.
+            for gpu in view.gpus:
+                if gpu.busy or gpu.profiling or gpu.index in targets:
+                    continue
+                if gpu.mode == "mps" or (gpu.mode == "mig" and not gpu.layout.slices):
+                    t = self._repartition(view, gpu, "resumed")
+                    if t is not None:
+                        targets[gpu.index] = t
         targets.update(self._place_queue(view, set(targets)))
         if event.kind in ("finish", "failed") and event.gpu is not None and not view.queue():
             gpu = self._gpu(view, event.gpu)
@@ -269,6 +293,7 @@ class MisoPlus(Policy):
     """Ours: cluster-wide, cost-aware, partial re-planning. See the module docstring."""
 
     name = "miso+"
+    reacts_to_progress = False
     knowledge = "profile"
 
     def __init__(
@@ -282,6 +307,7 @@ class MisoPlus(Policy):
         weight_power: float = 0.0,
         measure: bool = True,
         critical: float = 3.0,
+        hold_back: bool = True,
     ) -> None:
         self.profile_s = profile_s
         self.risk = risk
@@ -300,41 +326,18 @@ class MisoPlus(Policy):
         # Jobs whose remaining time is ``critical`` times the cluster's backlog per GPU
         # or more set the makespan: they are weighted by their remaining time (power 1).
         self.critical = critical
-        # Remaining times from measured progress (seconds per step on the instance).
+        # Remaining times from measured progress (the view's measured_step_s).
         self.measure = measure
-        self._last: tuple[object, ...] | None = None
-        # Measured progress: job -> (gpu, instance, since, done steps then), and
-        # job -> {compute slices: measured seconds per step}.
-        self._anchor: dict[str, tuple[int | None, Slice | None, float, float]] = {}
-        self._measured: dict[str, dict[int, float]] = {}
+        # Start fewer jobs now when that is predicted to finish jobs sooner on average.
+        self.hold_back = hold_back
 
-    # A fingerprint of the facts the plan depends on, so that ticks cost nothing.
-    def _signature(self, view: ClusterView) -> tuple[object, ...]:
-        gpus = tuple(
-            (
-                g.index,
-                g.mode,
-                g.layout,
-                tuple(sorted(g.jobs.items(), key=lambda kv: kv[0])),
-                g.busy,
-                g.profiling,
-            )
-            for g in view.gpus
-        )
-        jobs = tuple(
-            (j.name, j.state, j.profiled, j.prediction is not None)
-            for j in sorted(view.jobs.values(), key=lambda j: j.name)
-            if j.state in ("waiting", "running", "profiling")
-        )
-        return gpus, jobs
+    def warm_up(self) -> None:
+        """Import the solver now: its first import takes seconds, which a run should
+        spend before its jobs start, not between a profile and the plan it feeds."""
+        import scipy.optimize  # noqa: F401
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
-        if self.measure:
-            self._observe(view)
-        sig = self._signature(view)
-        if event.kind == "tick" and sig == self._last:
-            return []
-        self._last = sig
+        # Every event kind alike: the plan is made from the facts in the view.
         targets: dict[int, GpuTarget] = {}
         if self.profile:
             targets.update(self._profile_idle(view))
@@ -350,13 +353,13 @@ class MisoPlus(Policy):
                 break
             if gpu.busy or gpu.profiling or _alive(view, gpu):
                 continue
+            # A group that can afterwards run side by side, one MIG instance each: the
+            # plan after the phase must be able to keep every profiled job.
             group: list[JobView] = []
-            memory = 0.0
             for job in list(fresh):
-                need = job.memory_mb or 0.0
-                if len(group) < MAX_JOBS_PER_GPU and memory + need <= gpu.model.memory_mb:
+                memories = tuple(j.memory_mb for j in group) + (job.memory_mb,)
+                if len(group) < MAX_JOBS_PER_GPU and _fits_together(gpu.model, memories, ()):
                     group.append(job)
-                    memory += need
                     fresh.remove(job)
             if not group:
                 continue
@@ -371,36 +374,9 @@ class MisoPlus(Policy):
             )
         return out
 
-    def _observe(self, view: ClusterView) -> None:
-        """Measure each running job's seconds per step on its instance from its progress.
-
-        The stretch measured starts at the first look that finds the job progressing on
-        its instance, so the time it spent restoring or waiting for its instance is not
-        counted as slow steps.
-        """
-        for job in view.jobs.values():
-            if job.state != "running" or job.slice is None:
-                self._anchor.pop(job.name, None)
-                if job.state in ("finished", "failed"):
-                    self._measured.pop(job.name, None)
-                continue
-            prev = self._anchor.get(job.name)
-            if prev is None or prev[:2] != (job.gpu, job.slice):
-                self._anchor[job.name] = (job.gpu, job.slice, math.nan, job.done_steps)
-                continue
-            _, _, since, done = prev
-            if math.isnan(since):
-                if job.done_steps > done:
-                    self._anchor[job.name] = (job.gpu, job.slice, view.now, job.done_steps)
-                continue
-            elapsed = view.now - since
-            if elapsed >= MEASURE_MIN_S and job.done_steps > done:
-                per_step = elapsed / (job.done_steps - done)
-                self._measured.setdefault(job.name, {})[job.slice.slices] = per_step
-
     def _step_7g_s(self, job: JobView, pred: SlicePrediction) -> float | None:
         """Seconds per step on a whole GPU: from measured progress, else from the profile."""
-        seen = self._measured.get(job.name)
+        seen = job.measured_step_s
         if seen:
             c = job.slice.slices if job.slice is not None and job.slice.slices in seen else None
             c = c if c is not None else max(seen)
@@ -424,15 +400,10 @@ class MisoPlus(Policy):
         jobs = self.plan_jobs(view, gpus)
         if not jobs:
             return self._tidy(view, gpus)
-        # Starting jobs on instances being created costs a little: prefer fewer changes.
-        result = plan(
-            [PlanGpu(g.index, g.model, g.layout if g.mode == "mig" else Layout(())) for g in gpus],
-            jobs,
-            objective=self.objective,
-            fifo=False,
-            risk=self.risk,
-            reconfig_cost=1.0 if self.objective == "jct" else 1e-3,
-        )
+        try:
+            result = self._best_plan(view, gpus, jobs)
+        except PlanError:  # pragma: no cover - a bug; tests/test_policy_property.py hunts it
+            return {}  # nothing changes: the jobs that wait go on waiting
         out: dict[int, GpuTarget] = {}
         for gp in result.gpus:
             gpu = next(g for g in gpus if g.index == gp.index)
@@ -464,6 +435,71 @@ class MisoPlus(Policy):
             )
         return out
 
+    def _best_plan(self, view: ClusterView, gpus: Sequence[GpuView], jobs: list[PlanJob]) -> Plan:
+        """The plan that places the most jobs now, unless holding some back is predicted
+        to lower the mean completion time.
+
+        The planner places as many jobs as fit, which splits a GPU among short jobs
+        that would finish sooner one after the other. Plans that start only the first
+        k waiting jobs (k = 1, 2, 3 per GPU) are compared with it by the predicted
+        mean completion time of every job (the held-back jobs take the instances that
+        free first, in queue order), and so is starting nothing beside the running jobs;
+        the lowest wins, ties to the fuller plan.
+        Raises PlanError only on a bug: the model is feasible by construction (see
+        plan_jobs): keeping every running job where it is, and starting nothing, is a plan.
+        """
+        plan_gpus = [
+            PlanGpu(g.index, g.model, g.layout if g.mode == "mig" else Layout(())) for g in gpus
+        ]
+
+        def solve(subset: list[PlanJob]) -> Plan:
+            # Starting jobs on instances being created costs a little: prefer fewer changes.
+            return plan(
+                plan_gpus,
+                subset,
+                objective=self.objective,
+                fifo=False,
+                risk=self.risk,
+                reconfig_cost=1.0 if self.objective == "jct" else 1e-3,
+            )
+
+        best = solve(jobs)
+        waiting = [j for j in jobs if j.waiting]
+        if not self.hold_back or len(waiting) < 2:
+            return best
+        truth = self._unweighted(view, jobs)
+        best_jct = estimate_mean_jct(best, truth)
+        if best_jct is None:
+            return best
+        others = [j for j in jobs if not j.waiting]
+        # k = 0: start nothing new beside the running jobs (when some run).
+        sizes = {len(gpus) * m for m in (1, 2, 3)} | ({0} if others else set())
+        for k in sorted(sizes):
+            if k >= len(waiting) or k >= len(best.placement()) - len(others):
+                continue
+            held = [j.name for j in waiting[k:]]
+            trial = solve(others + waiting[:k])
+            trial = replace(trial, waiting=trial.waiting + held)
+            jct = estimate_mean_jct(trial, truth)
+            if jct is not None and jct < best_jct * (1.0 - HOLD_BACK_GAIN):
+                best, best_jct = trial, jct
+        return best
+
+    def _unweighted(self, view: ClusterView, jobs: list[PlanJob]) -> list[PlanJob]:
+        """``jobs`` with their predicted remaining seconds and restart costs, unweighted."""
+        out = []
+        for pj in jobs:
+            job = view.jobs[pj.name]
+            pred = job.prediction or SlicePrediction(dict(pj.relative), dict(pj.uncertainty))
+            out.append(
+                replace(
+                    pj,
+                    remaining_s=self._remaining_s(job, pred),
+                    restart_cost_s=job.restart_cost_s,
+                )
+            )
+        return out
+
     def plan_jobs(self, view: ClusterView, gpus: Sequence[GpuView]) -> list[PlanJob]:
         """The running jobs on ``gpus`` and the waiting ones as the planner should see them."""
         indices = {g.index for g in gpus}
@@ -489,6 +525,22 @@ class MisoPlus(Policy):
             where = None
             if job.gpu in indices and job.slice is not None:
                 where = job.slice
+            # A running job must be placed only where it can stay (its instance, which
+            # the current layout keeps, suits its prediction and memory): then leaving
+            # everything as it is always is a plan. A job under MPS (no instance), or
+            # on an instance it does not suit, may go back to the queue.
+            home = next((g for g in gpus if g.index == job.gpu), None)
+            can_stay = (
+                where is not None
+                and home is not None
+                and home.mode == "mig"
+                and where in home.layout.slices
+                and PlanJob(job.name, pred.relative, memory_mb=job.memory_mb).fits(
+                    home.model, where.slices
+                )
+            )
+            if not can_stay:
+                where = None
             remaining = remainings[job.name]
             # The planner's cost is restart + remaining x relative step time; scaling both
             # by the weight keeps a move worth making exactly when it saves more time
@@ -508,7 +560,7 @@ class MisoPlus(Policy):
                     restart_cost_s=restart * weight if job.checkpointable else 1e9,
                     gpu=job.gpu if where is not None else None,
                     slice=where,
-                    required=job.state in ("running", "profiling"),
+                    required=job.state in ("running", "profiling") and can_stay,
                     waiting=job.state == "waiting",
                 )
             )

@@ -33,6 +33,7 @@ class NoPart(Policy):
     """
 
     name = "nopart"
+    reacts_to_progress = False
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
         queue = list(view.queue())
@@ -86,6 +87,7 @@ class FixedLayout(Policy):
     """
 
     name = "layout"
+    reacts_to_progress = False
 
     def __init__(self, layout: Sequence[str] | Mapping[int, Sequence[str]]) -> None:
         if isinstance(layout, Mapping):

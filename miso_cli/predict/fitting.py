@@ -52,6 +52,12 @@ def fit_rows(
             f"rows with mig_7g and another mig_<g>g, from {model.min_target_families} or more "
             "workload families",
         )
+    from miso_cli.predict.selection import compare
+
+    # A fit never silently replaces a better model: score it against the shipped prior
+    # (and the two blended) on the same held-out rows; the sidecar records the choice.
+    selection = compare(usable, model, gpu_model_key=gpu_model_key, random_state=random_state)
+    extra = {**(extra or {}), "selection": selection}
     meta = save_model(out, model, usable, gpu_model_key=gpu_model_key, driver=driver, extra=extra)
     return {
         "model": str(out),
@@ -64,4 +70,6 @@ def fit_rows(
         # Slice sizes the data has but the model does not learn: physical model.
         "not_learned": {f"mig_{g}g": why for g, why in getattr(model, "not_learned_", {}).items()},
         "sklearn_version": meta["sklearn_version"],
+        # Which model plan, run, simulate and predict will use, and the figures behind it.
+        "selection": selection,
     }

@@ -45,25 +45,47 @@ def sklearn_version() -> str:
 
 def check_private(path: Path) -> None:
     """Refuse files another user owns or that group/others may write (a pickle runs code)."""
+    read_private(path, limit=0)
+
+
+def read_private(path: Path, *, limit: int = 1 << 30) -> bytes:
+    """The bytes of ``path`` (at most ``limit``), after the checks of :func:`check_private`.
+
+    Opened once, without following a symlink, and checked through the open descriptor:
+    what is read is what was checked, even if the path is swapped in between.
+    """
+    from miso_cli.safefs import UnsafePath, open_file
+
     try:
-        st = path.stat()
+        fd = open_file(path, os.O_RDONLY)
     except FileNotFoundError:
         raise BadInput(f"{path}: no such model file", hint="fit one with: miso fit") from None
+    except UnsafePath as exc:
+        raise PermissionDenied(f"{path}: {exc.why}", hint="give the model file itself") from None
     except OSError as exc:
         raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"{path}: not a regular file")
-    if st.st_uid != os.getuid():
-        raise PermissionDenied(
-            f"{path}: owned by uid {st.st_uid}, not by you (uid {os.getuid()}); refusing to load",
-            hint="a model file is code: fit your own with `miso fit`",
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise PermissionDenied(
-            f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
-            "refusing to load",
-            hint=f"if you trust it: chmod 600 {path}",
-        )
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_uid != os.getuid():
+            raise PermissionDenied(
+                f"{path}: owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
+                "refusing to load",
+                hint="a model file is code: fit your own with `miso fit`",
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PermissionDenied(
+                f"{path}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+                "refusing to load",
+                hint=f"if you trust it: chmod 600 {path}",
+            )
+        if st.st_size > limit:
+            if limit == 0:
+                return b""
+            raise BadInput(f"{path}: {st.st_size} bytes; too large for a miso model")
+        try:
+            return fh.read(limit + 1)[:limit]
+        except OSError as exc:
+            raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def save_model(
@@ -106,9 +128,9 @@ def save_model(
 
 def read_sidecar(path: Path) -> tuple[dict[str, Any], list[ProfileRow]]:
     side = sidecar(path)
-    check_private(side)
+    raw = read_private(side, limit=1 << 28)
     try:
-        doc = json.loads(side.read_text(encoding="utf-8"))
+        doc = json.loads(raw.decode("utf-8"))
         meta = doc["metadata"]
         rows = [ProfileRow.from_json(r) for r in doc["rows"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -124,7 +146,7 @@ def read_sidecar(path: Path) -> tuple[dict[str, Any], list[ProfileRow]]:
 def load_model(path: Path) -> tuple[SliceRatioModel, dict[str, Any]]:
     """Load a saved model after the ownership checks; refit on a scikit-learn mismatch."""
     path = Path(path)
-    check_private(path)
+    check_private(path)  # refuse a foreign model before anything else is looked at
     meta, rows = read_sidecar(path)
     meta = dict(meta)
     if meta.get("sklearn_version") != sklearn_version():
@@ -138,9 +160,9 @@ def load_model(path: Path) -> tuple[SliceRatioModel, dict[str, Any]]:
         return model, meta
     import joblib
 
+    raw = read_private(path)  # the very bytes that were checked
     try:
-        with open(path, "rb") as fh:
-            model = joblib.load(fh)
+        model = joblib.load(io.BytesIO(raw))
     except Exception as exc:  # a torn or foreign file: any unpickling error
         raise BadInput(
             f"{path}: cannot load model ({type(exc).__name__})", hint="fit it again: miso fit"

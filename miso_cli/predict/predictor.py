@@ -169,15 +169,27 @@ class SlicePredictor:
         hit = self._cache.get(key)
         if hit is not None:
             return _copy(hit)
-        logs = None
-        if usable_profile(mps):
-            x = self.spec.vector(mps, jobs, [dict(c) for c in co])
-            logs = self._log_one(x)
-        pred = self._to_prediction(*self._assemble(logs, gpu_model, memory_mb), self.source)
+        pred = self._to_prediction(
+            *self.detail_one(mps, jobs, [dict(c) for c in co], memory_mb, gpu_model), self.source
+        )
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = pred
         return _copy(pred)
+
+    def detail_one(
+        self,
+        mps: Mapping[int, float],
+        jobs_in_mix: int,
+        mix: Sequence[Mapping[int, float]],
+        memory_mb: float | None,
+        gpu_model: GpuModel | None,
+    ) -> tuple[dict[int, float], dict[int, float], dict[int, str]]:
+        """Relative time, log-space std. dev. and source per slice size (not cached)."""
+        logs = None
+        if usable_profile(mps):
+            logs = self._log_one(self.spec.vector(mps, jobs_in_mix, list(mix)))
+        return self._assemble(logs, gpu_model, memory_mb)
 
     def predict_many(
         self,
@@ -241,13 +253,18 @@ def load_predictor(
 ) -> SlicePredictor:
     """The predictor to use.
 
-    ``path``: a saved model (``.joblib``) or a prior document (``.json``). ``None``:
-    the model fitted in the state directory for ``gpu_model_key`` if there is one,
-    else the shipped prior.
+    ``path``: a saved model (``.joblib``) or a prior document (``.json``), used as
+    given. ``None``: the model fitted in the state directory for ``gpu_model_key``
+    when its fit showed it better than the shipped prior by the held-out measure
+    of :mod:`miso_cli.predict.selection` (or the blend of the two, when that was
+    better), else the shipped prior. ``metadata["model_used"]`` says which
+    (``fitted``, ``prior`` or ``blend``) and ``metadata["description"]`` says it in
+    words, with the figures.
     """
     from miso_cli.predict.persist import default_model_path, load_model
 
     explicit = path is not None
+    kept_aside: dict[str, Any] | None = None
     if path is None:
         from miso_cli.state import default_state_dir
 
@@ -257,7 +274,7 @@ def load_predictor(
         if candidate.exists():
             path = candidate
     if path is None:
-        pred = _from_prior(load_prior(gpu_model_key))
+        pred = prior_predictor(gpu_model_key)
     elif Path(path).suffix == ".json":
         pred = _from_prior(load_prior(path=Path(path)))
     else:
@@ -265,9 +282,155 @@ def load_predictor(
         meta = dict(meta)
         meta["path"] = str(path)
         pred = SlicePredictor(model, source="model", gpu_model_key=meta["gpu_model"], metadata=meta)
+        sel = meta.get("selection") or {}
+        chosen = sel.get("chosen")
+        if not explicit and chosen == "prior":
+            kept_aside = meta
+            pred = prior_predictor(gpu_model_key)
+            pred.metadata["selection"] = sel
+            pred.metadata["kept_aside"] = str(path)
+        elif not explicit and chosen == "blend":
+            pred = BlendedPredictor(prior_predictor(meta["gpu_model"]), pred, selection=sel)
     if not explicit:  # predictions are for the GPU model asked about
         pred.default_gpu = MODELS.get(gpu_model_key.lower(), pred.default_gpu)
+    pred.metadata["model_used"] = _used(pred)
+    pred.metadata["description"] = describe(pred, gpu_model_key, kept_aside=kept_aside)
     return pred
+
+
+def prior_predictor(gpu_model_key: str) -> SlicePredictor:
+    """The shipped prior for ``gpu_model_key`` (the A100-40GB one, carried over, if none)."""
+    pred = _from_prior(load_prior(gpu_model_key))
+    if pred.gpu_model_key != gpu_model_key.lower():
+        pred.metadata["transferred_to"] = gpu_model_key.lower()
+    return pred
+
+
+def _used(pred: SlicePredictor) -> str:
+    if isinstance(pred, BlendedPredictor):
+        return "blend"
+    return "fitted" if pred.source == "model" else "prior"
+
+
+def _pct(sel: dict[str, Any], which: str) -> str:
+    m = (sel.get("mape") or {}).get(which)
+    return f"{m['mean']:.1%}" if m else "n/a"
+
+
+def describe(
+    pred: SlicePredictor, gpu_model_key: str, *, kept_aside: dict[str, Any] | None = None
+) -> str:
+    """One line saying which model predicts, and why (for stderr and ``--json``)."""
+    meta = pred.metadata
+    asked = gpu_model_key.lower()
+    sel = meta.get("selection") or {}
+    used = _used(pred)
+    if used == "fitted":
+        where = meta.get("path") or "a fitted model"
+        text = f"the model fitted on this machine ({where})"
+        if sel:
+            text += f"; held-out error {_pct(sel, 'fitted')} vs {_pct(sel, 'prior')} for the prior"
+        elif meta.get("format") == "miso-slice-model/1":
+            text += "; not compared with the prior (fitted before miso compared models)"
+    elif used == "blend":
+        text = (
+            f"the shipped prior blended with the model fitted on this machine "
+            f"({meta.get('path')}); held-out error {_pct(sel, 'blend')} vs "
+            f"{_pct(sel, 'prior')} prior, {_pct(sel, 'fitted')} fitted"
+        )
+    else:
+        text = f"the shipped {pred.gpu_model_key} prior"
+        if pred.gpu_model_key != asked:
+            text += (
+                f", carried over to {asked} by the physical model (SM and memory shares): "
+                f"no prior or model was fitted on a {asked} (miso calibrate fits one)"
+            )
+        if kept_aside is not None:
+            text += (
+                f"; the model fitted here ({meta.get('kept_aside')}) is kept aside: "
+                f"held-out error {_pct(sel, 'fitted')} vs {_pct(sel, 'prior')} for the prior"
+            )
+    if pred.trained_model is not None and asked != pred.gpu_model_key and used != "prior":
+        text += f"; carried over from {pred.gpu_model_key} to {asked} by the physical model"
+    return text
+
+
+class BlendedPredictor(SlicePredictor):
+    """The geometric mean of two predictors' relative step times (prior and fitted).
+
+    Each slice's uncertainty is the blend's held-out error where it was measured,
+    else the larger of the two predictors'.
+    """
+
+    def __init__(
+        self, prior: SlicePredictor, fitted: SlicePredictor, *, selection: dict[str, Any]
+    ) -> None:
+        meta = dict(fitted.metadata)
+        meta["source"] = "blend"
+        meta["selection"] = selection
+        meta["prior"] = prior.metadata.get("path")
+        super().__init__(
+            fitted.core, source="blend", gpu_model_key=fitted.gpu_model_key, metadata=meta
+        )
+        self.prior, self.fitted = prior, fitted
+        self.blend_sigma = {
+            int(k.removeprefix("mig_").removesuffix("g")): float(v)
+            for k, v in (selection.get("sigma_log") or {}).items()
+        }
+
+    def _combine(
+        self,
+        a: tuple[dict[int, float], dict[int, float], dict[int, str]],
+        b: tuple[dict[int, float], dict[int, float], dict[int, str]],
+    ) -> tuple[dict[int, float], dict[int, float], dict[int, str]]:
+        rel, sig, src = {}, {}, {}
+        for g in a[0]:
+            if g not in b[0]:
+                continue
+            rel[g] = math.sqrt(a[0][g] * b[0][g])
+            sig[g] = self.blend_sigma.get(g, max(a[1].get(g, 0.0), b[1].get(g, 0.0)))
+            if a[2].get(g) == "measured":
+                sig[g], src[g] = 0.0, "measured"
+            elif "physical" in (a[2].get(g), b[2].get(g)):
+                src[g] = "physical"
+            else:
+                src[g] = "blend"
+        return rel, sig, src
+
+    def detail_one(
+        self,
+        mps: Mapping[int, float],
+        jobs_in_mix: int,
+        mix: Sequence[Mapping[int, float]],
+        memory_mb: float | None,
+        gpu_model: GpuModel | None,
+    ) -> tuple[dict[int, float], dict[int, float], dict[int, str]]:
+        gpu = gpu_model or self.default_gpu
+        a = self.prior.detail_one(mps, jobs_in_mix, mix, memory_mb, gpu)
+        b = self.fitted.detail_one(mps, jobs_in_mix, mix, memory_mb, gpu)
+        return self._combine(a, b)
+
+    def predict_many(
+        self, jobs: Sequence[Mapping[str, Any]], *, gpu_model: GpuModel | None = None
+    ) -> list[SlicePrediction]:
+        return [
+            self.predict_one(
+                j["mps"],
+                jobs_in_mix=int(j.get("jobs_in_mix", 1)),
+                mix=j.get("mix"),
+                memory_mb=j.get("memory_mb"),
+                gpu_model=gpu_model,
+            )
+            for j in jobs
+        ]
+
+    def predict_rows(
+        self, rows: Sequence[ProfileRow], *, gpu_model: GpuModel | None = None
+    ) -> list[tuple[dict[int, float], dict[int, float], dict[int, str]]]:
+        gpu = gpu_model or self.default_gpu
+        a = self.prior.predict_rows(rows, gpu_model=gpu)
+        b = self.fitted.predict_rows(rows, gpu_model=gpu)
+        return [self._combine(x, y) for x, y in zip(a, b, strict=True)]
 
 
 def _from_prior(prior: LinearPrior) -> SlicePredictor:

@@ -1,0 +1,1 @@
+"""Use cases behind the CLI: each takes parsed options and returns a typed result (no printing)."""
