@@ -94,9 +94,15 @@ def test_solo_step_times_match_the_catalog(cli, tmp_path: Path, state_dir: Path)
     assert code == 0, out
     got = _profiles(out)
     for name, wl in (("bert", "toy-bert_8"), ("cnn", "toy-cnn_64")):
+        log = (state_dir / "profiles" / "work" / name / "job.log").read_text()
         for lv in (100, 29):
             want = CATALOG[wl].mps_step_time_ms(lv) / 1000
-            assert got[name]["step_time_s"][f"{lv}"] == pytest.approx(want, rel=0.12)
+            # Each level paced its steps by the catalog (the job's own log says so) ...
+            assert f"under MPS at {lv}%: {want * 1000:.1f} ms/step (catalog /20)" in log
+            # ... and the measurement is that pace in catalog seconds (scaled back by x20).
+            # sim_train paces by deadlines and never bursts to catch up, so a loaded host can
+            # only slow it: bounded below tightly, above loosely (unscaled would be 20x off).
+            assert 0.88 * want <= got[name]["step_time_s"][f"{lv}"] <= 5 * want
             assert got[name]["status"][f"{lv}"] == "ok"
         assert got[name]["co_runners"] == []
     # memory from the driver's per-process accounting (the job attached 3000 MiB)
@@ -131,7 +137,8 @@ def test_colocated_jobs_measure_their_interference(cli, tmp_path: Path) -> None:
         for lv in (100, 14):
             co = [(o, float(lv)) for o, _ in others]
             want = simmps.step_time_ms(CATALOG[w], lv, co) / 1000
-            assert got[name]["step_time_s"][f"{lv}"] == pytest.approx(want, rel=0.12)
+            # A loaded host only slows the jobs: a tight lower bound, a loose upper one.
+            assert 0.88 * want <= got[name]["step_time_s"][f"{lv}"] <= 5 * want
         # at 100 % three jobs oversubscribe the SMs: slower than alone
         alone = CATALOG[w].mps_step_time_ms(100) / 1000
         assert got[name]["step_time_s"]["100"] > 1.4 * alone
