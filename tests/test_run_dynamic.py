@@ -82,11 +82,14 @@ def test_sim_train_under_mps_is_slowed_by_its_co_runners(state_dir: Path) -> Non
     w = CATALOG["toy-cnn_256"]
     model_solo = simmps.step_time_ms(w, 100) / 10_000
     model_pair = simmps.step_time_ms(w, 100, [(w, 100.0)]) / 10_000
-    assert solo_s == pytest.approx(model_solo, rel=0.2)
+    # Wall time of paced jobs: sim_train paces by deadlines and never bursts to catch up,
+    # so a loaded host can only slow a job. Bounds hold under load: tight below, loose above.
+    assert 0.8 * model_solo <= solo_s <= 5 * model_solo
     for per_step in both:
-        # 1 + 0.39 x (200 - 100) / 100: co-located at 100 % each, 39 % slower than alone
-        assert per_step == pytest.approx(model_pair, rel=0.15)
-        assert per_step > solo_s * 1.2
+        # 1 + 0.39 x (200 - 100) / 100: co-located at 100 % each, 39 % slower than alone;
+        # 0.85 x 1.39 > 1.18: a pair paced at the solo rate fails this bound
+        assert 0.85 * model_pair <= per_step <= 5 * model_pair
+        assert model_pair > 1.3 * model_solo
 
 
 # ---------------------------------------------------------------- miso run, miso+ (the default)
