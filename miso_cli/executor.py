@@ -38,6 +38,7 @@ from miso_cli.policy.core import (
 )
 from miso_cli.progress import Progress, ProgressTracker
 from miso_cli.queue import JobSpec
+from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
 
 DEFAULT_HANG_TIMEOUT_S = 600.0
 METRICS = ("reconfigurations", "migrations")  # counted as engine.rules defines them
@@ -218,12 +219,13 @@ class Executor:
                 gpu, sl, state = claims[name]
             prog = self.trackers[name].progress if name in self.trackers else None
             step_time = prog.step_time_s if prog else None
+            prediction = self.prediction(name)
             if step_time is not None and rec.gpu is not None and rec.gpu < len(self.gpus):
-                # Predictions are relative to the whole GPU; a rough 7g figure from the
-                # slice it ran on, scaled by compute slices, is better than none.
                 rs = slice_from_json(rec.slice)
-                g = rs.slices if rs else self.gpus[rec.gpu].model.compute_slices
-                step_time = step_time * g / self.gpus[rec.gpu].model.compute_slices
+                full = self.gpus[rec.gpu].model.compute_slices
+                step_time = rules.step_time_7g_s(
+                    step_time, rs.slices if rs else full, full, prediction
+                )
             known = self.profiles.get(name)
             if step_time is None and known is not None:
                 step_time = known.get("step_time_7g_s")
@@ -240,7 +242,7 @@ class Executor:
                 restart_cost_s=spec.grace_s,
                 gpu=gpu,
                 slice=sl,
-                prediction=self.prediction(name),
+                prediction=prediction,
                 profiled=known is not None,
                 workload=spec.workload,
                 seq=self.seq[name],
@@ -265,6 +267,48 @@ class Executor:
                 )
             )
         return ClusterView(now=now, gpus=gpus, jobs=jobs)
+
+    def snapshot(self) -> RunSnapshot:
+        """What the live view shows of this run (it reads nothing else of the executor)."""
+        gpus, profiling = [], set()
+        for g in self.gpus:
+            doing = ""
+            if g.pending is not None:
+                doing = f"changing to {g.pending.target.mode} (jobs checkpointing)"
+            elif g.phase is not None:
+                profiling.update(g.phase.jobs)
+                doing = (
+                    f"profiling at {g.phase.level}% (level {g.phase.k + 1}/{len(g.phase.levels)})"
+                )
+            layout = g.layout.name if g.mode == "mig" else "whole GPU"
+            gpus.append(GpuRow(g.index, g.name, g.mode, layout, doing))
+        jobs = []
+        for name in self.order:
+            rec = self.journal.jobs[name]
+            where = "-"
+            if rec.gpu is not None:
+                where = f"{rec.gpu}:{(rec.slice or {}).get('profile') or 'whole'}"
+            state = rec.state
+            if name in self.not_arrived:
+                state = "not yet"
+            if name in profiling and rec.state in ("running", "starting", "stopping", "waiting"):
+                state = "profiling"
+                where = f"{rec.gpu if rec.gpu is not None else '-'}:mps"
+            usage = self.usage.get(name, {}) if rec.state == "running" else {}
+            jobs.append(
+                JobRow(
+                    name,
+                    state,
+                    where,
+                    journal_state=rec.state,
+                    progress=dict(rec.progress or {}),
+                    cpu_percent=usage.get("cpu_percent"),
+                    rss_mb=usage.get("rss_mb"),
+                )
+            )
+        return RunSnapshot(
+            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs
+        )
 
     # ------------------------------------------------------------ profiles and predictions
 
