@@ -24,7 +24,7 @@ from typing import Any
 from miso_cli import launch
 from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
-from miso_cli.errors import MisoError, UsageError
+from miso_cli.errors import BadInput, MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
 from miso_cli.mps_phase import PROFILE_LEVELS, ProfilePhase
@@ -306,8 +306,8 @@ class Executor:
                     rss_mb=usage.get("rss_mb"),
                 )
             )
-        return RunSnapshot(
-            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs
+        return RunSnapshot(  # issue-15b: + step_time_scale, the event lines' time
+            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs, self.scale
         )
 
     # ------------------------------------------------------------ profiles and predictions
@@ -1464,7 +1464,8 @@ def run_report(journal: Journal) -> dict[str, Any]:
                 "completion_s": (rec.ended_at - rec.queued_at)
                 if rec.ended_at and rec.state == "finished"
                 else None,
-                "retries": rec.failures,
+                "retries": min(rec.failures, job.retries),  # issue-15b: made, not failures
+                "failures": rec.failures,
                 "attempts": rec.attempt,
                 "gpu": last.gpu if last else None,
                 "slice": last.slice if last else None,
@@ -1575,7 +1576,9 @@ def _check_fits(queue: Any, drv: Any, policy: Policy) -> None:
             try:
                 layout = policy.layout_for(view)
             except LayoutError as exc:
-                raise UsageError(f"--layout: {exc}") from None
+                raise BadInput(  # issue-15b: as miso apply says it (exit 3)
+                    f"--layout: {exc}", hint="see 'miso layouts' for what fits"
+                ) from None
             if layout is None:
                 continue
             for sl in layout.slices:
@@ -1594,7 +1597,9 @@ def _load_predict(policy: Policy, drv: Any, model_path: str | Path | None, state
         return None
     from miso_cli.simulator import make_predict
 
-    predict, _ = make_predict(Path(model_path) if model_path else None, drv.gpu_model(0), state_dir)
+    path = Path(model_path) if model_path else None
+    predict, meta = make_predict(path, drv.gpu_model(0), state_dir)
+    predict.metadata = meta  # type: ignore[attr-defined]  # issue-15b: which model, said below
     return predict
 
 
@@ -1719,6 +1724,10 @@ def run_queue(
                 ex.resume_run()
             else:
                 ex.start_run()
+            if predict is not None:  # issue-15b: every command that predicts says with what
+                from miso_cli.predict import predictor_line
+
+                ex.emit("note", message=predictor_line(getattr(predict, "metadata", None)))
             status = ex.loop(lambda: ex.interrupts > 0)
         except BaseException:
             # Whatever went wrong, leave no job behind unsupervised and say so.
