@@ -43,6 +43,7 @@ app = typer.Typer(
     cls=_MisoGroup,
     help="Choose, apply and run MIG layouts for a queue of GPU training jobs.",
     no_args_is_help=True,
+    invoke_without_command=True,  # `miso --version [--json]` runs the callback alone
     add_completion=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -72,27 +73,36 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
-def _version(value: bool) -> None:
-    if value:
-        from miso_cli.doctor import version_text
-
-        typer.echo(version_text())
-        raise typer.Exit()
-
-
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
             "--version",
-            callback=_version,
-            is_eager=True,
             help="Print the versions of miso, the NVML binding and the driver, then exit.",
         ),
     ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="With --version: print them as a JSON envelope."),
+    ] = False,
 ) -> None:
     """Choose, apply and run MIG layouts for a queue of GPU training jobs."""
+    if version:
+        from miso_cli.doctor import version_info, version_text
+
+        if json_out:
+            from miso_cli.output import dumps, envelope
+
+            typer.echo(dumps(envelope("version", version_info())))
+        else:
+            typer.echo(version_text())
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        from miso_cli.cli.common import fail_usage
+
+        fail_usage(["miso", *(["--json"] if json_out else [])], [], "missing command")
 
 
 for _name, _module in COMMANDS:

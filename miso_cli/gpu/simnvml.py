@@ -283,6 +283,8 @@ class _Store:
             ) from None
         except UnicodeDecodeError as exc:
             raise SimStateError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
+        except (RecursionError, ValueError):  # issue-11: nested too deeply, 5000-digit numbers
+            raise SimStateError(f"{self.path}: not a simulated GPU state") from None
         except OSError as exc:  # a folder in its place, unreadable, ...
             raise SimStateError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         _check_state(state, self.path)
