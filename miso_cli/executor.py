@@ -1603,6 +1603,13 @@ def _load_predict(policy: Policy, drv: Any, model_path: str | Path | None, state
     return predict
 
 
+def _warm_up(policy: Policy) -> None:
+    """What a policy needs loaded (the solver's import takes seconds), before jobs start."""
+    warm_up = getattr(policy, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
+
+
 def run_queue(
     req: RunRequest,
     *,
@@ -1644,6 +1651,7 @@ def run_queue(
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
+            _warm_up(policy)
         else:
             if req.queue_path is None:
                 raise UsageError("a queue file is needed", hint="miso run QUEUE.toml")
@@ -1676,6 +1684,7 @@ def run_queue(
             # The predictor is loaded now, not when the first profile comes in: a model
             # that cannot be used must stop the run before a journal or a job exists.
             predict = _load_predict(policy, drv, model_path, state_dir)
+            _warm_up(policy)  # before the run's clock starts: it counts in every job's JCT
             journal = Journal.create(
                 state_dir,
                 queue,
@@ -1707,9 +1716,6 @@ def run_queue(
         drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
             "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
         )  # issue-11: every retry of a transient NVML error is journaled
-        warm_up = getattr(policy, "warm_up", None)
-        if warm_up is not None:
-            warm_up()  # the solver's import, before any job starts
         if on_executor is not None:
             on_executor(ex)
 
