@@ -29,6 +29,7 @@ STATE_STYLE = {
     "hung": "bold red",
     "interrupted": "yellow",
     "profiling": "magenta",
+    "cancelled": "yellow",  # issue-15: miso cancel
 }
 
 
@@ -74,6 +75,10 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"{job}: joins the queue"
     if kind == "interrupted":
         return f"{job}: interrupted ({event.get('reason', '')})"
+    if kind in ("cancelled", "request", "request_rejected"):  # issue-15: miso submit/cancel
+        from miso_cli.operate.inbox import describe_event
+
+        return describe_event(event)
     if kind == "stopping":
         return f"{job}: asked to checkpoint and stop ({event['reason']}, {event['signal']})"
     if kind == "killed":

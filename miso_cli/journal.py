@@ -32,7 +32,7 @@ from miso_cli.state import atomic_write_json, atomic_write_text, ensure_dir
 
 JOURNAL_VERSION = 1
 ACTIVE = ("starting", "running", "stopping")
-TERMINAL = ("finished", "failed", "hung", "interrupted")
+TERMINAL = ("finished", "failed", "hung", "interrupted", "cancelled")  # cancelled: issue-15
 
 
 @dataclass

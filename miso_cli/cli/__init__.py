@@ -6,15 +6,20 @@ import importlib
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
-try:  # recent Typer carries its own copy of Click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - older Typer on top of Click
-    from click.exceptions import ClickException
+from miso_cli.manpages import RecordingGroup
 
 
-class _MisoGroup(TyperGroup):
+def _is_usage_error(exc: BaseException) -> bool:
+    """A command line the parser refused: Click's UsageError family (exit code 2).
+
+    Told by Click's documented interface (``exit_code``, ``format_message``) rather than
+    by class, as Typer may carry its own copy of Click.
+    """
+    return getattr(exc, "exit_code", None) == 2 and callable(getattr(exc, "format_message", None))
+
+
+class _MisoGroup(RecordingGroup):
     """A command line the parser refuses follows the error conventions of ``execute``.
 
     Click would print a usage block and ``Error: ...`` over several lines, and no
@@ -25,9 +30,9 @@ class _MisoGroup(TyperGroup):
         argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
-        except ClickException as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `miso CMD` alone: show help
-                raise
+        except Exception as exc:
+            if not _is_usage_error(exc) or type(exc).__name__ == "NoArgsIsHelpError":
+                raise  # not a refused command line, or `miso CMD` alone: show help
             from miso_cli.cli.common import fail_usage
 
             fail_usage(argv, list(self.commands), exc.format_message().rstrip("."))
@@ -57,12 +62,13 @@ COMMANDS: list[tuple[str, str]] = [
     ("fit", "fit"),
     ("predict", "predict"),
     ("calibrate", "calibrate"),
-    # issue-15: the operator's view
     ("submit", "submit"),
     ("cancel", "cancel"),
     ("priority", "priority"),
     ("runs", "runs"),
     ("logs", "logs"),
+    ("report", "report"),
+    ("man", "man"),
 ]
 
 

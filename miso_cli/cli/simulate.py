@@ -161,6 +161,15 @@ def command(
             "pessimistic (no better than MIG); see miso_cli/gpu/simmps.py.",
         ),
     ] = "optimistic",
+    # issue-15: the timeline page
+    timeline: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--timeline",
+            help="Write each policy's timeline (GPU lanes, layouts, jobs on their instances, "
+            "reconfigurations, profiling) as one self-contained HTML page.",
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -189,6 +198,9 @@ def command(
         predictor_meta: dict[str, Any] | None = None
         if any(getattr(p, "knowledge", "none") == "profile" for p in policies):
             predict, predictor_meta = make_predict(model, gpus[0], state_dir_or_default(state_dir))
+            from miso_cli.predict import predictor_line  # issue-15b: say which model predicts
+
+            stderr_console().print(predictor_line(predictor_meta), markup=False, soft_wrap=True)
         if mps_model not in ("optimistic", "pessimistic"):  # issue-12
             raise UsageError(f"--mps-model: {mps_model!r} is not optimistic or pessimistic")
         config = SimConfig(
@@ -200,9 +212,11 @@ def command(
         )
         progress = stderr_console()
         results = []
+        sims = []  # issue-15: kept for --timeline
         for name, pol in zip(names, policies, strict=True):
             progress.print(f"simulating {name} ...", style="dim", markup=False)
             res = simulate(jobs, cat, gpus, pol, predict=predict, config=config)
+            sims.append((name, res))
             row = res.summary()
             row["policy"] = name
             results.append(row)
@@ -240,6 +254,11 @@ def command(
         }
         if lower is not None:  # issue-12
             data["bound"] = lower
+        if timeline is not None:  # issue-15: the timeline page
+            from miso_cli.operate.html import write_simulation
+
+            data["timeline"] = write_simulation(timeline, sims, gpus, [j.name for j in jobs], data)
+            progress.print(f"timeline: {timeline}", markup=False)
 
         def render(out: Console) -> None:
             table = Table(
