@@ -22,6 +22,13 @@ from rich.console import Console
 from miso_cli.errors import ExitCode, MisoError
 from miso_cli.output import dumps, envelope
 
+
+def _complete_gpu(incomplete: str) -> list[str]:
+    from miso_cli.cli.completion import complete_gpu
+
+    return complete_gpu(incomplete)
+
+
 JsonOpt = Annotated[
     bool,
     typer.Option(
@@ -40,6 +47,7 @@ GpuOpt = Annotated[
         envvar="MISO_GPU",
         help="GPUs to use: 'nvml' (the real driver, the default) or a simulated "
         "GPU such as 'sim:a100-40gb' or 'sim:h100-80gbx8' (8 GPUs).",
+        autocompletion=_complete_gpu,
     ),
 ]
 StateDirOpt = Annotated[

@@ -19,6 +19,12 @@ from miso_cli.cli.common import (
 from miso_cli.gpu.layouts import Layout
 
 
+def _complete_model(incomplete: str) -> list[str]:
+    from miso_cli.cli.completion import complete_model
+
+    return complete_model(incomplete)
+
+
 def command(
     gpu: GpuOpt = None,
     gpu_index: Annotated[
@@ -29,6 +35,7 @@ def command(
         typer.Option(
             "--model",
             help="List a known GPU model's layouts without a GPU (e.g. a100-40gb, h100-80gb).",
+            autocompletion=_complete_model,
         ),
     ] = None,
     include_me: Annotated[
