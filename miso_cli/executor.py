@@ -12,6 +12,7 @@ meanwhile, and restarts only the others: no job lost, none run twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli import launch
+from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.errors import MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
@@ -36,8 +38,10 @@ from miso_cli.policy.core import (
 )
 from miso_cli.progress import Progress, ProgressTracker
 from miso_cli.queue import JobSpec
+from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
 
 DEFAULT_HANG_TIMEOUT_S = 600.0
+METRICS = ("reconfigurations", "migrations")  # counted as engine.rules defines them
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -215,12 +219,13 @@ class Executor:
                 gpu, sl, state = claims[name]
             prog = self.trackers[name].progress if name in self.trackers else None
             step_time = prog.step_time_s if prog else None
+            prediction = self.prediction(name)
             if step_time is not None and rec.gpu is not None and rec.gpu < len(self.gpus):
-                # Predictions are relative to the whole GPU; a rough 7g figure from the
-                # slice it ran on, scaled by compute slices, is better than none.
                 rs = slice_from_json(rec.slice)
-                g = rs.slices if rs else self.gpus[rec.gpu].model.compute_slices
-                step_time = step_time * g / self.gpus[rec.gpu].model.compute_slices
+                full = self.gpus[rec.gpu].model.compute_slices
+                step_time = rules.step_time_7g_s(
+                    step_time, rs.slices if rs else full, full, prediction
+                )
             known = self.profiles.get(name)
             if step_time is None and known is not None:
                 step_time = known.get("step_time_7g_s")
@@ -237,7 +242,7 @@ class Executor:
                 restart_cost_s=spec.grace_s,
                 gpu=gpu,
                 slice=sl,
-                prediction=self.prediction(name),
+                prediction=prediction,
                 profiled=known is not None,
                 workload=spec.workload,
                 seq=self.seq[name],
@@ -262,6 +267,48 @@ class Executor:
                 )
             )
         return ClusterView(now=now, gpus=gpus, jobs=jobs)
+
+    def snapshot(self) -> RunSnapshot:
+        """What the live view shows of this run (it reads nothing else of the executor)."""
+        gpus, profiling = [], set()
+        for g in self.gpus:
+            doing = ""
+            if g.pending is not None:
+                doing = f"changing to {g.pending.target.mode} (jobs checkpointing)"
+            elif g.phase is not None:
+                profiling.update(g.phase.jobs)
+                doing = (
+                    f"profiling at {g.phase.level}% (level {g.phase.k + 1}/{len(g.phase.levels)})"
+                )
+            layout = g.layout.name if g.mode == "mig" else "whole GPU"
+            gpus.append(GpuRow(g.index, g.name, g.mode, layout, doing))
+        jobs = []
+        for name in self.order:
+            rec = self.journal.jobs[name]
+            where = "-"
+            if rec.gpu is not None:
+                where = f"{rec.gpu}:{(rec.slice or {}).get('profile') or 'whole'}"
+            state = rec.state
+            if name in self.not_arrived:
+                state = "not yet"
+            if name in profiling and rec.state in ("running", "starting", "stopping", "waiting"):
+                state = "profiling"
+                where = f"{rec.gpu if rec.gpu is not None else '-'}:mps"
+            usage = self.usage.get(name, {}) if rec.state == "running" else {}
+            jobs.append(
+                JobRow(
+                    name,
+                    state,
+                    where,
+                    journal_state=rec.state,
+                    progress=dict(rec.progress or {}),
+                    cpu_percent=usage.get("cpu_percent"),
+                    rss_mb=usage.get("rss_mb"),
+                )
+            )
+        return RunSnapshot(
+            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs
+        )
 
     # ------------------------------------------------------------ profiles and predictions
 
@@ -408,9 +455,11 @@ class Executor:
         """
         if not 0 <= target.gpu < len(self.gpus):
             raise UsageError(f"policy {self.policy.name} named GPU {target.gpu}, which is not here")
-        if target.profile_s and target.mode != "mps":
-            raise UsageError(f"policy {self.policy.name}: profiling needs mode 'mps'")
         g = self.gpus[target.gpu]
+        try:  # before any job is asked to stop for it
+            rules.check_target(g.model, target, f"policy {self.policy.name}, GPU {g.index}")
+        except rules.TargetError as exc:
+            raise UsageError(str(exc)) from None
         if g.phase is not None:  # a new target ends the profiling phase early
             self.emit("profile_cancelled", gpu=g.index, jobs=list(g.phase.jobs))
             g.phase = None
@@ -421,23 +470,26 @@ class Executor:
                 continue
             wanted[name] = sl if target.mode == "mig" else None
         # Jobs that must move or leave: checkpoint and stop them (they go back to the
-        # queue, or to their new place once stopped).
-        moving = []
-        for name, rec in self.journal.jobs.items():
-            if rec.state not in ACTIVE:
-                continue
-            here = rec.gpu == g.index
-            share = target.mps_share.get(name, 100) if target.mode == "mps" else None
-            if here and name not in wanted:
-                moving.append((name, "requeue"))
-            elif here and (target.mode != g.mode or slice_from_json(rec.slice) != wanted[name]):
-                moving.append((name, "migrate"))
-            elif (
-                here and target.mode == "mps" and (target.profile_s or g.shares.get(name) != share)
-            ):
-                moving.append((name, "migrate"))  # a new share needs a new CUDA context
-            elif not here and name in wanted:
-                moving.append((name, "migrate"))
+        # queue, or to their new place once stopped). The rules are the simulator's.
+        running = {
+            name: rules.Placed(
+                rec.gpu if rec.gpu is not None else -1,
+                slice_from_json(rec.slice),
+                self.gpus[rec.gpu].shares.get(name)
+                if rec.gpu is not None and rec.gpu < len(self.gpus)
+                else None,
+            )
+            for name, rec in self.journal.jobs.items()
+            if rec.state in ACTIVE
+        }
+        stops = rules.moves(g.index, g.mode, target, running)
+        moving = [(n, why) for n, why in stops.items() if n in wanted or why == "requeue"]
+        metrics = self.journal.data.setdefault("metrics", dict.fromkeys(METRICS, 0))
+        if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
+            metrics["reconfigurations"] = metrics.get("reconfigurations", 0) + 1
+        metrics["migrations"] = metrics.get("migrations", 0) + sum(
+            1 for _, why in moving if why == "migrate"
+        )
         for other in self.gpus:  # a job taken from another GPU's plan leaves that plan
             if other is not g and other.pending is not None:
                 for name in wanted:
@@ -851,7 +903,7 @@ class Executor:
                 rec.stop_reason = reasons[name]
                 rec.stop_deadline = now + spec.grace_s
                 asked.append(name)
-            elif reasons[name] in ("interrupt", "hang"):
+            elif reasons[name] in ("interrupt", "hang", "cancel"):
                 rec.stop_reason = reasons[name]
         # Journal the requests before sending them: if miso dies in between, a resumed
         # run knows a job that exited 0 was checkpointing on request, not finished.
@@ -959,6 +1011,9 @@ class Executor:
         elif outcome == "interrupted":
             rec.state = "interrupted"
             rec.reason = f"stopped on request ({how})"
+        elif outcome == "cancelled":  # issue-15: miso cancel
+            rec.state = "cancelled"
+            rec.reason = f"cancelled by miso cancel ({how})"
         elif outcome == "stopped":
             rec.state = "waiting"
             rec.reason = f"stopped to {reason} ({how})"
@@ -975,7 +1030,7 @@ class Executor:
                     rec.reason += f": {tail}"
         if attempt is not None:
             attempt.outcome = outcome
-        if rec.state in ("finished", "failed", "hung", "interrupted"):
+        if rec.terminal:
             rec.ended_at = now
         if rec.state == "waiting":
             rec.gpu, rec.slice, rec.instance_uuid = None, None, None
@@ -990,8 +1045,8 @@ class Executor:
             self.emit("finished", **fields)
         elif outcome in ("failed", "hung"):
             self.emit(outcome, **fields)
-        elif outcome == "interrupted":
-            self.emit("interrupted", **fields)
+        elif outcome in ("interrupted", "cancelled"):
+            self.emit(outcome, **fields)
         else:
             self.emit("requeued", outcome=outcome, **fields)
 
@@ -1095,6 +1150,7 @@ class Executor:
         The one place where jobs enter a run in progress: jobs submitted from outside
         (an inbox) are to be added to the journal and the queue here.
         """
+        self.take_requests()  # issue-15: miso submit / cancel / priority, from the inbox
         due = sorted((t, self.seq[n], n) for n, t in self.not_arrived.items() if t <= now)
         arrived = []
         for _, _, name in due:
@@ -1104,8 +1160,34 @@ class Executor:
             self._decide(Event("arrival", job=name))
         return arrived
 
+    def take_requests(self) -> None:
+        """issue-15: what miso submit/cancel/priority left in the run's inbox, journaled
+        first, then removed from the inbox; new jobs join ``not_arrived`` (an arrival each)."""
+        from miso_cli.operate import inbox
+
+        got = inbox.absorb(self.journal, now=self.clock())
+        if not got.changed:
+            return
+        self.specs = {j.name: j for j in self.journal.queue.jobs}
+        self.order = [j.name for j in self.journal.queue.jobs]
+        self.seq = {name: i for i, name in enumerate(self.order)}
+        for name in got.arrived:
+            self.not_arrived[name] = self.journal.jobs[name].queued_at
+        for name in [n for n in self.not_arrived if self.journal.jobs[n].state != "waiting"]:
+            del self.not_arrived[name]  # cancelled before it arrived
+        self.save()
+        inbox.done(self.journal.run_dir, got.ids)
+        for ev in got.events:
+            self.emit(ev.pop("event"), **ev)
+        self.stop_jobs(got.cancel_running, dict.fromkeys(got.cancel_running, "cancel"), wait=False)
+        if got.reprioritised:
+            self._decide(Event("tick"))
+
     def start_run(self) -> None:
         """A fresh run: every queued job without a later ``arrival`` arrives now."""
+        from miso_cli.operate.inbox import make_inbox
+
+        make_inbox(self.journal.run_dir)  # issue-15: where miso submit leaves requests
         self.load_gpus()
         self.emit(
             "run_started",
@@ -1224,8 +1306,7 @@ class Executor:
             for g in self.gpus:
                 self.advance(g)
             now = self.clock()
-            self.step_profiles(now)
-            self.arrivals(now)
+            # rules.EVENT_ORDER: jobs that ended, then profiling phases, then arrivals.
             for name in ended:
                 rec = self.journal.jobs[name]
                 if rec.state not in ("finished", "failed", "hung"):
@@ -1233,6 +1314,8 @@ class Executor:
                 kind = "finish" if rec.state == "finished" else "failed"
                 last = rec.attempts[-1] if rec.attempts else None
                 self._decide(Event(kind, job=name, gpu=last.gpu if last else None))
+            self.step_profiles(now)
+            self.arrivals(now)
             if now - last_view >= self.opt.view_s:
                 last_view = now
                 self.watch(now)
@@ -1330,6 +1413,8 @@ def end_outcome(
         return "hung"
     if stop_reason == "interrupt":
         return "interrupted"
+    if stop_reason == "cancel":  # issue-15: miso cancel
+        return "cancelled"
     if stop_reason in ("requeue", "migrate", "level"):
         return "stopped"
     return "failure"
@@ -1353,14 +1438,15 @@ def run_report(journal: Journal) -> dict[str, Any]:
     """Per job: state, times, retries, slice; overall: makespan, mean JCT, slice utilisation."""
     t0 = journal.started_at
     jobs = []
-    busy = 0.0  # compute-slice seconds used by jobs
+    spans: list[tuple[int | None, int | None, float, float]] = []  # attempts that ended
     last_end = t0
     for job in journal.queue.jobs:
         rec = journal.jobs[job.name]
         run_s = sum((a.ended_at or a.started_at) - a.started_at for a in rec.attempts if a.ended_at)
         for a in rec.attempts:
             if a.ended_at:
-                busy += a.slices * (a.ended_at - a.started_at)
+                # An instance's slices, or None: the whole GPU (alone or under MPS).
+                spans.append((a.gpu, _instance_slices(a), a.started_at, a.ended_at))
                 last_end = max(last_end, a.ended_at)
         if rec.ended_at:
             last_end = max(last_end, rec.ended_at)
@@ -1393,7 +1479,13 @@ def run_report(journal: Journal) -> dict[str, Any]:
     ended = journal.data.get("ended_at") or last_end
     makespan = max(0.0, float(ended) - t0)
     jcts = [j["completion_s"] for j in jobs if j["completion_s"] is not None]
-    capacity = sum(int(g.get("compute_slices", 7)) for g in journal.data.get("gpus", []))
+    gpu_slices = {
+        int(g["index"]): int(g.get("compute_slices", 7))
+        for g in journal.data.get("gpus", [])
+        if "index" in g
+    }
+    capacity = sum(gpu_slices.values())
+    busy = rules.busy_slice_seconds(spans, gpu_slices)  # compute-slice seconds used by jobs
     util = busy / (capacity * makespan) if capacity and makespan > 0 else None
     states = [j["state"] for j in jobs]
     return {
@@ -1413,10 +1505,18 @@ def run_report(journal: Journal) -> dict[str, Any]:
             "makespan_s": makespan,
             "mean_jct_s": sum(jcts) / len(jcts) if jcts else None,
             "slice_utilisation": min(1.0, util) if util is not None else None,
+            **{k: int(journal.data.get("metrics", {}).get(k, 0)) for k in METRICS},
         },
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),
     }
+
+
+def _instance_slices(a: Attempt) -> int | None:
+    """Compute slices of the MIG instance an attempt ran on; None for a whole GPU or MPS."""
+    if a.slice is None:
+        return None
+    return a.slices
 
 
 def whole_gpu_reference(
@@ -1510,12 +1610,15 @@ def run_queue(
     then ``interrupted``.
     """
     from miso_cli.journal import RunLock
+    from miso_cli.locks import hold_all  # issue-11
     from miso_cli.policy import registry
     from miso_cli.queue import load_queue
+    from miso_cli.retry import RetryingDriver  # issue-11
 
     state_dir = Path(req.state_dir)
     lock = RunLock(state_dir)
     lock.acquire()
+    gpu_hold = contextlib.ExitStack()  # issue-11: the GPU locks (miso_cli.locks), once opened
     try:
         if req.resume:
             journal = Journal.open(state_dir)
@@ -1532,6 +1635,7 @@ def run_queue(
             speedup = opts.get("speedup", req.speedup)
             model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
@@ -1560,6 +1664,7 @@ def run_queue(
                 )
             policy = registry.get(req.policy, **options)
             drv = _open_driver(req.gpu_spec, state_dir)
+            hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
@@ -1579,6 +1684,7 @@ def run_queue(
                 },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
+        drv = RetryingDriver(drv)  # type: ignore[assignment]  # issue-11: transient NVML errors
         ex = Executor(
             drv,
             policy,
@@ -1593,6 +1699,9 @@ def run_queue(
         )
         if predict is not None:
             ex._predict = predict
+        drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
+            "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
+        )  # issue-11: every retry of a transient NVML error is journaled
         warm_up = getattr(policy, "warm_up", None)
         if warm_up is not None:
             warm_up()  # the solver's import, before any job starts
@@ -1641,4 +1750,5 @@ def run_queue(
         drv.close()
         return report
     finally:
+        gpu_hold.close()  # issue-11
         lock.release()

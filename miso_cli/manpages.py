@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import typer
+from typer.core import TyperGroup
+
 from miso_cli import __version__
 
 MANUAL = "miso manual"
@@ -165,17 +168,57 @@ def _param_doc(param: Any, ctx: Any) -> ParamDoc | None:
     )
 
 
-def collect(app: Any = None) -> list[CommandDoc]:
-    """The root command and every subcommand of ``app`` (default: miso's), documented."""
-    import typer.main
+class RecordingGroup(TyperGroup):
+    """A Typer group class that keeps the Click group Typer builds from an application.
 
-    if app is None:
-        from miso_cli.cli import app as miso_app
+    Typer builds its Click command each time the application is called; an application
+    created with ``typer.Typer(cls=RecordingGroup)`` (or a subclass) leaves it here, so
+    the pages are generated through Typer's and Click's public API only.
+    """
 
-        app = miso_app
-    root = typer.main.get_command(app)
-    ctx_cls = _context_class()
-    root_ctx = ctx_cls(root, info_name="miso")
+    last: RecordingGroup | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from miso_cli.manpages import RecordingGroup as Recording
+
+        Recording.last = self
+
+
+def click_command(app: Any) -> Any:
+    """The Click group behind ``app`` (whose ``cls`` is a :class:`RecordingGroup`).
+
+    Calling the app with ``--help`` and Click's ``standalone_mode=False`` builds the group
+    and runs nothing else; the help text it prints is discarded.
+    """
+    import contextlib
+    import io
+
+    # The class as miso_cli.cli imports it (not __main__'s copy under `python -m`).
+    from miso_cli.manpages import RecordingGroup as Recording
+
+    Recording.last = None
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        app(args=["--help"], prog_name="miso", standalone_mode=False)
+    if Recording.last is None:
+        raise TypeError("the application's group class must be a RecordingGroup")
+    return Recording.last
+
+
+def collect(app: Any = None, root: Any = None) -> list[CommandDoc]:
+    """The root command and every subcommand of ``app`` (default: miso's), documented.
+
+    ``root`` is the Click group itself when the caller has it (``miso man`` takes it
+    from its own context).
+    """
+    if root is None:
+        if app is None:
+            from miso_cli.cli import app as miso_app
+
+            app = miso_app
+        root = click_command(app)
+    # As Click's make_context would: the group's context settings (e.g. -h for --help).
+    root_ctx = typer.Context(root, info_name="miso", **(root.context_settings or {}))
     docs = []
     names = root.list_commands(root_ctx) if hasattr(root, "list_commands") else []
     subs = []
@@ -198,7 +241,7 @@ def collect(app: Any = None) -> list[CommandDoc]:
         )
     )
     for name, sub in subs:
-        sub_ctx = ctx_cls(sub, info_name=name, parent=root_ctx)
+        sub_ctx = typer.Context(sub, info_name=name, parent=root_ctx)
         desc, examples = _split_help(sub.help or "")
         docs.append(
             CommandDoc(
@@ -213,15 +256,6 @@ def collect(app: Any = None) -> list[CommandDoc]:
             )
         )
     return docs
-
-
-def _context_class() -> Any:
-    # Typer >= 0.16 carries its own copy of Click; older releases use Click itself.
-    try:
-        from typer._click import Context
-    except ImportError:  # pragma: no cover - depends on the installed Typer
-        from click import Context  # type: ignore[no-redef]
-    return Context
 
 
 def _short(cmd: Any) -> str:
@@ -345,9 +379,9 @@ def _environment(doc: CommandDoc, all_docs: list[CommandDoc]) -> list[tuple[str,
     return sorted(seen.items())
 
 
-def build_pages(app: Any = None) -> dict[str, str]:
+def build_pages(app: Any = None, root: Any = None) -> dict[str, str]:
     """File name -> roff text, for ``miso`` and each subcommand."""
-    docs = collect(app)
+    docs = collect(app, root)
     return {page_name(d): render(d, docs) for d in docs}
 
 

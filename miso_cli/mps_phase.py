@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miso_cli.simulator import PROFILE_LEVELS
+from miso_cli.engine.rules import PROFILE_LEVELS, PROFILE_ORDER
 
 # Smallest share first: the last level leaves the jobs at 100 %, the share they keep.
-RUN_ORDER: tuple[int, ...] = tuple(sorted(PROFILE_LEVELS))
+RUN_ORDER: tuple[int, ...] = PROFILE_ORDER
 WARMUP_SAMPLES = 1  # progress records skipped after each start (imports, first step)
 MIN_INTERVALS = 3  # measured intervals per job and level before the level may end
 MAX_LEVEL_FACTOR = 6.0  # a level ends at this many times its nominal length regardless

@@ -38,6 +38,13 @@ Objectives (``objective=``), all over the jobs the plan places:
     completion time that changes with the decision at hand (the waiting jobs
     behind them start when these finish).
 
+Scale: the constraint matrix is sparse, and how many jobs the best plans place
+(and, with ``fifo``, the longest queue prefix that fits) is settled first by a
+programme over layout counts alone (Hall's condition, :class:`_Hall`), so the
+main programme only weighs costs. ``time_limit_s`` bounds the solve: the best
+plan found by then, else the current assignment extended first-fit
+(:func:`_incumbent`). ``benchmarks/planner.py`` measures 8 x 56 to 256 x 2,000.
+
 Uncertainty: with ``risk > 0`` a prediction counts as ``mean + risk * std``, so
 a slice whose speed is poorly known is chosen only when it wins anyway.
 """
@@ -203,12 +210,33 @@ def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: flo
         first = members[0]
         keep = stays.get(first.index, set()) if len(members) == 1 else set()
         current = first.layout
+        now = _sizes(current)
+        if first.candidates is not None:
+            pairs = [(lay, _sizes(lay)) for lay in dict.fromkeys(first.candidates)]
+        else:
+            pairs = list(_maximal_sized(first.model))
+        # The current layout represents its class (compared only where sizes match).
+        if current.slices and not any(sz == now and lay == current for lay, sz in pairs):
+            pairs.append((current, now))
         seen: dict[tuple[object, ...], Layout] = {}
-        for lay in candidate_layouts(first):
-            sig = (_sizes(lay), frozenset(keep.intersection(lay.slices)))
-            if sig not in seen or lay == current:
+        for lay, sz in pairs:
+            sig = (sz, frozenset(keep.intersection(lay.slices))) if keep else (sz,)
+            if sz == now and lay == current:
+                seen[sig] = current
+            elif sig not in seen:
                 seen[sig] = lay
         out.append(_Group(first.model, members, current, list(seen.values())))
+    return out
+
+
+# Above this many jobs, how many are placed is settled first (see plan()).
+_COUNT_FIRST = 150
+
+
+def _class_counts(layout: Layout) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for s in layout.slices:
+        out[s.slices] = out.get(s.slices, 0) + 1
     return out
 
 
@@ -223,6 +251,11 @@ def _is_running(job: PlanJob) -> bool:
 @lru_cache(maxsize=32)
 def _maximal(model: GpuModel) -> tuple[Layout, ...]:
     return tuple(enumerate_layouts(model))
+
+
+@lru_cache(maxsize=32)
+def _maximal_sized(model: GpuModel) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
+    return tuple((lay, _sizes(lay)) for lay in _maximal(model))
 
 
 @lru_cache(maxsize=32)
@@ -244,8 +277,210 @@ def _classes(model: GpuModel) -> list[int]:
     return sorted({p.slices for p in model.standard_profiles()}, reverse=True)
 
 
-# Above this many distinct capacity vectors the prefix test gives way to the programme.
-_PREFIX_LIMIT = 200_000
+def _solve(
+    cost: Any,
+    upper: Any,
+    matrix: Any,
+    lo_b: Any,
+    hi_b: Any,
+    *,
+    time_limit_s: float | None = None,
+    relax_first: bool = True,
+) -> Any:
+    """Minimise ``cost`` over integers in ``[0, upper]`` with ``lo_b <= matrix x <= hi_b``.
+
+    The planner's programmes are close to network flows: once the layout counts
+    are integers the rest is a transportation problem, so the linear relaxation
+    is often integral already. It is solved first (``relax_first``); only a
+    fractional answer goes to branch and bound. HiGHS's presolve costs more than
+    it saves on these programmes (measured: 4.1 s against 1.0 s at 256 GPUs x
+    2,000 jobs), so it is off. Returns scipy's result (``x`` None when infeasible
+    or out of time before a feasible point).
+    """
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    n = len(cost)
+    bounds = Bounds(np.zeros(n), np.asarray(upper, dtype=float))
+    cons = LinearConstraint(matrix, np.asarray(lo_b, dtype=float), np.asarray(hi_b, dtype=float))
+    options: dict[str, Any] = {"disp": False}
+    if time_limit_s is not None:
+        options["time_limit"] = float(time_limit_s)
+    if relax_first:
+        lp = milp(c=cost, integrality=np.zeros(n), bounds=bounds, constraints=cons, options=options)
+        if lp.x is None and lp.status in (1, 2):  # out of time, or infeasible already
+            return lp
+        if lp.x is not None and np.abs(lp.x - np.round(lp.x)).max(initial=0.0) < 1e-7:
+            return lp
+    options.update({"mip_rel_gap": 0.0, "presolve": False})
+    return milp(c=cost, integrality=np.ones(n), bounds=bounds, constraints=cons, options=options)
+
+
+class _Hall:
+    """Hall's condition for placing jobs on chosen layouts, as rows on layout counts.
+
+    A job may take any instance of the (model, size class) pairs among its options
+    (a stay option is one of them, and a pinned job's layout must keep its
+    instance), so once the layouts are chosen, placing a set of jobs is a
+    bipartite matching of jobs to instances, and by Hall's theorem it exists iff
+    for every union ``T`` of the jobs' option sets, the jobs whose options lie
+    inside ``T`` number at most the instances in ``T``. The instances in ``T`` are
+    linear in how many GPUs of each group take each layout, so "these jobs fit"
+    is a few linear rows over a few dozen integer layout counts, whatever the
+    number of jobs: jobs count only through how many there are of each option set.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[_Group],
+        jobs: Sequence[PlanJob],
+        masks: Sequence[frozenset[tuple[str, int]]],
+        dims: Sequence[frozenset[tuple[str, int]]],
+        keep: Mapping[int, set[Slice]],
+    ) -> None:
+        import numpy as np
+
+        self.dims = list(dims)
+        caps: list[tuple[int, ...]] = []
+        upper: list[float] = []
+        self.group_cols: list[list[int]] = []
+        self.ok = True
+        for grp in groups:
+            need = keep.get(grp.gpus[0].index, set()) if len(grp.gpus) == 1 else set()
+            vectors: set[tuple[int, ...]] = set()
+            key = grp.model.key
+            for lay in grp.layouts:
+                if need and not need <= set(lay.slices):
+                    continue
+                counts = _class_counts(lay)
+                vectors.add(tuple(sum(k for c, k in counts.items() if (key, c) in u) for u in dims))
+            if not vectors:
+                self.ok = False
+            cols = []
+            for v in sorted(vectors):
+                cols.append(len(caps))
+                caps.append(v)
+                upper.append(float(len(grp.gpus)))
+            self.group_cols.append(cols)
+        self.sizes = [float(len(g.gpus)) for g in groups]
+        self.caps = np.asarray(caps, dtype=float).reshape(len(caps), len(dims))
+        self.upper = np.asarray(upper)
+        self.inside = np.array([[m <= u for u in dims] for m in masks], dtype=float).reshape(
+            len(masks), len(dims)
+        )
+
+    def solve(
+        self,
+        demand: Sequence[float],
+        extra: Sequence[Sequence[float]] = (),
+        extra_hi: Sequence[float] = (),
+        cost: Sequence[float] = (),
+        extra_rows: Sequence[tuple[Sequence[float], float, float]] = (),
+    ) -> list[float] | None:
+        """Integer layout counts (and ``extra`` columns) meeting every Hall row, or None.
+
+        Row ``d`` reads: instances in ``dims[d]`` - sum of extra[c][d] * e[c] >= demand[d];
+        extra columns are integers in ``[0, extra_hi[c]]``, costed by ``cost`` (to minimise).
+        Returns the extra columns' values.
+        """
+        import numpy as np
+        from scipy.sparse import csr_array
+
+        if not self.ok:
+            return None
+        n_z = len(self.upper)
+        n_e = len(extra)
+        n = n_z + n_e
+        a = np.zeros((len(self.sizes) + len(self.dims) + len(extra_rows), n))
+        lo = np.zeros(a.shape[0])
+        hi = np.zeros(a.shape[0])
+        for r, cols in enumerate(self.group_cols):
+            a[r, cols] = 1.0
+            lo[r] = hi[r] = self.sizes[r]
+        base = len(self.sizes)
+        a[base : base + len(self.dims), :n_z] = self.caps.T
+        if n_e:
+            a[base : base + len(self.dims), n_z:] = -np.asarray(extra, dtype=float).T
+        lo[base : base + len(self.dims)] = demand
+        hi[base : base + len(self.dims)] = np.inf
+        for k, (coefs, r_lo, r_hi) in enumerate(extra_rows):
+            a[base + len(self.dims) + k, n_z:] = coefs
+            lo[base + len(self.dims) + k] = r_lo
+            hi[base + len(self.dims) + k] = r_hi
+        c = np.zeros(n)
+        if len(cost):
+            c[n_z:] = cost
+        res = _solve(
+            c,
+            np.concatenate([self.upper, np.asarray(extra_hi)]),
+            csr_array(a),
+            lo,
+            hi,
+            relax_first=False,
+        )
+        if res.x is None:
+            return None
+        return [float(v) for v in np.round(res.x[n_z:])]
+
+
+def _hall_inputs(
+    groups: Sequence[_Group],
+    jobs: Sequence[PlanJob],
+    options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
+    involved: Sequence[int],
+) -> tuple[list[frozenset[tuple[str, int]]], _Hall] | None:
+    """The jobs' option sets and Hall's rows over the unions of those of ``involved``.
+
+    None when the option sets have too many unions (more than 16 rows).
+    """
+    masks = [frozenset(cls for _, cls, _ in opts) for opts in options]
+    unions: set[frozenset[tuple[str, int]]] = set()
+    for m in {masks[i] for i in involved if masks[i]}:
+        unions |= {m | u for u in unions} | {m}
+        if len(unions) > 16:
+            return None
+    dims = sorted(unions, key=lambda u: sorted(u))
+    # Instances a pinned job keeps must stay in its GPU's layout.
+    keep: dict[int, set[Slice]] = {}
+    for i in involved:
+        job = jobs[i]
+        if job.pinned and job.gpu is not None and job.slice is not None:
+            keep.setdefault(job.gpu, set()).add(job.slice)
+    return masks, _Hall(groups, jobs, masks, dims, keep)
+
+
+def _most_placed(
+    groups: Sequence[_Group],
+    jobs: Sequence[PlanJob],
+    options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
+    musts: Sequence[bool],
+) -> int | None:
+    """The most jobs any plan places (every must-place job among them), without FIFO.
+
+    Jobs count only by option set, so this is a programme over layout counts and
+    one integer per distinct option set. None when the must-place jobs do not
+    fit or the option sets have too many unions.
+    """
+    involved = [i for i, opts in enumerate(options) if opts]
+    if any(m and not options[i] for i, m in enumerate(musts)):
+        return None
+    found = _hall_inputs(groups, jobs, options, involved)
+    if found is None:
+        return None
+    masks, hall = found
+    if not hall.dims:
+        return 0
+    base = hall.inside[[i for i in involved if musts[i]]].sum(axis=0)
+    spare: dict[frozenset[tuple[str, int]], int] = {}
+    for i in involved:
+        if not musts[i]:
+            spare[masks[i]] = spare.get(masks[i], 0) + 1
+    kinds = sorted(spare, key=lambda m: sorted(m))
+    extra = [[float(m <= u) for u in hall.dims] for m in kinds]
+    got = hall.solve(base, extra, [float(spare[m]) for m in kinds], [-1.0] * len(kinds))
+    if got is None:
+        return None
+    return sum(musts) + int(sum(got))
 
 
 def _fifo_prefix(
@@ -262,118 +497,96 @@ def _fifo_prefix(
     jobs in all. When every job outside the queue must be placed, that is the
     longest ``k`` for which the must-place jobs and ``queue[:k]`` all fit.
 
-    Exact, without the programme. A job may take any instance of the (model, size
-    class) pairs among its options (a stay option is one of them, and a pinned
-    job's layout must keep its instance), so once the layouts are chosen this is
-    a bipartite matching of jobs to instances, and by Hall's theorem it exists
-    iff for every union ``T`` of the jobs' option sets, the jobs whose options
-    lie inside ``T`` number at most the instances in ``T``. Each layout is thus a
-    vector of instance counts over those unions; a pool's achievable vectors are
-    the distinct sums of one vector per GPU, built GPU by GPU (integers packed
-    into one number, so a set union is one ``numpy.unique``). Feasibility only
-    falls as ``k`` grows, so a binary search finds the longest prefix.
+    Exact, and without enumerating layouts or plans: "these jobs fit" is Hall's
+    condition on layout counts (:class:`_Hall`), a programme of a few dozen
+    integers; feasibility only falls as ``k`` grows, so a binary search over
+    ``k`` finds the longest prefix in a logarithmic number of such programmes.
 
     Jobs outside the queue that may stay unplaced (evictable running jobs) can
-    trade places with queue jobs. Placeable sets of jobs are the independent sets
-    of a transversal matroid, so any feasible prefix extends to a largest
-    placeable set, whose size is ``|J| - max(0, max_T (jobs inside T - instances
-    in T))`` (the deficiency form of Hall's theorem); the best count for each
-    ``k`` is the largest such size over the layouts where the prefix fits.
+    trade places with queue jobs: then one programme with a 0/1 variable per
+    queue position (``y[k] >= y[k+1]``, the prefix) and a count per option set
+    of those jobs finds the most jobs placed, and two more the shortest and the
+    longest prefix among the plans placing that many.
 
-    None when the must-place jobs alone do not fit, or when the vectors would be
-    too many (the caller then keeps the ordering constraints, exact as well).
+    None when the must-place jobs alone do not fit, or when the option sets have
+    too many unions (the caller then keeps the ordering constraints, exact as well).
     """
     import numpy as np
 
-    masks = [frozenset(cls for _, cls, _ in opts) for opts in options]
+    options_masks = [frozenset(cls for _, cls, _ in opts) for opts in options]
     in_queue = set(queue)
     involved = [i for i in range(len(jobs)) if musts[i] or i in in_queue]
-    free = [i for i in range(len(jobs)) if masks[i] and not musts[i] and i not in in_queue]
-    if any(musts[i] and not masks[i] for i in involved):
+    free = [i for i in range(len(jobs)) if options_masks[i] and not musts[i] and i not in in_queue]
+    if any(musts[i] and not options_masks[i] for i in involved):
         return None
     # A queue job that fits nowhere ends every feasible prefix.
     limit = len(queue)
     for k, i in enumerate(queue):
-        if not masks[i] and not musts[i]:
+        if not options_masks[i] and not musts[i]:
             limit = k
             break
-    unions: set[frozenset[tuple[str, int]]] = set()
-    for m in {masks[i] for i in involved + free if masks[i]}:
-        unions |= {m | u for u in unions} | {m}
-        if len(unions) > 16:
-            return None
-    dims = sorted(unions, key=lambda u: sorted(u))
-    if not dims:  # nothing fits anywhere (and no job must be placed)
-        return 0, 0, 0
-    # Instances a pinned job keeps must stay in its GPU's layout.
-    keep: dict[int, set[Slice]] = {}
-    for i in involved:
-        job = jobs[i]
-        if job.pinned and job.gpu is not None and job.slice is not None:
-            keep.setdefault(job.gpu, set()).add(job.slice)
-    most = sum(len(grp.gpus) * max((len(lay) for lay in grp.layouts), default=0) for grp in groups)
-    radix = most + 1
-    if radix ** len(dims) >= 2**62:
+    found = _hall_inputs(groups, jobs, options, involved + free)
+    if found is None:
         return None
-    weights = [radix**d for d in range(len(dims))]
-    sums = np.zeros(1, dtype=np.int64)
-    for grp in groups:
-        need = keep.get(grp.gpus[0].index, set()) if len(grp.gpus) == 1 else set()
-        vectors = set()
-        for lay in grp.layouts:
-            if not need <= set(lay.slices):
-                continue
-            nodes = [(grp.model.key, s.slices) for s in lay.slices]
-            vectors.add(tuple(sum(1 for n in nodes if n in u) for u in dims))
-        # A vector no larger anywhere than another adds nothing.
-        best = [
-            v
-            for v in vectors
-            if not any(w != v and all(a >= b for a, b in zip(w, v, strict=True)) for w in vectors)
-        ]
-        if not best:
-            return None
-        step = np.array([sum(a * w for a, w in zip(v, weights, strict=True)) for v in best])
-        for _ in grp.gpus:
-            sums = np.unique((sums[:, None] + step[None, :]).ravel())
-            if len(sums) > _PREFIX_LIMIT:
-                return None
-    caps = (sums[:, None] // np.array(weights, dtype=np.int64)[None, :]) % radix
-    inside = np.array([[masks[i] <= u for u in dims] for i in range(len(jobs))], dtype=np.int64)
+    masks, hall = found
+    if not hall.dims:  # nothing fits anywhere (and no job must be placed)
+        return 0, 0, 0
+    inside = hall.inside
     base = inside[[i for i in involved if musts[i]]].sum(axis=0)
     # Row k: what queue[:k] adds (a queue job that must be placed is in ``base``).
-    steps = [inside[i] * (0 if musts[i] else 1) for i in queue[:limit]]
-    adds = np.cumsum(np.vstack([np.zeros(len(dims), dtype=np.int64), *steps]), axis=0)
+    steps = [inside[i] * (0.0 if musts[i] else 1.0) for i in queue[:limit]]
+    adds = np.cumsum(np.vstack([np.zeros(len(hall.dims)), *steps]), axis=0)
+    counts = [0 if musts[i] else 1 for i in queue[:limit]]
+
+    def placed(k: int) -> int:
+        return sum(musts) + sum(counts[:k])
 
     def fits(k: int) -> bool:
-        return bool((caps >= base + adds[k]).all(axis=1).any())
+        return hall.solve(base + adds[k]) is not None
 
-    if not fits(0):
-        return None
     lo, hi = 0, limit  # fits(lo); the answer lies in [lo, hi]
+    if fits(limit):  # the whole queue fits (light load): one programme
+        lo = limit
+    elif not fits(0):
+        return None
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    placed = [sum(musts) + int(sum(not musts[i] for i in queue[:k])) for k in range(lo + 1)]
     if not free:
-        return lo, lo, placed[lo]
+        return lo, lo, placed(lo)
     # FIFO still requires every queue job up to the last required one.
     first = max((k + 1 for k, i in enumerate(queue) if musts[i]), default=0)
     if first > lo:
-        return lo, lo, placed[lo]  # no plan: the programme reports it
-    others = inside[free].sum(axis=0)
-    best: dict[int, int] = {}
-    for k in range(first, lo + 1):
-        need = base + adds[k]
-        ok = (caps >= need).all(axis=1)
-        short = np.maximum(0, (need + others - caps[ok]).max(axis=1))
-        best[k] = placed[k] + len(free) - int(short.min())
-    most = max(best.values())
-    ks = [k for k, v in best.items() if v == most]
-    return min(ks), max(ks), most
+        return lo, lo, placed(lo)  # no plan: the programme reports it
+    # Columns: y[1..lo] (the prefix), then a count per option set of the free jobs.
+    spare: dict[frozenset[tuple[str, int]], int] = {}
+    for i in free:
+        spare[masks[i]] = spare.get(masks[i], 0) + 1
+    kinds = sorted(spare, key=lambda m: sorted(m))
+    extra = [list(s) for s in steps[:lo]] + [[float(m <= u) for u in hall.dims] for m in kinds]
+    extra_hi = [1.0] * lo + [float(spare[m]) for m in kinds]
+    chain = []
+    for k in range(lo - 1):  # y[k+1] <= y[k]
+        row = [0.0] * len(extra)
+        row[k + 1], row[k] = 1.0, -1.0
+        chain.append((row, -math.inf, 0.0))
+    for k in range(first):  # y[k] = 1
+        row = [0.0] * len(extra)
+        row[k] = 1.0
+        chain.append((row, 1.0, 1.0))
+    count = [float(c) for c in counts[:lo]] + [1.0] * len(kinds)
+    got = hall.solve(base, extra, extra_hi, [-c for c in count], chain)
+    assert got is not None  # the prefix ``lo`` alone is feasible
+    most = sum(c * v for c, v in zip(count, got, strict=True))
+    at_most = [*chain, (count, most - 0.5, math.inf)]
+    prefix = [1.0] * lo + [0.0] * len(kinds)
+    short = hall.solve(base, extra, extra_hi, prefix, at_most)
+    long = hall.solve(base, extra, extra_hi, [-p for p in prefix], at_most)
+    assert short is not None and long is not None
+    return int(sum(short[:lo])), int(sum(long[:lo])), sum(musts) + int(round(most))
 
 
 # ---------------------------------------------------------------------------- the cluster
@@ -388,6 +601,7 @@ def plan(
     risk: float = 0.0,
     allow_evict: bool = False,
     reconfig_cost: float = 1e-4,
+    time_limit_s: float | None = None,
 ) -> Plan:
     """The best layout per GPU and assignment of ``jobs`` (in queue order) to their instances.
 
@@ -396,6 +610,10 @@ def plan(
     ``allow_evict``: running jobs that are not ``required`` may go back to the queue.
     ``reconfig_cost``: charged, in objective units, for each GPU whose layout changes
     (by default just enough to keep a layout when another is no better).
+    ``time_limit_s``: stop the solver after this long and take the best plan it
+    has found; when it has none yet, every running job keeps its instance and
+    waiting jobs take free instances first-fit (the current assignment, extended).
+    Without a limit the plan is optimal.
     Raises :class:`PlanError` when a required job cannot be placed.
     """
     if objective not in OBJECTIVES:
@@ -411,29 +629,24 @@ def plan(
     if len(gpu_index) != len(gpus):
         raise ValueError("GPU indices must be unique")
     import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
 
     models = {g.model.key: g.model for g in gpus}
+    classes = {key: _classes(model) for key, model in models.items()}
     groups = _groups(gpus, jobs, reconfig_cost)
     # Variables: z[group, layout] (how many of the group's GPUs take that layout),
     # then per job: stay (if possible) and one option per (model, size class).
     cost: list[float] = []
-    integrality: list[int] = []
-    lower: list[float] = []
     upper: list[float] = []
-
-    def var(c: float, lo: float = 0.0, hi: float = 1.0) -> int:
-        cost.append(c)
-        integrality.append(1)
-        lower.append(lo)
-        upper.append(hi)
-        return len(cost) - 1
-
-    z: dict[tuple[int, int], int] = {}
-    for gi, grp in enumerate(groups):
-        for li, lay in enumerate(grp.layouts):
-            changes = bool(grp.current.slices) and lay != grp.current
-            z[(gi, li)] = var(reconfig_cost if changes else 0.0, 0.0, float(len(grp.gpus)))
+    z: list[list[int]] = []
+    for grp in groups:
+        cols = []
+        for lay in grp.layouts:
+            changes = bool(grp.current.slices) and lay is not grp.current
+            cols.append(len(cost))
+            cost.append(reconfig_cost if changes else 0.0)
+            upper.append(float(len(grp.gpus)))
+        z.append(cols)
     group_of = {g.index: gi for gi, grp in enumerate(groups) for g in grp.gpus}
 
     # Per-job option costs, first without the placement reward.
@@ -450,14 +663,15 @@ def plan(
                 costs.append(job_cost(job, job.slice.slices, False, objective, risk))
         if not job.pinned:
             for key, model in models.items():
-                for c in _classes(model):
+                for c in classes[key]:
                     if job.fits(model, c):
                         opts.append(("class", (key, c), None))
                         costs.append(job_cost(job, c, running, objective, risk))
         options.append(opts)
         raw.append(costs)
     # FIFO: the longest prefix of the queue that fits beside the jobs that must be
-    # placed, found combinatorially; no job behind it can be placed.
+    # placed, found by a small programme over layout counts; no job behind it can
+    # be placed.
     musts = [j.required or j.pinned or (_is_running(j) and not allow_evict) for j in jobs]
     queue_ix = [i for i, j in enumerate(jobs) if j.waiting and not _is_running(j)] if fifo else []
     lo_x = [1.0 if m else 0.0 for m in musts]
@@ -478,6 +692,13 @@ def plan(
                 lo_x[i] = 1.0
             determined = True
             chain = shortest < longest
+    elif len(jobs) > _COUNT_FIRST:
+        # Backfilling: how many jobs the best plans place, the same way (for small
+        # programmes one solve with a placement reward is cheaper than two).
+        most = _most_placed(groups, jobs, options, musts)
+        if most is not None:
+            count = most
+            determined = True
     # Placing one more job outweighs any difference in cost among placed jobs.
     spread = sum(max((abs(c) for c in costs), default=0.0) for costs in raw)
     big = spread + reconfig_cost * len(gpus) + 1.0
@@ -485,99 +706,105 @@ def plan(
     xvars: list[list[int]] = []
     for pos, costs in enumerate(raw):
         # Without FIFO, earlier jobs still win ties: a reward that shrinks with position.
-        reward = 0.0 if determined else big + order_eps * (len(jobs) - pos)
-        xvars.append([var(c - reward) for c in costs])
+        reward = (0.0 if determined else big) + order_eps * (len(jobs) - pos)
+        start = len(cost)
+        cost.extend(c - reward for c in costs)
+        upper.extend([1.0] * len(costs))
+        xvars.append(list(range(start, start + len(costs))))
 
-    rows: list[dict[int, float]] = []
+    # The constraint matrix, sparse: (row, column, value) triples.
+    r_ix: list[int] = []
+    c_ix: list[int] = []
+    vals: list[float] = []
     lo_b: list[float] = []
     hi_b: list[float] = []
 
-    def constraint(coefs: dict[int, float], lo: float, hi: float) -> None:
-        rows.append(coefs)
+    def constraint(cols: Sequence[int], coefs: Sequence[float], lo: float, hi: float) -> None:
+        r = len(lo_b)
+        r_ix.extend([r] * len(cols))
+        c_ix.extend(cols)
+        vals.extend(coefs)
         lo_b.append(lo)
         hi_b.append(hi)
 
     for gi, grp in enumerate(groups):
         n_gpus = float(len(grp.gpus))
-        constraint({z[(gi, li)]: 1.0 for li in range(len(grp.layouts))}, n_gpus, n_gpus)
+        constraint(z[gi], [1.0] * len(z[gi]), n_gpus, n_gpus)
+    # Which of a lone GPU's layouts hold each instance (for the jobs that stay).
+    holding: dict[int, dict[Slice, list[int]]] = {}
+    by_class: dict[tuple[str, int], list[int]] = {}
     for pos, (job, opts, xs) in enumerate(zip(jobs, options, xvars, strict=True)):
         if musts[pos] and not xs:
             raise PlanError(f"job {job.name} fits no instance of the GPUs at hand")
         if xs:
-            constraint({x: 1.0 for x in xs}, lo_x[pos], hi_x[pos])
-        for (kind, _, sl), x in zip(opts, xs, strict=True):
+            constraint(xs, [1.0] * len(xs), lo_x[pos], hi_x[pos])
+        for (kind, cls, sl), x in zip(opts, xs, strict=True):
+            by_class.setdefault(cls, []).append(x)
             if kind == "stay":
                 assert job.gpu is not None and sl is not None
                 gi = group_of[job.gpu]
-                having = {
-                    z[(gi, li)]: -1.0
-                    for li, lay in enumerate(groups[gi].layouts)
-                    if sl in lay.slices
-                }
-                constraint({x: 1.0, **having}, -math.inf, 0.0)
+                if gi not in holding:
+                    table: dict[Slice, list[int]] = {}
+                    for col, lay in zip(z[gi], groups[gi].layouts, strict=True):
+                        for s in lay.slices:
+                            table.setdefault(s, []).append(col)
+                    holding[gi] = table
+                having = holding[gi].get(sl, [])
+                constraint([x, *having], [1.0] + [-1.0] * len(having), -math.inf, 0.0)
     if determined:
-        every = {x: 1.0 for xs in xvars for x in xs}
-        constraint(every, float(count), float(count))
+        every = [x for xs in xvars for x in xs]
+        constraint(every, [1.0] * len(every), float(count), float(count))
     # Capacity per (model, size class): starters and movers + stayers <= instances chosen.
-    for key, model in models.items():
-        for c in _classes(model):
-            coefs: dict[int, float] = {}
-            for opts, xs in zip(options, xvars, strict=True):
-                for (_, cls, _), x in zip(opts, xs, strict=True):
-                    if cls == (key, c):
-                        coefs[x] = 1.0
-            if not coefs:
+    for key in models:
+        for c in classes[key]:
+            xs = by_class.get((key, c))
+            if not xs:
                 continue
+            cols = list(xs)
+            coefs = [1.0] * len(xs)
             for gi, grp in enumerate(groups):
                 if grp.model.key != key:
                     continue
-                for li, lay in enumerate(grp.layouts):
-                    n = sum(1 for s in lay.slices if s.slices == c)
-                    if n:
-                        coefs[z[(gi, li)]] = -float(n)
-            constraint(coefs, -math.inf, 0.0)
+                for col, lay in zip(z[gi], grp.layouts, strict=True):
+                    k = _class_counts(lay).get(c, 0)
+                    if k:
+                        cols.append(col)
+                        coefs.append(-float(k))
+            constraint(cols, coefs, -math.inf, 0.0)
     if chain:
-        queue = [
-            xs for job, xs in zip(jobs, xvars, strict=True) if job.waiting and not _is_running(job)
-        ]
+        queue = [xvars[i] for i in range(len(jobs)) if jobs[i].waiting and not _is_running(jobs[i])]
         for prev, nxt in itertools.pairwise(queue):
-            coefs = {x: 1.0 for x in nxt}
-            for x in prev:
-                coefs[x] = coefs.get(x, 0.0) - 1.0
             if nxt:
-                constraint(coefs, -math.inf, 0.0)
+                constraint(nxt + prev, [1.0] * len(nxt) + [-1.0] * len(prev), -math.inf, 0.0)
 
     n = len(cost)
-    a = np.zeros((len(rows), n))
-    for r, coefs in enumerate(rows):
-        for v, c in coefs.items():
-            a[r, v] = c
-    res = milp(
-        c=np.asarray(cost),
-        integrality=np.asarray(integrality),
-        bounds=Bounds(np.asarray(lower), np.asarray(upper)),
-        constraints=LinearConstraint(a, np.asarray(lo_b), np.asarray(hi_b)),
-        options={"disp": False, "mip_rel_gap": 0.0},
-    )
+    matrix = coo_array((vals, (r_ix, c_ix)), shape=(len(lo_b), n)).tocsr()
+    res = _solve(np.asarray(cost), upper, matrix, lo_b, hi_b, time_limit_s=time_limit_s)
     if res.x is None:
+        if time_limit_s is not None and res.status == 1:  # out of time, nothing found yet
+            return _incumbent(gpus, jobs, objective, risk, musts)
         raise PlanError(f"no feasible plan ({res.message})")
     sol = np.round(res.x).astype(int)
 
     layouts: dict[int, Layout] = {}
     for gi, grp in enumerate(groups):
-        chosen = [(lay, int(sol[z[(gi, li)]])) for li, lay in enumerate(grp.layouts)]
-        # GPUs that already have a chosen layout keep it; the others take what is left.
-        rest = list(grp.gpus)
-        for lay, count in chosen:
-            same = [g for g in rest if _sizes(g.layout) == _sizes(lay)][:count]
-            for g in same:
-                layouts[g.index] = g.layout  # equivalent, and nothing to change
-                rest.remove(g)
-            chosen[chosen.index((lay, count))] = (lay, count - len(same))
-        for lay, count in chosen:
-            for g in rest[:count]:
-                layouts[g.index] = lay
-            rest = rest[count:]
+        # GPUs that already have a layout equivalent to a chosen one keep it (nothing
+        # to change); the others take what is left, in order.
+        wanted: dict[tuple[int, ...], list[Layout]] = {}
+        for col, lay in zip(z[gi], grp.layouts, strict=True):
+            if sol[col]:
+                wanted.setdefault(_sizes(lay), []).extend([lay] * int(sol[col]))
+        rest = []
+        for g in grp.gpus:
+            same = wanted.get(_sizes(g.layout))
+            if same:
+                same.pop()
+                layouts[g.index] = g.layout
+            else:
+                rest.append(g)
+        left = [lay for lays in wanted.values() for lay in lays]
+        for g, lay in zip(rest, left, strict=False):
+            layouts[g.index] = lay
     assignment: dict[int, dict[str, Slice]] = {g.index: {} for g in gpus}
     taken: dict[int, set[Slice]] = {g.index: set() for g in gpus}
     movers: list[tuple[PlanJob, tuple[str, int]]] = []
@@ -596,28 +823,40 @@ def plan(
             assert cls is not None
             movers.append((job, cls))
     # Give each starter or mover an instance of its class: its own GPU first, then in order.
-    for job, (key, c) in movers:
-        order = sorted(
-            (g for g in gpus if g.model.key == key),
-            key=lambda g: (g.index != job.gpu, g.index),
-        )
-        for g in order:
-            free = [s for s in layouts[g.index].slices if s.slices == c and s not in taken[g.index]]
-            if free:
-                sl = min(free)
-                assignment[g.index][job.name] = sl
-                taken[g.index].add(sl)
-                break
-        else:  # pragma: no cover - the capacity constraints make this impossible
-            raise PlanError(f"internal: no {c}g instance left for {job.name}")
-    placed = {j for a in assignment.values() for j in a}
-    value = _value(jobs, assignment, objective, risk)
+    free: dict[tuple[str, int], dict[int, list[Slice]]] = {}
+    for g in sorted(gpus, key=lambda g: g.index):
+        for s in sorted(layouts[g.index].slices):
+            if s not in taken[g.index]:
+                free.setdefault((g.model.key, s.slices), {}).setdefault(g.index, []).append(s)
+    for job, cls in movers:
+        pools = free.get(cls, {})
+        own = job.gpu is not None and job.gpu in pools
+        gi = job.gpu if own else next(iter(pools), None)
+        if gi is None:  # pragma: no cover - the capacity constraints make this impossible
+            raise PlanError(f"internal: no {cls[1]}g instance left for {job.name}")
+        assignment[gi][job.name] = pools[gi].pop(0)
+        if not pools[gi]:
+            del pools[gi]
+    return _result(gpus, jobs, layouts, assignment, waiting, objective, risk)
+
+
+def _result(
+    gpus: Sequence[PlanGpu],
+    jobs: Sequence[PlanJob],
+    layouts: Mapping[int, Layout],
+    assignment: Mapping[int, dict[str, Slice]],
+    waiting: list[str],
+    objective: str,
+    risk: float,
+) -> Plan:
+    where = {name: (gi, sl) for gi, a in assignment.items() for name, sl in a.items()}
+    value = _value(jobs, where, objective, risk)
     moved = [
         j.name
         for j in jobs
-        if _is_running(j) and j.name in placed and (j.gpu, j.slice) != _where(assignment, j.name)
+        if _is_running(j) and j.name in where and (j.gpu, j.slice) != where[j.name]
     ]
-    evicted = [j.name for j in jobs if _is_running(j) and j.name not in placed]
+    evicted = [j.name for j in jobs if _is_running(j) and j.name not in where]
     return Plan(
         [GpuPlan(g.index, g.model, layouts[g.index], assignment[g.index]) for g in gpus],
         waiting,
@@ -628,16 +867,53 @@ def plan(
     )
 
 
-def _where(assignment: Mapping[int, Mapping[str, Slice]], name: str) -> tuple[int, Slice] | None:
-    for gi, a in assignment.items():
-        if name in a:
-            return gi, a[name]
-    return None
+def _incumbent(
+    gpus: Sequence[PlanGpu],
+    jobs: Sequence[PlanJob],
+    objective: str,
+    risk: float,
+    musts: Sequence[bool],
+) -> Plan:
+    """A feasible plan without the solver: running jobs stay, waiting ones fill free instances.
+
+    GPUs keep their layouts (an empty GPU takes one whole-GPU instance); waiting
+    jobs, in order, take the first free instance they fit with the lowest cost.
+    """
+    layouts: dict[int, Layout] = {}
+    for g in gpus:
+        layouts[g.index] = g.layout if g.layout.slices else min(_maximal(g.model), key=len)
+    assignment: dict[int, dict[str, Slice]] = {g.index: {} for g in gpus}
+    taken: dict[int, set[Slice]] = {g.index: set() for g in gpus}
+    waiting: list[str] = []
+    pending: list[tuple[int, PlanJob]] = []
+    for pos, job in enumerate(jobs):
+        if _is_running(job) and job.gpu in layouts and job.slice in layouts[job.gpu].slices:
+            assignment[job.gpu][job.name] = job.slice  # type: ignore[index]
+            taken[job.gpu].add(job.slice)  # type: ignore[index, arg-type]
+        else:
+            pending.append((pos, job))
+    by_index = {g.index: g for g in gpus}
+    for pos, job in pending:
+        spots = [
+            (job_cost(job, s.slices, _is_running(job), objective, risk), gi, s)
+            for gi, lay in layouts.items()
+            for s in lay.slices
+            if s not in taken[gi] and not job.pinned and job.fits(by_index[gi].model, s.slices)
+        ]
+        if not spots:
+            if musts[pos]:
+                raise PlanError(f"no plan found in time that places {job.name}")
+            waiting.append(job.name)
+            continue
+        _, gi, s = min(spots, key=lambda t: (t[0], t[1], t[2]))
+        assignment[gi][job.name] = s
+        taken[gi].add(s)
+    return _result(gpus, jobs, layouts, assignment, waiting, objective, risk)
 
 
 def _value(
     jobs: Sequence[PlanJob],
-    assignment: Mapping[int, Mapping[str, Slice]],
+    where: Mapping[str, tuple[int, Slice]],
     objective: str,
     risk: float,
 ) -> float:
@@ -645,11 +921,11 @@ def _value(
     total = 0.0
     count = 0
     for job in jobs:
-        where = _where(assignment, job.name)
-        if where is None:
+        at = where.get(job.name)
+        if at is None:
             continue
-        moved = _is_running(job) and (job.gpu, job.slice) != where
-        total += job_cost(job, where[1].slices, moved, objective, risk)
+        moved = _is_running(job) and (job.gpu, job.slice) != at
+        total += job_cost(job, at[1].slices, moved, objective, risk)
         count += 1
     if objective == "miso":
         return total / count if count else 0.0
@@ -825,174 +1101,15 @@ def estimate_nopart_mean_jct(gpus: int, jobs: Sequence[PlanJob]) -> float | None
     return sum(done) / len(done) if done else 0.0
 
 
-# ---------------------------------------------------------------- a queue file's plan
+# ------------------------------------------------------- moved to miso_cli.commands.plan
 
-PROFILE_LEVELS_PCT = (100, 50, 14)
-
-
-@dataclass
-class QueuePlan:
-    """A queue planned on the GPUs there: the ``miso plan --json`` data and its parts."""
-
-    data: dict[str, Any]
-    result: Plan
-    jobs: dict[str, PlanJob]
+_MOVED = ("PROFILE_LEVELS_PCT", "QueuePlan", "queue_plan", "queue_plan_data")
 
 
-def _store_profile(
-    state_dir: Any,
-    spec: Any,
-    prof: Any,
-    info: Any,
-    drv: Any,
-    fps: Mapping[str, str],
-    gpu_model: str,
-) -> None:
-    from pathlib import Path
+def __getattr__(name: str) -> Any:
+    """The queue-file command used to live here; its names still import from this module."""
+    if name in _MOVED:
+        from miso_cli.commands import plan as command
 
-    from miso_cli import profiles_store as store
-
-    store.save(
-        Path(state_dir),
-        store.StoredProfile(
-            fingerprint=prof.fingerprint,
-            job=prof.job,
-            command=spec.command,
-            cwd=str(Path(spec.cwd).expanduser().resolve()),
-            env=dict(spec.env),
-            gpu_model=gpu_model,
-            gpu_name=info.name,
-            driver_version=drv.driver_version(),
-            mode=prof.mode,
-            co_runners=[fps[n] for n in prof.co_runners if n in fps],
-            levels=[lv.to_json() for lv in prof.levels],
-            started_at=prof.started_at,
-            finished_at=prof.finished_at,
-            simulated=bool(drv.is_simulated),
-        ),
-    )
-
-
-def queue_plan(
-    queue_spec: Any,
-    gpu_spec: str | None,
-    state_dir: Any,
-    *,
-    model: Any = None,
-    objective: str = "jct",
-    risk: float = 0.5,
-    fifo: bool = False,
-    profile: bool = False,
-) -> QueuePlan:
-    """Plan a loaded queue on the GPUs of ``gpu_spec`` from its jobs' MPS profiles.
-
-    Profiles come from the store (fresh ones); with ``profile`` the jobs without
-    one are measured now under MPS and stored. A job with no profile is a
-    UsageError naming the queue file.
-    """
-    from pathlib import Path
-
-    from miso_cli.errors import UsageError
-    from miso_cli.gpu.nvml import open_driver
-    from miso_cli.predict import load_predictor
-    from miso_cli.profiles_store import fingerprint, fresh_profiles
-
-    if objective not in OBJECTIVES:
-        raise UsageError(f"--objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
-    sdir = Path(state_dir)
-    spec = queue_spec
-    label = getattr(spec, "path", None) or "the queue"
-    drv = open_driver(gpu_spec, sdir)
-    try:
-        gpus = []
-        for i in range(drv.device_count()):
-            info = drv.gpu(i)
-            m = drv.gpu_model(i)
-            current = drv.current_layout(i) if info.mig_current else None
-            gpus.append(PlanGpu(i, m, current or PlanGpu(i, m).layout))
-        key = gpus[0].model.key if gpus else None
-        stored = fresh_profiles(
-            sdir,
-            spec.jobs,
-            gpu_model=key,
-            driver_version=drv.driver_version(),
-        )
-        measured: dict[str, tuple[dict[int, float], int, float | None]] = {}
-        for name, prof in stored.items():
-            times = {lv: prof.step_time_s(lv) for lv in PROFILE_LEVELS_PCT}
-            if all(t for t in times.values()):
-                measured[name] = (
-                    {k: float(v) for k, v in times.items()},
-                    1 + len(prof.co_runners),
-                    prof.peak_memory_mb(),
-                )
-        missing = [j for j in spec.jobs if j.name not in measured]
-        if missing and profile:
-            from miso_cli.profiler import Profiler, ProfileSettings
-
-            settings = ProfileSettings(
-                mode="colocated", levels=tuple(map(float, PROFILE_LEVELS_PCT))
-            )
-            fps = {j.name: fingerprint(j) for j in missing}
-            by_name = {j.name: j for j in missing}
-            info0 = drv.gpu(0)
-            for prof in Profiler(drv, sdir, settings).profile(missing):
-                _store_profile(sdir, by_name[prof.job], prof, info0, drv, fps, key or info0.name)
-                times = {lv: prof.step_time_s(lv) for lv in PROFILE_LEVELS_PCT}
-                if all(t for t in times.values()):
-                    measured[prof.job] = (
-                        {k: float(v) for k, v in times.items()},
-                        1 + len(prof.co_runners),
-                        prof.peak_memory_mb,
-                    )
-            missing = [j for j in spec.jobs if j.name not in measured]
-    finally:
-        close = getattr(drv, "close", None)
-        if close:
-            close()
-    if missing:
-        names = ", ".join(j.name for j in missing[:5])
-        names += ", ..." if len(missing) > 5 else ""  # issue-15b: a cut list says so
-        raise UsageError(
-            f"{label}: no fresh profile for {len(missing)} job(s) ({names})",
-            hint=f"run 'miso profile {label}' first, or pass --profile to profile them now",
-        )
-    pred = load_predictor(model, key or "a100-40gb", sdir)
-    jobs: list[PlanJob] = []
-    for j in spec.jobs:
-        mps, n_mix, peak = measured[j.name]
-        memory = j.memory_mb if j.memory_mb is not None else peak
-        p = pred.predict_one(mps, jobs_in_mix=n_mix, memory_mb=memory, gpu_model=gpus[0].model)
-        remaining = j.steps * mps[100] if j.steps else None
-        jobs.append(
-            PlanJob(
-                j.name,
-                dict(p.relative),
-                dict(p.uncertainty),
-                memory_mb=memory,
-                remaining_s=remaining,
-            )
-        )
-    result = plan(gpus, jobs, objective=objective, fifo=fifo, risk=risk)
-    by_job = {j.name: j for j in jobs}
-    slowdowns = [by_job[n].relative[s.slices] for g in result.gpus for n, s in g.assignment.items()]
-    data: dict[str, Any] = {
-        "gpus": [g.to_json(by_job) for g in result.gpus],
-        "waiting": result.waiting,
-        "objective": objective,
-        "policy": "miso+",
-        "predicted": {
-            "mean_slowdown": sum(slowdowns) / len(slowdowns) if slowdowns else None,
-            "mean_jct_s": estimate_mean_jct(result, jobs),
-            "nopart_mean_jct_s": estimate_nopart_mean_jct(len(gpus), jobs),
-        },
-        "predictor": dict(getattr(pred, "metadata", {}) or {}),
-    }
-    return QueuePlan(data, result, by_job)
-
-
-def queue_plan_data(
-    queue_spec: Any, gpu_spec: str | None, state_dir: Any, **options: Any
-) -> dict[str, Any]:
-    """The data of ``miso plan QUEUE --json`` for a loaded queue (options as :func:`queue_plan`)."""
-    return queue_plan(queue_spec, gpu_spec, state_dir, **options).data
+        return getattr(command, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,10 +18,13 @@ What it models:
   MobileNet 7, ResNet 9, Transformer 5 s);
 * reconfiguration: creating instances or switching a GPU's mode takes
   ``reconfig_s`` before the jobs on the new instances start; instances kept
-  unchanged, and their jobs, are untouched (partial reconfiguration);
+  unchanged, and their jobs, are untouched (partial reconfiguration); what is
+  kept, restarted and counted follows :mod:`miso_cli.engine.rules`, as in
+  ``miso run`` (a new MPS share is a restart);
 * MPS profiling: a target with ``profile_s`` runs the GPU's jobs together under
-  MPS at 100 %, 50 % and 14 % for a third of the time each (they progress at
-  those speeds), then reports ``profiled``; each job's measured step times, with
+  MPS at 14 %, 50 % and 100 % for a third of the time each (they progress at
+  those speeds; each new level restarts them, paying their restart cost), then
+  reports ``profiled``; each job's measured step times, with
   ``profile_noise`` of relative measurement noise, become its prediction through
   the predictor, as ``miso profile`` + the fitted model would.
 
@@ -45,9 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.catalog import Catalog, Workload
+from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
+from miso_cli.engine.rules import PROFILE_LEVELS, PROFILE_ORDER
 from miso_cli.errors import BadInput, MisoError
-from miso_cli.gpu.layouts import Layout, Slice, fits
+from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
 from miso_cli.policy.core import (
     ClusterView,
@@ -73,7 +78,6 @@ PAPER_RESTART_COSTS_S = {
     "transformer": 5.0,
 }
 DEFAULT_RESTART_S = 30.0
-PROFILE_LEVELS = (100, 50, 14)
 
 
 class SimulationError(MisoError):
@@ -159,14 +163,17 @@ def restart_cost_for(workload: Workload, costs: str | float | Mapping[str, float
 
 
 def mps_step_time_ms(
-    workload: Workload, pct: float, co_runners: list[tuple[Workload, float]]
+    workload: Workload,
+    pct: float,
+    co_runners: list[tuple[Workload, float]],
+    model: str = "optimistic",  # issue-12: simmps.MPS_MODELS
 ) -> float:
     """A job's step time under MPS at ``pct`` with co-runners, from the simulated GPU's model."""
     try:
         from miso_cli.gpu import simmps
     except ImportError:  # the solo curve when the interference model is not installed
         return workload.mps_step_time_ms(pct)
-    return simmps.step_time_ms(workload, pct, co_runners)
+    return simmps.step_time_ms(workload, pct, co_runners, model)
 
 
 def memory_need_mb(workload: Workload, model: GpuModel) -> float:
@@ -191,6 +198,7 @@ class SimConfig:
     profile_noise: float = 0.02  # relative std. dev. of measured MPS step times
     seed: int = 0
     max_events: int = 200_000
+    mps_model: str = "optimistic"  # issue-12: gpu/simmps.py MPS_MODELS
 
 
 @dataclass
@@ -224,6 +232,8 @@ class SimResult:
     busy_slice_s: float  # compute-slice seconds occupied by a job
     capacity_slices: int
     decisions: int
+    # Every target carried out, in order: time, GPU, mode, layout, job -> instance key.
+    targets: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def makespan_s(self) -> float:
@@ -248,6 +258,19 @@ class SimResult:
                 self.busy_slice_s / (self.capacity_slices * makespan) if makespan > 0 else None
             ),
         }
+
+
+def target_record(now: float, target: GpuTarget) -> dict[str, Any]:
+    """A target as both drivers log it (``miso run`` in its journal's decisions)."""
+    return {
+        "time": round(now, 3),
+        "gpu": target.gpu,
+        "mode": target.mode,
+        "layout": target.layout.name if target.mode == "mig" else None,
+        "assignment": {j: (s.key if s is not None else None) for j, s in target.assignment.items()},
+        "profile_s": target.profile_s,
+        "reason": target.reason,
+    }
 
 
 def _percentile(sorted_values: Sequence[float], pct: float) -> float:
@@ -293,6 +316,7 @@ class _Gpu:
     busy_until: float = 0.0
     profile_start: float | None = None
     profile_end: float | None = None
+    profile_level: int | None = None  # the level the phase's jobs were started at
 
 
 class Simulator:
@@ -322,6 +346,11 @@ class Simulator:
         self.jobs: dict[str, _Job] = {}
         self.seq: dict[str, int] = {}
         self.meter = ProgressMeter()
+        self._views: dict[str, JobView] = {}  # arrived jobs as the policy sees them
+        self._prev_active: set[str] = set()
+        self._arrived: set[str] = set()
+        self._touched: set[str] = set()
+        self._waiting: set[str] = set()  # names of the waiting jobs, kept as views are built
         for t in trace:
             self.seq[t.name] = len(self.seq)
             w = catalog[t.workload]
@@ -341,6 +370,7 @@ class Simulator:
         self.oom_starts = 0
         self.busy_slice_s = 0.0
         self.decisions = 0
+        self.targets: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ the view
 
@@ -358,11 +388,17 @@ class Simulator:
                     busy=False,
                 )
             )
-        jviews = {}
-        for j in self.jobs.values():
-            if j.state == "pending":
-                continue
-            jviews[j.trace.name] = JobView(
+        # Incremental: only the jobs that can have changed since the last view are
+        # rebuilt (those on a GPU then or now, and the newly arrived), so an event costs
+        # in proportion to the active jobs, not to every job seen.
+        active = {n for g in self.gpus for n in g.jobs}
+        touched = active | self._prev_active | self._arrived
+        self._prev_active = active
+        self._arrived = set()
+        jviews = self._views
+        for name in touched:
+            j = self.jobs[name]
+            jviews[name] = JobView(
                 name=j.trace.name,
                 arrival_s=j.trace.arrival_s,
                 state=j.state,  # type: ignore[arg-type]
@@ -377,8 +413,14 @@ class Simulator:
                 profiled=j.profiled,
                 workload=j.trace.workload,
                 seq=self.seq[j.trace.name],
+                measured_step_s=self.meter.of(name),
             )
-        return ClusterView(self.now, gviews, jviews)
+            if j.state == "waiting":
+                self._waiting.add(name)
+            else:
+                self._waiting.discard(name)
+        self._touched = touched
+        return ClusterView(self.now, gviews, jviews, waiting=set(self._waiting))
 
     # ------------------------------------------------------------------ speeds
 
@@ -397,14 +439,14 @@ class Simulator:
             for o in g.jobs
             if o != j.trace.name and self.jobs[o].state in ("running", "profiling")
         ]
-        return mps_step_time_ms(j.workload, pct, co)
+        return mps_step_time_ms(j.workload, pct, co, self.config.mps_model)
 
     def _profile_level(self, g: _Gpu) -> int | None:
         if g.profile_start is None or g.profile_end is None or self.now < g.profile_start:
             return None
-        third = (g.profile_end - g.profile_start) / len(PROFILE_LEVELS)
-        k = min(int((self.now - g.profile_start) / third + 1e-9), len(PROFILE_LEVELS) - 1)
-        return PROFILE_LEVELS[k]
+        third = (g.profile_end - g.profile_start) / len(PROFILE_ORDER)
+        k = min(int((self.now - g.profile_start) / third + 1e-9), len(PROFILE_ORDER) - 1)
+        return PROFILE_ORDER[k]
 
     def _update_rates(self) -> None:
         for g in self.gpus:
@@ -465,10 +507,16 @@ class Simulator:
             )
         self._validate(g, target)
         self.decisions += 1
+        self.targets.append(target_record(self.now, target))
         layout = target.layout if target.mode == "mig" else Layout(())
         reset = target.mode != g.mode
-        if reset or (target.mode == "mig" and layout != g.layout):
+        if rules.is_reconfiguration(g.mode, g.layout, target):
             self.reconfigurations += 1
+        running = {
+            n: rules.Placed(j.gpu, j.slice, float(self.gpus[j.gpu].shares.get(n, 100)))
+            for n, j in self._active()
+        }
+        stops = rules.moves(g.index, g.mode, target, running)
         kept_slices = set(g.layout.slices) & set(layout.slices) if not reset else set()
         # Jobs the target no longer lists go back to the queue (checkpointed).
         for name in list(g.jobs):
@@ -497,10 +545,8 @@ class Simulator:
                 raise SimulationError(
                     f"policy {self.policy.name}: assigned {name!r}, which is not in the system"
                 )
-            if name in g.jobs and g.jobs[name] == sl and not reset:
-                if target.mode == "mps":
-                    g.shares[name] = target.mps_share.get(name, g.shares.get(name, 100))
-                continue  # same instance (or same MPS daemon): keeps running
+            if name in g.jobs and g.jobs[name] == sl and not reset and name not in stops:
+                continue  # same instance (or same MPS daemon and share): keeps running
             moving = j.state in ("running", "profiling")
             if moving:
                 self._detach(j)
@@ -546,6 +592,26 @@ class Simulator:
             for name in g.jobs:
                 self.jobs[name].state = "profiling"
 
+    def _active(self) -> list[tuple[str, _Job]]:
+        """The jobs on a GPU now (cost: the active jobs, not every job seen)."""
+        return [(n, self.jobs[n]) for g in self.gpus for n in g.jobs]
+
+    def _level_restarts(self) -> None:
+        """A profiling phase that moves to its next level restarts its jobs (a new share)."""
+        for g in self.gpus:
+            level = self._profile_level(g)
+            if level is None or level == g.profile_level:
+                continue
+            first = g.profile_level is None
+            g.profile_level = level
+            if first:
+                continue  # the phase's own start: the target paid for it
+            for name in g.jobs:
+                j = self.jobs[name]
+                j.paused_until = max(j.paused_until, self.now) + j.restart_cost_s
+                self.restart_overhead_s += j.restart_cost_s
+                j.record.restarts += 1
+
     def _detach(self, j: _Job) -> None:
         if j.gpu is not None:
             g = self.gpus[j.gpu]
@@ -554,27 +620,10 @@ class Simulator:
         j.gpu, j.slice = None, None
 
     def _validate(self, g: _Gpu, target: GpuTarget) -> None:
-        who = f"policy {self.policy.name}, GPU {g.index}"
-        if target.mode == "mig":
-            placed: list[Any] = []
-            for sl in target.layout.slices:
-                try:
-                    prof = g.model.profile(sl.profile)
-                except KeyError:
-                    raise SimulationError(f"{who}: unknown profile {sl.profile}") from None
-                if not fits(g.model, placed, prof, sl.placement):
-                    raise SimulationError(f"{who}: {sl.key} does not fit in {target.layout.name}")
-                placed.append((prof, sl.placement))
-            used = [s for s in target.assignment.values()]
-            if any(s is None or s not in target.layout.slices for s in used):
-                raise SimulationError(f"{who}: a job is assigned to no instance of the layout")
-            if len(set(used)) != len(used):
-                raise SimulationError(f"{who}: two jobs on one instance")
-        elif target.mode == "full":
-            if len(target.assignment) > 1:
-                raise SimulationError(f"{who}: more than one job on a whole GPU")
-        elif target.mode != "mps":
-            raise SimulationError(f"{who}: unknown mode {target.mode!r}")
+        try:
+            rules.check_target(g.model, target, f"policy {self.policy.name}, GPU {g.index}")
+        except rules.TargetError as exc:
+            raise SimulationError(str(exc)) from None
 
     # ------------------------------------------------------------------ events
 
@@ -587,7 +636,7 @@ class Simulator:
             prof = {}
             for level in PROFILE_LEVELS:
                 co = [(w, float(level)) for o, w in zip(names, mix, strict=True) if o != n]
-                t = mps_step_time_ms(j.workload, level, co)
+                t = mps_step_time_ms(j.workload, level, co, self.config.mps_model)
                 noise = self.rng.gauss(1.0, self.config.profile_noise)
                 prof[level] = t * max(noise, 0.5)
             measured[n] = prof
@@ -601,6 +650,7 @@ class Simulator:
                 j.prediction = self.predict(measured[n], others, j.memory_mb)
         g.profile_start = None
         g.profile_end = None
+        g.profile_level = None
 
     def _oracle(self, j: _Job) -> None:
         full = j.workload.step_time_ms(7)
@@ -612,10 +662,13 @@ class Simulator:
 
     def _decide(self, event: Event) -> None:
         view = self.view()
-        measure_view(self.meter, view)
+        measure_view(self.meter, view, self._touched)
         targets = self.policy.decide(event, view)
         for t in targets:
             self._apply(t)
+        # Jobs the targets placed are looked at again next time (requeued ones were
+        # active at this view, so they are too).
+        self._prev_active |= {n for g in self.gpus for n in g.jobs}
         self._update_rates()
 
     def run(self) -> SimResult:
@@ -637,6 +690,7 @@ class Simulator:
                     hint="a job may fit no instance the policy offers",
                 )
             self._advance(t)
+            self._level_restarts()
             events: list[Event] = []
             for g in self.gpus:
                 for name in list(g.jobs):
@@ -649,6 +703,7 @@ class Simulator:
                         j.gpu, j.slice = None, None
                         unfinished -= 1
                         events.append(Event("finish", job=name, gpu=g.index))
+            for g in self.gpus:  # rules.EVENT_ORDER: finishes, then profiles, then arrivals
                 if g.profile_end is not None and g.profile_end <= self.now + 1e-9:
                     self._profiled(g)
                     events.append(Event("profiled", gpu=g.index))
@@ -656,6 +711,7 @@ class Simulator:
                 _, name = heapq.heappop(arrivals)
                 j = self.jobs[name]
                 j.state = "waiting"
+                self._arrived.add(name)
                 if self.knowledge == "oracle":
                     self._oracle(j)
                 events.append(Event("arrival", job=name))
@@ -671,6 +727,7 @@ class Simulator:
             busy_slice_s=self.busy_slice_s,
             capacity_slices=sum(g.model.compute_slices for g in self.gpus),
             decisions=self.decisions,
+            targets=self.targets,
         )
 
 

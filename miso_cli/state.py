@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,29 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
+# A full disk (or quota) may be cleared while miso waits: a write is tried again for
+# about half a minute before the error stops the command (see miso_cli.retry).
+DISK_RETRIES = 6
+DISK_FIRST_PAUSE_S = 1.0
+_sleep = time.sleep
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename).
+
+    ENOSPC and EDQUOT are retried with growing pauses; then the error is raised.
+    """
+    from miso_cli.retry import Backoff, is_transient, retry
+
+    retry(
+        lambda: _atomic_write_once(path, data, mode),
+        policy=Backoff(tries=DISK_RETRIES, first_s=DISK_FIRST_PAUSE_S, max_s=8.0),
+        sleep=lambda s: _sleep(s),
+        transient=lambda e: isinstance(e, OSError) and is_transient(e),
+    )
+
+
+def _atomic_write_once(path: Path, data: bytes, mode: int) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

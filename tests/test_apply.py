@@ -221,3 +221,205 @@ def test_pairs_are_fast_enough() -> None:
     # A gross regression guard that counts work instead of timing it (timing fails on a
     # loaded host): about 300 NVML calls per apply today, at most 600 allowed.
     assert sum(sim.calls.values()) <= 600 * len(LAYOUTS)
+
+
+# ------------------------------------------------------------ apply as a transaction
+
+PAIRS = [
+    ("4g.20gb+2g.10gb+1g.5gb", "3g.20gb+3g.20gb"),
+    ("7g.40gb", "2g.10gb+2g.10gb+3g.20gb"),
+    ("3g.20gb+2g.10gb+1g.5gb+1g.5gb", "4g.20gb+1g.5gb+1g.5gb+1g.5gb"),
+    ("1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb", "7g.40gb"),
+    ("4g.20gb+3g.20gb", "3g.20gb+2g.10gb+1g.5gb+1g.5gb"),
+]
+MUTATING = frozenset(
+    {
+        "nvmlDeviceCreateGpuInstanceWithPlacement",
+        "nvmlGpuInstanceCreateComputeInstance",
+        "nvmlComputeInstanceDestroy",
+        "nvmlGpuInstanceDestroy",
+        "nvmlDeviceSetMigMode",
+    }
+)
+
+
+def _by_name(name: str):
+    want = sorted(name.split("+"))
+    return next(lay for lay in LAYOUTS if sorted(lay.name.split("+")) == want)
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after it runs (no rollback, no cleanup)."""
+
+
+class _Interrupting:
+    """The simulated NVML, with a kill or a signal at the ``at``-th mutating call."""
+
+    def __init__(self, sim: SimNvml, at: int, action: str) -> None:
+        self._sim, self._at, self._action, self.n = sim, at, action, 0
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._sim, name)
+        if name not in MUTATING:
+            return attr
+
+        def call(*args, **kwargs):
+            self.n += 1
+            if self.n == self._at and self._action == "kill":
+                raise _Killed
+            out = attr(*args, **kwargs)
+            if self.n == self._at and self._action in ("SIGINT", "SIGTERM"):
+                os.kill(os.getpid(), getattr(__import__("signal"), self._action))
+            return out
+
+        return call
+
+
+def _count_mutating(a, b) -> int:
+    drv, sim = _driver()
+    apply_layout(drv, 0, a)
+    sim.trace = []
+    apply_layout(drv, 0, b)
+    return sum(1 for fn in sim.trace if fn in MUTATING)
+
+
+@pytest.mark.parametrize("old,new", PAIRS)
+def test_kill_at_every_mutating_call_is_recovered_to_old_or_new(old, new, tmp_path) -> None:
+    from miso_cli.gpu.apply import recover_unfinished, state_problems
+
+    a, b = _by_name(old), _by_name(new)
+    total = _count_mutating(a, b)
+    intent = tmp_path / "gpu.apply.json"
+    seen = set()
+    for at in range(1, total + 1):
+        drv, sim = _driver()
+        apply_layout(drv, 0, a)
+        proxy = _Interrupting(sim, at, "kill")
+        killed = Driver(proxy, simulated=True)
+        with pytest.raises(_Killed):
+            apply_layout(killed, 0, b, intent=intent)
+        assert intent.exists()  # the intent was on disk before the GPU changed
+        msg = recover_unfinished(drv, 0, intent)
+        assert msg and "interrupted" in msg
+        assert not intent.exists()
+        ok_old, ok_new = not state_problems(drv, 0, a), not state_problems(drv, 0, b)
+        assert ok_old or ok_new, (at, msg, drv.current_layout(0).name)
+        seen.add("old" if ok_old else "new")
+        assert recover_unfinished(drv, 0, intent) is None  # nothing left to do
+    assert "old" in seen
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("old,new", PAIRS[:2])
+def test_a_signal_mid_apply_waits_until_the_layout_is_whole(old, new, sig, tmp_path) -> None:
+    import signal as signal_mod
+
+    from miso_cli.gpu.apply import state_problems
+
+    a, b = _by_name(old), _by_name(new)
+    total = _count_mutating(a, b)
+    intent = tmp_path / "gpu.apply.json"
+    got: list[int] = []
+    previous = signal_mod.signal(
+        signal_mod.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    try:
+        for at in range(1, total + 1):
+            drv, sim = _driver()
+            apply_layout(drv, 0, a)
+            with pytest.raises(KeyboardInterrupt):
+                apply_layout(
+                    Driver(_Interrupting(sim, at, sig), simulated=True), 0, b, intent=intent
+                )
+            got.append(at)
+            assert state_problems(drv, 0, b) == [], at  # finished, then the signal
+            assert not intent.exists()
+    finally:
+        signal_mod.signal(signal_mod.SIGTERM, previous)
+    assert got == list(range(1, total + 1))
+
+
+def test_rollback_repairs_a_gpu_instance_left_without_compute_instance() -> None:
+    """Issue item 7: the GPU-instance destroy fails after its compute instance went."""
+    from miso_cli.gpu.apply import state_problems
+
+    a, b = _by_name("4g.20gb+2g.10gb+1g.5gb"), _by_name("3g.20gb+3g.20gb")
+    drv, sim = _driver()
+    apply_layout(drv, 0, a)
+    sim.inject_fault("nvmlGpuInstanceDestroy", 1, "UNKNOWN")
+    with pytest.raises(RolledBack):
+        apply_layout(drv, 0, b)
+    assert state_problems(drv, 0, a) == []
+    assert all(m.ci_id is not None and m.uuid for m in drv.instances(0))
+
+
+def test_check_looks_below_profile_names(cli, state_dir) -> None:
+    """A GPU instance without compute instance or MIG device is not a match."""
+    a = ["4g.20gb@0", "2g.10gb@4", "1g.5gb@6"]
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", *a)
+    assert code == 0, err
+    faults = {"MISO_SIM_FAULTS": "nvmlGpuInstanceDestroy:*:UNKNOWN"}
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", "3g.20gb", "3g.20gb", env=faults)
+    assert code == 10 and "no compute instance" in err, err  # INCONSISTENT, and says why
+    code, out, err = cli("apply", "--gpu", "sim:a100-40gb", "--check", "--json", *a)
+    assert code == 6, err
+    assert "no compute instance" in err
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", *a)  # repairs it
+    assert code == 0, err
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", "--check", *a)
+    assert code == 0, err
+
+
+def test_in_use_without_a_process_is_retried_then_busy(monkeypatch) -> None:
+    from miso_cli.gpu import apply as core
+
+    a, b = _by_name("4g.20gb+2g.10gb+1g.5gb"), _by_name("3g.20gb+3g.20gb")
+    drv, sim = _driver()
+    apply_layout(drv, 0, a)
+    pauses: list[float] = []
+    sim.inject_fault("nvmlComputeInstanceDestroy", 1, "IN_USE")
+    rep = apply_layout(drv, 0, b, sleep=pauses.append)
+    assert rep.matches and pauses == [core.BUSY_BACKOFF.first_s]
+
+    drv, sim = _driver()
+    apply_layout(drv, 0, a)
+    sim.inject_fault("nvmlComputeInstanceDestroy", "*", "IN_USE")  # held by an agent
+    monkeypatch.setattr(core, "likely_holders", lambda: ["nv-hostengine (pid 7, DCGM)"])
+    pauses.clear()
+    with pytest.raises(GpuBusy, match="nv-hostengine") as info:
+        apply_layout(drv, 0, b, sleep=pauses.append)
+    assert len(pauses) == core.BUSY_BACKOFF.tries - 1  # bounded
+    assert info.value.details["rolled_back"] is True
+    sim.clear_faults()
+    assert core.state_problems(drv, 0, a) == []
+
+
+def test_likely_holders_are_found_by_name() -> None:
+    from miso_cli.gpu.apply import likely_holders
+
+    found = likely_holders(lambda: [("python", 1), ("nvidia-persistenced", 42), ("nvsm", 5)])
+    assert any("nvidia-persistenced (pid 42" in f for f in found)
+    assert any(f.startswith("nvsm (pid 5") for f in found)
+    assert not any(f.startswith("python") for f in found)
+
+
+def test_the_next_command_recovers_an_interrupted_apply_and_says_so(cli, state_dir) -> None:
+    from miso_cli.gpu.apply import write_intent
+    from miso_cli.gpu.nvml import open_driver
+    from miso_cli.locks import gpu_lock
+
+    a, b = _by_name("4g.20gb+2g.10gb+1g.5gb"), _by_name("3g.20gb+3g.20gb")
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", *[s.key for s in a.slices])
+    assert code == 0, err
+    drv = open_driver("sim:a100-40gb", state_dir)
+    lock = gpu_lock(drv, 0, "test")
+    # A killed apply: intent written, first instance destroyed, then nothing.
+    write_intent(lock.intent_path, 0, drv.gpu(0).uuid, a, b)
+    drv.destroy_instance(0, drv.instances(0)[0].gi_id)
+    code, _, err = cli("apply", "--gpu", "sim:a100-40gb", "--check", *[s.key for s in a.slices])
+    assert code == 6 and "unfinished" in err  # --check changes nothing, but says so
+    code, out, err = cli("apply", "--gpu", "sim:a100-40gb", "--json", "7g.40gb")
+    assert code == 0, err
+    assert "interrupted" in err and "rolled back to" in err
+    assert not lock.intent_path.exists()
+    assert open_driver("sim:a100-40gb", state_dir).current_layout(0).name == "7g.40gb"

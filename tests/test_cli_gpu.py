@@ -140,3 +140,21 @@ def test_apply_mig_mode_only_and_pending(cli, state_dir) -> None:
     env = parse_envelope(out)
     assert code == ExitCode.STATE_DIFFERS and env["data"]["gpus"][0]["pending_reset"]
     assert "reset" in env["errors"][0]["message"]
+
+
+def test_new_models_in_status_and_layouts(cli) -> None:
+    code, out, _ = cli("layouts", "--gpu", "sim:rtx-pro-6000", "--json")
+    assert code == 0
+    names = {lay["name"] for lay in parse_envelope(out)["data"]["layouts"]}
+    assert names == {
+        "4g.96gb",
+        "2g.48gb+2g.48gb",
+        "2g.48gb+1g.24gb+1g.24gb",
+        "1g.24gb+1g.24gb+1g.24gb+1g.24gb",
+    }
+    code, out, _ = cli("status", "--gpu", "sim:b200x2", "--json")
+    assert code == 0
+    gpus = parse_envelope(out)["data"]["gpus"]
+    assert [g["name"] for g in gpus] == ["NVIDIA B200", "NVIDIA B200"]
+    code, out, _ = cli("apply", "--gpu", "sim:b200", "-i", "0", "4g.90gb", "3g.90gb", "--json")
+    assert code == 0, out

@@ -340,9 +340,17 @@ def test_no_driver_prints_the_whole_checklist(cli, fake_driver) -> None:
     assert code == int(ExitCode.NO_GPU)
     rows = [ln.split()[:2] for ln in out.splitlines() if ln.strip()]
     names = [name for _, name in rows]
-    assert names[:7] == ["python", "packages", "driver", "binding", "gpus", "permission", "processes"]
+    assert names[:7] == [
+        "python",
+        "packages",
+        "driver",
+        "binding",
+        "gpus",
+        "permission",
+        "processes",
+    ]
     assert {"mps-control", "state-dir", "model"} <= set(names)
-    marks = dict((name, mark) for mark, name in rows)
+    marks = {name: mark for mark, name in rows}
     assert all(marks[n] == "FAIL" for n in ("driver", "gpus", "permission", "processes"))
     assert marks["python"] == "ok"
     assert "NVML could not be loaded" in out and "ready for miso run" not in out

@@ -166,3 +166,108 @@ def test_arrival_is_validated_like_other_keys(tmp_path: Path, value: str, ok: fl
             parse_queue(text, tmp_path / "q.toml")
     else:
         assert parse_queue(text, tmp_path / "q.toml").jobs[0].arrival_s == ok
+
+
+def test_the_rules_both_drivers_apply_to_a_target() -> None:
+    from miso_cli.engine.rules import PROFILE_ORDER, Placed, is_reconfiguration, moves
+    from miso_cli.gpu.layouts import Layout, place
+    from miso_cli.policy.core import GpuTarget
+
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    four, three = sorted(lay.slices, key=lambda s: -s.slices)
+    same = GpuTarget(0, "mig", lay, {"a": four, "b": three})
+    assert not is_reconfiguration("mig", lay, same)
+    assert is_reconfiguration("full", Layout(()), same)
+    assert is_reconfiguration("mig", Layout((four,)), same)
+    running = {"a": Placed(0, four), "b": Placed(0, three), "c": Placed(1, None)}
+    assert moves(0, "mig", same, running) == {}
+    swap = GpuTarget(0, "mig", lay, {"a": three, "c": four})
+    assert moves(0, "mig", swap, running) == {"a": "migrate", "b": "requeue", "c": "migrate"}
+    # Under MPS a new share is a new CUDA context: a restart; the same share is not.
+    mps = {"a": Placed(0, None, 100.0)}
+    assert moves(0, "mps", GpuTarget(0, "mps", assignment={"a": None}), mps) == {}
+    half = GpuTarget(0, "mps", assignment={"a": None}, mps_share={"a": 50})
+    assert moves(0, "mps", half, mps) == {"a": "migrate"}
+    # Profiling runs the smallest share first and ends at 100 %.
+    assert PROFILE_ORDER == (14, 50, 100)
+
+
+@pytest.mark.parametrize("name", ["static", "miso", "miso+"])
+def test_the_simulators_incremental_view_matches_its_jobs(name: str, tmp_path: Path) -> None:
+    """The view is rebuilt only for jobs that can have changed: it must still be right."""
+    from miso_cli.catalog import load_catalog
+    from miso_cli.simulator import Simulator, load_trace, make_predict
+
+    root = Path(__file__).resolve().parent.parent
+    cat = load_catalog(root / "examples" / "catalog.csv")
+    trace = load_trace(root / "examples" / "trace.csv", cat)[:14]
+    pol = registry.get(name)
+    predict = make_predict(None, A100, tmp_path)[0] if name != "static" else None
+    sim = Simulator(trace, cat, [A100, A100], pol, predict=predict)
+    decide = pol.decide
+    looks = []
+
+    def checking(event: Event, view: ClusterView) -> list:
+        for job_name, j in sim.jobs.items():
+            if j.state == "pending":
+                assert job_name not in view.jobs
+                continue
+            v = view.jobs[job_name]
+            assert (v.state, v.gpu, v.slice, v.done_steps, v.prediction, v.profiled) == (
+                j.state,
+                j.gpu,
+                j.slice,
+                j.done,
+                j.prediction,
+                j.profiled,
+            ), job_name
+        fresh = ClusterView(view.now, view.gpus, view.jobs)  # its queue found from the jobs
+        assert [j.name for j in view.queue()] == [j.name for j in fresh.queue()]
+        looks.append(event.kind)
+        return decide(event, view)
+
+    pol.decide = checking  # type: ignore[method-assign]
+    sim.run()
+    assert "finish" in looks and "arrival" in looks
+
+
+def test_a_wrong_target_is_refused_before_any_job_is_asked_to_stop(tmp_path: Path) -> None:
+    from miso_cli.errors import UsageError
+    from miso_cli.executor import Executor, GpuState
+    from miso_cli.gpu.layouts import Layout, place
+    from miso_cli.policy.core import GpuTarget
+    from miso_cli.policy.simple import NoPart
+
+    journal = _journal(tmp_path, JOB.format("a"))
+    rec = journal.jobs["a"]
+    rec.state, rec.gpu, rec.pid = "running", 0, 424242
+    ex = Executor(None, NoPart(), journal, clock=lambda: 1000.0)
+    ex.gpus = [GpuState(0, "GPU-x", "A100", A100)]
+    stopped: list[list[str]] = []
+    ex.stop_jobs = lambda names, reasons, wait: stopped.append(names)  # type: ignore[method-assign]
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    bad = GpuTarget(0, "mig", Layout((lay.slices[0],)), {"b": lay.slices[1]})
+    with pytest.raises(UsageError, match="assigned to no instance"):
+        ex.apply(bad)
+    assert stopped == [] and rec.state == "running"
+
+
+def test_utilisation_counts_a_shared_gpu_once() -> None:
+    from miso_cli.engine.rules import busy_slice_seconds
+
+    spans = [
+        (0, 3, 0.0, 10.0),  # a 3g instance for 10 s
+        (0, 2, 5.0, 10.0),  # a 2g instance for 5 s
+        (1, None, 0.0, 10.0),  # two jobs sharing GPU 1 under MPS, overlapping 5 s
+        (1, None, 5.0, 20.0),
+        (1, None, 30.0, 30.0),  # an empty span counts nothing
+    ]
+    assert busy_slice_seconds(spans, {0: 7, 1: 7}) == 3 * 10 + 2 * 5 + 7 * 20
+
+
+def test_one_whole_gpu_step_time_from_a_step_time_on_an_instance() -> None:
+    from miso_cli.engine.rules import step_time_7g_s
+
+    assert step_time_7g_s(2.0, 7, 7, PRED) == 2.0
+    assert step_time_7g_s(1.45, 3, 7, PRED) == pytest.approx(1.0)  # by the prediction
+    assert step_time_7g_s(7.0, 1, 7, None) == pytest.approx(1.0)  # by compute slices

@@ -346,3 +346,21 @@ def test_a_stop_request_is_journaled_before_the_signal_is_sent(
     monkeypatch.setattr(launch, "send", send)
     Executor(None, NoPart(), journal).stop_jobs(["a"], {"a": "migrate"}, wait=False)
     assert seen == [(424242, "stopping", "migrate")]
+
+
+def test_policy_miso_resumes_after_an_interrupt(tmp_path: Path, state_dir: Path) -> None:
+    """miso answered only arrivals and finishes, and a resume sends neither: every job
+    was failed as 'found no GPU instance for it'."""
+    q = write_queue(
+        tmp_path, sim_job("long", "toy-cnn_64", 1500), sim_job("next", "toy-mlp_32", 200)
+    )
+    args = ["--gpu", "sim:a100-40gb", "--speedup", "20", "--policy", "miso", "--json"]
+    proc = start_miso(state_dir, str(q), *args)
+    wait_for(lambda: any(e["event"] == "progress" for e in events(state_dir)))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    r = miso(state_dir, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    jobs = jobs_of(envelope(r.stdout))
+    assert {j["state"] for j in jobs.values()} == {"finished"}

@@ -45,16 +45,26 @@ def test_error_carries_code_hint_and_exit_code() -> None:
 
 
 def test_envelope_shape_and_nan_becomes_null() -> None:
-    env = envelope("status", {"value": float("nan"), "ok": [1.5, float("inf")]})
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2026, 11, 30, 2, 3, 4, tzinfo=timezone(timedelta(hours=1)))
+    env = envelope(
+        "status", {"value": float("nan"), "ok": [1.5, float("inf")]}, now=now, hostname="n1"
+    )
     assert env == {
         "schema_version": SCHEMA_VERSION,
         "command": "status",
         "status": "ok",
+        "hostname": "n1",
+        "time": "2026-11-30T01:03:04Z",  # UTC
         "data": {"value": None, "ok": [1.5, None]},
         "errors": [],
     }
     bad = envelope("apply", None, [{"code": "GPU_BUSY", "message": "m"}])
     assert bad["status"] == "error" and bad["data"] == {}
+    import socket
+
+    assert bad["hostname"] == socket.gethostname() and bad["time"].endswith("Z")
     json.loads(dumps(env))  # strict JSON: no NaN tokens
 
 
@@ -139,3 +149,19 @@ def test_real_catalog_loads(shared_data: Path) -> None:
     assert len(cat) >= 10
     for w in cat.workloads.values():
         assert w.fits(7)
+
+
+def test_version_json_is_an_envelope(cli) -> None:
+    from tests.conftest import parse_envelope
+
+    for args in (("--version", "--json"), ("--json", "--version")):
+        code, out, _ = cli(*args)
+        assert code == 0
+        env = parse_envelope(out)
+        assert env["command"] == "version" and env["status"] == "ok"
+        assert env["data"]["miso"] and "nvidia-ml-py" in env["data"]
+        assert env["hostname"] and env["time"].endswith("Z")
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("miso ")
+    code, out, err = cli("--json")  # no command: a usage error, as an envelope
+    assert code == 2 and parse_envelope(out)["errors"][0]["code"] == "USAGE"

@@ -30,8 +30,22 @@ def test_gpus_answer(drv) -> None:
     for i in range(drv.device_count()):
         info = drv.gpu(i)
         assert info.uuid and info.uuid.startswith("GPU-")
-        assert info.memory_total_mb and info.memory_total_mb > 0
+        # In a container with MIG on the parent refuses its memory: then it says why.
+        assert (info.memory_total_mb or 0) > 0 or "memory_total_mb" in info.missing
+        assert info.mig_mode_needs_reset is not None or info.model_key is None
     assert drv.driver_version()
+
+
+def test_capture_agrees_with_the_simulated_tables(drv) -> None:
+    """The raw capture (Driver.capture) of this machine against miso's tables."""
+    from test_real_capture import compare_capture
+
+    doc = drv.capture()
+    assert doc["gpus"] and all(g["gi_profiles"] for g in doc["gpus"])
+    problems, checked = compare_capture(doc)
+    if not checked:
+        pytest.skip("no GPU of a tabulated model")
+    assert not problems, "\n".join(problems)
 
 
 def test_profiles_and_placements_are_consistent(drv) -> None:

@@ -122,3 +122,35 @@ def test_place_keeps_current_and_pins() -> None:
         place(gm, ["3g.20gb@2"])
     with pytest.raises(LayoutError):
         place(gm, ["5g.30gb"])
+
+
+def test_new_models_tables_and_layouts() -> None:
+    # Issue 13, gap 9: B200 (7 x 8 slots) and RTX PRO 6000 Blackwell (4 compute on 12 units).
+    b200 = model("b200")
+    ids = {
+        p.name: (p.profile_id, p.instance_count, tuple(str(x) for x in p.placements))
+        for p in b200.profiles
+    }
+    assert ids["1g.23gb"] == (19, 7, tuple(f"{k}:1" for k in range(7)))
+    assert ids["1g.23gb+me"][:2] == (20, 1)
+    assert ids["1g.45gb"] == (15, 4, ("0:2", "2:2", "4:2", "6:2"))
+    assert ids["2g.45gb"] == (14, 3, ("0:2", "2:2", "4:2"))
+    assert ids["3g.90gb"] == (9, 2, ("0:4", "4:4"))
+    assert ids["4g.90gb"] == (5, 1, ("0:4",))
+    assert ids["7g.180gb"] == (0, 1, ("0:8",))
+    assert (b200.multiprocessors, b200.memory_slots, b200.compute_slices) == (148, 8, 7)
+    assert len(enumerate_layouts(b200)) == 19  # same chip pattern as the A100
+    rtx = model("rtx-pro-6000")
+    assert (rtx.compute_slices, rtx.memory_slots, rtx.max_mig_devices) == (4, 12, 4)
+    got = {p.name: (p.profile_id, tuple(str(x) for x in p.placements)) for p in rtx.profiles}
+    assert got["1g.24gb"] == (14, ("0:3", "3:3", "6:3", "9:3"))
+    assert got["2g.48gb"] == (5, ("0:6", "6:6"))
+    assert got["4g.96gb"] == (0, ("0:12",))
+    assert {p.variant for p in rtx.profiles} == {"standard", "me", "gfx", "me_all", "no_me"}
+    assert {lay.name for lay in enumerate_layouts(rtx)} == {
+        "4g.96gb",
+        "2g.48gb+2g.48gb",
+        "2g.48gb+1g.24gb+1g.24gb",
+        "1g.24gb+1g.24gb+1g.24gb+1g.24gb",
+    }
+    assert place(rtx, ["2g.48gb", "1g.24gb"]).name == "2g.48gb+1g.24gb"

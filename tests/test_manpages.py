@@ -75,7 +75,7 @@ def test_pages_render_without_warnings() -> None:
 
 
 def _toy_app() -> typer.Typer:
-    app = typer.Typer(rich_markup_mode=None)
+    app = typer.Typer(rich_markup_mode=None, cls=manpages.RecordingGroup)
 
     @app.command("frob")
     def frob(
@@ -261,3 +261,33 @@ def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path) -> None:
         if "Traceback (most recent call last)" in r.stderr:
             failures.append(f"README.md:{line}: {cmd}: traceback")
     assert not failures, "\n".join(failures)
+
+
+# -- miso man: the pages without installed data files ------------------------------
+
+
+def test_miso_man_prints_the_pages_in_man(cli) -> None:
+    """`pip install -e` installs no data files, so `man miso` finds nothing; `miso man`
+    prints the very pages kept in man/ (not a terminal here: the roff source)."""
+    code, out, _ = cli("man")
+    assert code == 0 and out == (MAN / "miso.1").read_text(encoding="utf-8")
+    for name in ("run", "export", "man"):
+        code, out, _ = cli("man", name)
+        assert code == 0 and out == (MAN / f"miso-{name}.1").read_text(encoding="utf-8")
+    code, out, err = cli("man", "nope")
+    assert code == 2 and "nope" in err and "run" in err
+
+
+def test_click_command_needs_a_recording_group() -> None:
+    app = typer.Typer(rich_markup_mode=None)
+
+    @app.command("a")
+    def a() -> None:
+        """A."""
+
+    @app.command("b")
+    def b() -> None:
+        """B."""
+
+    with pytest.raises(TypeError):
+        manpages.click_command(app)

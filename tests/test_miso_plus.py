@@ -153,3 +153,27 @@ def test_no_back_and_forth_when_nothing_changes() -> None:
     for now, done in ((40.0, 0.0), (60.0, 20.0), (120.0, 80.0)):
         a = _running("a", 0, new, total_steps=1000, step_time_7g_s=1.0, done_steps=done)
         assert pol.decide(Event("arrival", "x"), _view(now, [after], [a])) == []
+
+
+def test_short_jobs_run_one_after_the_other_when_that_finishes_them_sooner() -> None:
+    """Four short jobs, speeds known: splitting the GPU four ways would finish every job
+    late; one after the other on the whole GPU gives the lower mean completion time."""
+    linear = SlicePrediction({7: 1.0, 4: 7 / 4, 3: 7 / 3, 2: 3.5, 1: 7.0}, {})
+    jobs = [
+        JobView(
+            n,
+            0.0,
+            seq=i,
+            prediction=linear,
+            profiled=True,
+            total_steps=100,
+            step_time_7g_s=0.2,
+            memory_mb=2048.0,
+        )
+        for i, n in enumerate("abcd")
+    ]
+    view = _view(0.0, [GpuView(0, A100)], jobs)
+    (t,) = MisoPlus().decide(Event("arrival", job="a"), view)
+    assert list(t.assignment) == ["a"] and t.layout.name == "7g.40gb"
+    (split,) = MisoPlus(hold_back=False).decide(Event("arrival", job="a"), view)
+    assert len(split.assignment) == 4

@@ -265,3 +265,22 @@ def test_simulated_daemon_records_itself_and_its_clients(state_dir: Path) -> Non
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_daemon_a_killed_miso_left_is_stopped_by_the_gpu_lock_holder(
+    on_path, state_dir, monkeypatch
+) -> None:
+    from miso_cli import locks
+
+    on_path()
+    left = _daemon(state_dir).start()  # its miso is killed: nobody will stop it
+    pid = left.pid
+    try:
+        monkeypatch.setitem(locks._HELD, (0, 0), None)  # this process holds the GPU
+        with _daemon(state_dir) as d:
+            assert d.pid != pid and d.alive()
+            assert any(f"pid {pid}" in n and "killed" in n for n in d.notes)
+        assert not mps._alive(pid)
+    finally:
+        if pid and mps._alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -46,6 +46,11 @@ def test_status_json_shows_the_run_and_its_jobs(cli, tmp_path: Path, state_dir: 
     assert rows["a"]["slice"] == "3g.20gb" and rows["a"]["fraction"] == 0.25
     assert rows["a"]["step_time_s"] == 0.12 and rows["a"]["eta_s"] == 3.6
     assert rows["b"]["state"] == "waiting" and rows["b"]["gpu"] is None
+    j.data["gpus"] = [{"index": 0, "mode": "mps"}]  # profiling: no instance, under MPS
+    j.jobs["a"].slice = None
+    j.save()
+    code, out, err = cli("status", *SIM, "--json")
+    assert parse_envelope(out)["data"]["runs"][0]["jobs"][0]["slice"] == "MPS"
 
 
 def test_status_uses_the_runs_gpus_by_default(cli, tmp_path: Path, state_dir: Path) -> None:
@@ -201,3 +206,23 @@ def test_logs_follow_stops_when_the_run_is_not_driven(cli, tmp_path: Path, state
     j.log_path("a").write_text("x\n")
     code, out, _ = cli("logs", "a", "-f")
     assert code == 0 and out == "x\n"
+
+
+def test_status_shows_runs_without_a_driver(
+    cli, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miso_cli.gpu import nvml
+
+    def boom() -> None:
+        raise nvml.pynvml.NVMLError(nvml.pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(nvml.pynvml, "nvmlInit", boom)
+    j = make_run(tmp_path, state_dir, "a")
+    j.data["gpu_spec"] = None  # a run on the real driver
+    j.save()
+    code, out, err = cli("status", "--json")
+    assert code == 0, err
+    data = parse_envelope(out)["data"]
+    assert data["runs"][0]["run_id"] == j.run_id and data["gpu_error"]["code"] == "NO_GPU"
+    code, out, _ = cli("status")
+    assert code == 0 and "no NVIDIA driver" in " ".join(out.split())

@@ -6,8 +6,10 @@ index (build isolation), so that part runs only with ``MISO_TEST_WHEEL=1``.
 
 from __future__ import annotations
 
+import ast
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,13 +42,71 @@ def test_console_script() -> None:
     assert _pyproject()["project"]["scripts"]["miso"] == "miso_cli.cli:main"
 
 
+def _names(reqs: list[str]) -> set[str]:
+    return {
+        re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower().replace("_", "-") for r in reqs
+    }
+
+
 def test_runtime_dependencies_are_the_allowed_ones() -> None:
-    deps = _pyproject()["project"]["dependencies"]
-    names = {d.split(";")[0].split(">")[0].split("=")[0].split("<")[0].strip() for d in deps}
+    names = _names(_pyproject()["project"]["dependencies"])
     assert names <= {
         "typer", "rich", "nvidia-ml-py", "psutil", "scikit-learn", "joblib", "tomli",
+        "numpy", "scipy",
     }  # fmt: skip
-    assert "pyyaml" not in {n.lower() for n in names}  # YAML is written by hand
+    assert "pyyaml" not in names  # YAML is written by hand; reading it is an extra
+    (scipy,) = [d for d in _pyproject()["project"]["dependencies"] if d.startswith("scipy")]
+    assert ">=1.9" in scipy  # scipy.optimize.milp
+
+
+# Import name -> distribution that provides it.
+_DISTRIBUTIONS = {
+    "numpy": "numpy", "scipy": "scipy", "sklearn": "scikit-learn", "joblib": "joblib",
+    "psutil": "psutil", "rich": "rich", "typer": "typer", "pynvml": "nvidia-ml-py",
+    "tomli": "tomli", "click": "click", "yaml": "pyyaml",
+}  # fmt: skip
+
+
+def _third_party_imports() -> dict[str, list[str]]:
+    """Top-level modules imported anywhere in miso_cli that are not its own or stdlib."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "miso_cli").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                mods = [node.module]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                if top == "miso_cli" or top in sys.stdlib_module_names:
+                    continue
+                found.setdefault(top, []).append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_import_is_declared() -> None:
+    """numpy, scipy, ... are declared where imported; optional ones sit in an extra."""
+    project = _pyproject()["project"]
+    runtime = _names(project["dependencies"])
+    extras = set().union(*(_names(v) for v in project["optional-dependencies"].values()))
+    for top, where in _third_party_imports().items():
+        dist = _DISTRIBUTIONS.get(top)
+        assert dist is not None, f"{top} imported at {where[0]}: add it to _DISTRIBUTIONS"
+        if top == "yaml":  # read only for --merge-configmap, behind an ImportError hint
+            assert dist in extras, where
+        else:
+            assert dist in runtime, f"{top} imported at {where[0]} but {dist} is not declared"
+
+
+def test_no_typer_internals() -> None:
+    """Only Typer's and Click's public API: no typer._click, no typer.main."""
+    for path in (ROOT / "miso_cli").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for bad in ("typer._click", "typer.main", "from click", "import click"):
+            assert bad not in text, f"{path.relative_to(ROOT)}: {bad}"
 
 
 def _copy_tree(dst: Path) -> Path:

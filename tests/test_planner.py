@@ -232,3 +232,69 @@ def test_plan_gpu_matches_permutation_search(seed: int) -> None:
         assert len(layout) == len(jobs)
         total = sum(j.relative[assignment[j.name].slices] for j in jobs)
         assert total == pytest.approx(best)
+
+
+def test_time_limited_plan_is_feasible_and_keeps_running_jobs() -> None:
+    """Out of time, the planner still answers with a plan that respects every constraint."""
+    from miso_cli.planner import _incumbent
+
+    rng = random.Random(5)
+    gpus = [PlanGpu(i, A100) for i in range(4)]
+    jobs = [_job(rng, f"j{i}") for i in range(20)]
+    first = plan(gpus, jobs, objective="jct", fifo=False)
+    where = first.placement()
+    for j in jobs:
+        if j.name in where:
+            j.gpu, j.slice = where[j.name]
+            j.waiting = False
+    gpus = [PlanGpu(g.index, A100, g.layout) for g in first.gpus]
+    jobs.append(PlanJob("late", {7: 1.0, 3: 1.5, 1: 3.0}, remaining_s=100.0))
+    musts = [j.gpu is not None for j in jobs]
+    for got in (
+        plan(gpus, jobs, objective="jct", fifo=False, time_limit_s=1e-6),
+        _incumbent(gpus, jobs, "jct", 0.0, musts),
+    ):
+        placed = got.placement()
+        for j in jobs:
+            if j.gpu is not None:
+                assert j.name in placed
+        for g in got.gpus:
+            assert set(g.assignment.values()) <= set(g.layout.slices)
+            assert len(set(g.assignment.values())) == len(g.assignment)
+    incumbent = _incumbent(gpus, jobs, "jct", 0.0, musts)
+    assert incumbent.moved == [] and incumbent.evicted == []
+
+
+def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
+    """At 32 GPUs the plan is still one plan: instances inside layouts, as many jobs as fit."""
+    from miso_cli.planner import _groups, _most_placed
+
+    rng = random.Random(9)
+    gpus = [PlanGpu(i, A100) for i in range(32)]
+    jobs = [_job(rng, f"j{i}") for i in range(300)]
+    got = plan(gpus, jobs, objective="jct", fifo=False, risk=0.5)
+    for g in got.gpus:
+        assert set(g.assignment.values()) <= set(g.layout.slices)
+        for name, sl in g.assignment.items():
+            assert next(j for j in jobs if j.name == name).fits(A100, sl.slices)
+    options = [
+        [("class", (A100.key, c), None) for c in (7, 4, 3, 2, 1) if j.fits(A100, c)] for j in jobs
+    ]
+    most = _most_placed(_groups(gpus, jobs, 1e-4), jobs, options, [False] * len(jobs))
+    assert len(got.placement()) == most
+    # No free instance is left that a waiting job would fit.
+    for g in got.gpus:
+        free = [s for s in g.layout.slices if s not in g.assignment.values()]
+        for s in free:
+            assert not any(j.fits(A100, s.slices) for j in jobs if j.name in got.waiting)
+
+
+def test_queue_plan_still_imports_from_the_planner() -> None:
+    import miso_cli.commands.plan as command
+    from miso_cli.planner import QueuePlan, queue_plan, queue_plan_data
+
+    assert (queue_plan, queue_plan_data, QueuePlan) == (
+        command.queue_plan,
+        command.queue_plan_data,
+        command.QueuePlan,
+    )

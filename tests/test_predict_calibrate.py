@@ -6,7 +6,6 @@ import csv
 import dataclasses
 from pathlib import Path
 
-import pytest
 from conftest import parse_envelope
 
 from miso_cli.gpu.nvml import open_driver
@@ -61,7 +60,9 @@ def test_calibrate_measures_restores_and_fits(cli, state_dir: Path) -> None:
     assert sel["rows"] == 10 and sel["cv"] == "leave-one-family-out"
     assert set(sel["mape"]["prior"]) >= {"mig_4g", "mig_3g", "mean"}
     means = {c: m["mean"] for c, m in sel["mape"].items() if m}
-    assert sel["chosen"] == min(means, key=lambda c: (means[c], ("prior", "blend", "fitted").index(c)))
+    assert sel["chosen"] == min(
+        means, key=lambda c: (means[c], ("prior", "blend", "fitted").index(c))
+    )
     pred = load_predictor(state_dir=state_dir)
     assert pred.metadata["model_used"] == sel["chosen"]
     assert "held-out error" in pred.metadata["description"]

@@ -1,4 +1,4 @@
-"""A fitted model replaces the shipped prior only when the same held-out measure says it is better."""
+"""A fitted model replaces the shipped prior only when the same held-out measure says so."""
 
 from __future__ import annotations
 
@@ -26,10 +26,15 @@ def _with_ratios(rows: list[ProfileRow], ratios: list[dict[int, float]]) -> list
 
 
 def prior_exact_rows() -> list[ProfileRow]:
-    """Jobs that slow down exactly as the shipped prior says: nothing beats the prior."""
+    """Jobs that slow down as the shipped prior says, give or take 5 % of measurement noise:
+    a fit on nine workloads can only learn the prior back, and some of the noise with it."""
+    import random
+
+    rng = random.Random(1)
     rows = synthetic_rows(families=3, per_family=3)
     prior = prior_predictor("a100-40gb")
-    return _with_ratios(rows, [rel for rel, _, _ in prior.predict_rows(rows)])
+    rel = [rel for rel, _, _ in prior.predict_rows(rows)]
+    return _with_ratios(rows, [{g: v * rng.uniform(0.95, 1.05) for g, v in r.items()} for r in rel])
 
 
 def far_from_prior_rows() -> list[ProfileRow]:
@@ -43,10 +48,11 @@ def far_from_prior_rows() -> list[ProfileRow]:
 def test_the_prior_is_kept_when_the_fit_is_not_better(state_dir: Path) -> None:
     rows = prior_exact_rows()
     out = default_model_path(state_dir, "a100-40gb")
-    report = fit_rows(rows, out, gpu_model_key="a100-40gb", estimators=("gbr",))
+    report = fit_rows(rows, out, gpu_model_key="a100-40gb", estimators=("ridge",))
     sel = report["selection"]
-    assert sel["chosen"] == "prior"
-    assert sel["mape"]["prior"]["mean"] < 1e-6 < sel["mape"]["fitted"]["mean"]
+    assert sel["chosen"] == "prior", summary_line(sel)
+    assert sel["mape"]["prior"]["mean"] < sel["mape"]["fitted"]["mean"]
+    assert sel["mape"]["prior"]["mig_4g"] < 0.05  # the noise, no more
     assert sel["cv"] == "leave-one-family-out" and sel["scored_rows"] == len(rows)
     assert out.exists()  # the fit is saved, but set aside
 
@@ -70,7 +76,9 @@ def test_a_better_fit_replaces_the_prior(state_dir: Path) -> None:
     sel = report["selection"]
     assert sel["chosen"] == "fitted", summary_line(sel)
     assert sel["mape"]["prior"]["mig_4g"] > 0.4  # 1.8x off
-    assert sel["mape"]["fitted"]["mean"] < sel["mape"]["blend"]["mean"] < sel["mape"]["prior"]["mean"]
+    assert (
+        sel["mape"]["fitted"]["mean"] < sel["mape"]["blend"]["mean"] < sel["mape"]["prior"]["mean"]
+    )
     pred = load_predictor(state_dir=state_dir)
     assert pred.source == "model" and pred.metadata["model_used"] == "fitted"
     assert "fitted on this machine" in pred.metadata["description"]

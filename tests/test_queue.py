@@ -239,7 +239,7 @@ def _toml_value(v: object) -> str:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     version=st.one_of(st.just(1), _scalars),
@@ -258,7 +258,7 @@ def test_fuzz_structured(qdir: Path, version: object, jobs: list[dict[str, objec
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.text(alphabet=string.printable + "é[]=\"'{}", max_size=200))
 def test_fuzz_raw_text(qdir: Path, text: str) -> None:

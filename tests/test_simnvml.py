@@ -285,3 +285,105 @@ def test_bad_latency_is_a_usage_error_naming_the_variable(
         nvml_mod.open_driver("sim:a100-40gb", None)
     assert "MISO_SIM_LATENCY" in info2.value.message
     assert "delete" not in (info2.value.hint or "")
+
+
+# ------------------------------------------------- issue 13: real-driver behaviour
+def test_placements_are_answered_with_mig_off() -> None:
+    sim = _sim(mig=False)
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    count = ctypes.c_uint(0)
+    sim.nvmlDeviceGetGpuInstancePossiblePlacements(dev, 9, None, ctypes.byref(count))
+    arr = (N.c_nvmlGpuInstancePlacement_t * count.value)()
+    sim.nvmlDeviceGetGpuInstancePossiblePlacements(dev, 9, arr, ctypes.byref(count))
+    assert [(p.start, p.size) for p in arr] == [(0, 4), (4, 4)]
+    with pytest.raises(N.NVMLError_NotSupported):  # creating still needs MIG on
+        _gi(sim, dev, 9, 0, 4)
+
+
+def test_set_mig_mode_follows_the_architecture() -> None:
+    for key, held_status, held_mode in (
+        ("a100-40gb", N.NVML_ERROR_IN_USE, [0, 1]),  # pending until a reset
+        ("a30-24gb", N.NVML_ERROR_IN_USE, [0, 1]),
+        ("h100-80gb", N.NVML_SUCCESS, [1, 1]),  # daemons do not block Hopper
+        ("b200", N.NVML_SUCCESS, [1, 1]),
+    ):
+        sim = _sim(key, mig=False)
+        sim.add_holder("nvidia-persistenced")
+        dev = sim.nvmlDeviceGetHandleByIndex(0)
+        assert sim.nvmlDeviceSetMigMode(dev, 1) == held_status, key
+        assert sim.nvmlDeviceGetMigMode(dev) == held_mode, key
+    sim = _sim("h200-141gb", mig=False)
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    sim.attach(sim.snapshot()["gpus"][0]["uuid"], os.getpid(), 1)
+    assert sim.nvmlDeviceSetMigMode(dev, 1) == N.NVML_ERROR_IN_USE
+    assert sim.nvmlDeviceGetMigMode(dev) == [0, 0]  # refused, not pending
+
+
+def test_mig_handle_holder_blocks_destroy_without_a_listed_process() -> None:
+    sim = _sim()
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    gi = _gi(sim, dev, 14, 0, 2)
+    ci = sim.nvmlGpuInstanceCreateComputeInstance(gi, 1)
+    sim.add_holder("nv-hostengine", mig=True, pid=4242)
+    mig = sim.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)
+    assert sim.nvmlDeviceGetComputeRunningProcesses(mig) == []
+    with pytest.raises(N.NVMLError_InUse):
+        sim.nvmlComputeInstanceDestroy(ci)
+    assert [h["name"] for h in sim.holders(0)] == ["nv-hostengine"]
+    sim.remove_holder("nv-hostengine")
+    sim.nvmlComputeInstanceDestroy(ci)
+    sim.nvmlGpuInstanceDestroy(gi)
+    assert simnvml.parse_holders("nvidia_drm, nv-hostengine:1@mig") == [
+        {"name": "nvidia_drm", "gpu": None, "mig": False, "pid": None},
+        {"name": "nv-hostengine", "gpu": 1, "mig": True, "pid": None},
+    ]
+
+
+def test_attributes_and_pci_info_without_privilege() -> None:
+    sim = _sim("a100-80gb")
+    dev = sim.nvmlDeviceGetHandleByIndex(0)
+    gi = _gi(sim, dev, 15, 2, 2)  # 1g.20gb: the memory of a 2g.20gb
+    sim.nvmlGpuInstanceCreateComputeInstance(gi, 0)
+    sim.set_privileged(False)
+    mig = sim.nvmlDeviceGetMigDeviceHandleByIndex(dev, 0)
+    attrs = sim.nvmlDeviceGetAttributes_v2(mig)
+    assert (attrs.gpuInstanceSliceCount, attrs.computeInstanceSliceCount, attrs.memorySizeMB) == (
+        1,
+        1,
+        19968,
+    )
+    assert sim.nvmlDeviceGetPciInfo(dev).pciDeviceId == 0x20B210DE
+
+
+def test_new_models_through_the_nvml_calls() -> None:
+    for key, full_index, full_id, slots in (("b200", 4, 0, 8), ("rtx-pro-6000", 3, 0, 12)):
+        sim = _sim(key)
+        dev = sim.nvmlDeviceGetHandleByIndex(0)
+        info = sim.nvmlDeviceGetGpuInstanceProfileInfo(dev, full_index)
+        assert info.id == full_id
+        gi = _gi(sim, dev, full_id, 0, slots)
+        sim.nvmlGpuInstanceCreateComputeInstance(gi, full_index if key == "b200" else 3)
+    rtx = _sim("rtx-pro-6000")
+    dev = rtx.nvmlDeviceGetHandleByIndex(0)
+    gfx = rtx.nvmlDeviceGetGpuInstanceProfileInfo(dev, N.NVML_GPU_INSTANCE_PROFILE_1_SLICE_GFX)
+    assert (gfx.id, gfx.name) == (47, "MIG 1g.24gb+gfx")
+    _gi(rtx, dev, 47, 3, 3)
+    with pytest.raises(N.NVMLError_InvalidArgument):
+        _gi(rtx, dev, 14, 1, 3)  # not on the 12-unit grid's placements
+
+
+def test_bad_holders_in_the_environment_or_the_state_file(tmp_path, monkeypatch) -> None:
+    from miso_cli.errors import UsageError
+
+    monkeypatch.setenv("MISO_SIM_HOLDERS", "nv-hostengine:x")
+    with pytest.raises(UsageError) as info:
+        nvml_mod.open_driver("sim:a100-40gb", tmp_path)
+    assert "MISO_SIM_HOLDERS" in info.value.message and "delete" not in (info.value.hint or "")
+    monkeypatch.delenv("MISO_SIM_HOLDERS")
+    path = tmp_path / "state.json"
+    state = new_state("a100-40gb")
+    state["holders"] = ["nvidia-persistenced"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(simnvml.SimStateError) as bad:
+        SimNvml(N, state_path=path).nvmlInit()
+    assert "holders[0]" in bad.value.message

@@ -6,15 +6,20 @@ import importlib
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
-try:  # recent Typer carries its own copy of Click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - older Typer on top of Click
-    from click.exceptions import ClickException
+from miso_cli.manpages import RecordingGroup
 
 
-class _MisoGroup(TyperGroup):
+def _is_usage_error(exc: BaseException) -> bool:
+    """A command line the parser refused: Click's UsageError family (exit code 2).
+
+    Told by Click's documented interface (``exit_code``, ``format_message``) rather than
+    by class, as Typer may carry its own copy of Click.
+    """
+    return getattr(exc, "exit_code", None) == 2 and callable(getattr(exc, "format_message", None))
+
+
+class _MisoGroup(RecordingGroup):
     """A command line the parser refuses follows the error conventions of ``execute``.
 
     Click would print a usage block and ``Error: ...`` over several lines, and no
@@ -25,9 +30,9 @@ class _MisoGroup(TyperGroup):
         argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
-        except ClickException as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # `miso CMD` alone: show help
-                raise
+        except Exception as exc:
+            if not _is_usage_error(exc) or type(exc).__name__ == "NoArgsIsHelpError":
+                raise  # not a refused command line, or `miso CMD` alone: show help
             from miso_cli.cli.common import fail_usage
 
             fail_usage(argv, list(self.commands), exc.format_message().rstrip("."))
@@ -38,6 +43,7 @@ app = typer.Typer(
     cls=_MisoGroup,
     help="Choose, apply and run MIG layouts for a queue of GPU training jobs.",
     no_args_is_help=True,
+    invoke_without_command=True,  # `miso --version [--json]` runs the callback alone
     add_completion=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -57,36 +63,46 @@ COMMANDS: list[tuple[str, str]] = [
     ("fit", "fit"),
     ("predict", "predict"),
     ("calibrate", "calibrate"),
-    # issue-15: the operator's view
     ("submit", "submit"),
     ("cancel", "cancel"),
     ("priority", "priority"),
     ("runs", "runs"),
     ("logs", "logs"),
+    ("report", "report"),
+    ("man", "man"),
 ]
-
-
-def _version(value: bool) -> None:
-    if value:
-        from miso_cli.doctor import version_text
-
-        typer.echo(version_text())
-        raise typer.Exit()
 
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option(
             "--version",
-            callback=_version,
-            is_eager=True,
             help="Print the versions of miso, the NVML binding and the driver, then exit.",
         ),
     ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="With --version: print them as a JSON envelope."),
+    ] = False,
 ) -> None:
     """Choose, apply and run MIG layouts for a queue of GPU training jobs."""
+    if version:
+        from miso_cli.doctor import version_info, version_text
+
+        if json_out:
+            from miso_cli.output import dumps, envelope
+
+            typer.echo(dumps(envelope("version", version_info())))
+        else:
+            typer.echo(version_text())
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        from miso_cli.cli.common import fail_usage
+
+        fail_usage(["miso", *(["--json"] if json_out else [])], [], "missing command")
 
 
 for _name, _module in COMMANDS:

@@ -60,6 +60,14 @@ def command(
             help="Change nothing; exit 0 if the GPU already matches, STATE_DIFFERS (6) if not.",
         ),
     ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            help="Seconds to wait for another miso that is changing the GPU (then GPU_BUSY).",
+            min=0,
+        ),
+    ] = 5.0,
     gpu: GpuOpt = None,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
@@ -74,6 +82,11 @@ def command(
     (INCONSISTENT) says what is left. When a GPU reset or reboot is needed for
     MIG mode, it says so and exits 6 (STATE_DIFFERS).
 
+    One miso at a time changes a GPU: a second waits --wait seconds, then exits 8
+    (GPU_BUSY) naming the holder. The intent is written before the GPU changes, and
+    Ctrl-C waits until the GPU is in the old or the new layout; an apply killed
+    outright is finished or rolled back by the next miso command that takes the GPU.
+
     $ miso apply --gpu-index 0 4g.20gb 2g.10gb 1g.5gb
 
     $ miso apply --plan plan.json --dry-run
@@ -82,7 +95,7 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.errors import BadInput, ExitCode, UsageError
+        from miso_cli.errors import BadInput, UsageError
         from miso_cli.gpu import apply as core
         from miso_cli.gpu.nvml import open_driver
 
@@ -101,13 +114,17 @@ def command(
             wanted = [(i, toks, f"{plan}: GPU {i}") for i, toks in core.load_plan(plan)]
         elif profiles:
             wanted = [(gpu_index, list(profiles), "arguments")]
+        from miso_cli.cli.common import stderr_console
+        from miso_cli.locks import hold_gpus
+
         drv = open_driver(gpu, state_dir_or_default(state_dir))
+        notes: list[str] = []
+
+        def note(msg: str) -> None:
+            notes.append(msg)
+            stderr_console().print(f"miso: {msg}", markup=False, soft_wrap=True)
+
         try:
-            if mig is not None:
-                return _mode(drv, gpu_index, mig.lower() == "on", check, dry_run)
-            reports: list[dict[str, Any]] = []
-            code = ExitCode.OK
-            errors: list[dict[str, Any]] = []
             if plan is not None:
                 count = drv.device_count()
                 for i, _, source in wanted:
@@ -116,56 +133,84 @@ def command(
                             f"{source}: no such GPU (this machine has {count})",
                             hint="see 'miso status'",
                         )
-            # Every GPU's layout is checked before any GPU changes: a plan that is wrong
-            # for its second GPU must not leave the first one half-way.
-            resolved = [(i, core.resolve(drv, i, toks, source)) for i, toks, source in wanted]
-            for i, layout in resolved:
-                if check:
-                    info = drv.gpu(i)
-                    current = drv.current_layout(i) if info.mig_current else None
-                    ok = current == layout
-                    reports.append(
-                        {
-                            "gpu_index": i,
-                            "wanted": layout.to_json(),
-                            "current": current.to_json() if current else None,
-                            "matches": ok,
-                        }
-                    )
-                    if not ok:
-                        code = ExitCode.STATE_DIFFERS
-                        have = current.name if current else "MIG off"
-                        errors.append(
-                            {
-                                "code": "STATE_DIFFERS",
-                                "message": f"GPU {i} holds {have}, not {layout.name}",
-                            }
-                        )
-                    continue
-                rep = core.apply_layout(drv, i, layout, force=force, dry_run=dry_run)
-                reports.append(rep.to_json())
-                if rep.pending_reset:
-                    code = ExitCode.STATE_DIFFERS
-                    errors.append(
-                        {
-                            "code": "STATE_DIFFERS",
-                            "message": f"GPU {i}: MIG mode is pending; the GPU must be reset "
-                            "before instances can be created",
-                            "hint": f"stop processes on it, run 'nvidia-smi -r -i {i}' as root "
-                            "(or reboot), then apply again",
-                        }
-                    )
+            indices = [gpu_index] if mig is not None else [i for i, _, _ in wanted]
+            readonly = check or dry_run
+            hold = hold_gpus(drv, indices, "apply", wait_s=wait, recover=not readonly, note=note)
+            with hold as locks:
+                if mig is not None:
+                    return _mode(drv, gpu_index, mig.lower() == "on", check, dry_run)
+                return _apply(drv, wanted, locks, force, check, dry_run, notes)
         finally:
             drv.close()
-        data = {"check": check, "dry_run": dry_run, "gpus": reports}
-        return Result(
-            data=data,
-            render=lambda out: _render(out, reports, check),
-            exit_code=code,
-            errors=errors,
-        )
 
     execute("apply", body, json_out=json_out, debug=debug)
+
+
+def _apply(
+    drv: Any,
+    wanted: list[tuple[int, list[str], str]],
+    locks: dict[int, Any],
+    force: bool,
+    check: bool,
+    dry_run: bool,
+    notes: list[str],
+) -> Result:
+    from miso_cli.errors import ExitCode
+    from miso_cli.gpu import apply as core
+
+    reports: list[dict[str, Any]] = []
+    code = ExitCode.OK
+    errors: list[dict[str, Any]] = []
+    # Every GPU's layout is checked before any GPU changes: a plan that is wrong
+    # for its second GPU must not leave the first one half-way.
+    resolved = [(i, core.resolve(drv, i, toks, source)) for i, toks, source in wanted]
+    for i, layout in resolved:
+        if check:
+            info = drv.gpu(i)
+            current = drv.current_layout(i) if info.mig_current else None
+            # Down to each compute instance and MIG device, not profile names alone.
+            problems = core.state_problems(drv, i, layout)
+            if locks[i].intent_path.exists():
+                problems.append(
+                    f"GPU {i}: an interrupted apply is unfinished (the next "
+                    "'miso apply' finishes or rolls it back)"
+                )
+            ok = not problems
+            reports.append(
+                {
+                    "gpu_index": i,
+                    "wanted": layout.to_json(),
+                    "current": current.to_json() if current else None,
+                    "matches": ok,
+                    "problems": problems,
+                }
+            )
+            if not ok:
+                code = ExitCode.STATE_DIFFERS
+                errors.append({"code": "STATE_DIFFERS", "message": "; ".join(problems)})
+            continue
+        rep = core.apply_layout(
+            drv, i, layout, force=force, dry_run=dry_run, intent=locks[i].intent_path
+        )
+        reports.append(rep.to_json())
+        if rep.pending_reset:
+            code = ExitCode.STATE_DIFFERS
+            errors.append(
+                {
+                    "code": "STATE_DIFFERS",
+                    "message": f"GPU {i}: MIG mode is pending; the GPU must be reset "
+                    "before instances can be created",
+                    "hint": f"stop processes on it, run 'nvidia-smi -r -i {i}' as root "
+                    "(or reboot), then apply again",
+                }
+            )
+    data = {"check": check, "dry_run": dry_run, "gpus": reports, "recovered": notes}
+    return Result(
+        data=data,
+        render=lambda out: _render(out, reports, check),
+        exit_code=code,
+        errors=errors,
+    )
 
 
 def _mode(drv: Any, i: int, on: bool, check: bool, dry_run: bool) -> Result:

@@ -59,7 +59,8 @@ def command(
         typer.Option(
             "--out",
             help="Where to save the model [default: <state dir>/models/<gpu model>.joblib, "
-            "which `miso predict`, `miso plan` and `miso simulate` use].",
+            "which predict, plan, run and simulate use when it beats the shipped prior on "
+            "held-out rows].",
         ),
     ] = None,
     gpu_model: GpuModelOpt = "a100-40gb",
@@ -81,7 +82,9 @@ def command(
     The estimator for each slice size is chosen by cross-validation grouped by
     workload family (the part of the workload name before '_'), so the error
     reported is for models the fit has not seen. The model is saved with mode
-    0600 and a JSON sidecar holding its metadata and training rows.
+    0600 and a JSON sidecar holding its metadata and training rows. It is then
+    scored against the shipped prior, and the two blended, on the same held-out
+    rows: predict, plan, run and simulate use whichever is best.
 
     $ miso fit --data ../shared/data/a100-40gb/mps_mig_pairs.csv
 

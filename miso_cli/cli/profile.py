@@ -108,9 +108,8 @@ def command(
         )
         spec = load_queue(queue)
         sdir = state_dir_or_default(state_dir)
-        from miso_cli.gpu.nvml import open_driver
-
         from miso_cli.commands.profile import profile_queue
+        from miso_cli.gpu.nvml import open_driver
 
         drv = open_driver(gpu, sdir)
         view = _ProgressView(len(settings.resolved_levels()), settings.min_steps)

@@ -73,11 +73,16 @@ def render(out: Console, rows: list[dict[str, Any]]) -> None:
         return
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     for col in ("run", "started", "took", "policy", "GPUs", "outcome"):
-        t.add_column(col, overflow="fold", no_wrap=col in ("run", "started"))
+        t.add_column(
+            col,
+            overflow="fold",
+            no_wrap=col in ("run", "started", "took"),
+            min_width=14 if col == "outcome" else None,
+        )
     for r in rows:
         t.add_row(
             r["run_id"],
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started_at"])),
+            time.strftime("%m-%d %H:%M", time.localtime(r["started_at"])),
             fmt_duration(r["elapsed_s"]),
             r["policy"],
             r["gpu_spec"] or "nvml",

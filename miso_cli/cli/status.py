@@ -61,6 +61,7 @@ def command(
     from miso_cli.cli.common import require_finite
 
     def snapshot() -> dict[str, Any]:
+        from miso_cli.errors import NoGpu
         from miso_cli.gpu.nvml import open_driver
         from miso_cli.operate.view import collect_runs
 
@@ -70,11 +71,17 @@ def command(
         if spec is None:  # the GPUs of the run shown (a driven one first), if it names them
             ordered = sorted(runs, key=lambda r: not r["live"])
             spec = next((r["gpu_spec"] for r in ordered if r["gpu_spec"]), None)
-        drv = open_driver(spec, state)
         try:
-            data = collect(drv)
-        finally:
-            drv.close()
+            drv = open_driver(spec, state)
+            try:
+                data = collect(drv)
+            finally:
+                drv.close()
+        except NoGpu as exc:
+            if not runs:
+                raise
+            # The runs are still worth showing: the GPU part says why it is missing.
+            return {"runs": runs, "gpus": [], "gpu_error": exc.as_dict()}
         data["runs"] = runs
         return data
 
@@ -105,6 +112,8 @@ def render_watch(out: Console, data: dict[str, Any]) -> None:
 
     out = wide(out)
     render_runs(out, data.get("runs", []), compact=out.width < 100)
+    if data.get("gpu_error"):
+        _gpu_error(out, data["gpu_error"])
     render_gpu_lines(out, data)
 
 
@@ -113,7 +122,15 @@ def render_all(out: Console, data: dict[str, Any]) -> None:
 
     out = wide(out)
     render_runs(out, data.get("runs", []))
+    if data.get("gpu_error"):
+        _gpu_error(out, data["gpu_error"])
+        return
     render(out, data)
+
+
+def _gpu_error(out: Console, err: dict[str, Any]) -> None:
+    hint = f" ({err['hint']})" if err.get("hint") else ""
+    out.print(f"GPUs: {err['message']}{hint}", markup=False, soft_wrap=True)
 
 
 def collect(drv: Any) -> dict[str, Any]:

@@ -196,12 +196,16 @@ def profile_queue(
     if todo:
         restore_sigterm = sigterm()  # SIGTERM stops jobs and restores the layout like Ctrl-C
         try:
-            with profiling_layout(drv, i, sdir, consent) as reset:
-                prof = Profiler(drv, sdir, settings, sink=sink)
-                results = prof.profile(todo)
+            from miso_cli.locks import hold_gpus  # issue-11: one miso at a time per GPU
+
+            gpu_notes: list[str] = []  # issue-11: an interrupted apply finished first
+            with hold_gpus(drv, [i], "profile", note=gpu_notes.append):
+                with profiling_layout(drv, i, sdir, consent) as reset:
+                    prof = Profiler(drv, sdir, settings, sink=sink)
+                    results = prof.profile(todo)
         finally:
             restore_sigterm()
-        notes = list(prof.notes)
+        notes = gpu_notes + list(prof.notes)
         if reset is not None:
             notes.append(
                 f"GPU {i} was switched from {reset.previous} to one {reset.profiled_on} "

@@ -16,13 +16,20 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import GpuBusy, Inconsistent, MisoError, NoGpu, RolledBack
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.nvml import Driver, GpuProcess, MigInstance, ModeChange
+from miso_cli.locks import deferred_signals, held_lock
 from miso_cli.pids import pid_exists
+from miso_cli.retry import Backoff, nvml_error, retry
+
+# A destroy refused with IN_USE is tried again for about half a minute in all.
+BUSY_BACKOFF = Backoff(tries=6, first_s=0.5, factor=2.0, max_s=8.0)
 
 
 @dataclass(frozen=True)
@@ -148,12 +155,23 @@ def apply_layout(
     dry_run: bool = False,
     *,
     kill_timeout_s: float = 10.0,
+    intent: Path | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    busy_backoff: Backoff = BUSY_BACKOFF,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
 ) -> ApplyReport:
     """Make GPU ``i`` hold exactly ``layout``; see the module docstring.
 
-    Raises GpuBusy (processes on an instance to destroy, without ``force``),
-    PermissionDenied, NoGpu, RolledBack (a step failed; the old layout is back),
-    Inconsistent (a step failed and the old layout could not be restored).
+    ``intent`` (a path in the GPU's lock folder) is written before the first change and
+    removed once the GPU is in the new or the old state, so that a miso killed in between
+    leaves a record for :func:`recover_unfinished`. SIGINT and SIGTERM wait until then.
+    A destroy refused with ``IN_USE`` while no process is listed (a monitoring agent
+    holding the instance) is retried after ``busy_backoff`` pauses (``sleep``).
+
+    Raises GpuBusy (processes on an instance to destroy, without ``force``; or still
+    ``IN_USE`` after the retries, after rolling back), PermissionDenied, NoGpu, RolledBack
+    (a step failed; the old layout is back), Inconsistent (a step failed and the old
+    layout could not be restored).
     """
     info = drv.gpu(i)
     if not info.mig_capable:
@@ -194,30 +212,104 @@ def apply_layout(
             )
         if busy:
             killed = _terminate(sorted({p.pid for p in busy}), kill_timeout_s)
+    if not plan:
+        return ApplyReport(i, layout, before, before, steps, kept, False, mode, False, killed)
 
-    done: list[tuple[Step, MigInstance | None]] = []
-    try:
-        for m in destroy:
-            step = Step("destroy", m.slice, m.gi_id)
-            drv.destroy_instance(i, m.gi_id)
-            done.append((step, m))
-        gm = drv.gpu_model(i)
-        for s in create:
-            step = Step("create", s)
-            made = drv.create_instance(i, gm.profile(s.profile), s.placement)
-            done.append((step, made))
-    except MisoError as exc:
-        failed = plan[len(done)].describe() if len(done) < len(plan) else "the last step"
-        _rollback(drv, i, done, before, exc, failed)
-        raise AssertionError("unreachable") from None  # _rollback always raises
+    if intent is None:  # under a GPU lock this process holds: the intent goes beside it
+        held = held_lock(drv, i)
+        intent = held.intent_path if held is not None else None
+    # From here the GPU changes: the intent is on disk first, and a signal waits.
+    with deferred_signals():
+        if intent is not None:
+            write_intent(intent, i, info.uuid, before, layout)
+        done: list[tuple[Step, MigInstance | None]] = []
+        try:
+            for m in destroy:
+                step = Step("destroy", m.slice, m.gi_id)
+                _destroy(drv, i, m.gi_id, sleep=sleep, policy=busy_backoff, on_retry=on_retry)
+                done.append((step, m))
+            gm = drv.gpu_model(i)
+            for s in create:
+                step = Step("create", s)
+                made = drv.create_instance(i, gm.profile(s.profile), s.placement)
+                done.append((step, made))
+        except MisoError as exc:
+            failed = plan[len(done)].describe() if len(done) < len(plan) else "the last step"
+            try:
+                _rollback(drv, i, done, before, exc, failed)
+            except (RolledBack, GpuBusy):
+                clear_intent(intent)
+                raise
+            raise AssertionError("unreachable") from None  # _rollback always raises
 
-    after = _read_layout(drv, i)
-    if after != layout:
-        raise Inconsistent(
-            f"GPU {i}: after applying, the GPU holds {after.name}, not {layout.name}",
-            hint="run 'miso status' and apply again",
-        )
+        problems = _problems_retried(drv, i, layout)
+        if problems:
+            try:
+                _rollback(
+                    drv,
+                    i,
+                    done,
+                    before,
+                    Inconsistent(f"GPU {i}: after applying, " + "; ".join(problems)),
+                    "the check after applying",
+                )
+            except RolledBack:
+                clear_intent(intent)
+                raise
+        clear_intent(intent)
+    after = Layout.of(layout.slices)
     return ApplyReport(i, layout, before, after, steps + plan, kept, False, mode, False, killed)
+
+
+# ------------------------------------------------------------ checking the GPU
+
+
+def state_problems(drv: Driver, i: int, wanted: Layout) -> list[str]:
+    """What keeps GPU ``i`` from holding ``wanted`` as miso uses it: each instance at its
+    placement, with exactly one compute instance and a MIG device, and nothing else.
+
+    Empty when it does. Raises PermissionDenied where GPU instances cannot be read.
+    """
+    from miso_cli.errors import PermissionDenied
+    from miso_cli.gpu.nvml import ROOT_HINT
+
+    info = drv.gpu(i)
+    if not info.mig_current:
+        return [f"GPU {i}: MIG mode is off"]
+    problems: list[str] = []
+    have: list[Slice] = []
+    for m in drv.instances(i):
+        if m.slice is None:
+            raise PermissionDenied(
+                f"reading GPU {i}'s MIG layout needs root (GPU instances are privileged)",
+                hint=ROOT_HINT,
+            )
+        have.append(m.slice)
+        what = f"GPU {i}: {m.slice.profile} at {m.slice.start} (GPU instance {m.gi_id})"
+        if m.ci_id is None or m.compute_instances == 0:
+            problems.append(f"{what} has no compute instance")
+        elif m.compute_instances != 1:
+            problems.append(f"{what} has {m.compute_instances} compute instances, not one")
+        elif not m.uuid:
+            problems.append(f"{what} has no MIG device")
+    now = Layout.of(have)
+    if now != Layout.of(wanted.slices):
+        problems.insert(0, f"GPU {i} holds {now.name}, not {wanted.name}")
+    return problems
+
+
+def _problems_retried(drv: Driver, i: int, wanted: Layout, tries: int = 3) -> list[str]:
+    """:func:`state_problems`, retried: a transient read error must not hide the state."""
+    last: MisoError | None = None
+    for _ in range(tries):
+        try:
+            return state_problems(drv, i, wanted)
+        except MisoError as exc:
+            if exc.code == "PERMISSION":
+                raise
+            last = exc
+    assert last is not None
+    raise last
 
 
 def _read_layout(drv: Driver, i: int, tries: int = 3) -> Layout:
@@ -230,6 +322,24 @@ def _read_layout(drv: Driver, i: int, tries: int = 3) -> Layout:
             last = exc
     assert last is not None
     raise last
+
+
+def _converge(drv: Driver, i: int, target: Layout) -> None:
+    """Destroy what is not in ``target`` (or is broken: no compute instance, no MIG device),
+    then create what is missing. Raises the first driver error."""
+    current = drv.instances(i)
+    keep = set(target.slices)
+    seen: set[Slice] = set()
+    for inst in current:
+        healthy = inst.ci_id is not None and inst.compute_instances == 1 and bool(inst.uuid)
+        if inst.slice is not None and inst.slice in keep and healthy and inst.slice not in seen:
+            seen.add(inst.slice)
+            continue
+        drv.destroy_instance(i, inst.gi_id)
+    gm = drv.gpu_model(i)
+    for s in target.slices:
+        if s not in seen:
+            drv.create_instance(i, gm.profile(s.profile), s.placement)
 
 
 def _rollback(
@@ -254,22 +364,20 @@ def _rollback(
             except MisoError as undo_exc:
                 if attempt == 1:
                     problems.append(f"could not undo '{step.describe()}': {undo_exc.message}")
-    # A step that failed half-way (e.g. a GPU instance made but its compute instance
-    # not) may have left something: compare with what was there and clean up.
+    # A step that failed half-way (e.g. a compute instance destroyed but not its GPU
+    # instance) may have left something broken: check every instance down to its
+    # compute instance and MIG device, and repair towards the old layout.
+    left: list[str] = []
     try:
-        now = _read_layout(drv, i)
-        if now != before:
-            current = drv.instances(i)
-            keep = set(before.slices)
-            for inst in current:
-                if inst.slice is not None and inst.slice not in keep:
-                    drv.destroy_instance(i, inst.gi_id)
-            now = _read_layout(drv, i)
-            missing = [s for s in before.slices if s not in set(now.slices)]
-            gm = drv.gpu_model(i)
-            for s in missing:
-                drv.create_instance(i, gm.profile(s.profile), s.placement)
-            now = _read_layout(drv, i)
+        for _ in range(2):
+            left = _problems_retried(drv, i, before)
+            if not left:
+                break
+            try:
+                _converge(drv, i, before)
+            except MisoError as again:
+                problems.append(f"repair: {again.message}")
+        left = _problems_retried(drv, i, before)
     except MisoError as read_exc:
         raise Inconsistent(
             f"GPU {i}: {failed} failed ({exc.message}), and the GPU could not be checked "
@@ -277,19 +385,207 @@ def _rollback(
             hint="run 'miso status', then apply the layout you want",
             details={"failed_step": failed, "cause": exc.as_dict()},
         ) from None
-    if now == before:
+    if not left:
+        if isinstance(exc, GpuBusy):
+            exc.message += f"; restored the previous layout {before.name}"
+            exc.args = (exc.message,)
+            exc.details["rolled_back"] = True
+            raise exc from None
         raise RolledBack(
             f"GPU {i}: {failed} failed ({exc.message}); restored the previous layout {before.name}",
             hint="fix the cause and apply again",
             details={"failed_step": failed, "cause": exc.as_dict(), "layout": before.to_json()},
         ) from None
+    try:
+        now_name = _read_layout(drv, i).name
+    except MisoError:
+        now_name = "an unreadable layout"
     raise Inconsistent(
         f"GPU {i}: {failed} failed ({exc.message}), and the previous layout {before.name} "
-        f"could not be restored; the GPU now holds {now.name}"
-        + (f" ({'; '.join(problems)})" if problems else ""),
+        f"could not be restored; the GPU now holds {now_name}: " + "; ".join(left + problems),
         hint="run 'miso status', then apply the layout you want",
-        details={"failed_step": failed, "cause": exc.as_dict(), "layout": now.to_json()},
+        details={"failed_step": failed, "cause": exc.as_dict(), "problems": left + problems},
     ) from None
+
+
+# ------------------------------------------------------------ a destroy that finds IN_USE
+
+# Processes that hold a MIG instance without showing as a compute process on it.
+LIKELY_HOLDERS = {
+    "nvidia-persistenced": "the persistence daemon",
+    "nv-hostengine": "DCGM",
+    "dcgm-exporter": "DCGM exporter",
+    "dcgmi": "DCGM",
+    "nvsm": "NVSM",
+    "nvsm-core": "NVSM",
+    "nvidia-smi": "nvidia-smi",
+    "nvidia-powerd": "nvidia-powerd",
+    "nvidia-mig-parted": "mig-parted",
+    "nvidia-cuda-mps-control": "an MPS control daemon",
+    "nvidia-cuda-mps-server": "an MPS server",
+    "Xorg": "the X server",
+}
+
+
+def likely_holders(process_iter: Callable[[], Any] | None = None) -> list[str]:
+    """Running programs that commonly hold a GPU instance without a listed process."""
+    found: list[str] = []
+    try:
+        if process_iter is None:
+            import psutil
+
+            procs = [(p.info.get("name") or "", p.pid) for p in psutil.process_iter(["name"])]
+        else:
+            procs = list(process_iter())
+    except Exception:  # a process listing is a hint only
+        procs = []
+    for name, pid in procs:
+        if name in LIKELY_HOLDERS:
+            found.append(f"{name} (pid {pid}, {LIKELY_HOLDERS[name]})")
+    if os.path.isdir("/sys/module/nvidia_drm"):
+        found.append("the nvidia_drm kernel module (modeset)")
+    return found
+
+
+def _destroy(
+    drv: Driver,
+    i: int,
+    gi_id: int,
+    *,
+    sleep: Callable[[float], None],
+    policy: Backoff,
+    on_retry: Callable[[int, BaseException, float], None] | None,
+) -> None:
+    try:
+        retry(
+            lambda: drv.destroy_instance(i, gi_id),
+            policy=policy,
+            sleep=sleep,
+            transient=lambda e: nvml_error(e) == "IN_USE",
+            on_retry=on_retry,
+        )
+    except MisoError as exc:
+        if nvml_error(exc) != "IN_USE":
+            raise
+        holders = likely_holders()
+        raise GpuBusy(
+            f"GPU {i}: GPU instance {gi_id} stayed in use (IN_USE) for "
+            f"{policy.total_s:g} s with no process listed on it"
+            + (f"; likely holders: {', '.join(holders)}" if holders else ""),
+            hint="stop the monitoring agents that hold it (e.g. 'systemctl stop "
+            "nvidia-dcgm nvidia-persistenced'), then apply again",
+            details={"gi_id": gi_id, "likely_holders": holders},
+        ) from None
+
+
+# ------------------------------------------------------------ the intent on disk
+
+INTENT_VERSION = 1
+
+
+def _layout_from_json(doc: Any) -> Layout:
+    if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
+        raise ValueError("not a layout")
+    out = []
+    for inst in doc["instances"]:
+        pl = inst["placement"]
+        out.append(
+            Slice(int(pl["start"]), int(pl["size"]), str(inst["profile"]), int(inst["slices"]))
+        )
+    return Layout.of(out)
+
+
+def write_intent(path: Path, i: int, uuid: str | None, before: Layout, wanted: Layout) -> None:
+    """Record, durably, that GPU ``i`` is about to go from ``before`` to ``wanted``."""
+    from miso_cli.state import atomic_write_json
+
+    atomic_write_json(
+        path,
+        {
+            "version": INTENT_VERSION,
+            "gpu_index": i,
+            "gpu_uuid": uuid,
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "before": before.to_json(),
+            "wanted": wanted.to_json(),
+        },
+    )
+
+
+def clear_intent(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def read_intent(path: Path) -> dict[str, Any] | None:
+    """The intent record at ``path``; None if there is none. Raises ValueError if damaged."""
+    import json
+
+    from miso_cli.safefs import open_file
+
+    try:
+        fd = open_file(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        doc = json.loads(fh.read(1 << 20).decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("version") != INTENT_VERSION:
+        raise ValueError("not an apply record")
+    doc["before"] = _layout_from_json(doc.get("before"))
+    doc["wanted"] = _layout_from_json(doc.get("wanted"))
+    return doc
+
+
+def recover_unfinished(drv: Driver, i: int, path: Path) -> str | None:
+    """Finish or roll back an apply on GPU ``i`` that a killed miso left; say what was done.
+
+    Call with the GPU's lock held. The GPU in the new state: the apply had finished. In
+    the old state: nothing to undo. In between: rolled back to the old layout (the
+    command that started it never reported success), or, if that fails, forward to
+    the new one. Raises Inconsistent, keeping the record, if neither can be reached.
+    """
+    from miso_cli.errors import BadInput
+
+    try:
+        doc = read_intent(path)
+        if doc is not None:
+            check_fits(drv, i, doc["before"])  # layouts this GPU can hold, or not a record
+            check_fits(drv, i, doc["wanted"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, BadInput):
+        clear_intent(path)
+        return f"GPU {i}: removed an unreadable record of an interrupted apply ({path})"
+    if doc is None:
+        return None
+    before, wanted = doc["before"], doc["wanted"]
+    who = f"an apply by pid {doc.get('pid', '?')} that was interrupted"
+    if not _problems_retried(drv, i, wanted):
+        clear_intent(path)
+        return f"GPU {i}: {who} had finished; the GPU holds {wanted.name}"
+    if not _problems_retried(drv, i, before):
+        clear_intent(path)
+        return f"GPU {i}: {who} had changed nothing; the GPU still holds {before.name}"
+    errors: list[str] = []
+    for target, verb in ((before, "rolled back to"), (wanted, "completed to")):
+        for _ in range(2):
+            try:
+                with deferred_signals():
+                    _converge(drv, i, target)
+                    if not _problems_retried(drv, i, target):
+                        clear_intent(path)
+                        return f"GPU {i}: {who} left a partial layout; {verb} {target.name}"
+            except MisoError as exc:
+                errors.append(exc.message)
+    raise Inconsistent(
+        f"GPU {i}: {who} left a partial layout that could be neither rolled back to "
+        f"{before.name} nor completed to {wanted.name}: " + "; ".join(errors[-2:]),
+        hint="run 'miso status', then apply the layout you want",
+        details={"intent": str(path)},
+    )
 
 
 def _proc(p: GpuProcess) -> str:
@@ -359,6 +655,10 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise BadInput(f"{p}: nested too deeply to be a plan") from None
+    except ValueError:  # an integer of thousands of digits (int_max_str_digits)
+        raise BadInput(f"{p}: a number in the plan has too many digits") from None
     if isinstance(doc, dict) and "schema_version" in doc and isinstance(doc.get("data"), dict):
         doc = doc["data"]
     if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list):
@@ -372,8 +672,8 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
         if not isinstance(g, dict):
             raise BadInput(f"{where}: expected an object with 'index' and 'layout'")
         idx = g.get("index")
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise BadInput(f"{where}.index: expected a GPU index (an integer >= 0)")
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < 1 << 16:
+            raise BadInput(f"{where}.index: expected a GPU index (an integer from 0 to 65535)")
         if idx in seen:
             raise BadInput(f"{where}.index: GPU {idx} appears twice")
         seen.add(idx)

@@ -21,10 +21,12 @@ UUID afterwards.
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +34,14 @@ import pynvml
 
 from miso_cli.errors import MisoError, NoGpu, PermissionDenied, UsageError
 from miso_cli.gpu.layouts import Layout, Slice, slice_of
-from miso_cli.gpu.profiles import GpuModel, Placement, SliceProfile, model_key_for
+from miso_cli.gpu.profiles import (
+    PROFILE_INDEX_COUNT,
+    VARIANT_OF_INDEX,
+    GpuModel,
+    Placement,
+    SliceProfile,
+    model_key_for,
+)
 
 T = TypeVar("T")
 
@@ -49,6 +58,16 @@ _FULL_CI_INDEX = {
     7: pynvml.NVML_COMPUTE_INSTANCE_PROFILE_7_SLICE,
     8: pynvml.NVML_COMPUTE_INSTANCE_PROFILE_8_SLICE,
 }
+
+# Profile indices to ask the driver about: the binding's count may lag the driver's
+# (nvidia-ml-py 12.535 stops at 0xA, before the RTX PRO Blackwell +gfx/+me.all/-me ones).
+_PROFILE_INDICES = range(max(int(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT), PROFILE_INDEX_COUNT))
+
+# Raised by pynvml's unversioned wrappers when the driver lacks the versioned function
+# (e.g. nvmlDeviceGetComputeRunningProcesses_v3 on an old driver). Not an NVMLError.
+_LIBRARY_MISMATCH: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(pynvml, "NVMLLibraryMismatchError", None),) if isinstance(t, type)
+)
 
 
 class NvmlCallFailed(MisoError):
@@ -76,6 +95,10 @@ def _error_name(error: pynvml.NVMLError) -> str:
     return _ERROR_NAMES.get(getattr(error, "value", None), "UNKNOWN")
 
 
+def _function_not_found() -> pynvml.NVMLError:
+    return pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     index: int
@@ -86,6 +109,27 @@ class GpuInfo:
     mig_current: bool
     mig_pending: bool
     model_key: str | None
+    pci_device_id: int | None = None
+    # Whether switching MIG mode waits for a GPU reset (A100/A30) or not (Hopper+);
+    # None for a GPU miso cannot place.
+    mig_mode_needs_reset: bool | None = None
+    # Values the driver would not give (field -> reason, e.g. "NO_PERMISSION"): the
+    # field is None in the data, and the reason says why.
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["pci_device_id"] = None if self.pci_device_id is None else f"0x{self.pci_device_id:08X}"
+        return out
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A non-CUDA client that may keep a GPU busy: it never shows in the process list."""
+
+    name: str
+    pid: int | None
+    why: str
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,11 +186,32 @@ class ModeChange:
 
     current: bool
     pending: bool
-    needs_reset: bool
-    in_use: bool
+    needs_reset: bool  # the change waits for a GPU reset (A100/A30, or a VM)
+    in_use: bool  # the driver answered IN_USE: something holds the GPU
+    # The GPU switches MIG mode without a reset (Hopper and later).
+    resetless: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def message(self, i: int, enabled: bool) -> str:
+        """What to tell the user, following the GPU's rules; empty when the change is done."""
+        want = "on" if enabled else "off"
+        if self.current == enabled:
+            return ""
+        if self.resetless and not self.needs_reset:
+            return (
+                f"GPU {i}: MIG mode stays {'on' if self.current else 'off'}: the GPU is in use "
+                f"(this GPU switches without a reset; stop the processes using it, then set "
+                f"MIG {want} again)"
+            )
+        if self.in_use:
+            return (
+                f"GPU {i}: MIG {want} is pending: a client holds the GPU (CUDA processes, or "
+                "nvidia-persistenced, DCGM/nv-hostengine, nvsm, the nvidia_drm module); stop "
+                "them and reset the GPU (nvidia-smi -r) or reboot"
+            )
+        return f"GPU {i}: MIG {want} is pending until the GPU is reset (nvidia-smi -r) or rebooted"
 
 
 def open_driver(spec: str | None, state_dir: Path | None) -> Driver:
@@ -171,8 +236,8 @@ def open_driver(spec: str | None, state_dir: Path | None) -> Driver:
             raise UsageError(f"--gpu: {exc}", hint="e.g. --gpu sim:a100-40gb") from None
         try:
             lib = simnvml.SimNvml(pynvml, state_path=path, state=simnvml.new_state(key, count))
-        except simnvml.SimLatencyError:
-            raise
+        except (simnvml.SimLatencyError, simnvml.SimHoldersError):
+            raise  # a bad environment variable: its own message, not the state file's
         except (simnvml.SimStateError, ValueError) as exc:
             raise UsageError(
                 str(exc), hint=f"delete {path} to start the simulated GPUs afresh"
@@ -210,6 +275,9 @@ class Driver:
             yield
         except pynvml.NVMLError as exc:
             raise self._translate(call, exc, where) from None
+        except _LIBRARY_MISMATCH:
+            # The binding's unversioned wrapper found no versioned function in the driver.
+            raise NvmlCallFailed(call, _function_not_found(), where) from None
 
     def _translate(self, call: str, exc: pynvml.NVMLError, where: str) -> MisoError:
         at = f" ({where})" if where else ""
@@ -246,6 +314,11 @@ class Driver:
                 self._lib.nvmlInit()
             except pynvml.NVMLError as exc:
                 raise self._translate("nvmlInit", exc, "") from None
+            except _LIBRARY_MISMATCH:
+                raise NoGpu(
+                    "the NVML library is older than the nvidia-ml-py binding expects",
+                    hint="upgrade the NVIDIA driver, or install an older nvidia-ml-py",
+                ) from None
             except OSError:  # a broken libnvidia-ml.so is as good as none
                 raise NoGpu(
                     "no NVIDIA driver found: NVML could not be loaded", hint=SIM_HINT
@@ -311,14 +384,30 @@ class Driver:
             return None
 
     def gpu(self, i: int) -> GpuInfo:
+        """What the driver tells about GPU ``i``; a value it refuses is None, with a reason.
+
+        In a container, the parent of MIG devices refuses even its memory size
+        (``NO_PERMISSION``): that becomes ``memory_total_mb=None`` and
+        ``missing["memory_total_mb"]``, not an error.
+        """
         h = self._handle(i)
         where = f"GPU {i}"
-        name = _text(self._optional(lambda: self._call("nvmlDeviceGetName", h, where=where)))
-        uuid = _text(self._optional(lambda: self._call("nvmlDeviceGetUUID", h, where=where)))
+        missing: dict[str, str] = {}
+
+        def ask(key: str, call: str) -> Any:
+            value, why = self._maybe(lambda: self._call(call, h, where=where))
+            if why:
+                missing[key] = why
+            return value
+
+        name = _text(ask("name", "nvmlDeviceGetName"))
+        uuid = _text(ask("uuid", "nvmlDeviceGetUUID"))
         if uuid:
             self._uuids[i] = uuid
-        mem = self._optional(lambda: self._call("nvmlDeviceGetMemoryInfo", h, where=where))
+        mem = ask("memory_total_mb", "nvmlDeviceGetMemoryInfo")
         total = int(mem.total) // (1024 * 1024) if mem is not None else None
+        pci = ask("pci_device_id", "nvmlDeviceGetPciInfo")
+        pci_id = int(pci.pciDeviceId) if pci is not None else None
         capable, current, pending = True, False, False
         try:
             current_mode, pending_mode = self._call("nvmlDeviceGetMigMode", h, where=where)
@@ -328,16 +417,31 @@ class Driver:
             if exc.nvml_error not in ("NOT_SUPPORTED", "FUNCTION_NOT_FOUND"):
                 raise
             capable = False
-        key = model_key_for(name) if name else None
-        return GpuInfo(i, name, uuid, total, capable, current, pending, key)
+        key = model_key_for(name, pci_device_id=pci_id)
+        needs_reset = _needs_reset(key, name)
+        return GpuInfo(
+            i, name, uuid, total, capable, current, pending, key, pci_id, needs_reset, missing
+        )
 
     def _optional(self, fn: Callable[[], T]) -> T | None:
-        """A value that may be unsupported on some GPUs: None instead of an error."""
+        """A value that may be unsupported or refused: None instead of an error."""
+        return self._maybe(fn)[0]
+
+    def _maybe(self, fn: Callable[[], T]) -> tuple[T | None, str | None]:
+        """A value the driver may refuse: (value, None), or (None, the NVML error name)."""
         try:
-            return fn()
+            return fn(), None
+        except PermissionDenied:
+            return None, "NO_PERMISSION"
         except NvmlCallFailed as exc:
-            if exc.nvml_error in ("NOT_SUPPORTED", "FUNCTION_NOT_FOUND", "UNKNOWN"):
-                return None
+            if exc.nvml_error in (
+                "NOT_SUPPORTED",
+                "FUNCTION_NOT_FOUND",
+                "UNKNOWN",
+                "NO_PERMISSION",
+                "INSUFFICIENT_SIZE",
+            ):
+                return None, exc.nvml_error
             raise
 
     def gpu_model(self, i: int) -> GpuModel:
@@ -352,7 +456,8 @@ class Driver:
         h = self._handle(i)
         known = MODELS.get(info.model_key) if info.model_key else None
         profiles: list[SliceProfile] = []
-        for index in range(int(pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT)):
+        refused = False  # placements refused without privilege: inferred below
+        for index in _PROFILE_INDICES:
             try:
                 pinfo = self._call(
                     "nvmlDeviceGetGpuInstanceProfileInfo", h, index, where=f"GPU {i}"
@@ -365,12 +470,14 @@ class Driver:
             name = (
                 name.removeprefix("MIG ").strip() or f"{pinfo.sliceCount}g.{pinfo.memorySizeMB}mb"
             )
+            placements: tuple[Placement, ...] = ()
             try:
                 placements = self._placements(h, int(pinfo.id), i, info)
             except PermissionDenied:
-                if known is None:
-                    raise
-                placements = known.profile(int(pinfo.id)).placements
+                if known is not None and _has_profile(known, int(pinfo.id)):
+                    placements = known.profile(int(pinfo.id)).placements
+                else:
+                    refused = True
             profiles.append(
                 SliceProfile(
                     name=name,
@@ -391,6 +498,10 @@ class Driver:
             )
         if not profiles:
             raise NoGpu(f"GPU {i} ({info.name}) reports no MIG profiles", hint=SIM_HINT)
+        if refused:
+            # A GPU without a table, read without root: the driver gives profiles but
+            # not placements. Infer them from memory fractions and instance counts.
+            profiles = list(infer_placements(profiles))
         compute = max(p.slices for p in profiles)
         slots = max((pl.start + pl.size for p in profiles for pl in p.placements), default=0)
         max_dev = self._optional(
@@ -399,15 +510,17 @@ class Driver:
         gm = GpuModel(
             key=info.model_key or _slug(info.name or f"gpu{i}"),
             name=info.name or "unknown",
-            memory_mb=info.memory_total_mb or 0,
+            memory_mb=info.memory_total_mb
+            or (known.memory_mb if known else max(p.memory_mb for p in profiles)),
             compute_slices=compute,
             memory_slots=slots,
             max_mig_devices=int(max_dev) if max_dev else compute,
             multiprocessors=known.multiprocessors
             if known
             else max(p.multiprocessors for p in profiles),
-            pci_device_id=known.pci_device_id if known else 0,
+            pci_device_id=info.pci_device_id or (known.pci_device_id if known else 0),
             profiles=tuple(profiles),
+            architecture=known.architecture if known else _architecture(info.name),
         )
         self._models[i] = gm
         return gm
@@ -416,13 +529,19 @@ class Driver:
         # Count first (NULL array), then fill an array of that size.
         count = ctypes.c_uint(0)
         call = "nvmlDeviceGetGpuInstancePossiblePlacements"
-        if not info.mig_current and info.model_key:
+        try:
+            self._call(call, h, profile_id, None, ctypes.byref(count), where=f"GPU {i}")
+        except NvmlCallFailed as exc:
+            # Drivers answer with MIG off too; should one not, a known table stands in
+            # (the placements are a property of the chip).
             from miso_cli.gpu.profiles import MODELS
 
-            # The driver answers placements only in MIG mode; with MIG off, a known
-            # model's table stands in (the placements are a property of the chip).
-            return MODELS[info.model_key].profile(profile_id).placements
-        self._call(call, h, profile_id, None, ctypes.byref(count), where=f"GPU {i}")
+            known = MODELS.get(info.model_key or "")
+            if exc.nvml_error != "NOT_SUPPORTED" or known is None:
+                raise
+            if not _has_profile(known, profile_id):
+                raise
+            return known.profile(profile_id).placements
         arr = (pynvml.c_nvmlGpuInstancePlacement_t * max(1, count.value))()
         self._call(call, h, profile_id, arr, ctypes.byref(count), where=f"GPU {i}")
         return tuple(Placement(int(arr[k].start), int(arr[k].size)) for k in range(count.value))
@@ -438,17 +557,18 @@ class Driver:
         try:
             out = self._instances_privileged(i, h, gm, devices)
         except PermissionDenied:
-            # Without privilege only MIG devices are visible: ids, UUIDs and memory.
+            # Without privilege only MIG devices are visible: ids, UUIDs, memory and
+            # (nvmlDeviceGetAttributes_v2) slice counts and engines.
             out = []
-            for (gi, ci), (uuid, mem) in sorted(devices.items()):
-                prof = _profile_by_memory(gm, mem)
+            for (gi, ci), dev in sorted(devices.items()):
+                prof = profile_of_mig_device(gm, dev.memory_mb, dev.attributes)
                 out.append(
                     MigInstance(
                         gi,
                         ci,
                         None,
-                        uuid,
-                        mem,
+                        dev.uuid,
+                        dev.memory_mb,
                         prof.profile_id if prof else None,
                         prof.name if prof else None,
                     )
@@ -458,7 +578,7 @@ class Driver:
         return out
 
     def _instances_privileged(
-        self, i: int, h: Any, gm: GpuModel, devices: dict[tuple[int, int], tuple[str, int | None]]
+        self, i: int, h: Any, gm: GpuModel, devices: dict[tuple[int, int], MigDevice]
     ) -> list[MigInstance]:
         where = f"GPU {i}"
         out: list[MigInstance] = []
@@ -489,7 +609,8 @@ class Driver:
                     )
                     continue
                 ci_id = min(cis)
-                uuid, mem = devices.get((gi_id, ci_id), (None, None))
+                dev = devices.get((gi_id, ci_id))
+                uuid, mem = (dev.uuid, dev.memory_mb) if dev else (None, None)
                 out.append(
                     MigInstance(
                         gi_id,
@@ -541,11 +662,11 @@ class Driver:
             for ci in self._each_compute_instance(gi, indices, where)
         )
 
-    def _mig_devices(self, i: int) -> dict[tuple[int, int], tuple[str, int | None]]:
-        """(gi, ci) -> (MIG device UUID, memory MiB), from the unprivileged MIG-device calls."""
+    def _mig_devices(self, i: int) -> dict[tuple[int, int], MigDevice]:
+        """(gi, ci) -> the MIG device, from the unprivileged MIG-device calls."""
         h = self._handle(i)
         where = f"GPU {i}"
-        out: dict[tuple[int, int], tuple[str, int | None]] = {}
+        out: dict[tuple[int, int], MigDevice] = {}
         n = int(self._call("nvmlDeviceGetMaxMigDeviceCount", h, where=where) or 0)
         for k in range(n):
             try:
@@ -557,10 +678,20 @@ class Driver:
             gi = int(self._call("nvmlDeviceGetGpuInstanceId", mh, where=where))
             ci = int(self._call("nvmlDeviceGetComputeInstanceId", mh, where=where))
             uuid = _text(self._call("nvmlDeviceGetUUID", mh, where=where)) or ""
-            mem = self._optional(
+            mem, _why = self._maybe(
                 lambda mh=mh: self._call("nvmlDeviceGetMemoryInfo", mh, where=where)
             )
-            out[(gi, ci)] = (uuid, int(mem.total) // (1024 * 1024) if mem is not None else None)
+            attrs, _why = self._maybe(
+                lambda mh=mh: self._call("nvmlDeviceGetAttributes_v2", mh, where=where)
+            )
+            out[(gi, ci)] = MigDevice(
+                gi,
+                ci,
+                uuid,
+                int(mem.total) // (1024 * 1024) if mem is not None else None,
+                _attributes(attrs),
+                mh,
+            )
         return out
 
     def current_layout(self, i: int) -> Layout:
@@ -580,14 +711,115 @@ class Driver:
         out: list[GpuProcess] = []
         if info.mig_current:
             # Per MIG device: works without privilege, unlike the parent handle.
-            for (gi, ci), (uuid, _mem) in sorted(self._mig_devices(i).items()):
-                mh = self._call("nvmlDeviceGetHandleByUUID", uuid, where=where)
-                for p in self._call("nvmlDeviceGetComputeRunningProcesses", mh, where=where):
-                    out.append(GpuProcess(int(p.pid), _mib(p.usedGpuMemory), gi, ci, uuid))
+            # The handles from the enumeration, not re-looked-up by UUID: R450-era drivers
+            # name MIG devices MIG-GPU-<uuid>/<gi>/<ci>, which a lookup may not take.
+            for (gi, ci), dev in sorted(self._mig_devices(i).items()):
+                for p in self._running(dev.handle, where):
+                    out.append(GpuProcess(int(p.pid), _mib(p.usedGpuMemory), gi, ci, dev.uuid))
             return out
-        for p in self._call("nvmlDeviceGetComputeRunningProcesses", h, where=where):
+        for p in self._running(h, where):
             out.append(GpuProcess(int(p.pid), _mib(p.usedGpuMemory), None, None, info.uuid))
         return out
+
+    def _running(self, h: Any, where: str) -> list[Any]:
+        """Compute processes on a handle, through the newest call the driver has."""
+        try:
+            return list(self._call("nvmlDeviceGetComputeRunningProcesses", h, where=where))
+        except NvmlCallFailed as exc:
+            if exc.nvml_error != "FUNCTION_NOT_FOUND":
+                raise
+        # A driver without the _v3 call (pynvml raised NVMLLibraryMismatchError).
+        return list(self._call("nvmlDeviceGetComputeRunningProcesses_v2", h, where=where))
+
+    # ------------------------------------------------------------- capture
+    def capture(self) -> dict[str, Any]:
+        """Every GPU-instance profile of every GPU and its placements, as the driver says.
+
+        Read-only (the format ``tests/data/real/*.json`` holds): per profile index
+        the profile info, and the placements (``None`` where refused, e.g. without
+        root, with the NVML error in ``error``). Nothing here falls back to miso's
+        tables, so the result can be held against them.
+        """
+        gpus = []
+        for i in range(self.device_count()):
+            info = self.gpu(i)
+            h = self._handle(i)
+            rows: list[dict[str, Any]] = []
+            for index in _PROFILE_INDICES:
+                row: dict[str, Any] = {"profile": index, "error": None}
+                try:
+                    p = self._call("nvmlDeviceGetGpuInstanceProfileInfo", h, index)
+                except MisoError as exc:
+                    row["error"] = _error_of(exc)
+                    rows.append(row)
+                    continue
+                name = _text(getattr(p, "name", None))
+                row.update(
+                    id=int(p.id),
+                    name=name.removeprefix("MIG ").strip() if name else None,
+                    slice_count=int(p.sliceCount),
+                    instance_count=int(p.instanceCount),
+                    memory_mib=int(p.memorySizeMB),
+                    multiprocessor_count=int(p.multiprocessorCount),
+                    copy_engine_count=int(p.copyEngineCount),
+                    decoder_count=int(p.decoderCount),
+                    encoder_count=int(p.encoderCount),
+                    jpeg_count=int(p.jpegCount),
+                    ofa_count=int(p.ofaCount),
+                    placements=None,
+                )
+                try:
+                    count = ctypes.c_uint(0)
+                    call = "nvmlDeviceGetGpuInstancePossiblePlacements"
+                    self._call(call, h, int(p.id), None, ctypes.byref(count))
+                    arr = (pynvml.c_nvmlGpuInstancePlacement_t * max(1, count.value))()
+                    self._call(call, h, int(p.id), arr, ctypes.byref(count))
+                    row["placements"] = [
+                        {"start": int(arr[k].start), "size": int(arr[k].size)}
+                        for k in range(count.value)
+                    ]
+                except MisoError as exc:
+                    row["error"] = _error_of(exc)
+                rows.append(row)
+            pci = info.pci_device_id
+            gpus.append(
+                {
+                    "name": info.name,
+                    "pci_device_id": None if pci is None else f"0x{pci >> 16:04X}",
+                    "memory_total_mib": info.memory_total_mb,
+                    "mig_mode": [int(info.mig_current), int(info.mig_pending)],
+                    "gi_profiles": rows,
+                }
+            )
+        try:
+            from importlib.metadata import version
+
+            binding: str | None = version("nvidia-ml-py")
+        except Exception:  # an unpackaged pynvml: the capture is still whole without it
+            binding = None
+        return {
+            "driver": self.driver_version(),
+            "nvml_version": self.nvml_version(),
+            "binding": binding,
+            "simulated": self.is_simulated,
+            "gpus": gpus,
+        }
+
+    # ------------------------------------------------------------- holders
+    def likely_holders(self, i: int) -> list[Holder]:
+        """Non-CUDA clients that may hold GPU ``i`` (they never show as processes).
+
+        They keep an A100's MIG mode pending and, holding a MIG device handle, make
+        a destroy fail with ``IN_USE`` while no process is listed. On the real
+        driver: a scan of running processes and loaded kernel modules (see
+        :func:`scan_holders`); on a simulated GPU: the holders it simulates.
+        """
+        if self.is_simulated and hasattr(self._lib, "holders"):
+            return [
+                Holder(str(h["name"]), h.get("pid"), _HOLDER_WHY.get(_base(h["name"]), "holds it"))
+                for h in self._lib.holders(i)
+            ]
+        return scan_holders()
 
     # ------------------------------------------------------------- changes
     def set_mig_mode(self, i: int, enabled: bool) -> ModeChange:
@@ -601,8 +833,13 @@ class Driver:
         self._models.pop(i, None)
         after = self.gpu(i)
         in_use = status == pynvml.NVML_ERROR_IN_USE
-        needs_reset = after.mig_current != enabled
-        return ModeChange(after.mig_current, after.mig_pending, needs_reset, in_use)
+        resetless = after.mig_mode_needs_reset is False
+        # A GPU that switches without a reset waits for one only when the driver says so
+        # (RESET_REQUIRED, e.g. in some VMs) and leaves the new mode pending.
+        needs_reset = after.mig_current != enabled and (
+            not resetless or status == pynvml.NVML_ERROR_RESET_REQUIRED
+        )
+        return ModeChange(after.mig_current, after.mig_pending, needs_reset, in_use, resetless)
 
     def create_instance(self, i: int, profile: SliceProfile, placement: Placement) -> MigInstance:
         """A GPU instance at ``placement`` with one full-size compute instance.
@@ -638,7 +875,8 @@ class Driver:
             except MisoError:
                 pass  # the caller's rollback re-reads the GPU and sees what is left
             raise
-        uuid, mem = self._mig_devices(i).get((gi_id, ci_id), (None, None))
+        dev = self._mig_devices(i).get((gi_id, ci_id))
+        uuid, mem = (dev.uuid, dev.memory_mb) if dev else (None, None)
         return MigInstance(
             gi_id,
             ci_id,
@@ -664,13 +902,8 @@ class Driver:
 
 
 def _variant(index: int) -> str:
-    if index in (
-        pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1,
-        pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE_REV1,
-    ):
-        return "me"
-    if index == pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV2:
-        return "double_memory"
+    if index in VARIANT_OF_INDEX:
+        return VARIANT_OF_INDEX[index]
     standard = {
         pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE,
         pynvml.NVML_GPU_INSTANCE_PROFILE_2_SLICE,
@@ -683,11 +916,211 @@ def _variant(index: int) -> str:
     return "standard" if index in standard else "other"
 
 
-def _profile_by_memory(gm: GpuModel, mem: int | None) -> SliceProfile | None:
-    if mem is None:
+@dataclass(frozen=True)
+class MigAttributes:
+    """``nvmlDeviceGetAttributes_v2`` of a MIG device: answered without privilege."""
+
+    gi_slices: int
+    ci_slices: int
+    memory_mb: int
+    multiprocessors: int
+    decoders: int
+    encoders: int
+    jpegs: int
+    ofas: int
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """A MIG device as the unprivileged calls see it."""
+
+    gi_id: int
+    ci_id: int
+    uuid: str
+    memory_mb: int | None
+    attributes: MigAttributes | None
+    handle: Any = None
+
+
+def _attributes(attrs: Any) -> MigAttributes | None:
+    if attrs is None:
         return None
-    best = [p for p in gm.standard_profiles() if p.memory_mb == mem]
-    return min(best, key=lambda p: p.slices) if best else None
+    return MigAttributes(
+        int(attrs.gpuInstanceSliceCount),
+        int(attrs.computeInstanceSliceCount),
+        int(attrs.memorySizeMB),
+        int(attrs.multiprocessorCount),
+        int(attrs.sharedDecoderCount),
+        int(attrs.sharedEncoderCount),
+        int(attrs.sharedJpegCount),
+        int(attrs.sharedOfaCount),
+    )
+
+
+def profile_of_mig_device(
+    gm: GpuModel, memory_mb: int | None, attrs: MigAttributes | None = None
+) -> SliceProfile | None:
+    """The GPU-instance profile of a MIG device, from what an unprivileged caller sees.
+
+    With the device's attributes (slice count, engines, memory), the profile with
+    that slice count whose memory is nearest, engines matching best, standard
+    variants first: a 1g.20gb (1 slice) is never taken for the 2g.20gb of equal
+    memory, nor a 4g.40gb for the 3g.40gb. Memory alone (attributes refused) only
+    names a profile whose memory matches within 2% and is the one of that size,
+    else None: older drivers report e.g. 20224 MiB for a profile of 19968.
+    """
+    if attrs is not None:
+        same = [p for p in gm.profiles if p.slices == attrs.gi_slices]
+        if not same:
+            return None
+        mem = attrs.memory_mb or memory_mb or 0
+
+        def score(p: SliceProfile) -> tuple[float, int, int]:
+            engines = (p.decoders, p.encoders, p.jpegs, p.ofas)
+            seen = (attrs.decoders, attrs.encoders, attrs.jpegs, attrs.ofas)
+            mismatch = sum(1 for a, b in zip(engines, seen, strict=True) if a != b)
+            return (abs(p.memory_mb - mem) / max(p.memory_mb, 1), mismatch, p.variant != "standard")
+
+        best = min(same, key=score)
+        return best if abs(best.memory_mb - mem) <= 0.1 * best.memory_mb else None
+    if memory_mb is None:
+        return None
+    near = [p for p in gm.profiles if abs(p.memory_mb - memory_mb) <= 0.02 * p.memory_mb]
+    if len({p.slices for p in near}) != 1:
+        return None  # no profile, or several sizes of that memory (1g.20gb/2g.20gb, 3g/4g)
+    return min(near, key=lambda p: (p.variant != "standard", abs(p.memory_mb - memory_mb)))
+
+
+def infer_placements(profiles: Iterable[SliceProfile]) -> tuple[SliceProfile, ...]:
+    """Placements for profiles the driver would not place (no root, no table).
+
+    Each profile spans memory slots in proportion to its memory, with the smallest
+    profile one slot wide; its instances sit side by side from slot 0 (a profile
+    with as many slots as another but fewer instances, such as +me, takes the
+    other's placements). This is the pattern of every tabulated GPU (A100, A30,
+    H100, H200, B200), so for those it reproduces the driver's answer; for a new
+    chip it is an inference, good for planning, not for creating instances.
+    """
+    profiles = list(profiles)
+    smallest = min(p.memory_mb for p in profiles if p.memory_mb > 0)
+    widest = max(p.slices for p in profiles)
+    placed: dict[tuple[int, int], tuple[Placement, ...]] = {}  # (slices, size) -> placements
+    out: dict[int, SliceProfile] = {}
+    # Smaller profiles first, most instances first among them, so a +me profile (one
+    # instance) takes its plain sibling's placements and the whole-GPU profile spans
+    # every slot the others use (its memory is not an exact multiple of theirs).
+    for p in sorted(profiles, key=lambda p: (p.slices == widest, -p.instance_count)):
+        if p.placements:
+            out[p.profile_id] = p
+            continue
+        size = max(1, round(p.memory_mb / smallest))
+        if p.slices == widest and placed:
+            size = max(pl.start + pl.size for pls in placed.values() for pl in pls)
+        pl = placed.get((p.slices, size))
+        if pl is None:
+            pl = tuple(Placement(k * size, size) for k in range(p.instance_count))
+            placed[(p.slices, size)] = pl
+        out[p.profile_id] = replace(p, placements=pl)
+    return tuple(out[p.profile_id] for p in profiles)
+
+
+def _has_profile(gm: GpuModel, profile_id: int) -> bool:
+    return any(p.profile_id == profile_id for p in gm.profiles)
+
+
+def _architecture(name: str | None) -> str:
+    bare = (name or "").upper().removeprefix("NVIDIA ").strip()
+    if bare.startswith(("A100", "A30", "A800", "PG506")):
+        return "ampere"
+    if bare.startswith(("H1", "H2", "H8", "GH")):
+        return "hopper"
+    return "blackwell"
+
+
+def _needs_reset(key: str | None, name: str | None) -> bool | None:
+    """Whether a MIG mode switch waits for a reset: by the table, else by the name."""
+    from miso_cli.gpu.profiles import MODELS
+
+    if key and key in MODELS:
+        return MODELS[key].mig_mode_needs_reset
+    if not name:
+        return None
+    return _architecture(name) == "ampere"
+
+
+# Non-CUDA clients that hold GPUs: process (or module) name -> why it matters.
+_HOLDER_WHY = {
+    "nvidia-persistenced": "keeps the driver state loaded (stop it for an A100 MIG mode change)",
+    "nv-hostengine": "DCGM's host engine holds NVML handles, MIG devices included",
+    "dcgm-exporter": "reads metrics through DCGM, holding MIG device handles",
+    "nvsm": "NVIDIA System Management polls the GPUs",
+    "nvidia-fabricmanager": "Fabric Manager holds NVSwitch systems' GPUs",
+    "nv-fabricmanager": "Fabric Manager holds NVSwitch systems' GPUs",
+    "nvidia-smi": "an nvidia-smi (e.g. a monitoring loop) holds the GPU while it runs",
+    "nvidia_drm": "the nvidia_drm kernel module holds the GPU (unload it: modprobe -r nvidia_drm)",
+}
+
+
+def _base(name: str) -> str:
+    return os.path.basename(str(name)).strip()
+
+
+def scan_holders(
+    processes: Iterable[tuple[int, str]] | None = None, modules: str | None = None
+) -> list[Holder]:
+    """Running daemons and loaded modules known to hold NVIDIA GPUs (psutil, /proc/modules).
+
+    ``processes`` ((pid, name) pairs) and ``modules`` (the text of
+    ``/proc/modules``) are read from the system when not given.
+    """
+    found: list[Holder] = []
+    if processes is None:
+        try:
+            import psutil
+
+            processes = [
+                (int(p.pid), str(p.info.get("name") or "")) for p in psutil.process_iter(["name"])
+            ]
+        except Exception:  # a process list we cannot read names no holder, not an error
+            processes = []
+    for pid, name in processes:
+        base = _base(name)
+        if base in _HOLDER_WHY or base.startswith("nvsm"):
+            found.append(Holder(base, pid, _HOLDER_WHY.get(base, _HOLDER_WHY["nvsm"])))
+    if modules is None:
+        try:
+            with open("/proc/modules", encoding="utf-8") as fh:
+                modules = fh.read()
+        except OSError:
+            modules = ""
+    for line in modules.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "nvidia_drm":
+            found.append(Holder("nvidia_drm", None, _HOLDER_WHY["nvidia_drm"]))
+    return found
+
+
+_LEGACY_MIG_RE = re.compile(r"^MIG-(?P<gpu>GPU-[0-9a-fA-F-]+)/(?P<gi>\d+)/(?P<ci>\d+)$")
+
+
+def parse_mig_uuid(text: str) -> tuple[str, int, int] | None:
+    """``MIG-GPU-<uuid>/<gi>/<ci>`` (R450-era MIG device names) -> (GPU UUID, gi, ci).
+
+    None for anything else, including today's ``MIG-<uuid>`` form, which carries
+    no ids (look it up with :meth:`Driver.instances`).
+    """
+    m = _LEGACY_MIG_RE.match(text.strip())
+    if not m:
+        return None
+    return m.group("gpu"), int(m.group("gi")), int(m.group("ci"))
+
+
+def _error_of(exc: MisoError) -> str:
+    if isinstance(exc, NvmlCallFailed):
+        return exc.nvml_error
+    if isinstance(exc, PermissionDenied):
+        return "NO_PERMISSION"
+    return exc.code
 
 
 def _text(value: Any) -> str | None:

@@ -29,6 +29,30 @@ IDX_7_SLICE = 4
 IDX_1_SLICE_REV1 = 7  # 1g with media extensions (+me)
 IDX_2_SLICE_REV1 = 8  # 2g with media extensions (A30)
 IDX_1_SLICE_REV2 = 9  # 1g with double memory (e.g. 1g.10gb on A100-40GB)
+IDX_1_SLICE_GFX = 0xA  # graphics-capable (RTX PRO Blackwell)
+IDX_2_SLICE_GFX = 0xB
+IDX_4_SLICE_GFX = 0xC
+IDX_1_SLICE_NO_ME = 0xD  # without media engines
+IDX_2_SLICE_NO_ME = 0xE
+IDX_1_SLICE_ALL_ME = 0xF  # with all media engines
+IDX_2_SLICE_ALL_ME = 0x10
+IDX_3_SLICE_GFX = 0x11
+PROFILE_INDEX_COUNT = 0x12  # NVML_GPU_INSTANCE_PROFILE_COUNT in nvml.h since R575
+
+# Variant per profile index, as miso names them.
+VARIANT_OF_INDEX = {
+    IDX_1_SLICE_REV1: "me",
+    IDX_2_SLICE_REV1: "me",
+    IDX_1_SLICE_REV2: "double_memory",
+    IDX_1_SLICE_GFX: "gfx",
+    IDX_2_SLICE_GFX: "gfx",
+    IDX_4_SLICE_GFX: "gfx",
+    IDX_3_SLICE_GFX: "gfx",
+    IDX_1_SLICE_NO_ME: "no_me",
+    IDX_2_SLICE_NO_ME: "no_me",
+    IDX_1_SLICE_ALL_ME: "me_all",
+    IDX_2_SLICE_ALL_ME: "me_all",
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -63,7 +87,8 @@ class SliceProfile:
     jpegs: int
     ofas: int
     placements: tuple[Placement, ...]
-    variant: str = "standard"  # "standard", "me" (+media extensions), "double_memory"
+    # "standard", "me" (+me), "double_memory", "gfx" (+gfx), "me_all" (+me.all), "no_me" (-me)
+    variant: str = "standard"
 
     @property
     def memory_slots(self) -> int:
@@ -88,6 +113,17 @@ class GpuModel:
     multiprocessors: int  # SMs of the whole GPU
     pci_device_id: int  # as mig-parted's device-filter writes it, e.g. 0x20B010DE
     profiles: tuple[SliceProfile, ...]
+    # "ampere", "hopper" or "blackwell": Ampere needs a GPU reset to switch MIG mode.
+    architecture: str = "ampere"
+
+    @property
+    def mig_mode_needs_reset(self) -> bool:
+        """Whether switching MIG mode waits for a GPU reset (A100, A30), or not (Hopper+).
+
+        NVIDIA's MIG user guide: "Setting MIG mode on the A100/A30 requires a GPU
+        reset"; on H100 and later the driver switches the mode itself.
+        """
+        return self.architecture == "ampere"
 
     def profile(self, name_or_id: str | int) -> SliceProfile:
         for p in self.profiles:
@@ -153,6 +189,7 @@ def _build(
     engines: _Engines,
     total_sms: int,
     pci_device_id: int,
+    architecture: str = "ampere",
 ) -> GpuModel:
     """A GPU model from its size-class table and the per-class figures ``nvidia-smi`` lists."""
     profiles = tuple(
@@ -186,6 +223,7 @@ def _build(
         multiprocessors=total_sms,
         pci_device_id=pci_device_id,
         profiles=profiles,
+        architecture=architecture,
     )
 
 
@@ -274,6 +312,7 @@ H100_80GB = _build(
     _HOPPER_ENGINES,
     132,
     0x233010DE,
+    "hopper",
 )
 
 H100_94GB = _build(
@@ -286,6 +325,7 @@ H100_94GB = _build(
     _HOPPER_ENGINES,
     132,
     0x232110DE,
+    "hopper",
 )
 
 H200_141GB = _build(
@@ -294,14 +334,165 @@ H200_141GB = _build(
     143771,
     _SEVEN,
     _names("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
-    _sizes(16384, 33024, 71168, 143360),
+    # As a real H200 (SXM) on driver 580.159.04 reports them (tests/data/real/h200-141gb.json;
+    # docs/hardware.md); an earlier public capture gave 33024/71168 and 7g 143104.
+    _sizes(16384, 33280, 71424, 143360),
     _HOPPER_ENGINES,
     132,
     0x233510DE,
+    "hopper",
+)
+
+# B200 (unverified where marked in docs/gpu.md): ids, instance counts, the 1g/1g+me/1g.45gb/
+# 2g SM and engine counts and their memory are from public `nvidia-smi mig -lgip` captures
+# (NVIDIA/mig-parted PRs 166 and 187, NVIDIA/gpu-operator PRs 1242 and 1351); placements
+# follow the 7-compute x 8-memory-slot pattern every such GPU shares. The 3g/4g/7g memory,
+# SM and engine figures and the total memory are estimates awaiting a capture.
+_B200_ENGINES: _Engines = {
+    "1g": (18, 2, 1, 0, 1, 0),
+    "1g+me": (18, 2, 1, 0, 1, 1),
+    "1g2": (30, 2, 1, 0, 1, 0),
+    "2g": (36, 4, 2, 0, 2, 0),
+    "3g": (72, 6, 3, 0, 3, 0),  # unverified
+    "4g": (76, 8, 4, 0, 4, 0),  # unverified
+    "7g": (148, 16, 7, 0, 7, 1),  # unverified
+}
+
+B200 = _build(
+    "b200",
+    "NVIDIA B200",
+    183359,  # unverified
+    _SEVEN,
+    _names("1g.23gb", "1g.45gb", "2g.45gb", "3g.90gb", "4g.90gb", "7g.180gb"),
+    # 1g: 22.00 GiB on the R570 capture of PR 166 (20.50 on PR 187's); 1g.45gb/2g: 44.25 GiB.
+    _sizes(22528, 45312, 90112, 182528),
+    _B200_ENGINES,
+    148,
+    0x290110DE,
+    "blackwell",
+)
+
+# RTX PRO 6000 Blackwell Server Edition: 4 compute slices on a 12-unit placement grid.
+# Ids 14 (1g), 21 (1g+me), 47 (1g+gfx), 65 (1g+me.all), the 1g memory (23.62 GiB) and
+# engines are from public `nvidia-smi mig -lgip` captures (GoogleCloudPlatform/
+# container-engine-accelerators PR 564, bigstack-oss/cubecos issue 312); 2g.48gb = 5 and
+# 4g.96gb = 0 follow the 4-slice numbering the A30 shares, and the placements
+# {0,3,6,9}:3, {0,6}:6, {0}:12 are as the issue records them. Ids of the -me and 2g/4g
+# +gfx/+me.all variants, 2g/4g memory and SMs are unverified (see docs/gpu.md).
+_RTX_PL_1 = _pl((0, 3, 6, 9), 3)
+_RTX_PL_2 = _pl((0, 6), 6)
+_RTX_PL_4 = _pl((0,), 12)
+_RTX = (
+    ("1g", IDX_1_SLICE, 14, 1, 4, _RTX_PL_1, "standard"),
+    ("1g+me", IDX_1_SLICE_REV1, 21, 1, 1, _RTX_PL_1, "me"),
+    ("1g+gfx", IDX_1_SLICE_GFX, 47, 1, 4, _RTX_PL_1, "gfx"),
+    ("1g+me.all", IDX_1_SLICE_ALL_ME, 65, 1, 1, _RTX_PL_1, "me_all"),
+    ("1g-me", IDX_1_SLICE_NO_ME, 66, 1, 4, _RTX_PL_1, "no_me"),  # id unverified
+    ("2g", IDX_2_SLICE, 5, 2, 2, _RTX_PL_2, "standard"),
+    ("2g+gfx", IDX_2_SLICE_GFX, 48, 2, 2, _RTX_PL_2, "gfx"),  # id unverified
+    ("2g+me.all", IDX_2_SLICE_ALL_ME, 67, 2, 1, _RTX_PL_2, "me_all"),  # id unverified
+    ("2g-me", IDX_2_SLICE_NO_ME, 68, 2, 2, _RTX_PL_2, "no_me"),  # id unverified
+    ("4g", IDX_4_SLICE, 0, 4, 1, _RTX_PL_4, "standard"),
+    ("4g+gfx", IDX_4_SLICE_GFX, 49, 4, 1, _RTX_PL_4, "gfx"),  # id unverified
+)
+_RTX_ENGINES: _Engines = {
+    "1g": (46, 1, 1, 1, 1, 0),
+    "1g+me": (46, 1, 1, 1, 1, 1),
+    "1g+gfx": (46, 1, 1, 1, 1, 0),
+    "1g+me.all": (46, 1, 4, 4, 4, 1),  # ENC/JPEG unverified
+    "1g-me": (46, 1, 0, 0, 0, 0),
+    "2g": (94, 2, 2, 2, 2, 0),  # unverified
+    "2g+gfx": (94, 2, 2, 2, 2, 0),
+    "2g+me.all": (94, 2, 4, 4, 4, 1),
+    "2g-me": (94, 2, 0, 0, 0, 0),
+    "4g": (188, 4, 4, 4, 4, 1),
+    "4g+gfx": (188, 4, 4, 4, 4, 1),
+}
+_RTX_MB = {"1g": 24192, "2g": 48640, "4g": 97280}  # 1g from the capture; 2g/4g unverified
+
+RTX_PRO_6000 = _build(
+    "rtx-pro-6000",
+    "NVIDIA RTX PRO 6000 Blackwell Server Edition",
+    97887,  # unverified
+    _RTX,
+    {
+        k: {"1g": "1g.24gb", "2g": "2g.48gb", "4g": "4g.96gb"}[k[:2]] + k[2:]
+        for k in (r[0] for r in _RTX)
+    },
+    {k: _RTX_MB[k[:2]] for k in (r[0] for r in _RTX)},
+    _RTX_ENGINES,
+    188,
+    0x2BB510DE,
+    "blackwell",
 )
 
 MODELS: dict[str, GpuModel] = {
-    m.key: m for m in (A100_40GB, A100_80GB, A30_24GB, H100_80GB, H100_94GB, H200_141GB)
+    m.key: m
+    for m in (
+        A100_40GB,
+        A100_80GB,
+        A30_24GB,
+        H100_80GB,
+        H100_94GB,
+        H200_141GB,
+        B200,
+        RTX_PRO_6000,
+    )
+}
+
+# PCI device ids (nvmlDeviceGetPciInfo().pciDeviceId, as mig-parted's device-filter writes
+# them) -> (what the GPU is, the key of the table it shares or None). The grouping is that of
+# the GPU Operator's default mig-parted config (NVIDIA/gpu-operator,
+# assets/state-mig-manager/0400_configmap.yaml): GPUs one device-filter lists together get
+# the same MIG profiles. Which id is which product within a group is from the PCI ID
+# database, not checked on hardware. Placements are a property of the chip, so a PCIe or
+# A800/H800 variant shares its SXM sibling's table; its names, memory and SMs come from its
+# driver. None: a MIG GPU miso has no table for (GH200, H20, H100-96GB, GB200, B300,
+# GB300); miso works from the driver's answers there.
+PCI_DEVICE_IDS: dict[int, tuple[str, str | None]] = {
+    0x20B010DE: ("A100-SXM4-40GB", "a100-40gb"),
+    0x20B110DE: ("A100-PCIE-40GB", "a100-40gb"),
+    0x20F110DE: ("A100-PCIE-40GB", "a100-40gb"),
+    0x20F610DE: ("A800-40GB", "a100-40gb"),
+    0x20B210DE: ("A100-SXM4-80GB", "a100-80gb"),
+    0x20B510DE: ("A100 80GB PCIe", "a100-80gb"),
+    0x20F310DE: ("A800-SXM4-80GB", "a100-80gb"),
+    0x20F510DE: ("A800 80GB PCIe", "a100-80gb"),
+    0x20B710DE: ("A30", "a30-24gb"),
+    0x233010DE: ("H100 80GB HBM3", "h100-80gb"),
+    0x233110DE: ("H100 PCIe", "h100-80gb"),
+    0x232210DE: ("H800 PCIe", "h100-80gb"),
+    0x232410DE: ("H800", "h100-80gb"),
+    0x232110DE: ("H100 NVL", "h100-94gb"),
+    0x233A10DE: ("H800 NVL", "h100-94gb"),
+    0x233510DE: ("H200", "h200-141gb"),
+    0x233B10DE: ("H200 NVL", "h200-141gb"),
+    0x290110DE: ("B200", "b200"),
+    0x2BB510DE: ("RTX PRO 6000 Blackwell Server Edition", "rtx-pro-6000"),
+    0x234210DE: ("GH200", None),
+    0x233D10DE: ("H100-96GB", None),
+    0x232910DE: ("H20", None),
+    0x20B610DE: ("PG506-96GB", None),
+    0x234810DE: ("GH200 144G HBM3e", None),
+    0x294110DE: ("GB200", None),
+    0x318210DE: ("B300", None),
+    0x31C210DE: ("GB300", None),
+}
+
+# NVML names (without the "NVIDIA " prefix that R470+ drivers add) -> table key, for GPUs
+# whose PCI id is not available (a container without PCI info).
+_NAME_ALIASES = {
+    "a100-pcie-40gb": "a100-40gb",
+    "a100 80gb pcie": "a100-80gb",
+    "a100-pcie-80gb": "a100-80gb",
+    "a800-sxm4-80gb": "a100-80gb",
+    "a800 80gb pcie": "a100-80gb",
+    "h100 pcie": "h100-80gb",
+    "h100 80gb hbm3": "h100-80gb",
+    "h800": "h100-80gb",
+    "h800 pcie": "h100-80gb",
+    "h800 nvl": "h100-94gb",
+    "h200 nvl": "h200-141gb",
 }
 
 
@@ -313,15 +504,32 @@ def model(key: str) -> GpuModel:
         raise KeyError(f"unknown GPU model {key!r} (known: {known})") from None
 
 
-def model_key_for(name: str, profiles: tuple[SliceProfile, ...] = ()) -> str | None:
-    """The key of a known model from NVML's device name (and profiles, to break ties).
+def _bare(name: str) -> str:
+    lowered = " ".join(name.lower().split())
+    return lowered.removeprefix("nvidia ").strip()
 
+
+def model_key_for(
+    name: str | None,
+    profiles: tuple[SliceProfile, ...] = (),
+    pci_device_id: int | None = None,
+) -> str | None:
+    """The key of the table a GPU shares, from its PCI device id, else its NVML name.
+
+    The PCI id decides when known (a name may lack the "NVIDIA " prefix, as before
+    R470, or name a PCIe/A800/H800 variant). Profiles break ties between names.
     Returns ``None`` for a GPU miso has no table for; such a GPU still works, from
     the profiles its driver reports.
     """
-    lowered = name.lower()
+    if pci_device_id is not None and pci_device_id in PCI_DEVICE_IDS:
+        return PCI_DEVICE_IDS[pci_device_id][1]
+    if not name:
+        return None
+    bare = _bare(name)
     names = {p.name for p in profiles}
-    candidates = [m for m in MODELS.values() if m.name.lower() == lowered]
+    candidates = [m for m in MODELS.values() if _bare(m.name) == bare]
+    if not candidates and bare in _NAME_ALIASES:
+        candidates = [MODELS[_NAME_ALIASES[bare]]]
     if not candidates:
         for m in MODELS.values():
             if names and names == {p.name for p in m.profiles}:

@@ -56,9 +56,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import hashlib
 import json
-import os
 import math
+import os
+import random
 import re
 import time
 import uuid as uuidlib
@@ -68,7 +70,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from miso_cli.errors import BadInput, UsageError
-from miso_cli.gpu.profiles import GpuModel, SliceProfile, model
+from miso_cli.gpu.profiles import PROFILE_INDEX_COUNT, GpuModel, SliceProfile, model
 from miso_cli.pids import pid_exists
 
 STATE_VERSION = 1
@@ -109,6 +111,10 @@ class SimSpecError(ValueError):
 
 class SimLatencyError(UsageError, ValueError):
     """``MISO_SIM_LATENCY`` is not a number of seconds (exit 2, USAGE)."""
+
+
+class SimHoldersError(UsageError, ValueError):
+    """``MISO_SIM_HOLDERS`` does not parse (exit 2, USAGE)."""
 
 
 def parse_latency(text: str | None) -> float:
@@ -166,6 +172,8 @@ def new_state(model_key: str, count: int = 1) -> dict[str, Any]:
                 "lost": False,
                 "reset_required_for_mode": False,
                 "serial": 0,
+                # Seeds the GPU-instance ids, so they differ from GPU to GPU as on a driver.
+                "seed": int(hashlib.sha256(gpu_uuid.encode()).hexdigest()[:8], 16),
                 "instances": [],
             }
         )
@@ -175,8 +183,41 @@ def new_state(model_key: str, count: int = 1) -> dict[str, Any]:
         "processes": [],
         "privileged": True,
         "faults": [],
+        "holders": [],
         "extensions": {},
     }
+
+
+HOLDERS_ENV = "MISO_SIM_HOLDERS"
+_HOLDER_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?::(?P<gpu>\d+))?(?P<mig>@mig)?$")
+
+
+def parse_holders(text: str) -> list[dict[str, Any]]:
+    """``"nvidia-persistenced,nv-hostengine:0@mig"`` -> holder dicts.
+
+    Each item is ``NAME[:GPU][@mig]``: a non-CUDA client of the driver (a daemon,
+    or a kernel module such as ``nvidia_drm``) on every GPU or on GPU ``GPU``;
+    ``@mig`` makes it hold a handle on every MIG device too.
+    """
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        m = _HOLDER_RE.match(item)
+        if not m:
+            raise SimHoldersError(
+                f"{HOLDERS_ENV}: bad holder {item!r}: expected NAME[:GPU][@mig], "
+                "e.g. nvidia-persistenced or nv-hostengine:0@mig",
+                hint=f"unset {HOLDERS_ENV} for no holders",
+            )
+        gpu = m.group("gpu")
+        out.append(
+            {
+                "name": m.group("name"),
+                "gpu": None if gpu is None else int(gpu),
+                "mig": bool(m.group("mig")),
+                "pid": None,
+            }
+        )
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -242,6 +283,8 @@ class _Store:
             ) from None
         except UnicodeDecodeError as exc:
             raise SimStateError(f"{self.path}: not UTF-8 text (byte {exc.start})") from None
+        except (RecursionError, ValueError):  # issue-11: nested too deeply, 5000-digit numbers
+            raise SimStateError(f"{self.path}: not a simulated GPU state") from None
         except OSError as exc:  # a folder in its place, unreadable, ...
             raise SimStateError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
         _check_state(state, self.path)
@@ -323,6 +366,13 @@ def _check_state(state: Any, path: Path) -> None:
             raise SimStateError(f"{path}: processes[{n}]: needs an integer pid")
     state.setdefault("extensions", {})
     state.setdefault("privileged", True)
+    if not isinstance(state.setdefault("holders", []), list):
+        raise SimStateError(f"{path}: key 'holders' must be a list")
+    for n, holder in enumerate(state["holders"]):
+        if not isinstance(holder, dict) or not isinstance(holder.get("name"), str):
+            raise SimStateError(f"{path}: holders[{n}]: needs a string name")
+        if holder.get("gpu") is not None and not _is_int(holder.get("gpu")):
+            raise SimStateError(f"{path}: holders[{n}].gpu: must be a GPU index or null")
 
 
 def _is_int(value: Any) -> bool:
@@ -385,6 +435,7 @@ class SimNvml:
         env = os.environ.get("MISO_SIM_FAULTS")
         if env:
             self._faults.extend(parse_faults(env))
+        self._env_holders = parse_holders(os.environ.get(HOLDERS_ENV) or "")
         self.calls: dict[str, int] = {}
         self.trace: list[str] | None = None  # set to [] to record every call's name, in order
         self._initialized = 0
@@ -422,6 +473,65 @@ class SimNvml:
         """Make MIG mode changes on this GPU wait for a reset (as in many VMs)."""
         with self._store.mutate() as st:
             st["gpus"][index]["reset_required_for_mode"] = bool(needed)
+
+    def add_holder(
+        self, name: str, *, gpu: int | None = None, mig: bool = False, pid: int | None = None
+    ) -> None:
+        """A non-CUDA client of the driver: ``nvidia-persistenced``, DCGM's
+        ``nv-hostengine``, ``nvsm``, the ``nvidia_drm`` module, an NVML client.
+
+        It never shows in the process lists. On a GPU whose MIG mode switch needs a
+        reset (A100, A30) it keeps the switch pending (``IN_USE``); with ``mig`` it
+        holds a handle on every MIG device of the GPU, so destroying a compute
+        instance is ``IN_USE`` while no process is listed.
+        """
+        with self._store.mutate() as st:
+            st.setdefault("holders", []).append(
+                {"name": name, "gpu": gpu, "mig": bool(mig), "pid": pid}
+            )
+
+    def remove_holder(self, name: str) -> None:
+        with self._store.mutate() as st:
+            st["holders"] = [h for h in st.get("holders", []) if h.get("name") != name]
+
+    def holders(self, index: int) -> list[dict[str, Any]]:
+        """The non-CUDA holders of GPU ``index`` (state file and ``$MISO_SIM_HOLDERS``)."""
+        return self._holders_of(self._store.read(), index)
+
+    def _holders_of(self, state: dict[str, Any], index: int) -> list[dict[str, Any]]:
+        every = list(state.get("holders", [])) + self._env_holders
+        return [dict(h) for h in every if h.get("gpu") is None or h.get("gpu") == index]
+
+    def set_container(self, container: bool = True) -> None:
+        """Answer as inside a container: parent-GPU memory queries with MIG on are refused."""
+        with self._store.mutate() as st:
+            st["container"] = bool(container)
+
+    def set_legacy_mig_uuids(self, index: int, legacy: bool = True) -> None:
+        """Report MIG device UUIDs as R450-era drivers did: ``MIG-GPU-<uuid>/<gi>/<ci>``."""
+        with self._store.mutate() as st:
+            st["gpus"][index]["legacy_mig_uuid"] = bool(legacy)
+
+    def set_mig_memory(self, index: int, profile_id: int, memory_mb: int) -> None:
+        """MIG devices of ``profile_id`` report ``memory_mb`` (older drivers: 20224 for a
+        3g.20gb whose profile says 19968)."""
+        with self._store.mutate() as st:
+            st["gpus"][index].setdefault("mig_memory_mb", {})[str(profile_id)] = int(memory_mb)
+
+    def set_identity(
+        self, index: int, *, name: str | None = None, pci_device_id: int | None = None
+    ) -> None:
+        """Report another NVML name and/or PCI device id for GPU ``index`` (same table).
+
+        For GPUs outside miso's tables (``"NVIDIA GH200 480GB"``, ``0x234210DE``),
+        PCIe variants and pre-R470 names without the "NVIDIA " prefix.
+        """
+        with self._store.mutate() as st:
+            gpu = st["gpus"][index]
+            if name is not None:
+                gpu["name"] = name
+            if pci_device_id is not None:
+                gpu["pci_device_id"] = int(pci_device_id)
 
     def reset_gpu(self, index: int) -> None:
         """A GPU reset (or reboot): the pending MIG mode takes effect, instances vanish."""
@@ -550,6 +660,34 @@ class SimNvml:
         if not gpu["mig_current"]:
             raise self._err("NOT_SUPPORTED")
 
+    def _container(self, state: dict[str, Any]) -> bool:
+        env = os.environ.get("MISO_SIM_CONTAINER")
+        if env is not None and env.strip() != "":
+            return env.strip().lower() not in ("0", "false", "no", "off")
+        return bool(state.get("container", False))
+
+    def _process_struct(self) -> Any:
+        # nvidia-ml-py 12.535 has no c_nvmlProcessInfo_v3_t; its v2 struct has the same fields.
+        for name in ("c_nvmlProcessInfo_v3_t", "c_nvmlProcessInfo_v2_t", "c_nvmlProcessInfo_t"):
+            struct = getattr(self._n, name, None)
+            if struct is not None:
+                return struct
+        raise AttributeError("pynvml has no process-info struct")
+
+    def _mig_memory_mb(self, gpu: dict[str, Any], profile_id: int) -> int:
+        override = (gpu.get("mig_memory_mb") or {}).get(str(profile_id))
+        return (
+            int(override)
+            if override is not None
+            else self._profile_by_id(gpu, profile_id).memory_mb
+        )
+
+    @staticmethod
+    def _mig_uuid(gpu: dict[str, Any], inst: dict[str, Any], ci: dict[str, Any]) -> str:
+        if gpu.get("legacy_mig_uuid"):
+            return f"MIG-{gpu['uuid']}/{inst['id']}/{ci['id']}"
+        return str(ci["uuid"])
+
     @staticmethod
     def _deref(ref: Any) -> Any:
         """The object behind ``byref(x)`` or ``pointer(x)``."""
@@ -619,7 +757,7 @@ class SimNvml:
                 return self._handle(self._n.c_nvmlDevice_t, _KIND_GPU, gpu["index"])
             for inst in gpu["instances"]:
                 for ci in inst["cis"]:
-                    if ci["uuid"] == uuid:
+                    if uuid in (ci["uuid"], f"MIG-{gpu['uuid']}/{inst['id']}/{ci['id']}"):
                         return self._handle(
                             self._n.c_nvmlDevice_t,
                             _KIND_MIG,
@@ -634,15 +772,15 @@ class SimNvml:
     @_api
     def nvmlDeviceGetName(self, handle: Any) -> str:
         gpu, inst, _ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
-        name = self._model(gpu).name
+        name = str(gpu.get("name") or self._model(gpu).name)
         if inst is not None:
             name += " MIG " + self._profile_by_id(gpu, inst["profile_id"]).name
         return name
 
     @_api
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
-        gpu, _inst, ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
-        return ci["uuid"] if ci is not None else gpu["uuid"]
+        gpu, inst, ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        return self._mig_uuid(gpu, inst, ci) if ci is not None else gpu["uuid"]
 
     @_api
     def nvmlDeviceGetIndex(self, handle: Any) -> int:
@@ -654,9 +792,12 @@ class SimNvml:
         state = self._store.read()
         gpu, inst, ci = self._gpu_of(state, handle, allow_mig=True)
         if inst is not None:
-            total_mb = self._profile_by_id(gpu, inst["profile_id"]).memory_mb
+            total_mb = self._mig_memory_mb(gpu, inst["profile_id"])
             uuids = {c["uuid"] for c in inst["cis"]}
         else:
+            if gpu["mig_current"] and self._container(state):
+                # In a container the parent of MIG devices answers no memory query.
+                raise self._err("NO_PERMISSION")
             total_mb = self._model(gpu).memory_mb
             uuids = {gpu["uuid"]} | {c["uuid"] for i in gpu["instances"] for c in i["cis"]}
         used_mb = sum(int(p.get("used_memory_mb") or 0) for p in self._procs_on(state, uuids))
@@ -665,6 +806,47 @@ class SimNvml:
         mem.used = min(used_mb, total_mb) * 1024 * 1024
         mem.free = mem.total - mem.used
         return mem
+
+    @_api
+    def nvmlDeviceGetAttributes_v2(self, handle: Any):
+        """Slice counts, engines and memory of a MIG device: answered without privilege."""
+        gpu, inst, ci = self._gpu_of(self._store.read(), handle, allow_mig=True)
+        if inst is None or ci is None:
+            # On a whole GPU the driver answers too, but miso asks MIG devices only.
+            raise self._err("NOT_SUPPORTED")
+        p = self._profile_by_id(gpu, inst["profile_id"])
+        attrs = self._n.c_nvmlDeviceAttributes()
+        per_slice = self._model(gpu).by_slices(1).multiprocessors
+        full_ci = ci["slices"] == p.slices
+        attrs.multiprocessorCount = p.multiprocessors if full_ci else per_slice * ci["slices"]
+        attrs.sharedCopyEngineCount = p.copy_engines
+        attrs.sharedDecoderCount = p.decoders
+        attrs.sharedEncoderCount = p.encoders
+        attrs.sharedJpegCount = p.jpegs
+        attrs.sharedOfaCount = p.ofas
+        attrs.gpuInstanceSliceCount = p.slices
+        attrs.computeInstanceSliceCount = ci["slices"]
+        attrs.memorySizeMB = self._mig_memory_mb(gpu, p.profile_id)
+        return attrs
+
+    nvmlDeviceGetAttributes = nvmlDeviceGetAttributes_v2
+
+    @_api
+    def nvmlDeviceGetPciInfo(self, handle: Any):
+        gpu, _i, _c = self._gpu_of(self._store.read(), handle)
+        info = self._n.nvmlPciInfo_t()
+        info.domain = 0
+        info.bus = 0x10 + int(gpu["index"])
+        info.device = 0
+        info.pciDeviceId = int(gpu.get("pci_device_id") or self._model(gpu).pci_device_id)
+        info.pciSubSystemId = 0
+        bus_id = f"00000000:{0x10 + int(gpu['index']):02X}:00.0".encode()
+        info.busId = bus_id
+        if hasattr(info, "busIdLegacy"):
+            info.busIdLegacy = bus_id[4:]
+        return info
+
+    nvmlDeviceGetPciInfo_v3 = nvmlDeviceGetPciInfo
 
     # --------------------------------------------------------------- MIG mode
     @_api
@@ -680,23 +862,38 @@ class SimNvml:
             if mode not in (0, 1):
                 raise self._err("INVALID_ARGUMENT")
             want = bool(mode)
-            gpu["mig_pending"] = want
             if gpu["mig_current"] == want:
+                gpu["mig_pending"] = want
                 return int(self._n.NVML_SUCCESS)
             mig_uuids = {c["uuid"] for i in gpu["instances"] for c in i["cis"]}
             busy = self._procs_on(state, {gpu["uuid"]} | mig_uuids) or gpu["instances"]
+            if self._model(gpu).mig_mode_needs_reset:
+                # A100/A30: the switch waits for a GPU reset, which the driver attempts
+                # itself only when no client at all (CUDA or not) holds the GPU.
+                gpu["mig_pending"] = want
+                if busy or self._holders_of(state, int(gpu["index"])):
+                    return int(self._n.NVML_ERROR_IN_USE)
+                if gpu.get("reset_required_for_mode"):
+                    return int(self._n.NVML_ERROR_RESET_REQUIRED)
+                gpu["mig_current"] = want
+                return int(self._n.NVML_SUCCESS)
+            # Hopper and later switch without a reset: daemons holding the driver do
+            # not block it; running CUDA work (or existing instances) refuses it, and
+            # nothing is left pending.
             if busy:
                 return int(self._n.NVML_ERROR_IN_USE)
-            if gpu.get("reset_required_for_mode"):
+            if gpu.get("reset_required_for_mode"):  # e.g. some VMs
+                gpu["mig_pending"] = want
                 return int(self._n.NVML_ERROR_RESET_REQUIRED)
-            gpu["mig_current"] = want
+            gpu["mig_current"] = gpu["mig_pending"] = want
             return int(self._n.NVML_SUCCESS)
 
     # ---------------------------------------------------------------- profiles
     @_api
     def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Any, profile: int, version: int = 2):
         gpu, _i, _c = self._gpu_of(self._store.read(), handle)
-        if not 0 <= profile < int(self._n.NVML_GPU_INSTANCE_PROFILE_COUNT):
+        # The driver's index range, whatever the binding's NVML_GPU_INSTANCE_PROFILE_COUNT.
+        if not 0 <= profile < PROFILE_INDEX_COUNT:
             raise self._err("INVALID_ARGUMENT")
         found = [p for p in self._model(gpu).profiles if p.index == profile]
         if not found:
@@ -729,7 +926,7 @@ class SimNvml:
         state = self._store.read()
         gpu, _i, _c = self._gpu_of(state, handle)
         self._need_priv(state)
-        self._need_mig(gpu)
+        # Answered with MIG off too: the placements are a property of the chip.
         p = self._profile_by_id(gpu, int(profileId))
         count = self._deref(countRef)
         if placementsRef is None:
@@ -777,17 +974,22 @@ class SimNvml:
 
     @staticmethod
     def _gi_id(gpu: dict[str, Any], slots: int, start: int, size: int) -> int:
-        # The driver numbers GPU instances by position in a binary tree of memory
-        # slots (0 = whole GPU, 1-2 = halves, 3-6 = quarters, 7-14 = eighths), as
-        # seen in nvidia-smi mig -lgi; ids are not guaranteed, so miso always reads them.
+        """A GPU-instance id that is *not* the one the instance's position suggests.
+
+        Drivers often number by position in a binary tree of memory slots (0 =
+        whole GPU, 1-2 = halves, 3-6 = quarters, 7-14 = eighths), but not always:
+        a 3g at 4:4 got id 2 on one GPU and id 1 on another. So the simulation
+        draws the id from the free ones other than the tree position, seeded by the
+        GPU and its creation counter: deterministic for a state, different between
+        GPUs, and code that derives ids from placements fails here.
+        """
         taken = {i["id"] for i in gpu["instances"]}
         tree = (slots // size - 1) + start // size if size and slots % size == 0 else -1
-        if tree >= 0 and tree not in taken:
-            return tree
-        k = 1
-        while k in taken:
-            k += 1
-        return k
+        pool = [k for k in range(max(2 * slots - 1, 8)) if k not in taken and k != tree]
+        if not pool:
+            pool = [k for k in range(2 * slots - 1, 255) if k not in taken]
+        seed = f"{gpu.get('seed', gpu['uuid'])}/{gpu.get('serial', 0)}"
+        return random.Random(seed).choice(pool)
 
     def _create_gi(self, handle: Any, profile_id: int, start: int | None, size: int | None):
         with self._store.mutate() as state:
@@ -1017,6 +1219,10 @@ class SimNvml:
             self._need_priv(state)
             if self._procs_on(state, {ci["uuid"]}):
                 raise self._err("IN_USE")
+            if any(h.get("mig") for h in self._holders_of(state, int(gpu["index"]))):
+                # A client holding a handle (DCGM, a leaked NVML handle): IN_USE, and no
+                # process to show for it.
+                raise self._err("IN_USE")
             inst["cis"] = [c for c in inst["cis"] if c is not ci]
             return int(self._n.NVML_SUCCESS)
 
@@ -1087,7 +1293,7 @@ class SimNvml:
             ]
         out = []
         for p, gi_id, ci_id in rows:
-            info = self._n.c_nvmlProcessInfo_v3_t()
+            info = self._process_struct()()
             info.pid = int(p["pid"])
             used = p.get("used_memory_mb")
             info.usedGpuMemory = int(used) * 1024 * 1024 if used is not None else 0xFFFFFFFFFFFFFFFF
@@ -1100,6 +1306,7 @@ class SimNvml:
         return out
 
     nvmlDeviceGetComputeRunningProcesses_v3 = nvmlDeviceGetComputeRunningProcesses
+    nvmlDeviceGetComputeRunningProcesses_v2 = nvmlDeviceGetComputeRunningProcesses
 
 
 # --------------------------------------------------------- the job side
@@ -1118,7 +1325,7 @@ def _attach(
     state["processes"].append(
         {
             "pid": int(pid),
-            "uuid": uuid,
+            "uuid": info["canonical_uuid"],
             "used_memory_mb": None if used_memory_mb is None else int(used_memory_mb),
         }
     )
@@ -1133,19 +1340,21 @@ def _lookup(state: dict[str, Any], uuid: str) -> dict[str, Any] | None:
                 "model_key": gpu["model"],
                 "uuid": uuid,
                 "kind": "gpu",
+                "canonical_uuid": uuid,
                 "profile": None,
                 "slices": m.compute_slices,
                 "memory_mb": m.memory_mb,
             }
         for inst in gpu["instances"]:
             for ci in inst["cis"]:
-                if ci["uuid"] == uuid:
+                if uuid in (ci["uuid"], f"MIG-{gpu['uuid']}/{inst['id']}/{ci['id']}"):
                     p = m.profile(inst["profile_id"])
                     return {
                         "gpu_index": gpu["index"],
                         "model_key": gpu["model"],
                         "uuid": uuid,
                         "kind": "mig",
+                        "canonical_uuid": ci["uuid"],
                         "profile": p.name,
                         "slices": ci["slices"],
                         "memory_mb": p.memory_mb,

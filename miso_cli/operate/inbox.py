@@ -328,7 +328,9 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
             else:
                 for spec in req.jobs:
                     queue_jobs.append(spec.to_json())
-                    journal.jobs[spec.name] = JobRecord(spec.name, queued_at=now)
+                    # An ``arrival`` in a submitted queue counts from its submission.
+                    queued = now + float(getattr(spec, "arrival_s", 0.0) or 0.0)
+                    journal.jobs[spec.name] = JobRecord(spec.name, queued_at=queued)
                     out.arrived.append(spec.name)
                 entry.update(status="taken", jobs=[j.name for j in req.jobs], source=req.source)
         else:
@@ -361,3 +363,21 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
         ev["request"] = req.kind
         out.events.append(ev)
     return out
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for the live view about a request or a cancellation."""
+    kind = event.get("event")
+    if kind == CANCELLED:
+        return f"{event.get('job')}: cancelled ({event.get('reason', '')})"
+    if kind == "request_rejected":
+        return f"request {event.get('id')} refused: {event.get('reason', '')}"
+    jobs = ", ".join(event.get("jobs") or [])
+    what = event.get("request")
+    if event.get("status") != "taken":
+        return f"{what} {jobs}: refused ({event.get('reason', '')})"
+    if what == "submit":
+        return f"submitted: {jobs}"
+    if what == "priority":
+        return f"priority of {jobs} set to {event.get('priority')}"
+    return f"cancel requested: {jobs}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miso_cli.errors import BadInput, MisoError, UsageError
+from miso_cli.errors import BadInput, MisoError, PermissionDenied, UsageError
 
 ACTIVE = ("starting", "running", "stopping")
 DONE_STATUSES = ("finished", "failed")
@@ -90,7 +90,10 @@ def read_run(run_dir: Path) -> RunInfo:
     except FileNotFoundError:
         raise UsageError(f"no run {Path(run_dir).name} ({path} not found)") from None
     except PermissionError:
-        raise
+        raise PermissionDenied(
+            f"{path}: not readable by this user (the run belongs to another user)",
+            hint="a run started with 'sudo miso run' is seen and changed with sudo miso ...",
+        ) from None
     except (OSError, ValueError) as exc:
         raise BadInput(f"{path}: unreadable journal: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("run_id"), str):
@@ -175,6 +178,9 @@ def job_rows(run: RunInfo, now: float | None = None) -> list[dict[str, Any]]:
     order = [j.get("name") for j in run.data.get("queue", {}).get("jobs", [])]
     prio = {j.get("name"): j.get("priority", 0) for j in run.data.get("queue", {}).get("jobs", [])}
     names = [n for n in order if n in run.jobs] + [n for n in run.jobs if n not in order]
+    modes = {
+        g.get("index"): g.get("mode") for g in run.data.get("gpus") or [] if isinstance(g, dict)
+    }
     rows = []
     for name in names:
         rec = run.jobs[name]
@@ -183,7 +189,9 @@ def job_rows(run: RunInfo, now: float | None = None) -> list[dict[str, Any]]:
         active = state in ACTIVE
         sl = rec.get("slice") or {}
         gpu = rec.get("gpu") if active else None
-        where = (sl.get("profile") or "whole") if active and gpu is not None else None
+        where = None
+        if active and gpu is not None:
+            where = sl.get("profile") or ("MPS" if modes.get(gpu) == "mps" else "whole")
         attempts = rec.get("attempts") or []
         if not active and attempts and isinstance(attempts[-1], dict):
             gpu = attempts[-1].get("gpu")  # where it ran last

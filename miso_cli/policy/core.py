@@ -105,12 +105,19 @@ class ClusterView:
     gpus: list[GpuView]
     jobs: dict[str, JobView]
 
+    # The names of the waiting jobs, when the driver keeps them (then queue() costs in
+    # proportion to the queue, not to every job of the run); None: found from ``jobs``.
+    waiting: set[str] | None = None
+
     def queue(self) -> list[JobView]:
         """Waiting jobs: priority (higher first), then first come first served.
 
         Jobs that arrive together keep their order in the queue file or trace.
         """
-        waiting = [j for j in self.jobs.values() if j.state == "waiting"]
+        if self.waiting is not None:
+            waiting = [self.jobs[n] for n in self.waiting]
+        else:
+            waiting = [j for j in self.jobs.values() if j.state == "waiting"]
         return sorted(waiting, key=lambda j: (-j.priority, j.arrival_s, j.seq, j.name))
 
     def fingerprint(self) -> tuple[object, ...]:

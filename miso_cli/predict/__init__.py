@@ -12,6 +12,19 @@ is fitted or a batch predicted.
 
 from __future__ import annotations
 
+from typing import Any
+
 from miso_cli.predict.predictor import SlicePredictor, load_predictor
 
-__all__ = ["SlicePredictor", "load_predictor"]
+__all__ = ["SlicePredictor", "load_predictor", "predictor_line"]
+
+
+def predictor_line(metadata: dict[str, Any] | None) -> str:
+    """The line every predicting command prints on stderr: which model predicts, and why.
+
+    ``metadata``: a predictor's ``metadata`` (what ``simulator.make_predict`` returns
+    beside the callable); its ``model_used`` and ``description`` are the JSON fields.
+    """
+    meta = metadata or {}
+    text = meta.get("description") or f"{meta.get('source', 'unknown')} model"
+    return f"predictor: {text}"

@@ -140,6 +140,10 @@ def calibrate(
     mixed: list[tuple[str, int, dict[str, dict[int, float]]]] = []
     mig: dict[str, dict[int, float | None]] = {j.name: {} for j in jobs}
     status = result.statuses
+    from miso_cli.locks import hold_gpus  # issue-11: one miso at a time changes a GPU
+
+    gpu_hold = hold_gpus(drv, [i], "calibrate", note=progress)  # issue-11
+    gpu_hold.__enter__()  # issue-11: released in the finally below
     try:
         progress(f"applying one {full.name} instance for MPS profiling")
         report = apply_layout(drv, i, place(model, [full.name]))
@@ -184,9 +188,12 @@ def calibrate(
                     mig[job][prof_g.slices] = res.step_time_s if res.status == "ok" else None
         result.notes.extend(profiler.notes)
     finally:
-        progress(f"restoring {result.original_layout}")
-        _restore(drv, i, original, mig_was_on)
-        result.restored = True
+        try:
+            progress(f"restoring {result.original_layout}")
+            _restore(drv, i, original, mig_was_on)
+            result.restored = True
+        finally:
+            gpu_hold.__exit__(None, None, None)  # issue-11
     result.rows = _rows(jobs, solo, mixed, mig)
     if not result.rows:
         raise BadInput(

@@ -29,7 +29,7 @@ by the slice sizes learned across mix sizes, and listed in ``not_learned_``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from miso_cli.predict.data import ProfileRow
@@ -161,12 +161,18 @@ class SliceRatioModel:
         }
 
     def fit(
-        self, rows: Sequence[ProfileRow], *, choices: dict[int, str] | None = None
+        self,
+        rows: Sequence[ProfileRow],
+        *,
+        choices: dict[int, str] | None = None,
+        only: Collection[int] | None = None,
     ) -> SliceRatioModel:
         """Fit one regressor per slice size the rows measured often enough.
 
         ``choices`` (slice size -> estimator name) skips the cross-validation and
         fits those estimators: used to refit a saved model whose choice is made.
+        ``only``: learn exactly these slice sizes wherever two rows or more measured
+        them, whatever the minimums (a fold refit of a model whose slices are chosen).
         """
         import numpy as np
 
@@ -191,13 +197,17 @@ class SliceRatioModel:
         for g in slices:
             sub = [r for r in usable if r.ratio(g) is not None]
             fams = {r.family for r in sub}
-            if len(sub) < self.min_target_rows or len(fams) < self.min_target_families:
+            if only is not None:
+                if g not in only or len(sub) < 2:
+                    self.not_learned_[g] = "not asked for" if g not in only else "under 2 rows"
+                    continue
+            elif len(sub) < self.min_target_rows or len(fams) < self.min_target_families:
                 self.not_learned_[g] = (
                     f"{len(sub)} rows from {len(fams)} families (need {self.min_target_rows} "
                     f"rows, {self.min_target_families} families)"
                 )
                 continue  # too little to learn from: the physical model covers this slice
-            if mixed and not any(r.jobs_in_mix > 1 for r in sub):
+            if only is None and mixed and not any(r.jobs_in_mix > 1 for r in sub):
                 self.not_learned_[g] = (
                     f"measured only beside solo profiles ({len(sub)} rows); the model is "
                     "asked about profiles taken in mixes"

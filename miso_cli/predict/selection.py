@@ -42,7 +42,9 @@ MEASURE = (
 
 
 def _targets(rows: Sequence[ProfileRow]) -> list[int]:
-    return sorted({g for r in rows for g in r.mig if g != 7 and r.ratio(g) is not None}, reverse=True)
+    return sorted(
+        {g for r in rows for g in r.mig if g != 7 and r.ratio(g) is not None}, reverse=True
+    )
 
 
 def _sources(doc: dict[str, Any]) -> set[str]:
@@ -77,7 +79,9 @@ def compare(
             min_target_families=model.min_target_families,
         )
         try:
-            fold.fit([rows[i] for i in train], choices=dict(model.chosen_))
+            # The slices the model learned, from what this fold has (not the minimums
+            # the whole data met): the same regressors its own cross-validation scored.
+            fold.fit([rows[i] for i in train], choices=dict(model.chosen_), only=model.targets_)
         except ValueError:
             continue  # nothing usable left in this fold: its rows get no held-out estimate
         pred = SlicePredictor(fold, source="model", gpu_model_key=gpu_model_key)

@@ -1,0 +1,1 @@
+"""Pure planning: the bound on what any schedule can reach."""
