@@ -421,9 +421,10 @@ class Executor:
             change = self.drv.set_mig_mode(g.index, True)
             if not getattr(change, "current", True):
                 raise MisoError(
-                    f"GPU {g.index}: MIG mode could not be enabled now (pending: a GPU reset "
-                    "is needed)",
-                    hint="enable it once with: miso apply --mig on, then reset the GPU",
+                    change.message(g.index, True),
+                    hint="enable it once with: miso apply --mig on, then reset the GPU"
+                    if getattr(change, "needs_reset", True)
+                    else "stop the processes or services holding the GPU, then run again",
                     code="NO_GPU",
                     exit_code=4,  # type: ignore[arg-type]
                 )
