@@ -190,9 +190,8 @@ def test_doctor_hook_runs_mig_parted_on_the_current_layout(tmp_path: Path) -> No
 
     drv = open_driver("sim:a100-40gb", tmp_path / "state")
     try:
-        assert ex.doctor_mig_parted_check(
-            drv, binary=None if shutil.which("nvidia-mig-parted") else str(tmp_path / "absent")
-        )["ok"] in (True, False, None)
+        missing = ex.doctor_mig_parted_check(drv, binary=str(tmp_path / "absent"))
+        assert missing["ok"] is False and "could not run" in missing["message"]
         fake = _fake_mig_parted(tmp_path, 0)
         result = ex.doctor_mig_parted_check(drv, binary=str(fake))
         assert result["ok"] is True and "accepts" in result["message"]
