@@ -18,6 +18,25 @@ every trace and restart-cost setting the ratios ``miso+/oracle`` and
 ``miso+/miso`` of mean JCT and makespan, then their geometric mean and worst
 case over all traces: a change to a policy should help the aggregate without
 hurting any one trace.
+
+``--suite`` replays traces beyond the paper's, generated (seeded) from the catalog,
+one condition changed at a time from a paper-like base (100 jobs per 8 GPUs,
+Poisson gaps of 60 s with the first third at 30 s, log-normal durations, every
+workload alike)::
+
+    python benchmarks/simulate.py --suite [--conditions light,heavy,...] \
+        [--mps-model optimistic,pessimistic] [--bound] [--policies ...]
+
+conditions: arrivals ``light`` (150 s gaps), ``paper``, ``heavy`` (20 s),
+``bursty`` (bursts of 12 jobs 5 s apart, 15 minutes between bursts); durations
+``pareto`` (heavy-tailed, alpha 1.3, from 120 s, capped at 6 h) and ``bimodal``
+(80 % of 2-5 min, 20 % of 1-2 h); mixes ``compute`` (the half of the workloads
+that gain least from small slices) and ``lightmix`` (the other half); scale
+``g32`` (400 jobs / 32 GPUs) and ``g64`` (800 jobs / 64 GPUs), arrivals scaled
+with the GPUs. For each trace and MPS model it prints every policy's mean JCT,
+its ratio to the best *other* policy (below 1: it wins) and, with ``--bound``,
+its ratio to the lower bound (:mod:`miso_cli.planning.bound`), then the
+geometric mean of miso+'s ratios.
 """
 
 from __future__ import annotations
@@ -64,6 +83,145 @@ def synthetic_trace(catalog, index: int, mean_gap_s: float, jobs: int = 100) -> 
         duration = min(hi, max(lo, rng.lognormvariate(DURATION_LOG_MEAN, DURATION_LOG_SD)))
         out.append(TraceJob(f"s{index}-{k}", round(t, 1), rng.choice(names), round(duration)))
     return out
+
+
+SUITE = (
+    "light",
+    "paper",
+    "heavy",
+    "bursty",
+    "pareto",
+    "bimodal",
+    "compute",
+    "lightmix",
+    "g32",
+    "g64",
+)
+
+
+def _efficiency(w) -> float:
+    """Best progress per GPU on a MIG instance (high: gains from small slices)."""
+    from miso_cli.gpu.simmps import mig_envelope
+
+    hull = mig_envelope(w)
+    return max(x / u for u, x in hull[1:])
+
+
+def suite_trace(catalog, condition: str, seed: int = 0) -> tuple[list[TraceJob], int]:
+    """The trace of one ``--suite`` condition and its number of GPUs (seeded, deterministic)."""
+    rng = random.Random(f"{condition}-{seed}")
+    names = sorted(n for n, w in catalog.workloads.items() if w.step_time_ms(7) is not None)
+    if condition in ("compute", "lightmix"):
+        ranked = sorted(names, key=lambda n: _efficiency(catalog[n]))
+        half = len(ranked) // 2
+        names = ranked[:half] if condition == "compute" else ranked[half:]
+    gpus = {"g32": 32, "g64": 64}.get(condition, 8)
+    jobs = 100 * gpus // 8
+    scale = 8 / gpus  # arrivals per GPU as in the base trace
+    out = []
+    t = 0.0
+    lo, hi = DURATION_RANGE_S
+    for k in range(jobs):
+        if condition == "light":
+            gap = 150.0
+        elif condition == "heavy":
+            gap = 20.0
+        else:
+            gap = 30.0 if k < jobs // 3 else 60.0
+        if condition == "bursty":
+            t += 900.0 if k % 12 == 0 and k else 5.0
+        else:
+            t += rng.expovariate(1.0 / (gap * scale))
+        if condition == "pareto":
+            duration = min(6 * 3600.0, 120.0 * rng.paretovariate(1.3))
+        elif condition == "bimodal":
+            duration = rng.uniform(120, 300) if rng.random() < 0.8 else rng.uniform(3600, 7200)
+        else:
+            duration = min(hi, max(lo, rng.lognormvariate(DURATION_LOG_MEAN, DURATION_LOG_SD)))
+        out.append(TraceJob(f"{condition}-{k}", round(t, 1), rng.choice(names), round(duration)))
+    return out, gpus
+
+
+def _suite_run(task: tuple) -> tuple[str, str, str, dict, float]:
+    condition, mps_model, name, catalog_path, model_path, cost = task
+    cat = _catalog(catalog_path)
+    trace, n_gpus = suite_trace(cat, condition)
+    t0 = time.perf_counter()
+    s = simulate(
+        trace,
+        cat,
+        [gpu_model("a100-40gb")] * n_gpus,
+        registry.get(name),
+        predict=_predict(model_path),
+        config=SimConfig(restart_costs=cost, mps_model=mps_model),
+    )
+    return condition, mps_model, name, s.summary(), time.perf_counter() - t0
+
+
+def suite(args, policies: list[str]) -> None:
+    from miso_cli.planning.bound import trace_bound
+
+    cat_path = args.data / "catalog.csv"
+    cat = _catalog(cat_path)
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    models = [m.strip() for m in args.mps_model.split(",") if m.strip()]
+    cost = _cost(args.restart_cost.split(",")[0])
+    tasks = [
+        (c, m, p, cat_path, args.model, cost) for c in conditions for m in models for p in policies
+    ]
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.workers) as pool:
+            results = list(pool.map(_suite_run, tasks))
+    else:
+        results = []
+        for t in tasks:
+            results.append(_suite_run(t))
+            c, m, p, row, wall = results[-1]
+            print(f"  {c} {m} {p}: JCT {row['mean_jct_s']:.0f} s ({wall:.1f} s)", flush=True)
+    rows = {(c, m, p): (row, wall) for c, m, p, row, wall in results}
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for c in conditions:
+        trace, n_gpus = suite_trace(cat, c)
+        for m in models:
+            bound = None
+            if args.bound:
+                bound = trace_bound(trace, cat, n_gpus, oversubscribed=True, mps_model=m)
+            head = f"\n{c} ({len(trace)} jobs / {n_gpus} GPUs), MPS model {m}"
+            if bound is not None:
+                head += f", lower bound {bound.mean_jct_s:.0f} s"
+            print(head)
+            print(
+                f"  {'policy':8s} {'JCT s':>7s} {'/best other':>11s} {'/bound':>7s} "
+                f"{'restarts/job s':>14s} {'wall s':>7s}"
+            )
+            jct = {p: rows[(c, m, p)][0]["mean_jct_s"] for p in policies}
+            for p in policies:
+                row, wall = rows[(c, m, p)]
+                others = [jct[q] for q in policies if q != p and jct[q]]
+                rel = jct[p] / min(others) if others else float("nan")
+                vs_bound = jct[p] / bound.mean_jct_s if bound is not None else float("nan")
+                restart = row["restart_overhead_s"] / max(1, row["jobs"])
+                print(
+                    f"  {p:8s} {jct[p]:7.0f} {rel:11.3f} {vs_bound:7.3f} "
+                    f"{restart:14.1f} {wall:7.1f}"
+                )
+            if "miso+" in policies:
+                base = [q for q in ("nopart", "static", "mps", "oracle") if q in policies]
+                if base:
+                    ratios.setdefault((m, "best baseline"), []).append(
+                        jct["miso+"] / min(jct[q] for q in base)
+                    )
+                if "oracle" in policies:
+                    ratios.setdefault((m, "oracle"), []).append(jct["miso+"] / jct["oracle"])
+                if bound is not None:
+                    ratios.setdefault((m, "bound"), []).append(jct["miso+"] / bound.mean_jct_s)
+    if ratios:
+        print("\nmiso+ over all traces: geometric mean (worst)")
+        for (m, ref), vals in ratios.items():
+            geo = math.exp(statistics.mean(math.log(v) for v in vals))
+            print(f"  {m:11s} miso+/{ref:13s} {geo:.3f} ({max(vals):.3f})")
 
 
 def _run(task: tuple) -> tuple[str, str, int, str, dict, float]:
@@ -115,8 +273,15 @@ def main() -> None:
     ap.add_argument("--loads", default="30,45,70", help="mean arrival gaps (s), taken in turn")
     ap.add_argument("--no-dev", action="store_true", help="skip the development trace")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--suite", action="store_true", help="the generated traces (see above)")
+    ap.add_argument("--conditions", default=",".join(SUITE))
+    ap.add_argument("--mps-model", default="optimistic", help="optimistic, pessimistic or both")
+    ap.add_argument("--bound", action="store_true", help="also the lower bound on mean JCT")
     args = ap.parse_args()
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if args.suite:
+        suite(args, policies)
+        return
     cat_path = args.data / "catalog.csv"
     cat = _catalog(cat_path)
     _, meta = make_predict(args.model, gpu_model("a100-40gb"), None)

@@ -17,6 +17,7 @@ import time
 from typing import IO, Any
 
 from miso_cli.output import dumps
+from miso_cli.runtime.snapshot import RunSnapshot
 
 _QUIET = {"_refresh", "progress"}
 STATE_STYLE = {
@@ -213,82 +214,79 @@ class Dashboard:
             self._live = None
 
     def render(self) -> Any:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
         from rich.text import Text
 
         ex = self.executor
         if ex is None:
             return Text("starting...")
-        gpus = Table.grid(padding=(0, 2))
-        profiling: set[str] = set()
-        for g in ex.gpus:
-            layout = g.layout.name if g.mode == "mig" else "whole GPU"
-            doing = ""
-            phase = getattr(g, "phase", None)
-            if getattr(g, "pending", None) is not None:
-                doing = f"changing to {g.pending.target.mode} (jobs checkpointing)"
-            elif phase is not None:
-                profiling.update(phase.jobs)
-                step = f"level {phase.k + 1}/{len(phase.levels)}"
-                doing = f"profiling at {phase.level}% ({step})"
-            gpus.add_row(
-                Text(f"GPU {g.index}", style="bold"),
-                g.name,
-                f"{g.mode}: {layout}",
-                Text(doing, style="cyan"),
-            )
-        jobs = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
-        for col in ("job", "state", "slice", "progress", "", "step", "it/s", "ETA", "CPU", "RSS"):
-            jobs.add_column(col, no_wrap=True, min_width=min(len(col), 4) if col else 4)
-        now = ex.clock()
-        for name in ex.order:
-            rec = ex.journal.jobs[name]
-            p = rec.progress or {}
-            frac = p.get("fraction")
-            slice_name = "-"
-            if rec.gpu is not None:
-                s = (rec.slice or {}).get("profile") or "whole"
-                slice_name = f"{rec.gpu}:{s}"
-            bar: Any = ProgressBar(total=1.0, completed=frac or 0.0, width=12)
-            if rec.state == "finished":
-                bar = ProgressBar(total=1.0, completed=1.0, width=12)
-                frac = 1.0
-            step = p.get("step")
-            total = p.get("total")
-            steps = "-" if step is None else f"{step:g}" + (f"/{total:g}" if total else "")
-            tput = p.get("throughput_steps_s")
-            usage = ex.usage.get(name, {}) if rec.state == "running" else {}
-            eta = p.get("eta_s") if rec.state == "running" else None
-            state = rec.state
-            if name in getattr(ex, "not_arrived", {}):
-                state = "not yet"
-            if name in profiling and rec.state in ("running", "starting", "stopping", "waiting"):
-                state = "profiling"
-                slice_name = f"{rec.gpu if rec.gpu is not None else '-'}:mps"
-            jobs.add_row(
-                name,
-                Text(state, style=STATE_STYLE.get(state, "")),
-                slice_name,
-                bar,
-                f"{100 * frac:3.0f}%" if frac is not None else steps,
-                fmt_step_time(p.get("step_time_s")),
-                f"{tput:.1f}" if tput else "-",
-                fmt_duration(eta),
-                f"{usage['cpu_percent']:.0f}%" if usage else "-",
-                f"{usage['rss_mb']:.0f}M" if usage else "-",
-            )
-        counts: dict[str, int] = {}
-        for rec in ex.journal.jobs.values():
-            counts[rec.state] = counts.get(rec.state, 0) + 1
-        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        head = Text(
-            f"miso run {ex.journal.run_id} | policy {ex.policy.name} | "
-            f"{fmt_duration(now - ex.t0)} | {summary}",
-            style="bold",
+        return render_snapshot(ex.snapshot())
+
+
+def _scaled(seconds: float | None, scale: float) -> float | None:
+    """Wall seconds of a synthetic job in catalog seconds, as the event lines give them."""
+    return None if seconds is None else seconds * scale
+
+
+def render_snapshot(snap: RunSnapshot) -> Any:
+    """The live view of one run, from its snapshot."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    gpus = Table.grid(padding=(0, 2))
+    for g in snap.gpus:
+        gpus.add_row(
+            Text(f"GPU {g.index}", style="bold"),
+            g.name,
+            f"{g.mode}: {g.layout}",
+            Text(g.doing, style="cyan"),
         )
-        return Group(head, gpus, jobs)
+    jobs = Table(expand=False, box=None, padding=(0, 1), header_style="bold")
+    for col in ("job", "state", "slice", "progress", "", "step", "it/s", "ETA", "CPU", "RSS"):
+        jobs.add_column(col, no_wrap=True, min_width=min(len(col), 4) if col else 4)
+    for row in snap.jobs:
+        p = row.progress
+        frac = p.get("fraction")
+        bar: Any = ProgressBar(total=1.0, completed=frac or 0.0, width=12)
+        if row.state == "finished":
+            bar = ProgressBar(total=1.0, completed=1.0, width=12)
+            frac = 1.0
+        step = p.get("step")
+        total = p.get("total")
+        steps = "-" if step is None else f"{step:g}" + (f"/{total:g}" if total else "")
+        tput = p.get("throughput_steps_s")
+        eta = p.get("eta_s") if row.journal_state == "running" else None
+        jobs.add_row(
+            row.name,
+            Text(row.state, style=STATE_STYLE.get(row.state, "")),
+            row.where,
+            bar,
+            f"{100 * frac:3.0f}%" if frac is not None else steps,
+            fmt_step_time(_scaled(p.get("step_time_s"), snap.step_time_scale)),
+            f"{tput:.1f}" if tput else "-",
+            fmt_duration(eta),
+            f"{row.cpu_percent:.0f}%" if row.cpu_percent is not None else "-",
+            f"{row.rss_mb:.0f}M" if row.rss_mb is not None else "-",
+        )
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(snap.counts().items()))
+    head = Text(
+        f"miso run {snap.run_id} | policy {snap.policy} | "
+        f"{fmt_duration(snap.elapsed_s)} | {summary}",
+        style="bold",
+    )
+    if snap.step_time_scale != 1.0:  # issue-15b: say which time the step column is in
+        head.append(f" | step: catalog time, jobs run x{snap.step_time_scale:g}", style="dim")
+    return Group(head, gpus, jobs)
+
+
+def paused_s(job: dict[str, Any]) -> float | None:
+    """Completion time not spent waiting to start or running: between attempts (checkpoint,
+    re-layout, profiling restarts, waiting again). queue + run + paused = JCT (issue-15b)."""
+    jct, queue, run = job.get("completion_s"), job.get("queue_s"), job.get("run_s")
+    if jct is None or queue is None or run is None:
+        return None
+    return max(0.0, jct - queue - run)
 
 
 def render_summary(console: Any, report: dict[str, Any]) -> None:
@@ -296,7 +294,7 @@ def render_summary(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"miso run {report['run_id']}", header_style="bold")
-    for col in ("job", "state", "slice", "queue", "run", "JCT", "retries", "attempts"):
+    for col in ("job", "state", "slice", "queue", "run", "paused", "JCT", "retries", "attempts"):
         table.add_column(col, justify="left" if col in ("job", "state", "slice") else "right")
     for job in report["jobs"]:
         where = "-"
@@ -308,6 +306,7 @@ def render_summary(console: Any, report: dict[str, Any]) -> None:
             where,
             fmt_duration(job.get("queue_s")),
             fmt_duration(job.get("run_s")),
+            fmt_duration(paused_s(job)),
             fmt_duration(job.get("completion_s")),
             str(job.get("retries", 0)),
             str(job.get("attempts", 0)),

@@ -24,7 +24,7 @@ from typing import Any
 from miso_cli import launch
 from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
-from miso_cli.errors import MisoError, UsageError
+from miso_cli.errors import BadInput, MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
 from miso_cli.mps_phase import PROFILE_LEVELS, ProfilePhase
@@ -38,6 +38,7 @@ from miso_cli.policy.core import (
 )
 from miso_cli.progress import Progress, ProgressTracker
 from miso_cli.queue import JobSpec
+from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
 
 DEFAULT_HANG_TIMEOUT_S = 600.0
 METRICS = ("reconfigurations", "migrations")  # counted as engine.rules defines them
@@ -218,12 +219,13 @@ class Executor:
                 gpu, sl, state = claims[name]
             prog = self.trackers[name].progress if name in self.trackers else None
             step_time = prog.step_time_s if prog else None
+            prediction = self.prediction(name)
             if step_time is not None and rec.gpu is not None and rec.gpu < len(self.gpus):
-                # Predictions are relative to the whole GPU; a rough 7g figure from the
-                # slice it ran on, scaled by compute slices, is better than none.
                 rs = slice_from_json(rec.slice)
-                g = rs.slices if rs else self.gpus[rec.gpu].model.compute_slices
-                step_time = step_time * g / self.gpus[rec.gpu].model.compute_slices
+                full = self.gpus[rec.gpu].model.compute_slices
+                step_time = rules.step_time_7g_s(
+                    step_time, rs.slices if rs else full, full, prediction
+                )
             known = self.profiles.get(name)
             if step_time is None and known is not None:
                 step_time = known.get("step_time_7g_s")
@@ -240,7 +242,7 @@ class Executor:
                 restart_cost_s=spec.grace_s,
                 gpu=gpu,
                 slice=sl,
-                prediction=self.prediction(name),
+                prediction=prediction,
                 profiled=known is not None,
                 workload=spec.workload,
                 seq=self.seq[name],
@@ -265,6 +267,48 @@ class Executor:
                 )
             )
         return ClusterView(now=now, gpus=gpus, jobs=jobs)
+
+    def snapshot(self) -> RunSnapshot:
+        """What the live view shows of this run (it reads nothing else of the executor)."""
+        gpus, profiling = [], set()
+        for g in self.gpus:
+            doing = ""
+            if g.pending is not None:
+                doing = f"changing to {g.pending.target.mode} (jobs checkpointing)"
+            elif g.phase is not None:
+                profiling.update(g.phase.jobs)
+                doing = (
+                    f"profiling at {g.phase.level}% (level {g.phase.k + 1}/{len(g.phase.levels)})"
+                )
+            layout = g.layout.name if g.mode == "mig" else "whole GPU"
+            gpus.append(GpuRow(g.index, g.name, g.mode, layout, doing))
+        jobs = []
+        for name in self.order:
+            rec = self.journal.jobs[name]
+            where = "-"
+            if rec.gpu is not None:
+                where = f"{rec.gpu}:{(rec.slice or {}).get('profile') or 'whole'}"
+            state = rec.state
+            if name in self.not_arrived:
+                state = "not yet"
+            if name in profiling and rec.state in ("running", "starting", "stopping", "waiting"):
+                state = "profiling"
+                where = f"{rec.gpu if rec.gpu is not None else '-'}:mps"
+            usage = self.usage.get(name, {}) if rec.state == "running" else {}
+            jobs.append(
+                JobRow(
+                    name,
+                    state,
+                    where,
+                    journal_state=rec.state,
+                    progress=dict(rec.progress or {}),
+                    cpu_percent=usage.get("cpu_percent"),
+                    rss_mb=usage.get("rss_mb"),
+                )
+            )
+        return RunSnapshot(  # issue-15b: + step_time_scale, the event lines' time
+            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs, self.scale
+        )
 
     # ------------------------------------------------------------ profiles and predictions
 
@@ -1420,7 +1464,8 @@ def run_report(journal: Journal) -> dict[str, Any]:
                 "completion_s": (rec.ended_at - rec.queued_at)
                 if rec.ended_at and rec.state == "finished"
                 else None,
-                "retries": rec.failures,
+                "retries": min(rec.failures, job.retries),  # issue-15b: made, not failures
+                "failures": rec.failures,
                 "attempts": rec.attempt,
                 "gpu": last.gpu if last else None,
                 "slice": last.slice if last else None,
@@ -1531,7 +1576,9 @@ def _check_fits(queue: Any, drv: Any, policy: Policy) -> None:
             try:
                 layout = policy.layout_for(view)
             except LayoutError as exc:
-                raise UsageError(f"--layout: {exc}") from None
+                raise BadInput(  # issue-15b: as miso apply says it (exit 3)
+                    f"--layout: {exc}", hint="see 'miso layouts' for what fits"
+                ) from None
             if layout is None:
                 continue
             for sl in layout.slices:
@@ -1550,8 +1597,17 @@ def _load_predict(policy: Policy, drv: Any, model_path: str | Path | None, state
         return None
     from miso_cli.simulator import make_predict
 
-    predict, _ = make_predict(Path(model_path) if model_path else None, drv.gpu_model(0), state_dir)
+    path = Path(model_path) if model_path else None
+    predict, meta = make_predict(path, drv.gpu_model(0), state_dir)
+    predict.metadata = meta  # type: ignore[attr-defined]  # issue-15b: which model, said below
     return predict
+
+
+def _warm_up(policy: Policy) -> None:
+    """What a policy needs loaded (the solver's import takes seconds), before jobs start."""
+    warm_up = getattr(policy, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
 
 
 def run_queue(
@@ -1595,6 +1651,7 @@ def run_queue(
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
+            _warm_up(policy)
         else:
             if req.queue_path is None:
                 raise UsageError("a queue file is needed", hint="miso run QUEUE.toml")
@@ -1627,6 +1684,7 @@ def run_queue(
             # The predictor is loaded now, not when the first profile comes in: a model
             # that cannot be used must stop the run before a journal or a job exists.
             predict = _load_predict(policy, drv, model_path, state_dir)
+            _warm_up(policy)  # before the run's clock starts: it counts in every job's JCT
             journal = Journal.create(
                 state_dir,
                 queue,
@@ -1658,9 +1716,6 @@ def run_queue(
         drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
             "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
         )  # issue-11: every retry of a transient NVML error is journaled
-        warm_up = getattr(policy, "warm_up", None)
-        if warm_up is not None:
-            warm_up()  # the solver's import, before any job starts
         if on_executor is not None:
             on_executor(ex)
 
@@ -1675,6 +1730,10 @@ def run_queue(
                 ex.resume_run()
             else:
                 ex.start_run()
+            if predict is not None:  # issue-15b: every command that predicts says with what
+                from miso_cli.predict import predictor_line
+
+                ex.emit("note", message=predictor_line(getattr(predict, "metadata", None)))
             status = ex.loop(lambda: ex.interrupts > 0)
         except BaseException:
             # Whatever went wrong, leave no job behind unsupervised and say so.

@@ -170,6 +170,8 @@ class Journal:
             raise UsageError(f"--resume: {path} not found") from None
         except (OSError, ValueError) as exc:
             raise BadInput(f"{path}: unreadable journal: {exc}") from None
+        except RecursionError:  # issue-11: nested too deeply to be a journal
+            raise BadInput(f"{path}: unreadable journal: nested too deeply") from None
         if not isinstance(data, dict):
             raise BadInput(f"{path}: not a miso journal (expected an object)")
         if data.get("version") != JOURNAL_VERSION:

@@ -244,6 +244,11 @@ def held_lock(drv: Any, index: int) -> GpuLock | None:
     return _HELD.get((id(unwrap(drv)), index))
 
 
+def holds_any() -> bool:
+    """Whether this process holds the lock of some GPU."""
+    return bool(_HELD)
+
+
 def _stderr_note(msg: str) -> None:
     print(f"miso: {msg}", file=sys.stderr, flush=True)
 

@@ -229,6 +229,17 @@ def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: flo
     return out
 
 
+# Above this many jobs, how many are placed is settled first (see plan()).
+_COUNT_FIRST = 150
+
+
+def _class_counts(layout: Layout) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for s in layout.slices:
+        out[s.slices] = out.get(s.slices, 0) + 1
+    return out
+
+
 def _sizes(layout: Layout) -> tuple[int, ...]:
     return tuple(sorted((s.slices for s in layout.slices), reverse=True))
 
@@ -337,11 +348,12 @@ class _Hall:
         for grp in groups:
             need = keep.get(grp.gpus[0].index, set()) if len(grp.gpus) == 1 else set()
             vectors: set[tuple[int, ...]] = set()
+            key = grp.model.key
             for lay in grp.layouts:
                 if need and not need <= set(lay.slices):
                     continue
-                nodes = [(grp.model.key, s.slices) for s in lay.slices]
-                vectors.add(tuple(sum(1 for n in nodes if n in u) for u in dims))
+                counts = _class_counts(lay)
+                vectors.add(tuple(sum(k for c, k in counts.items() if (key, c) in u) for u in dims))
             if not vectors:
                 self.ok = False
             cols = []
@@ -680,8 +692,9 @@ def plan(
                 lo_x[i] = 1.0
             determined = True
             chain = shortest < longest
-    else:
-        # Backfilling: how many jobs the best plans place, the same way.
+    elif len(jobs) > _COUNT_FIRST:
+        # Backfilling: how many jobs the best plans place, the same way (for small
+        # programmes one solve with a placement reward is cheaper than two).
         most = _most_placed(groups, jobs, options, musts)
         if most is not None:
             count = most
@@ -753,7 +766,7 @@ def plan(
                 if grp.model.key != key:
                     continue
                 for col, lay in zip(z[gi], grp.layouts, strict=True):
-                    k = sum(1 for s in lay.slices if s.slices == c)
+                    k = _class_counts(lay).get(c, 0)
                     if k:
                         cols.append(col)
                         coefs.append(-float(k))

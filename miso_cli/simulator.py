@@ -163,14 +163,17 @@ def restart_cost_for(workload: Workload, costs: str | float | Mapping[str, float
 
 
 def mps_step_time_ms(
-    workload: Workload, pct: float, co_runners: list[tuple[Workload, float]]
+    workload: Workload,
+    pct: float,
+    co_runners: list[tuple[Workload, float]],
+    model: str = "optimistic",  # issue-12: simmps.MPS_MODELS
 ) -> float:
     """A job's step time under MPS at ``pct`` with co-runners, from the simulated GPU's model."""
     try:
         from miso_cli.gpu import simmps
     except ImportError:  # the solo curve when the interference model is not installed
         return workload.mps_step_time_ms(pct)
-    return simmps.step_time_ms(workload, pct, co_runners)
+    return simmps.step_time_ms(workload, pct, co_runners, model)
 
 
 def memory_need_mb(workload: Workload, model: GpuModel) -> float:
@@ -195,6 +198,7 @@ class SimConfig:
     profile_noise: float = 0.02  # relative std. dev. of measured MPS step times
     seed: int = 0
     max_events: int = 200_000
+    mps_model: str = "optimistic"  # issue-12: gpu/simmps.py MPS_MODELS
 
 
 @dataclass
@@ -435,7 +439,7 @@ class Simulator:
             for o in g.jobs
             if o != j.trace.name and self.jobs[o].state in ("running", "profiling")
         ]
-        return mps_step_time_ms(j.workload, pct, co)
+        return mps_step_time_ms(j.workload, pct, co, self.config.mps_model)
 
     def _profile_level(self, g: _Gpu) -> int | None:
         if g.profile_start is None or g.profile_end is None or self.now < g.profile_start:
@@ -632,7 +636,7 @@ class Simulator:
             prof = {}
             for level in PROFILE_LEVELS:
                 co = [(w, float(level)) for o, w in zip(names, mix, strict=True) if o != n]
-                t = mps_step_time_ms(j.workload, level, co)
+                t = mps_step_time_ms(j.workload, level, co, self.config.mps_model)
                 noise = self.rng.gauss(1.0, self.config.profile_noise)
                 prof[level] = t * max(noise, 0.5)
             measured[n] = prof

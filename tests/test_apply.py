@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -33,11 +32,15 @@ def _ids(drv: Driver) -> dict:
 
 
 def test_every_pair_of_a100_layouts() -> None:
-    for a in LAYOUTS:
+    # A deterministic sample of the 19 x 19 pairs (benchmarks/gpu_apply.py runs them all):
+    # each layout to itself, and to the layouts 1 and 4 places on either side in the
+    # enumeration, so each sampled unordered pair is checked in both directions.
+    n = len(LAYOUTS)
+    for i, a in enumerate(LAYOUTS):
         drv, _sim = _driver()
         apply_layout(drv, 0, a)
         assert drv.current_layout(0) == a
-        for b in LAYOUTS:
+        for b in (LAYOUTS[(i + d) % n] for d in (0, 1, 4, n - 4, n - 1)):
             before = _ids(drv)
             rep = apply_layout(drv, 0, b)
             assert drv.current_layout(0) == b
@@ -90,7 +93,8 @@ def test_fault_at_every_call_leaves_old_or_new(old: str, new: str) -> None:
     outcomes = {"new": 0, "rolled_back": 0, "failed_before_change": 0}
     for k, fn in enumerate(trace):
         nth = base.get(fn, 0) + trace[: k + 1].count(fn)
-        for error in ("UNKNOWN", "INSUFFICIENT_RESOURCES"):
+        # every call fails once, the two kinds of error alternating from call to call
+        for error in (("UNKNOWN", "INSUFFICIENT_RESOURCES")[k % 2],):
             drv, sim = _driver()
             apply_layout(drv, 0, a)
             assert dict(sim.calls) == base
@@ -209,12 +213,14 @@ def test_load_plan_shapes(tmp_path) -> None:
 
 
 def test_pairs_are_fast_enough() -> None:
-    drv, _ = _driver()
-    t = time.perf_counter()
+    drv, sim = _driver()
+    sim.calls.clear()
     for lay in LAYOUTS:
         apply_layout(drv, 0, lay)
     assert drv.current_layout(0) == LAYOUTS[-1]
-    assert time.perf_counter() - t < 30  # a gross regression guard, not a benchmark
+    # A gross regression guard that counts work instead of timing it (timing fails on a
+    # loaded host): about 300 NVML calls per apply today, at most 600 allowed.
+    assert sum(sim.calls.values()) <= 600 * len(LAYOUTS)
 
 
 # ------------------------------------------------------------ apply as a transaction

@@ -195,7 +195,7 @@ _CELL = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     header=st.sampled_from([TRACE_HEAD, "job,arrival_s,workload\n", ""]),
     rows=st.lists(st.lists(_CELL, min_size=0, max_size=5), max_size=4),
@@ -434,7 +434,7 @@ _PLAN = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=_PLAN, dry_run=st.booleans())
 def test_any_plan_is_applied_whole_or_refused_with_the_gpus_untouched(
     tmp_path_factory, doc, dry_run

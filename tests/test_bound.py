@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.planning.bound import BoundJob, job_speeds, lower_bound, trace_bound
+from miso_cli.planning.bound import BoundJob, job_modes, lower_bound, trace_bound
+
 
 @functools.cache
 def _configs(alive: int) -> list[tuple[int, ...]]:
@@ -89,13 +90,7 @@ def test_bound_is_below_the_exact_optimum_on_one_gpu(seed: int) -> None:
     exact = _optimum(jobs) / len(jobs)
     bound = lower_bound(
         [
-            BoundJob(
-                f"j{k}",
-                float(r),
-                float(w),
-                float(max(s.values())),
-                float(max(7 * v / c for c, v in s.items())),
-            )
+            BoundJob(f"j{k}", float(r), float(w), tuple((c / 7, float(v)) for c, v in s.items()))
             for k, (r, w, s) in enumerate(jobs)
         ],
         1,
@@ -108,7 +103,7 @@ def test_bound_is_below_the_exact_optimum_on_one_gpu(seed: int) -> None:
 
 def test_capacity_binds_when_jobs_pile_up() -> None:
     """Ten compute-bound jobs arriving at once on one GPU: the bound sees the queue."""
-    jobs = [BoundJob(f"j{k}", 0.0, 100.0, 1.0, 1.0) for k in range(10)]
+    jobs = [BoundJob(f"j{k}", 0.0, 100.0, ((1.0, 1.0),)) for k in range(10)]
     bound = lower_bound(jobs, 1, intervals=200)
     # Serial on one GPU: completions 100, 200, ..., 1000 (mean 550) is optimal here.
     assert bound.trivial_mean_jct_s == pytest.approx(100.0)
@@ -117,19 +112,24 @@ def test_capacity_binds_when_jobs_pile_up() -> None:
     assert lower_bound(jobs, 2, intervals=200).mean_jct_s < bound.mean_jct_s
 
 
-def test_oversubscription_only_loosens_the_bound() -> None:
-    from miso_cli.catalog import load_catalog
+def test_modes_of_a_catalog_workload() -> None:
+    from miso_cli.catalog import Workload
+    from miso_cli.gpu import simmps
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "a100-40gb" / "catalog.csv"
-    if not data.exists():
-        pytest.skip("shared A100 catalog not present")
-    cat = load_catalog(data)
-    for w in list(cat.workloads.values())[:10]:
-        if w.step_time_ms(7) is None:
-            continue
-        best, eff = job_speeds(w)
-        best2, eff2 = job_speeds(w, oversubscribed=True)
-        assert best2 == best and eff2 >= eff >= 1.0 - 1e-9
+    w = Workload("bert_2", {7: 47.2, 4: 68.6, 3: 75.3, 2: 121.3, 1: None}, {100: 47.2, 14: 119.4})
+    mig = job_modes(w, mps_model="pessimistic")
+    assert (1.0, 1.0) in mig and len(mig) == 5  # 4 instances that fit + a lone whole GPU
+    optimistic = job_modes(w)
+    assert (0.14, 47.2 / 119.4) in optimistic
+    over = job_modes(w, oversubscribed=True)
+    assert set(optimistic) < set(over)
+    # Pessimistic MPS mixes stay on or under the MIG trade-off the bound uses.
+    hull = simmps.mig_envelope(w)
+    for n in range(2, 8):
+        step = simmps.colocated_step_times_ms([w] * n, 14, "pessimistic")[0]
+        speed = 47.2 / step
+        assert simmps.mig_capacity(w, speed) <= 1.0 / n + 1e-9
+    assert hull[0] == (0.0, 0.0) and hull[-1] == (1.0, 1.0)
 
 
 def test_bound_is_below_every_policy_on_a_small_trace() -> None:
@@ -151,10 +151,11 @@ def test_bound_is_below_every_policy_on_a_small_trace() -> None:
         trace.append(TraceJob(f"t{k}", round(t, 1), rng.choice(names), rng.randint(120, 900)))
     a100 = gpu_model("a100-40gb")
     predict, _ = make_predict(None, a100, None)
-    bound = trace_bound(trace, cat, 2, oversubscribed=True)
-    plain = trace_bound(trace, cat, 2)
+    bound = trace_bound(trace, cat, 2, oversubscribed=True, intervals=60)
+    plain = trace_bound(trace, cat, 2, intervals=60)
+    pessimistic = trace_bound(trace, cat, 2, mps_model="pessimistic", intervals=60)
     assert bound.mean_jct_s <= plain.mean_jct_s + 1e-6
-    for name in ("nopart", "static", "mps", "oracle", "miso", "miso+"):
+    for name in ("nopart", "static", "oracle", "miso", "miso+", "mps"):
         got = simulate(
             trace, cat, [a100] * 2, registry.get(name), predict=predict, config=SimConfig()
         )
@@ -162,3 +163,49 @@ def test_bound_is_below_every_policy_on_a_small_trace() -> None:
         assert bound.mean_jct_s <= mean + 1e-6, name
         if name in ("nopart", "static", "mps", "oracle"):  # never oversubscribe MPS
             assert plain.mean_jct_s <= mean + 1e-6, name
+        if name in ("nopart", "static", "oracle"):  # no MPS: the same under either model
+            assert pessimistic.mean_jct_s <= mean + 1e-6, name
+        if name != "mps":
+            continue  # the others run no MPS outside profiling: the checks above cover them
+        got = simulate(
+            trace,
+            cat,
+            [a100] * 2,
+            registry.get(name),
+            predict=predict,
+            config=SimConfig(mps_model="pessimistic"),
+        )
+        assert pessimistic.mean_jct_s <= got.summary()["mean_jct_s"] + 1e-6, name
+
+
+def test_simulate_bound_and_mps_model_options(cli, tmp_path: Path) -> None:
+    from conftest import parse_envelope
+
+    cat = tmp_path / "catalog.csv"
+    cat.write_text(
+        "workload,mig_7g,mig_4g,mig_3g,mig_2g,mig_1g,mps_100,mps_50,mps_14\n"
+        "small_1,10,11,12,13,14,10,10.5,14\n"
+    )
+    trace = tmp_path / "trace.csv"
+    trace.write_text("job,arrival_s,workload,duration_7g_s\na,0,small_1,100\nb,0,small_1,100\n")
+    base = ["simulate", "--trace", str(trace), "--catalog", str(cat), "--gpu", "sim:a100-40gbx1"]
+    code, out, _ = cli(
+        *base,
+        "--policy",
+        "nopart,mps",
+        "--bound",
+        "--mps-model",
+        "pessimistic",
+        "--json",
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
+    assert code == 0
+    data = parse_envelope(out)["data"]
+    assert data["mps_model"] == "pessimistic"
+    low = data["bound"]["mean_jct_s"]
+    assert 100.0 <= low
+    for r in data["results"]:
+        assert r["mean_jct_vs_bound"] >= 1.0 - 1e-9
+    code, _, err = cli(*base, "--mps-model", "rosy", "--state-dir", str(tmp_path / "s"))
+    assert code != 0 and "--mps-model" in err

@@ -263,3 +263,11 @@ def test_utilisation_counts_a_shared_gpu_once() -> None:
         (1, None, 30.0, 30.0),  # an empty span counts nothing
     ]
     assert busy_slice_seconds(spans, {0: 7, 1: 7}) == 3 * 10 + 2 * 5 + 7 * 20
+
+
+def test_one_whole_gpu_step_time_from_a_step_time_on_an_instance() -> None:
+    from miso_cli.engine.rules import step_time_7g_s
+
+    assert step_time_7g_s(2.0, 7, 7, PRED) == 2.0
+    assert step_time_7g_s(1.45, 3, 7, PRED) == pytest.approx(1.0)  # by the prediction
+    assert step_time_7g_s(7.0, 1, 7, None) == pytest.approx(1.0)  # by compute slices

@@ -274,12 +274,17 @@ def test_resume_after_kill_9(tmp_path: Path, state_dir: Path) -> None:
         "8",
     )
     wait_for(lambda: sum(e["event"] == "started" for e in events(state_dir)) >= 3)
-    time.sleep(0.5)
+    wait_for(lambda: any(e["event"] == "progress" for e in events(state_dir)), timeout=60)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.communicate(timeout=10)
     r = miso(state_dir, str(q), "--gpu", "sim:a100-40gb")  # a new run is refused
     assert r.returncode == 2 and "--resume" in r.stderr
-    time.sleep(1.0)  # jobs keep running (and some end) while miso is down
+
+    def one_ended() -> bool:
+        logs = state_dir.glob("runs/*/logs/*.log")
+        return any("sim_train: done" in p.read_text(errors="replace") for p in logs)
+
+    wait_for(one_ended, timeout=60)  # jobs keep running (and some end) while miso is down
     r = miso(state_dir, "--resume", "--json", timeout=120)
     assert r.returncode == 0, r.stderr
     env = envelope(r.stdout)

@@ -196,14 +196,18 @@ def test_tree_watcher_sees_children(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import subprocess, sys, time; "
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(5)']); "
-            "time.sleep(5)",
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "time.sleep(60)",
         ],
         start_new_session=True,
     )
     try:
-        time.sleep(0.5)
+        # wait (bounded) for the child to be started, instead of sleeping a guess
+        deadline = time.monotonic() + 30
         usage = launch.TreeWatcher().sample({"job": proc.pid})
+        while usage["job"]["processes"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            usage = launch.TreeWatcher().sample({"job": proc.pid})
         assert usage["job"]["processes"] == 2 and usage["job"]["rss_mb"] > 1
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -118,7 +118,8 @@ def test_apply_refuses_while_another_command_holds_the_gpu(cli, state_dir) -> No
     drv = open_driver("sim:a100-40gb", state_dir)
     lk = gpu_lock(drv, 0, "run").acquire()
     try:
-        code, _, err = cli("apply", "--gpu", "sim:a100-40gb", "--wait", "0", "7g.40gb")
+        # --force terminates processes on the instances; it never overrides a run's lock
+        code, _, err = cli("apply", "--gpu", "sim:a100-40gb", "--wait", "0", "--force", "7g.40gb")
         assert code == 8, err
         assert "miso run" in err and f"pid {os.getpid()}" in err and "Traceback" not in err
     finally:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -138,10 +137,10 @@ def test_a_daemon_that_fails_to_start_is_an_error_naming_why(on_path, state_dir)
 
 def test_a_daemon_that_never_comes_up_times_out(on_path, state_dir) -> None:
     on_path("exit 0\n")  # '-d' returns but no daemon appears
-    t0 = time.monotonic()
-    with pytest.raises(mps.MpsError, match="did not come up"):
+    # It gives up on its own timeout (the message says which), not on a wall-clock bound
+    # of this test's, which a loaded host could break.
+    with pytest.raises(mps.MpsError, match=r"did not come up within 0\.5 s"):
         _daemon(state_dir, timeout_s=0.5).start()
-    assert time.monotonic() - t0 < 5
 
 
 def test_a_daemon_that_ignores_quit_is_killed(on_path, state_dir) -> None:
@@ -265,3 +264,22 @@ def test_simulated_daemon_records_itself_and_its_clients(state_dir: Path) -> Non
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_daemon_a_killed_miso_left_is_stopped_by_the_gpu_lock_holder(
+    on_path, state_dir, monkeypatch
+) -> None:
+    from miso_cli import locks
+
+    on_path()
+    left = _daemon(state_dir).start()  # its miso is killed: nobody will stop it
+    pid = left.pid
+    try:
+        monkeypatch.setitem(locks._HELD, (0, 0), None)  # this process holds the GPU
+        with _daemon(state_dir) as d:
+            assert d.pid != pid and d.alive()
+            assert any(f"pid {pid}" in n and "killed" in n for n in d.notes)
+        assert not mps._alive(pid)
+    finally:
+        if pid and mps._alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -76,6 +76,21 @@ def jobs_of(cli) -> dict[str, dict[str, Any]]:
     return {j["name"]: j for j in runs[0]["jobs"]} if runs else {}
 
 
+def reap_jobs(state_dir: Path) -> None:
+    """After a failed test: no job of its runs may outlive it (each leads its process group)."""
+    for journal in (state_dir / "runs").glob("*/journal.json"):
+        try:
+            jobs = json.loads(journal.read_text())["jobs"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for rec in jobs.values():
+            if rec.get("pid"):
+                try:
+                    os.killpg(int(rec["pid"]), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+
+
 def finish(proc: subprocess.Popen[str]) -> str:
     try:
         _, err = proc.communicate(timeout=BOUND_S)
@@ -114,6 +129,10 @@ def test_submit_watch_cancel_logs_and_timeline(cli, tmp_path: Path, state_dir: P
             proc,
         )
         assert rows["extra2"]["state"] == "waiting"
+        code, out, err = cli("status", "--watch", "--count", "1", "--json")  # the live view
+        assert code == 0, err
+        watched = json.loads(out.splitlines()[0])["data"]["runs"][0]["jobs"]
+        assert {"extra1", "extra2"} <= {j["name"] for j in watched}
         code, _, err = cli("cancel", "extra2")  # a waiting job leaves the queue
         assert code == 0, err
         wait_for("extra2 cancelled", lambda: jobs_of(cli)["extra2"]["state"] == "cancelled", proc)
@@ -124,6 +143,7 @@ def test_submit_watch_cancel_logs_and_timeline(cli, tmp_path: Path, state_dir: P
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reap_jobs(state_dir)
     assert proc.returncode == 0, err
     final = jobs_of(cli)
     assert final["long"]["state"] == "cancelled" and final["extra2"]["state"] == "cancelled"
@@ -175,6 +195,7 @@ def test_a_submission_survives_kill_9_and_resume(cli, tmp_path: Path, state_dir:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reap_jobs(state_dir)
     assert proc.returncode == 0, err
     final = jobs_of(cli)
     assert final["later"]["state"] == "finished" and final["first"]["state"] == "cancelled"

@@ -356,3 +356,8 @@ def test_simulate_writes_its_timeline(cli, tmp_path: Path) -> None:
     html = page.read_text()
     assert html.count('<section class="policy">') == 2 and html.count("<svg") == 4
     assert "miso simulate: static" in html and "<script" not in html
+    nopart, static = html.split('<section class="policy">')[1:]
+    # every trace job is a bar: on a whole GPU under nopart, on an instance under static
+    assert nopart.count("attempt 1 on whole GPU") == 40
+    assert static.count("attempt 1 on ") >= 40 and "attempt 1 on 3g.20gb@" in static
+    assert "is the baseline" not in nopart and "time saved" not in nopart

@@ -133,9 +133,19 @@ def test_miso_plus_profiles_only_on_idle_gpus_and_keeps_running_jobs() -> None:
         total_steps=50,
         step_time_7g_s=1.0,
     )
+    # issue-12: profiling must pay. One newcomer and an idle GPU: it runs on the prior
+    # (a GPU to itself needs no speeds), and the target says why.
     targets = pol.decide(Event("arrival", "n"), _view([busy, idle], [a, _job("n", 1)]))
     by_gpu = {t.gpu: t for t in targets}
-    assert by_gpu[1].mode == "mps" and set(by_gpu[1].assignment) == {"n"}
+    assert "n" in {name for t in targets for name in t.assignment}
+    assert all(t.mode == "mig" for t in targets)
+    assert any("not profiled" in t.reason for t in targets)
+    # Two newcomers and one idle GPU: they must share, so they are profiled there.
+    targets = pol.decide(
+        Event("arrival", "m"), _view([busy, idle], [a, _job("n", 1), _job("m", 2)])
+    )
+    by_gpu = {t.gpu: t for t in targets}
+    assert by_gpu[1].mode == "mps" and set(by_gpu[1].assignment) == {"n", "m"}
     assert 0 not in by_gpu  # a keeps its instance: nothing to change on GPU 0
     # No idle GPU: the newcomer starts at once on the prior, without an MPS phase.
     busy1 = GpuView(1, A100, "mig", lay, {"x": four})

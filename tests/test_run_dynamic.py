@@ -82,13 +82,14 @@ def test_sim_train_under_mps_is_slowed_by_its_co_runners(state_dir: Path) -> Non
     w = CATALOG["toy-cnn_256"]
     model_solo = simmps.step_time_ms(w, 100) / 10_000
     model_pair = simmps.step_time_ms(w, 100, [(w, 100.0)]) / 10_000
-    # Paced by sleeping, a job is never faster than the model; on a loaded machine it may
-    # be slower, so only lower bounds on wall time are asserted, and the slow-down.
-    assert solo_s >= model_solo * 0.9
+    # Wall time of paced jobs: sim_train paces by deadlines and never bursts to catch up,
+    # so a loaded host can only slow a job. Bounds hold under load: tight below, loose above.
+    assert 0.8 * model_solo <= solo_s <= 5 * model_solo
     for per_step in both:
-        # 1 + 0.39 x (200 - 100) / 100: co-located at 100 % each, 39 % slower than alone
-        assert per_step >= model_pair * 0.9
-        assert per_step > solo_s * 1.15
+        # 1 + 0.39 x (200 - 100) / 100: co-located at 100 % each, 39 % slower than alone;
+        # 0.85 x 1.39 > 1.18: a pair paced at the solo rate fails this bound
+        assert 0.85 * model_pair <= per_step <= 5 * model_pair
+        assert model_pair > 1.3 * model_solo
 
 
 # ---------------------------------------------------------------- miso run, miso+ (the default)
@@ -120,14 +121,10 @@ def test_quickstart_default_policy_profiles_repartitions_and_observes(state_dir:
     assert env["data"]["policy"] == "miso+"
     jobs = env["data"]["jobs"]
     assert {j["state"] for j in jobs} == {"finished"}
-    # after the profiling phase the policy pins jobs to MIG instances (a job may still
-    # finish before it gets there: on a loaded machine its work can be done first)
-    decisions = _decisions(env)
-    reasons = [d["reason"] for d in decisions]
+    # every job ended pinned to a MIG instance, after the profiling phase
+    assert all(j["slice"] and "g." in j["slice"] for j in jobs), jobs
+    reasons = [d["reason"] for d in _decisions(env)]
     assert any("under MPS" in why for why in reasons), reasons
-    after = [d for d in decisions if d["mode"] == "mig" and d["event"]["kind"] == "profiled"]
-    assert after and after[0]["assignment"], decisions
-    assert all(after[0]["assignment"].values())
     evs = [json.loads(ln) for ln in r.stdout.splitlines()[:-1]]
     kinds = [e["event"] for e in evs]
     assert kinds.index("profiling") < kinds.index("profiled") < kinds.index("layout_changed")
@@ -141,14 +138,12 @@ def test_quickstart_default_policy_profiles_repartitions_and_observes(state_dir:
     # profiles went to the store; each job's run on its slice is an observation
     assert len(list((state_dir / "profiles").glob("*.json"))) == len(jobs)
     observed = [e for e in evs if e["event"] == "observed"]
-    on_slices = {j["name"] for j in jobs if j["slice"] and "g." in j["slice"]}
-    assert {e["job"] for e in observed} == on_slices
-    if on_slices:
-        lines = (state_dir / "observations" / "a100-40gb.jsonl").read_text().splitlines()
-        rec = json.loads(lines[0])
-        assert set(rec["mps"]) == {"100", "50", "14"} and rec["jobs_in_mix"] == len(jobs)
-        # a co-located profile gives no whole-GPU reference unless the job ran on 7g
-        assert rec["step_time_7g_s"] is None or rec["slices"] == 7
+    assert {e["job"] for e in observed} == {j["name"] for j in jobs}
+    lines = (state_dir / "observations" / "a100-40gb.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert set(rec["mps"]) == {"100", "50", "14"} and rec["jobs_in_mix"] == len(jobs)
+    # a co-located profile gives no whole-GPU reference unless the job ran on 7g
+    assert rec["step_time_7g_s"] is None or rec["slices"] == 7
     for j in jobs:
         log = log_of(state_dir, env, j["name"])
         assert log.count("sim_train: done") == 1

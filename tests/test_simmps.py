@@ -79,3 +79,30 @@ def test_model_explains_the_measured_mixes(shared_data: Path) -> None:
     mae = {k: sum(v) / len(v) for k, v in errors.items()}
     assert mae["model"] < 0.26
     assert mae["model"] < 0.5 * mae["none"]
+
+
+def test_pessimistic_model_shares_no_more_than_mig_would() -> None:
+    """At caps summing to 100 % or less, co-runners slow a job down to MIG's trade-off."""
+    co = [(BIG, 14.0)] * 6
+    optimistic = simmps.step_time_ms(BIG, 14, co)
+    pessimistic = simmps.step_time_ms(BIG, 14, co, "pessimistic")
+    assert optimistic == pytest.approx(400.0)
+    assert pessimistic > optimistic
+    # Seven BIG jobs together make no more progress than the best MIG trade-off allows.
+    speed = 100.0 / pessimistic
+    assert 7 * simmps.mig_capacity(BIG, speed) <= 1.0 + 1e-9
+    # Alone, nothing changes; oversubscription still slows at least as much as before.
+    assert simmps.step_time_ms(BIG, 14, [], "pessimistic") == pytest.approx(400.0)
+    over = [(SMALL, 100.0)] * 6
+    assert simmps.step_time_ms(BIG, 100, over, "pessimistic") >= simmps.step_time_ms(
+        BIG, 100, over
+    )
+    with pytest.raises(ValueError, match="unknown MPS model"):
+        simmps.step_time_ms(BIG, 14, co, "rosy")
+
+
+def test_mig_envelope_is_concave_from_the_origin() -> None:
+    hull = simmps.mig_envelope(BIG)
+    assert hull == [(0.0, 0.0), (3 / 7, 0.5), (1.0, 1.0)]
+    assert simmps.mig_capacity(BIG, 0.25) == pytest.approx(3 / 14)
+    assert simmps.mig_capacity(BIG, 1.0) == pytest.approx(1.0)

@@ -16,6 +16,9 @@ from miso_cli.errors import UsageError
 ALL_POLICIES = ("nopart", "static", "mps", "miso", "oracle", "miso+")
 
 
+MAX_TRACE_JOBS = 1000  # issue-11: see --max-jobs
+
+
 def _gpus(spec: str) -> list[Any]:
     from miso_cli.gpu.profiles import model
     from miso_cli.gpu.simnvml import SimSpecError, parse_spec
@@ -154,6 +157,31 @@ def command(
             "reconfigurations, profiling) as one self-contained HTML page.",
         ),
     ] = None,
+    max_jobs: Annotated[  # issue-11: bounded work for any trace
+        int,
+        typer.Option(
+            "--max-jobs",
+            min=1,
+            help="Refuse a trace of more jobs than this (the work grows faster than the "
+            "number of jobs waiting at once).",
+        ),
+    ] = MAX_TRACE_JOBS,
+    bound: Annotated[  # issue-12: the lower bound (miso_cli/planning/bound.py)
+        bool,
+        typer.Option(
+            "--bound",
+            help="Also compute a lower bound on mean JCT (a fluid LP relaxation) and each "
+            "policy's distance to it.",
+        ),
+    ] = False,
+    mps_model: Annotated[  # issue-12: miso_cli/gpu/simmps.py
+        str,
+        typer.Option(
+            "--mps-model",
+            help="MPS interference when shares sum to 100% or less: optimistic (none) or "
+            "pessimistic (no better than MIG); see miso_cli/gpu/simmps.py.",
+        ),
+    ] = "optimistic",
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -177,6 +205,12 @@ def command(
         policies = [_policy(n, layout, profile_s) for n in names]
         cat = load_catalog(catalog)
         jobs = load_trace(trace, cat)
+        if len(jobs) > max_jobs:  # issue-11: a clear limit, not a simulation of hours
+            raise UsageError(
+                f"{trace}: {len(jobs)} jobs; simulate takes at most {max_jobs}",
+                hint="pass --max-jobs N to allow more (a 500-job burst takes about half a "
+                "minute per policy), or split the trace",
+            )
         _check_layouts(names, policies, gpus, given=layout is not None, jobs=jobs, cat=cat)
         predict = None
         predictor_meta: dict[str, Any] | None = None
@@ -185,7 +219,10 @@ def command(
             from miso_cli.predict import predictor_line  # issue-15b: say which model predicts
 
             stderr_console().print(predictor_line(predictor_meta), markup=False, soft_wrap=True)
+        if mps_model not in ("optimistic", "pessimistic"):  # issue-12
+            raise UsageError(f"--mps-model: {mps_model!r} is not optimistic or pessimistic")
         config = SimConfig(
+            mps_model=mps_model,  # issue-12
             restart_costs=costs,
             reconfig_s=reconfig_s,
             profile_noise=noise,
@@ -208,6 +245,19 @@ def command(
                 if base and base[key] and r[key] is not None:
                     ratio = r[key] / base[key]
                 r[key.replace("_s", "") + "_vs_nopart"] = ratio
+        # issue-12: the lower bound on mean JCT and each policy's ratio to it.
+        lower = None
+        if bound:
+            from miso_cli.planning.bound import trace_bound
+
+            progress.print("computing the lower bound ...", style="dim", markup=False)
+            lower = trace_bound(
+                jobs, cat, len(gpus), oversubscribed=True, mps_model=mps_model
+            ).to_json()
+            lower["mps_model"] = mps_model
+            for r in results:
+                ok = r["mean_jct_s"] is not None and lower["mean_jct_s"]
+                r["mean_jct_vs_bound"] = r["mean_jct_s"] / lower["mean_jct_s"] if ok else None
         data: dict[str, Any] = {
             "trace": str(trace),
             "catalog": str(catalog),
@@ -218,12 +268,15 @@ def command(
             "profile_s": profile_s,
             "predictor": predictor_meta,
             "results": results,
+            "mps_model": mps_model,  # issue-12
         }
         if timeline is not None:  # issue-15: the timeline page
             from miso_cli.operate.html import write_simulation
 
             data["timeline"] = write_simulation(timeline, sims, gpus, [j.name for j in jobs], data)
             progress.print(f"timeline: {timeline}", markup=False)
+        if lower is not None:  # issue-12
+            data["bound"] = lower
 
         def render(out: Console) -> None:
             table = Table(
@@ -258,6 +311,13 @@ def command(
             for row in rows:
                 table.add_row(*row)
             out.print(table)
+            if lower is not None:  # issue-12
+                out.print(
+                    f"lower bound on mean JCT: {_num(lower['mean_jct_s'])} s (no schedule does "
+                    "better; "
+                    + ", ".join(f"{r['policy']} {_ratio(r['mean_jct_vs_bound'])}" for r in results)
+                    + ")"
+                )
 
         return Result(data, render)
 

@@ -11,6 +11,8 @@ prints counts what ``miso run`` does:
 * under MPS a new share is a migration too: a CUDA context's active-thread
   percentage is fixed when it is created, so the job restarts to get it;
 * events of one instant are decided in :data:`EVENT_ORDER`;
+* a step time measured on an instance becomes a whole-GPU one by the job's
+  prediction (:func:`step_time_7g_s`);
 * slice utilisation counts a whole GPU, or one shared under MPS, once
   (:func:`busy_slice_seconds`);
 * a target is checked (:func:`check_target`) before anything is done for it;
@@ -28,7 +30,7 @@ from typing import Any
 
 from miso_cli.gpu.layouts import Layout, Slice, fits
 from miso_cli.gpu.profiles import GpuModel
-from miso_cli.policy.core import GpuTarget
+from miso_cli.policy.core import GpuTarget, SlicePrediction
 
 # What happened at one instant reaches the policy in this order: jobs that ended,
 # then profiling phases that ended (in GPU order), then arrivals (in queue
@@ -143,3 +145,20 @@ def busy_slice_seconds(
                 reach = end
         busy += gpu_slices.get(gpu, 7) * covered
     return busy
+
+
+def step_time_7g_s(
+    step_s: float, slices: int, full_slices: int, prediction: SlicePrediction | None
+) -> float:
+    """A job's seconds per step on a whole GPU, from its seconds per step on ``slices``.
+
+    With a prediction, by its relative step time there (as miso+ turns measured
+    progress into remaining time); without one, by compute slices, a rough figure
+    better than none.
+    """
+    if slices >= full_slices:
+        return step_s
+    rel = prediction.relative.get(slices) if prediction is not None else None
+    if rel:
+        return step_s / rel
+    return step_s * slices / full_slices

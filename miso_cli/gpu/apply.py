@@ -549,9 +549,14 @@ def recover_unfinished(drv: Driver, i: int, path: Path) -> str | None:
     command that started it never reported success), or, if that fails, forward to
     the new one. Raises Inconsistent, keeping the record, if neither can be reached.
     """
+    from miso_cli.errors import BadInput
+
     try:
         doc = read_intent(path)
-    except (OSError, ValueError, KeyError, TypeError):
+        if doc is not None:
+            check_fits(drv, i, doc["before"])  # layouts this GPU can hold, or not a record
+            check_fits(drv, i, doc["wanted"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, BadInput):
         clear_intent(path)
         return f"GPU {i}: removed an unreadable record of an interrupted apply ({path})"
     if doc is None:
@@ -650,6 +655,10 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadInput(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise BadInput(f"{p}: nested too deeply to be a plan") from None
+    except ValueError:  # an integer of thousands of digits (int_max_str_digits)
+        raise BadInput(f"{p}: a number in the plan has too many digits") from None
     if isinstance(doc, dict) and "schema_version" in doc and isinstance(doc.get("data"), dict):
         doc = doc["data"]
     if not isinstance(doc, dict) or not isinstance(doc.get("gpus"), list):
@@ -663,8 +672,8 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
         if not isinstance(g, dict):
             raise BadInput(f"{where}: expected an object with 'index' and 'layout'")
         idx = g.get("index")
-        if not isinstance(idx, int) or isinstance(idx, bool) or idx < 0:
-            raise BadInput(f"{where}.index: expected a GPU index (an integer >= 0)")
+        if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < 1 << 16:
+            raise BadInput(f"{where}.index: expected a GPU index (an integer from 0 to 65535)")
         if idx in seen:
             raise BadInput(f"{where}.index: GPU {idx} appears twice")
         seen.add(idx)

@@ -126,6 +126,12 @@ def _check_pipe_dir(dirs: MpsDirs) -> None:
         raise MpsError(f"cannot create MPS directory {dirs.pipe}: {exc.strerror}") from None
 
 
+def _holds_a_gpu_lock() -> bool:
+    from miso_cli.locks import holds_any
+
+    return holds_any()
+
+
 def _alive(pid: int) -> bool:
     return pid_running(pid)
 
@@ -284,11 +290,24 @@ class MpsDaemon:
             )
         _check_pipe_dir(self.dirs)
         state = inspect(self.dirs.pipe)
+        if state.running and _holds_a_gpu_lock():
+            # This process holds the GPU's lock, so no other miso drives this daemon: it is
+            # what a killed miso left behind (its pid checked to be this user's daemon).
+            leftover = MpsDaemon(self.dirs, self.device, self.control, self.extra_env)
+            leftover._started, leftover.pid = True, state.pid
+            leftover.stop(grace_s=min(self.timeout_s, 5.0))
+            self.notes.append(
+                f"stopped an MPS control daemon (pid {state.pid}) left on {self.dirs.pipe} "
+                "by a miso that was killed"
+            )
+            state = inspect(self.dirs.pipe)
         if state.running:
+            simulated = len(self.control) > 1 and self.control[0] == sys.executable
+            program = "python -m miso_cli.gpu.sim_mps_control" if simulated else CONTROL
             raise GpuBusy(
                 f"an MPS control daemon (pid {state.pid}) already runs on {self.dirs.pipe}",
                 hint="another miso is profiling this device, or one was killed; stop it with "
-                f"'echo quit | CUDA_MPS_PIPE_DIRECTORY={self.dirs.pipe} {CONTROL}'",
+                f"'echo quit | CUDA_MPS_PIPE_DIRECTORY={self.dirs.pipe} {program}'",
             )
         if state.stale:
             who = f" of pid {state.stale_pid}" if state.stale_pid else ""

@@ -440,6 +440,8 @@ def sim_report(
             "profiling_s": r.get("profiling_s"),
         }
         saved = compare(figures, base, gpus=n, price=price) if base else None
+        if r.get("policy") == "nopart":
+            saved = None  # the baseline itself
         rows.append(
             {
                 "policy": r.get("policy"),

@@ -254,6 +254,8 @@ def write_simulation(
         finish = {j.name: j.finish_s for j in res.jobs}
         tl = from_sim(name, list(getattr(res, "targets", []) or []), finish, models, jobs=jobs)
         row = rows.get(name)
+        if row is not None and row["summary"].get("profiling_s") is None:
+            row["summary"]["profiling_s"] = sum(p.end_s - p.start_s for p in tl.phases)
         if row is not None:
             baseline = {"estimated": False}
             if base is not None:

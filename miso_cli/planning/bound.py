@@ -8,15 +8,13 @@ The relaxation (a time-indexed fluid linear programme) keeps only what no
 schedule can escape and drops everything that only makes schedules worse:
 
 * a job cannot start before it arrives (``release_s``);
-* it needs ``work_s`` seconds of whole-GPU (7g) progress and never progresses
-  faster than ``max_speed`` (its best speed alone on any instance or MPS share,
-  relative to a whole GPU);
-* a GPU's capacity: a job running at speed ``x`` on a ``c``-slice instance
-  occupies ``c/7`` of a GPU, so it occupies at least ``x / efficiency`` of one,
-  where ``efficiency`` is the job's best speed *per whole GPU* over every MIG
-  size (``7 s(c) / c``) and every MPS share (``100 s(p) / p``). Whatever a
-  GPU runs at one instant, the jobs on it use at most one GPU between them, so
-  across the cluster ``sum_j x_j / efficiency_j <= GPUs`` at every instant.
+* it needs ``work_s`` seconds of whole-GPU (7g) progress;
+* at any instant it runs in one *mode* (or not at all): an instance of ``c`` of
+  7 compute slices (``c/7`` of a GPU, at its speed there) or an MPS share
+  (``p/100`` of a GPU, at its speed there); over a time step it may share time
+  between modes, so its (GPU used, progress) lies under the hull of its modes;
+* the jobs running at one instant use at most one GPU per GPU between them, so
+  across the cluster the summed fractions are at most the number of GPUs.
 
 Dropped (each only lengthens real schedules): restarts, reconfiguration and
 profiling time, GPU boundaries (work may split across GPUs), the layouts'
@@ -24,21 +22,24 @@ placement rules, and preemption costs. Completion times enter through two
 valid inequalities per job: ``C >= release + work / max_speed``, and, because
 its work runs no faster than ``max_speed`` and ends by ``C``, ``C >= M +
 work / (2 max_speed)`` where ``M`` is the mean time at which its work is done
-(counted at each interval's start, which only lowers it). Any real schedule
-gives a feasible point of the programme with at most its own completion times,
-so the optimum is a lower bound on the sum of completion times.
+(counted at each step's start, which only lowers it). Any real schedule gives a
+feasible point of the programme with at most its own completion times, so the
+optimum is a lower bound on the sum of completion times.
 
-Scope: MPS co-location whose shares sum to at most 100 % never beats one GPU's
-capacity under any interference model that only slows jobs down. Shares
+Scope, and the MPS model (:mod:`miso_cli.gpu.simmps`). Under the ``optimistic``
+model, MPS shares summing to at most 100 % do not interfere, so a job's MPS
+progress per share (``100 s(p) / p``) counts among its efficiencies, and that can
+exceed anything MIG offers. Under the ``pessimistic`` model co-located jobs never
+get more than their best MIG efficiencies allow (their demands sum to at most
+the slowdown), so only MIG efficiencies (and a lone job's best speed) count: a
+tighter bound, valid for schedules under that model. Under ``optimistic``, shares
 summing to more than 100 % (the ``miso`` policies' 30 s profiling phases, at
-100 % and 50 % each) can, under the simulator's interference model
-(:mod:`miso_cli.gpu.simmps`), give a GPU more total progress than its jobs' solo
-speeds per share would; with ``oversubscribed=True`` every job's efficiency is
-raised by the largest such gain (``P / (100 S(P))`` over mixes of up to 7 jobs
-at 100 %), which keeps the bound valid for those schedules too, at the price of
-a weaker bound. The default covers every schedule that does not oversubscribe
-MPS, which the baselines never do and the ``miso`` policies do only while
-profiling.
+100 % and 50 % each) can give a GPU more total progress than its jobs' solo
+speeds per share would; with ``oversubscribed=True`` (what ``miso simulate
+--bound`` uses) each job also gets the corner mode that caps what such mixes of
+up to 7 jobs give (:func:`job_modes`), which keeps the bound valid for them, at
+the price of a weaker bound. Without it the bound covers every schedule that
+does not oversubscribe MPS, which the baselines never do.
 """
 
 from __future__ import annotations
@@ -46,20 +47,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 MAX_INTERVALS = 400  # time steps of the programme (fewer for many jobs)
-MAX_CELLS = 400_000  # jobs x time steps
+MAX_CELLS = 90_000  # jobs x time steps x modes (100 jobs: about 120 steps, ~10 s)
 
 
 @dataclass(frozen=True)
 class BoundJob:
-    """One job as the bound sees it. Speeds are relative to a whole GPU (7g = 1.0)."""
+    """One job as the bound sees it. Speeds are relative to a whole GPU (7g = 1.0).
+
+    ``modes`` are ``(fraction of a GPU, speed)`` points the job can run at (an
+    instance of ``c`` of 7 slices is ``c / 7``; an MPS share of ``p`` % is ``p / 100``);
+    time-sharing between them and idling reaches everything under their hull.
+    """
 
     name: str
     release_s: float
     work_s: float  # seconds on a whole GPU, alone
-    max_speed: float  # its fastest progress on any instance or share (>= 1 when 7g fits)
-    efficiency: float  # its most progress per whole GPU: max over 7 s(c)/c and 100 s(p)/p
+    modes: tuple[tuple[float, float], ...]
+
+    @property
+    def max_speed(self) -> float:
+        return max(x for _, x in self.modes)
 
 
 @dataclass(frozen=True)
@@ -96,87 +106,103 @@ def lower_bound(
     """The time-indexed fluid bound on mean JCT (see the module docstring).
 
     ``intervals`` sets the number of time steps (default: up to ``MAX_INTERVALS``,
-    fewer when jobs x steps would exceed ``MAX_CELLS``); more steps, tighter bound.
-    ``oversubscribed`` only records what the jobs' efficiencies cover.
+    fewer when jobs x steps x modes would exceed ``MAX_CELLS``); more steps, a
+    tighter bound. ``oversubscribed`` only records what the jobs' modes cover.
     """
     import numpy as np
     from scipy.optimize import linprog
     from scipy.sparse import coo_array
 
+    from miso_cli.gpu.simmps import concave_envelope
+
     if gpus < 1:
         raise ValueError("a bound needs at least one GPU")
     if not jobs:
         return Bound(0.0, 0, gpus, 0, 0.0, 0.0, oversubscribed)
+    hulls = []
     for j in jobs:
-        if not (j.work_s > 0 and j.max_speed > 0 and j.efficiency > 0 and j.release_s >= 0):
-            raise ValueError(f"job {j.name}: work, speed and efficiency must be positive")
+        if not (j.work_s > 0 and j.release_s >= 0 and j.modes):
+            raise ValueError(f"job {j.name}: work must be positive, release >= 0, modes given")
+        if any(u <= 0 or x <= 0 for u, x in j.modes):
+            raise ValueError(f"job {j.name}: every mode needs a positive share and speed")
+        hulls.append(concave_envelope([(0.0, 0.0), *j.modes])[1:])
     n = len(jobs)
-    trivial = sum(j.work_s / j.max_speed for j in jobs) / n
-    # A horizon past which some real schedule has surely finished is not needed for
-    # validity (the last step is open-ended); it only sets where the steps are fine.
-    release_max = max(j.release_s for j in jobs)
-    fluid = sum(j.work_s / j.efficiency for j in jobs) / gpus
-    longest = max(j.work_s / j.max_speed for j in jobs)
-    horizon = release_max + fluid + longest
-    steps = intervals or max(20, min(MAX_INTERVALS, MAX_CELLS // n))
-    step = horizon / steps
-    starts = np.arange(steps + 1) * step  # interval t = [starts[t], starts[t+1]); the last open
-
-    # Columns: y[j, t] for t from the job's release interval on, then C[j].
-    col_job: list[int] = []
-    col_t: list[int] = []
-    col_hi: list[float] = []
-    col_lo_time: list[float] = []
-    first_col: list[int] = []
-    for k, j in enumerate(jobs):
-        t0 = min(int(j.release_s // step), steps)
-        first_col.append(len(col_job))
-        for t in range(t0, steps + 1):
-            begin = max(float(starts[t]), j.release_s)
-            if t < steps:
-                length = float(starts[t + 1]) - begin
-                if length <= 0:
-                    continue
-                col_hi.append(j.max_speed * length)
-            else:
-                col_hi.append(math.inf)
-            col_job.append(k)
-            col_t.append(t)
-            col_lo_time.append(begin)
-    n_y = len(col_job)
-    jobs_ix = np.asarray(col_job)
-    t_ix = np.asarray(col_t)
-    work = np.array([j.work_s for j in jobs])
     speed = np.array([j.max_speed for j in jobs])
-    eff = np.array([j.efficiency for j in jobs])
+    work = np.array([j.work_s for j in jobs])
     release = np.array([j.release_s for j in jobs])
-    begin = np.asarray(col_lo_time)
-
+    trivial = float((work / speed).mean())
+    # Where the steps are fine; the last step is open-ended, so any horizon is valid.
+    best_eff = np.array([max(x / u for u, x in h) for h in hulls])
+    horizon = float(release.max() + (work / best_eff).sum() / gpus + (work / speed).max())
+    modes = sum(len(h) for h in hulls) / n
+    steps = intervals or int(max(20, min(MAX_INTERVALS, MAX_CELLS / (n * modes))))
+    step = horizon / steps
+    # Columns: time tau[j, t, m] spent in mode m during step t, then C[j].
+    c_job: list[int] = []
+    c_cell: list[int] = []  # (job, step) cell, for "one mode at a time"
+    c_t: list[int] = []
+    c_u: list[float] = []
+    c_x: list[float] = []
+    c_begin: list[float] = []
+    cell_len: list[float] = []
+    for k, j in enumerate(jobs):
+        for t in range(min(int(j.release_s // step), steps), steps + 1):
+            begin = max(t * step, j.release_s)
+            length = (t + 1) * step - begin if t < steps else math.inf
+            if length <= 0:
+                continue
+            cell = len(cell_len)
+            cell_len.append(length)
+            for u, x in hulls[k]:
+                c_job.append(k)
+                c_cell.append(cell)
+                c_t.append(t)
+                c_u.append(u)
+                c_x.append(x)
+                c_begin.append(begin)
+    n_tau = len(c_job)
+    job_ix = np.asarray(c_job)
+    cell_ix = np.asarray(c_cell)
+    t_ix = np.asarray(c_t)
+    u_v = np.asarray(c_u)
+    x_v = np.asarray(c_x)
+    begin_v = np.asarray(c_begin)
+    lens = np.asarray(cell_len)
+    cols = np.arange(n_tau)
     # Equalities: every job's work is done.
-    a_eq = coo_array(
-        (np.ones(n_y), (jobs_ix, np.arange(n_y))), shape=(n, n_y + n)
-    ).tocsr()
-    b_eq = work
-    # Inequalities: capacity per closed interval; mean-busy-time bound per job.
+    a_eq = coo_array((x_v, (job_ix, cols)), shape=(n, n_tau + n)).tocsr()
+    # Inequalities: GPUs per closed step; one mode at a time per closed cell; busy time.
     closed = t_ix < steps
-    rows = [t_ix[closed], steps + jobs_ix, steps + np.arange(n)]
-    cols = [np.arange(n_y)[closed], np.arange(n_y), n_y + np.arange(n)]
-    vals = [1.0 / eff[jobs_ix[closed]], begin / work[jobs_ix], -np.ones(n)]
+    finite = np.isfinite(lens)
+    cell_rows = np.cumsum(finite) - 1  # closed cells numbered 0..
+    n_cells = int(finite.sum())
+    rows = [
+        t_ix[closed],
+        steps + cell_rows[cell_ix[finite[cell_ix]]],
+        steps + n_cells + job_ix,
+        steps + n_cells + np.arange(n),
+    ]
+    cs = [cols[closed], cols[finite[cell_ix]], cols, n_tau + np.arange(n)]
+    vals = [
+        u_v[closed],
+        np.ones(int(finite[cell_ix].sum())),
+        begin_v * x_v / work[job_ix],
+        -np.ones(n),
+    ]
     a_ub = coo_array(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(steps + n, n_y + n),
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cs))),
+        shape=(steps + n_cells + n, n_tau + n),
     ).tocsr()
-    b_ub = np.concatenate([np.full(steps, gpus * step), -work / (2 * speed)])
-    lower = np.concatenate([np.zeros(n_y), release + work / speed])
-    upper = np.concatenate([np.asarray(col_hi), np.full(n, np.inf)])
-    cost = np.concatenate([np.zeros(n_y), np.ones(n)])
+    b_ub = np.concatenate([np.full(steps, gpus * step), lens[finite], -work / (2 * speed)])
+    lower = np.concatenate([np.zeros(n_tau), release + work / speed])
+    cost = np.concatenate([np.zeros(n_tau), np.ones(n)])
     res = linprog(
         cost,
         A_ub=a_ub,
         b_ub=b_ub,
         A_eq=a_eq,
-        b_eq=b_eq,
-        bounds=np.column_stack([lower, upper]),
+        b_eq=work,
+        bounds=np.column_stack([lower, np.full(n_tau + n, np.inf)]),
         method="highs",
     )
     if res.status != 0 or res.x is None:  # pragma: no cover - the programme is always feasible
@@ -188,73 +214,63 @@ def lower_bound(
 # ---------------------------------------------------------------- from a trace
 
 
-def job_speeds(workload: object, oversubscribed: bool = False) -> tuple[float, float]:
-    """``(max_speed, efficiency)`` of a catalog workload, relative to its 7g step time.
+def job_modes(
+    workload: Any, oversubscribed: bool = False, mps_model: str = "optimistic"
+) -> tuple[tuple[float, float], ...]:
+    """``(fraction of a GPU, speed)`` points a catalog workload can run at (7g speed = 1).
 
-    MIG sizes that do not fit are skipped; MPS shares count at their measured
-    levels (between levels throughput is linear in the share, so the best
-    progress per share is at a level; below the lowest it is constant). With
-    ``oversubscribed`` the MPS efficiency is raised by the largest gain the
-    simulator's interference model allows beyond 100 % of shares.
-    """
-    mig = {c: t for c, t in getattr(workload, "mig_ms").items() if t is not None}
-    step7 = mig.get(7)
-    if step7 is None:
-        step7 = min(mig.values()) if mig else None
-    if step7 is None:
-        raise ValueError(f"workload {getattr(workload, 'name', '?')} has no MIG step time")
-    speeds = {c: step7 / t for c, t in mig.items()}
-    best = max(speeds.values())
-    eff = max(7.0 * s / c for c, s in speeds.items())
-    mps_ms = dict(getattr(workload, "mps_ms"))
-    if mps_ms:
-        mps = {p: step7 / t for p, t in mps_ms.items() if t}
-        best = max(best, max(mps.values()))
-        mps_eff = max(100.0 * s / p for p, s in mps.items())
-        if oversubscribed:
-            mps_eff *= oversubscription_gain()
-        eff = max(eff, mps_eff)
-    return best, eff
-
-
-def oversubscription_gain(max_jobs: int = 7) -> float:
-    """Most total progress per share the interference model gives beyond 100 % of shares.
-
-    A job at share ``p`` in a mix whose shares total ``P > 100`` progresses at
-    ``solo(p) / S(P)`` while using ``p / P`` of the GPU, so its progress per GPU
-    is its solo progress per share times ``P / (100 S(P))``; the largest over
-    mixes of up to ``max_jobs`` jobs at 100 % each (at least 1).
+    Always its MIG instances that fit. Under the ``optimistic`` MPS model also
+    each measured share alone or beside co-runners within 100 % (``(p/100,
+    s(p))``; between levels throughput is linear in the share, so the levels'
+    hull covers every share); with ``oversubscribed`` also, per level, the
+    corner ``(p S(P)/P, s(p))`` that caps what a mix of shares ``P`` up to 7 x
+    100 % gives (progress per GPU at most ``s(p) P / (p S(P))``, speed at most
+    ``s(p)``). Under ``pessimistic`` co-located jobs never beat their MIG
+    trade-off (:func:`miso_cli.gpu.simmps.mig_capacity`), so MPS adds only a
+    lone job's best speed on a whole GPU.
     """
     from miso_cli.gpu import simmps
 
-    gain = 1.0
-    for n in range(2, max_jobs + 1):
-        total = 100.0 * n
-        worst = simmps.slowdown(100.0, [100.0] * (n - 1))
-        gain = max(gain, total / (100.0 * worst))
-    return gain
+    if mps_model not in simmps.MPS_MODELS:
+        raise ValueError(f"unknown MPS model {mps_model!r}")
+    mig = {c: t for c, t in workload.mig_ms.items() if t is not None}
+    if not mig:
+        raise ValueError(f"workload {workload.name} has no MIG step time")
+    full = max(mig)
+    step_full = mig[full]
+    modes = [(c / full, step_full / t) for c, t in mig.items()]
+    mps = {float(p): step_full / t for p, t in dict(workload.mps_ms).items() if t}
+    if mps:
+        if mps_model == "pessimistic":
+            modes.append((1.0, max(mps.values())))
+        else:
+            modes.extend((p / 100.0, x) for p, x in mps.items())
+            if oversubscribed:
+                most = 700.0
+                slow = simmps.slowdown(100.0, [100.0] * 6)
+                modes.extend((p * slow / most, x) for p, x in mps.items())
+    return tuple(modes)
 
 
 def trace_bound(
-    trace: Sequence[object],
-    catalog: object,
+    trace: Sequence[Any],
+    catalog: Any,
     gpus: int,
     *,
     oversubscribed: bool = False,
     intervals: int | None = None,
+    mps_model: str = "optimistic",
 ) -> Bound:
     """The bound for a simulator trace (:class:`miso_cli.simulator.TraceJob` rows)."""
     jobs = []
     for t in trace:
-        w = catalog[getattr(t, "workload")]  # type: ignore[index]
-        best, eff = job_speeds(w, oversubscribed)
+        w = catalog[t.workload]  # type: ignore[index]
         jobs.append(
             BoundJob(
-                getattr(t, "name"),
-                float(getattr(t, "arrival_s")),
-                float(getattr(t, "duration_7g_s")),
-                best,
-                eff,
+                t.name,
+                float(t.arrival_s),
+                float(t.duration_7g_s),
+                job_modes(w, oversubscribed, mps_model),
             )
         )
     return lower_bound(jobs, gpus, intervals=intervals, oversubscribed=oversubscribed)

@@ -67,6 +67,8 @@ MAX_JOBS_PER_GPU = 7
 # Holding jobs back must be predicted to lower the mean completion time by this much: the
 # estimate ignores later arrivals and re-plans, which favour starting jobs now.
 HOLD_BACK_GAIN = 0.03
+# Of a prior's relative spread, the part of a job's remaining time a wrong instance loses.
+PROFILE_REGRET = 0.25
 PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition list
 
 
@@ -341,12 +343,52 @@ class MisoPlus(Policy):
         targets: dict[int, GpuTarget] = {}
         if self.profile:
             targets.update(self._profile_idle(view))
-        targets.update(self._replan(view, skip=set(targets)))
+        profiled = {n for t in targets.values() for n in t.assignment}
+        targets.update(self._replan(view, skip=set(targets), exclude=profiled))
         return [targets[k] for k in sorted(targets)]
 
+    def profiling_pays(self, job: JobView, view: ClusterView, prior: SlicePrediction) -> str:
+        """Why ``job`` should (``"profile: ..."``) or should not be profiled under MPS now.
+
+        Profiling costs the job a checkpoint and restart onto MIG after the phase, and
+        the phase itself runs at shares below a slice's speed; it pays only through a
+        better choice of instance, which matters only when the job must share a GPU
+        (with a GPU to itself it takes the whole GPU whatever its speeds) and is worth
+        about its remaining time times how wrong the prior may be (its relative
+        spread, of which a wrong choice loses a part, ``PROFILE_REGRET``). Otherwise
+        the job starts on the prior and the engine learns its speed from its progress.
+        """
+        waiting = len(view.queue())
+        idle = sum(1 for g in view.gpus if not g.busy and not g.profiling and not _alive(view, g))
+        if waiting <= idle:
+            return f"not profiled: {waiting} waiting, {idle} idle GPUs (a whole GPU each)"
+        remaining = self._remaining_s(job, prior)
+        spread = [
+            prior.uncertainty.get(c, 0.0) / r for c, r in prior.relative.items() if r and c < 7
+        ]
+        doubt = sum(spread) / len(spread) if spread else 0.0
+        gain = remaining * doubt * PROFILE_REGRET
+        cost = job.restart_cost_s + 0.5 * self.profile_s
+        if gain > cost:
+            return f"profile: expected gain {gain:.0f} s > cost {cost:.0f} s"
+        return f"not profiled: expected gain {gain:.0f} s <= cost {cost:.0f} s (prior)"
+
     def _profile_idle(self, view: ClusterView) -> dict[int, GpuTarget]:
-        """Profile waiting newcomers together on GPUs that run nothing (no job disturbed)."""
-        fresh = [j for j in view.queue() if not j.profiled and j.prediction is None]
+        """Profile waiting newcomers together on GPUs that run nothing (no job disturbed).
+
+        Only the newcomers for which profiling pays (:meth:`profiling_pays`).
+        """
+        classes = sorted(
+            {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
+        )
+        prior = prior_prediction(view.jobs.values(), classes)
+        fresh = [
+            j
+            for j in view.queue()
+            if not j.profiled
+            and j.prediction is None
+            and self.profiling_pays(j, view, prior).startswith("profile")
+        ]
         out: dict[int, GpuTarget] = {}
         for gpu in view.gpus:
             if not fresh:
@@ -393,17 +435,25 @@ class MisoPlus(Policy):
             return steps * step
         return self.default_remaining_s
 
-    def _replan(self, view: ClusterView, skip: set[int]) -> dict[int, GpuTarget]:
+    def _replan(
+        self, view: ClusterView, skip: set[int], exclude: set[str] | None = None
+    ) -> dict[int, GpuTarget]:
         gpus = [g for g in view.gpus if g.index not in skip and not g.busy and not g.profiling]
         if not gpus:
             return {}
-        jobs = self.plan_jobs(view, gpus)
+        jobs = self.plan_jobs(view, gpus, exclude or set())
         if not jobs:
             return self._tidy(view, gpus)
         try:
             result = self._best_plan(view, gpus, jobs)
         except PlanError:  # pragma: no cover - a bug; tests/test_policy_property.py hunts it
             return {}  # nothing changes: the jobs that wait go on waiting
+        prior = None
+        if self.profile and any(view.jobs[n].prediction is None for n in result.placement()):
+            classes = sorted(
+                {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
+            )
+            prior = prior_prediction(view.jobs.values(), classes)
         out: dict[int, GpuTarget] = {}
         for gp in result.gpus:
             gpu = next(g for g in gpus if g.index == gp.index)
@@ -424,6 +474,10 @@ class MisoPlus(Policy):
                 parts.append(f"layout {gp.layout.name}")
             if started:
                 parts.append("start " + ", ".join(started))
+                for name in started:  # why a newcomer runs on the prior, unprofiled
+                    if view.jobs[name].prediction is None and prior is not None:
+                        why = self.profiling_pays(view.jobs[name], view, prior)
+                        parts.append(f"{name} {why}")
             if moved:
                 parts.append("move " + ", ".join(moved) + " (gain > restart cost)")
             out[gp.index] = GpuTarget(
@@ -500,8 +554,13 @@ class MisoPlus(Policy):
             )
         return out
 
-    def plan_jobs(self, view: ClusterView, gpus: Sequence[GpuView]) -> list[PlanJob]:
-        """The running jobs on ``gpus`` and the waiting ones as the planner should see them."""
+    def plan_jobs(
+        self, view: ClusterView, gpus: Sequence[GpuView], exclude: set[str] | None = None
+    ) -> list[PlanJob]:
+        """The running jobs on ``gpus`` and the waiting ones as the planner should see them.
+
+        ``exclude``: waiting jobs that are being profiled now (they have a GPU already).
+        """
         indices = {g.index for g in gpus}
         model_classes = sorted(
             {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
@@ -511,11 +570,9 @@ class MisoPlus(Policy):
         running: list[JobView] = []
         for g in gpus:
             running.extend(_alive(view, g))
-        waiting = [
-            j
-            for j in view.queue()
-            if j.prediction is not None or not self.profile or not self._profilable(view)
-        ]
+        # Newcomers being profiled now are on their GPU under MPS, not in the queue; the
+        # others without a prediction run on the prior (profiling would not pay).
+        waiting = [j for j in view.queue() if j.name not in (exclude or set())]
         remainings = {
             j.name: self._remaining_s(j, j.prediction or prior) for j in running + waiting
         }

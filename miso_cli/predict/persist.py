@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import stat
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from miso_cli.errors import BadInput, PermissionDenied
+from miso_cli.errors import BadInput, MisoError, PermissionDenied
 from miso_cli.predict.data import ProfileRow, summarize
 from miso_cli.predict.estimators import SliceRatioModel
 from miso_cli.state import atomic_write_bytes, atomic_write_text
@@ -132,8 +133,18 @@ def read_sidecar(path: Path) -> tuple[dict[str, Any], list[ProfileRow]]:
     try:
         doc = json.loads(raw.decode("utf-8"))
         meta = doc["metadata"]
+        if not isinstance(meta, dict):
+            raise TypeError("metadata is not an object")
         rows = [ProfileRow.from_json(r) for r in doc["rows"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise BadInput(
             f"{side}: unreadable model metadata ({type(exc).__name__})",
             hint="fit the model again: miso fit",
@@ -150,13 +161,27 @@ def load_model(path: Path) -> tuple[SliceRatioModel, dict[str, Any]]:
     meta, rows = read_sidecar(path)
     meta = dict(meta)
     if meta.get("sklearn_version") != sklearn_version():
-        model = refit(meta, rows)
+        try:
+            model = refit(meta, rows)
+        except MisoError:
+            raise
+        except Exception as exc:  # damaged metadata: any shape the refit cannot use
+            raise BadInput(
+                f"{sidecar(path)}: cannot refit the model from its metadata ({type(exc).__name__})",
+                hint="fit it again: miso fit",
+            ) from None
         meta["refitted_from"] = meta.get("sklearn_version")
         try:
-            save_model(path, model, rows, gpu_model_key=meta["gpu_model"], driver=meta["driver"])
+            save_model(
+                path,
+                model,
+                rows,
+                gpu_model_key=str(meta.get("gpu_model", "")),
+                driver=meta.get("driver") if isinstance(meta.get("driver"), str) else None,
+            )
             meta["sklearn_version"] = sklearn_version()
-        except OSError:
-            pass  # read-only location: use the refit in memory
+        except (OSError, TypeError, ValueError):
+            pass  # read-only location (or odd metadata): use the refit in memory
         return model, meta
     import joblib
 
@@ -185,9 +210,14 @@ def refit(meta: dict[str, Any], rows: Sequence[ProfileRow]) -> SliceRatioModel:
         min_target_families=int(params.get("min_target_families", 2)),
     )
     model.fit(rows, choices=chosen)
-    for key, rep in meta.get("cv", {}).items():
-        g = int(key.removeprefix("mig_").removesuffix("g"))
-        if g in model.sigma_ and "sigma_log" in rep:
-            model.sigma_[g] = float(rep["sigma_log"])  # keep the cross-validated uncertainty
+    cv = meta.get("cv", {})
+    for key, rep in cv.items() if isinstance(cv, dict) else ():
+        try:
+            g = int(str(key).removeprefix("mig_").removesuffix("g"))
+            sigma = float(rep["sigma_log"]) if isinstance(rep, dict) else None
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue  # a damaged report: keep the refit's own uncertainty
+        if g in model.sigma_ and sigma is not None and math.isfinite(sigma) and sigma >= 0:
+            model.sigma_[g] = sigma  # keep the cross-validated uncertainty
             model.cv_[g] = rep
     return model
