@@ -178,8 +178,9 @@ def command(
         str,
         typer.Option(
             "--mps-model",
-            help="MPS interference when shares sum to 100% or less: optimistic (none) or "
-            "pessimistic (no better than MIG); see miso_cli/gpu/simmps.py.",
+            help="MPS interference when shares sum to 100% or less: optimistic (none), "
+            "pessimistic (no better than MIG) or measured (fitted to H200 mixes); see "
+            "miso_cli/gpu/simmps.py.",
         ),
     ] = "optimistic",
     state_dir: StateDirOpt = None,
@@ -219,8 +220,10 @@ def command(
             from miso_cli.predict import predictor_line  # issue-15b: say which model predicts
 
             stderr_console().print(predictor_line(predictor_meta), markup=False, soft_wrap=True)
-        if mps_model not in ("optimistic", "pessimistic"):  # issue-12
-            raise UsageError(f"--mps-model: {mps_model!r} is not optimistic or pessimistic")
+        from miso_cli.gpu.simmps import MPS_MODELS  # issue-12
+
+        if mps_model not in MPS_MODELS:  # issue-12
+            raise UsageError(f"--mps-model: {mps_model!r} is not one of {', '.join(MPS_MODELS)}")
         config = SimConfig(
             mps_model=mps_model,  # issue-12
             restart_costs=costs,

@@ -67,10 +67,43 @@ measurement here separates them: the coordinator may take H200 measurements of
 mixes at 14 % each (``benchmarks/mps_interference.py`` refits), which would
 replace both assumptions with a fitted one. ``miso simulate --mps-model``
 picks the setting; the default stays ``optimistic`` (the earlier behaviour).
+
+A third setting, ``measured``, follows the H200 measurements of
+``tests/data/real/h200-mps-2026-11-30.json`` (docs/hardware.md, "MPS
+interference, measured"): three synthetic kinds, compute-bound ``matmul``,
+memory-bound ``membw`` and launch-bound ``small``, alone and in mixes whose
+shares sum to 100 % or less. A job's kind is read off its own solo MPS curve:
+its *boundness* ``b = log(t(lo) / t(100)) / log(100 / lo)`` at its lowest
+measured share ``lo`` (1 = step time grows as 1/share, 0 = flat;
+:func:`boundness`). The kinds measure b = 0.04 (small, at 33 %), 0.58 (membw)
+and 0.83 (matmul, both at 14 %); a job's compute weight ``c`` and memory weight
+``m`` interpolate linearly between them (small: c = m = 0; membw: m = 1;
+matmul: c = 1; :func:`kind_weights`). Then::
+
+    S_i = 1 + sum_j v_j * (ALPHA * c_i * c_j + BETA * m_j * (c_i + m_i))
+
+where ``v_j`` is co-runner j's solo speed at its share relative to 100 %:
+compute-bound jobs contend for the compute that thread percentages do not
+isolate, and a memory-heavy co-runner slows every busy job (memory bandwidth is
+not partitioned). ALPHA = 0.48 and BETA = 0.65 are the least-squares fit on the
+log slowdowns of the 14 job observations of the six <= 100 % mixes
+(``tests/test_simmps_measured.py`` refits them): mean absolute error 0.076 in
+log slowdown (no interference: 0.27); the worst miss is matmul beside membw
+and small at 33 % each (model 1.43x, measured 1.10x), and a membw job beside a
+matmul (model 1.0x, measured 1.14x). Above 100 % the larger of this and the
+oversubscription factor applies (the H200 pairs at 100 % + 100 % were ~2x, so
+that part is still optimistic there). Uncertainty: three kernels on one GPU;
+the boundness read from a catalog measured on another GPU (A100, with dummy
+co-runners) maps a job onto these kinds only roughly, and a flat curve cannot
+tell a launch-bound job (harmless) from a badly memory-bound one, so jobs with
+b below 0.04 are taken as harmless. Measured is never faster than
+``optimistic``; it may be slower than ``pessimistic`` for memory-heavy pairs,
+which MIG would partition.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from miso_cli.catalog import Workload
@@ -78,7 +111,12 @@ from miso_cli.catalog import Workload
 # Slowdown per 100 % of oversubscribed SMs, fitted on a100-40gb/mps_mig_pairs.csv
 # by benchmarks/mps_interference.py.
 INTERFERENCE = 0.39
-MPS_MODELS = ("optimistic", "pessimistic")
+MPS_MODELS = ("optimistic", "pessimistic", "measured")
+
+# The ``measured`` setting: boundness of the H200 kinds (small, membw, matmul) and the two
+# channel weights fitted on their <= 100 % mixes (tests/test_simmps_measured.py refits them).
+B_LAUNCH, B_MEMORY, B_COMPUTE = 0.044, 0.578, 0.831
+ALPHA, BETA = 0.48, 0.65
 
 
 def _check_pct(pct: float) -> float:
@@ -146,6 +184,48 @@ def demand(workload: Workload, pct: float) -> float:
     return mig_capacity(workload, speed)
 
 
+def boundness(workload: Workload) -> float:
+    """How much ``workload``'s solo MPS step time grows as its share falls (0 flat, 1 as 1/share).
+
+    ``log(t(lo) / t(100)) / log(100 / lo)`` at its lowest measured share ``lo``
+    (14 % when it has no MPS columns: the MIG columns stand in), clipped to [0, 1].
+    """
+    levels = [p for p, t in workload.mps_ms.items() if t and p < 100]
+    lo = float(min(levels)) if levels else 14.0
+    ratio = workload.mps_step_time_ms(lo) / workload.mps_step_time_ms(100.0)
+    return min(1.0, max(0.0, math.log(ratio) / math.log(100.0 / lo)))
+
+
+def kind_weights(b: float) -> tuple[float, float]:
+    """``(compute, memory)`` weights of a job of boundness ``b`` (see the module docstring)."""
+    if b <= B_LAUNCH:
+        return 0.0, 0.0
+    if b <= B_MEMORY:
+        return 0.0, (b - B_LAUNCH) / (B_MEMORY - B_LAUNCH)
+    if b <= B_COMPUTE:
+        x = (b - B_MEMORY) / (B_COMPUTE - B_MEMORY)
+        return x, 1.0 - x
+    return 1.0, 0.0
+
+
+def measured_slowdown(
+    workload: Workload,
+    pct: float,
+    co_runners: Sequence[tuple[Workload, float]],
+    alpha: float = ALPHA,
+    beta: float = BETA,
+) -> float:
+    """Interference factor (>= 1) of the ``measured`` setting, ignoring oversubscription."""
+    _check_pct(pct)
+    ci, mi = kind_weights(boundness(workload))
+    total = 0.0
+    for w, p in co_runners:
+        cj, mj = kind_weights(boundness(w))
+        speed = w.mps_step_time_ms(100.0) / w.mps_step_time_ms(_check_pct(p))
+        total += speed * (alpha * ci * cj + beta * mj * (ci + mi))
+    return 1.0 + total
+
+
 def _check_model(model: str) -> str:
     if model not in MPS_MODELS:
         raise ValueError(f"unknown MPS model {model!r} (known: {', '.join(MPS_MODELS)})")
@@ -162,13 +242,15 @@ def step_time_ms(
 
     ``co_runners`` are the other jobs under the same MPS daemon, as
     ``(workload, their percentage)``; an empty list means the job is alone.
-    ``model`` is ``optimistic`` or ``pessimistic`` (see the module docstring).
+    ``model`` is ``optimistic``, ``pessimistic`` or ``measured`` (see the module docstring).
     """
     solo = workload.mps_step_time_ms(_check_pct(pct))
     factor = slowdown(pct, (p for _, p in co_runners))
     if _check_model(model) == "pessimistic" and co_runners:
         total = demand(workload, pct) + sum(demand(w, p) for w, p in co_runners)
         factor = max(factor, total)
+    elif model == "measured" and co_runners:
+        factor = max(factor, measured_slowdown(workload, pct, co_runners))
     return solo * factor
 
 
