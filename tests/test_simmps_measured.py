@@ -55,8 +55,7 @@ def fit(obs: list) -> tuple[float, float, float]:
 
     def res(x):  # type: ignore[no-untyped-def]
         return [
-            math.log(simmps.measured_slowdown(w, p, co, x[0], x[1]) / s)
-            for _, w, p, co, s in obs
+            math.log(simmps.measured_slowdown(w, p, co, x[0], x[1]) / s) for _, w, p, co, s in obs
         ]
 
     r = least_squares(res, [0.5, 0.5], bounds=([0.0, 0.0], [5.0, 5.0]))
@@ -90,8 +89,10 @@ def test_measured_reproduces_the_h200_mixes_within_tolerance() -> None:
     assert sum(errors) / len(errors) < TOL_MEAN
     assert sum(errors) < 0.5 * sum(none)  # far better than assuming no interference
     # the headline pairs, each within 12 %
-    by = {(lab, w.name): simmps.step_time_ms(w, p, co, "measured") / w.mps_step_time_ms(p)
-          for lab, w, p, co, _ in obs}
+    by = {
+        (lab, w.name): simmps.step_time_ms(w, p, co, "measured") / w.mps_step_time_ms(p)
+        for lab, w, p, co, _ in obs
+    }
     assert by[("pair50-matmul-membw", "matmul")] == pytest.approx(1.57, rel=0.12)
     assert by[("pair50-matmul-matmul", "matmul")] == pytest.approx(1.38, rel=0.12)
     assert by[("pair50-membw-membw", "membw")] == pytest.approx(1.74, rel=0.12)
@@ -107,9 +108,7 @@ def test_alone_is_unaffected_and_nothing_speeds_up() -> None:
     shares = (14.0, 33.0, 50.0, 100.0)
     for w in cat.values():
         for p in shares:
-            assert simmps.step_time_ms(w, p, [], "measured") == pytest.approx(
-                w.mps_step_time_ms(p)
-            )
+            assert simmps.step_time_ms(w, p, [], "measured") == pytest.approx(w.mps_step_time_ms(p))
         for o in cat.values():
             for p, q in ((50.0, 50.0), (14.0, 14.0), (100.0, 100.0), (30.0, 70.0)):
                 m = simmps.step_time_ms(w, p, [(o, q)], "measured")
@@ -162,3 +161,8 @@ def test_measured_is_a_known_model() -> None:
 
 def simmps_workload() -> Workload:
     return Workload("x_1", {7: 10.0}, {100: 10.0, 50: 12.0, 14: 30.0})
+
+
+if __name__ == "__main__":  # refit: python tests/test_simmps_measured.py
+    a, b, err = fit(observations(json.loads(DATA.read_text())))
+    print(f"ALPHA={a:.3f} BETA={b:.3f} mean |log error|={err:.3f}")

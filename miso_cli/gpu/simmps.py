@@ -96,9 +96,17 @@ that part is still optimistic there). Uncertainty: three kernels on one GPU;
 the boundness read from a catalog measured on another GPU (A100, with dummy
 co-runners) maps a job onto these kinds only roughly, and a flat curve cannot
 tell a launch-bound job (harmless) from a badly memory-bound one, so jobs with
-b below 0.04 are taken as harmless. Measured is never faster than
-``optimistic``; it may be slower than ``pessimistic`` for memory-heavy pairs,
-which MIG would partition.
+b below 0.04 are taken as harmless. Most catalog jobs have b between 0.4 and
+0.65 and so count as mostly memory-heavy; reading a flat curve instead as
+compute mixed with launch overhead (m = 0) gives milder interference (the mps
+baseline on examples/trace.csv: mean JCT 1774 s instead of 1974 s). A job's MIG
+curve could separate the two (bandwidth is partitioned by MIG, not by MPS) but
+no MIG measurement of the three kinds exists to anchor that. The sum over
+co-runners is linear, checked only up to three jobs; seven jobs at 14 % each
+extrapolate. Measured is never faster than ``optimistic``; it may be slower
+than ``pessimistic``, as the H200 was: two matmuls at 50 % each, or three at
+33 %, delivered 0.97-0.98 of one GPU's progress, two membw at 50 % 1.0 GPU,
+matmul beside membw 1.19 and a small job rode along for free.
 """
 
 from __future__ import annotations
