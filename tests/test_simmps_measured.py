@@ -166,3 +166,30 @@ def simmps_workload() -> Workload:
 if __name__ == "__main__":  # refit: python tests/test_simmps_measured.py
     a, b, err = fit(observations(json.loads(DATA.read_text())))
     print(f"ALPHA={a:.3f} BETA={b:.3f} mean |log error|={err:.3f}")
+
+
+def test_simulate_runs_the_mps_baseline_under_measured(cli, tmp_path: Path) -> None:
+    """``--mps-model measured`` reaches the simulator: the mps baseline is no faster."""
+    from tests.conftest import parse_envelope
+
+    cat = tmp_path / "catalog.csv"
+    cat.write_text(
+        "workload,mig_7g,mig_4g,mig_3g,mig_2g,mig_1g,mps_100,mps_50,mps_14\n"
+        "dense_1,100,175,233,350,700,100,150,500\n"
+    )
+    trace = tmp_path / "trace.csv"
+    trace.write_text("job,arrival_s,workload,duration_7g_s\na,0,dense_1,100\nb,0,dense_1,100\n")
+    base = ["simulate", "--trace", str(trace), "--catalog", str(cat), "--gpu", "sim:a100-40gbx1"]
+    jct = {}
+    for model in ("optimistic", "measured"):
+        code, out, _ = cli(
+            *base, "--policy", "mps", "--mps-model", model, "--json",
+            "--state-dir", str(tmp_path / "s"),
+        )  # fmt: skip
+        assert code == 0
+        data = parse_envelope(out)["data"]
+        assert data["mps_model"] == model
+        jct[model] = data["results"][0]["mean_jct_s"]
+    assert jct["measured"] > jct["optimistic"]
+    code, _, err = cli(*base, "--mps-model", "rosy", "--state-dir", str(tmp_path / "s"))
+    assert code != 0 and "measured" in err
