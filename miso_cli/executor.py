@@ -1301,6 +1301,10 @@ class Executor:
                 self.interrupt_all()
                 return "interrupted"
             ended = self.check_exits()
+            if ended:
+                # A job back in the queue to retry leaves the view as it was before the
+                # policy placed it (same fingerprint): the next tick must not be skipped.
+                self._decided_on = None
             self.enforce_deadlines()
             # Moves first: a job that stopped for its new place starts there before the
             # policy sees it waiting.

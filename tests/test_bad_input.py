@@ -576,7 +576,6 @@ def test_a_model_that_does_not_load_stops_run_before_any_job_starts(
         ),
         (["profile", "{queue}", "--gpu", "sim:a100-40gb", "--levels", "0,150"], "--levels"),
         (["run", "{queue}", "--gpu", "sim:a100-40gb", "--policy", "bogus"], "--policy"),
-        (["run", "{queue}", "--gpu", "sim:a100-40gb", "--layout", "9g.99gb"], "--layout"),
         (["run", "{queue}", "--gpu", "sim:a100-40gb", "--hang-timeout", "0"], "--hang-timeout"),
         (["run", "{queue}", "--gpu", "sim:a100-40gb", "--speedup", "-1"], "--speedup"),
     ],
@@ -585,6 +584,14 @@ def test_bad_option_values_are_usage_errors_naming_the_option(cli, files, queue,
     names = {"queue": queue, "trace": files / "trace.csv", "catalog": files / "catalog.csv"}
     args = [a.format(**names) for a in args]
     check_failure(cli(*args, "--json"), ExitCode.USAGE, option)
+
+
+def test_a_bad_layout_profile_is_bad_input_in_run_as_in_apply(cli, queue):
+    """A profile the GPU does not have: the same exit code from run --layout and apply."""
+    run = cli("run", str(queue), "--gpu", "sim:a100-40gb", "--layout", "9g.99gb", "--json")
+    check_failure(run, ExitCode.BAD_INPUT, "--layout", "9g.99gb")
+    apply = cli("apply", "--gpu", "sim:a100-40gb", "9g.99gb", "--json")
+    assert apply[0] == run[0] == int(ExitCode.BAD_INPUT)
 
 
 def test_result_errors_reach_stderr_under_json_too(cli):

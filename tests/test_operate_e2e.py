@@ -224,8 +224,10 @@ def test_the_savings_estimate_against_a_real_nopart_run(
     base = estimate["baseline"]
     assert base["estimated"] and not base["left_out"]
     # The estimate leaves out miso's own gaps between jobs (polling, starting a process):
-    # it may be below the real thing by those, and is otherwise close to it.
-    assert 0.6 * actual["makespan_s"] <= base["makespan_s"] <= 1.25 * actual["makespan_s"]
-    assert 0.6 * actual["mean_jct_s"] <= base["mean_jct_s"] <= 1.25 * actual["mean_jct_s"]
+    # it may be below the real thing by those, and is otherwise close to it. Both runs are
+    # real processes timed by the wall clock, so a loaded machine moves either one: the
+    # bounds catch an estimate that is wrong in kind (a factor of two), not load.
+    assert 0.5 * actual["makespan_s"] <= base["makespan_s"] <= 1.6 * actual["makespan_s"]
+    assert 0.5 * actual["mean_jct_s"] <= base["mean_jct_s"] <= 1.6 * actual["mean_jct_s"]
     saved = estimate["saved"]["makespan_s"]
     assert saved == pytest.approx(base["makespan_s"] - estimate["summary"]["makespan_s"])
