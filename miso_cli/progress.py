@@ -25,6 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from miso_cli import safefs
+
 # A tqdm bar: "desc:  45%|####5     | 45/100 [00:02<00:02, 20.00it/s, loss=0.5]".
 # The "|" before the counts and " [" after them are in every tqdm bar with a total.
 _TQDM = re.compile(
@@ -344,7 +346,9 @@ class ProgressTracker:
             return []
         start = max(self.file_offset, size - MAX_READ)
         try:
-            with open(self.progress_file, "rb") as fh:
+            # The job owns the folder of its progress file: never follow a link it planted
+            # there (miso may run as root), nor block on a FIFO.
+            with os.fdopen(safefs.open_file(self.progress_file, os.O_RDONLY), "rb") as fh:
                 fh.seek(start)
                 data = fh.read(size - start)
         except OSError:

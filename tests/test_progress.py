@@ -199,3 +199,14 @@ def test_transformer_example_bar_is_read_as_tqdm() -> None:
         sys.path.pop(0)
     r = LineParser().parse(bar_line(360, 3000, 10.0, 300))
     assert r is not None and (r.step, r.total) == (360, 3000)
+
+
+def test_a_progress_file_that_is_a_symlink_is_not_read(tmp_path: Path) -> None:
+    """The job owns the folder: a link it plants there (to a file root may read) is refused."""
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_text(json.dumps({"t": 100.0, "step": 10.0, "total": 100}) + "\n")
+    pf = tmp_path / "progress.jsonl"
+    pf.symlink_to(target)
+    t = ProgressTracker(tmp_path / "none.log", pf)
+    assert not t.poll(200.0)
+    assert t.progress.step is None or t.progress.step == 0
