@@ -423,3 +423,35 @@ def test_the_next_command_recovers_an_interrupted_apply_and_says_so(cli, state_d
     assert "interrupted" in err and "rolled back to" in err
     assert not lock.intent_path.exists()
     assert open_driver("sim:a100-40gb", state_dir).current_layout(0).name == "7g.40gb"
+
+
+@pytest.mark.parametrize(
+    ("key", "args", "reset_said"),
+    [
+        ("h100-80gb", ["--mig", "on"], False),
+        ("h100-80gb", ["-i", "0", "4g.40gb"], False),
+        ("a100-40gb", ["--mig", "on"], True),
+        ("a100-40gb", ["-i", "0", "4g.20gb"], True),
+    ],
+)
+def test_a_busy_gpu_refusing_mig_mode_is_told_in_its_models_terms(
+    cli, tmp_path, key: str, args: list[str], reset_said: bool
+) -> None:
+    """A CUDA process on the GPU: an A100 waits for a reset; a Hopper refuses outright and
+    needs no reset, so miso must not tell the user to reset it."""
+    import json
+
+    from miso_cli.gpu.simnvml import attach_process
+    from tests.conftest import parse_envelope
+
+    sd = tmp_path / "state"
+    code, out, _ = cli("status", "--gpu", f"sim:{key}", "--state-dir", str(sd), "--json")
+    assert code == 0
+    path = sd / "sim" / f"{key}.json"
+    uuid = json.loads(path.read_text())["gpus"][0]["uuid"]
+    attach_process(path, uuid, os.getpid(), 100)
+    code, out, err = cli("apply", "--gpu", f"sim:{key}", "--state-dir", str(sd), *args, "--json")
+    assert code == 6, err
+    error = parse_envelope(out)["errors"][0]
+    text = error["message"] + " " + error.get("hint", "")
+    assert ("nvidia-smi -r" in text) is reset_said, text

@@ -193,15 +193,23 @@ def _apply(
             drv, i, layout, force=force, dry_run=dry_run, intent=locks[i].intent_path
         )
         reports.append(rep.to_json())
-        if rep.pending_reset:
+        if rep.pending_reset:  # MIG mode could not be switched on: say why, per model
             code = ExitCode.STATE_DIFFERS
+            change = rep.mode_change
+            needs_reset = change is None or change.needs_reset
             errors.append(
                 {
                     "code": "STATE_DIFFERS",
-                    "message": f"GPU {i}: MIG mode is pending; the GPU must be reset "
-                    "before instances can be created",
+                    "message": (
+                        change.message(i, True)
+                        if change is not None
+                        else f"GPU {i}: MIG mode is pending; the GPU must be reset"
+                    )
+                    + "; no instance was created",
                     "hint": f"stop processes on it, run 'nvidia-smi -r -i {i}' as root "
-                    "(or reboot), then apply again",
+                    "(or reboot), then apply again"
+                    if needs_reset
+                    else "stop the processes using the GPU, then apply again",
                 }
             )
     data = {"check": check, "dry_run": dry_run, "gpus": reports, "recovered": notes}
@@ -226,6 +234,7 @@ def _mode(drv: Any, i: int, on: bool, check: bool, dry_run: bool) -> Result:
     }
     code = ExitCode.OK
     errors = []
+    change = None
     if info.mig_current != on and not (check or dry_run):
         change = drv.set_mig_mode(i, on)
         data.update(change.to_json())
@@ -234,15 +243,14 @@ def _mode(drv: Any, i: int, on: bool, check: bool, dry_run: bool) -> Result:
     if data["mig_current"] != on:
         code = ExitCode.STATE_DIFFERS
         msg = f"GPU {i}: MIG mode is {'on' if data['mig_current'] else 'off'}"
-        if data["mig_pending"] == on and not check and not dry_run:
+        hint = f"stop processes on it, then 'nvidia-smi -r -i {i}' as root, or reboot"
+        if change is not None:  # the driver's answer, in this GPU's terms
+            msg = change.message(i, on) or msg
+            if not change.needs_reset:
+                hint = "stop the processes using the GPU, then set MIG mode again"
+        elif data["mig_pending"] == on and not check and not dry_run:
             msg += f"; {'on' if on else 'off'} is pending until the GPU is reset"
-        errors.append(
-            {
-                "code": "STATE_DIFFERS",
-                "message": msg,
-                "hint": f"stop processes on it, then 'nvidia-smi -r -i {i}' as root, or reboot",
-            }
-        )
+        errors.append({"code": "STATE_DIFFERS", "message": msg, "hint": hint})
 
     def render(out: Console) -> None:
         state = "on" if data["mig_current"] else "off"
