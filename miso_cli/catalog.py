@@ -55,8 +55,11 @@ class Workload:
             except KeyError:
                 continue
             (fitting if t is not None else not_fitting).append(mem)
-        low = max(not_fitting, default=0.0)
-        high = min((m for m in fitting if m > low), default=float(model.memory_mb))
+        # It fitted its smallest fitting instance, so it needs no more than that; a miss on
+        # an instance with as much memory (the A100's 3g.20gb beside a fitting 4g.20gb) is
+        # not about memory and says nothing of the need.
+        high = min(fitting, default=float(model.memory_mb))
+        low = max((m for m in not_fitting if m < high), default=0.0)
         return low + 0.5 * (high - low) if low else 0.5 * high
 
     def step_time_on(

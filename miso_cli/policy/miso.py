@@ -190,12 +190,15 @@ class Miso(Policy):
             if not room:
                 break  # strict FIFO: nothing passes the head of the queue
             gpu = min(room, key=lambda g: (len(load[g.index]), g.index))
-            out[gpu.index] = self._admit(view, gpu, load[gpu.index], job)
+            target = self._admit(view, gpu, load[gpu.index], job)
+            if target is None:
+                break  # it fits by memory but no partition suits its speeds: it waits
+            out[gpu.index] = target
         return out
 
     def _admit(
         self, view: ClusterView, gpu: GpuView, present: list[JobView], job: JobView
-    ) -> GpuTarget:
+    ) -> GpuTarget | None:
         if not present:
             full = _full_layout(gpu.model)
             return GpuTarget(
@@ -249,12 +252,15 @@ class Oracle(Miso):
 
     def _admit(
         self, view: ClusterView, gpu: GpuView, present: list[JobView], job: JobView
-    ) -> GpuTarget:
+    ) -> GpuTarget | None:
         if not present or job.prediction is None:
             return super()._admit(view, gpu, present, job)
         jobs = [_plan_job(j) for j in present + [job]]
         solved = _paper_partition(gpu, jobs)
-        assert solved is not None  # _fits_together checked it
+        if solved is None:
+            # They fit by memory, but the speeds known (a catalog measured on another GPU
+            # may know only the 7g) suit no partition: the newcomer waits its turn.
+            return None
         layout, assignment = solved
         return GpuTarget(
             gpu.index,
