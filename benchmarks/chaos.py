@@ -168,6 +168,38 @@ def _kill_after(
 def cycles(
     policy: str, n: int, rng: random.Random, *, jobs: int, steps: int, speedup: float
 ) -> dict[str, Any]:
+    """``n`` kills of miso under ``policy``, in as many runs as it takes (a run that ends
+    before its share of kills is followed by a fresh one); counts summed over the runs."""
+    total: dict[str, Any] = {
+        "policy": policy,
+        "cycles": 0,
+        "runs": 0,
+        "hits": {},
+        "jobs": 0,
+        "lost": 0,
+        "run_twice": 0,
+        "finished_early": 0,
+        "leaked": 0,
+        "failed_resumes": 0,
+        "last_error": [],
+    }
+    while total["cycles"] < n:
+        r = _one_run(policy, n - total["cycles"], rng, jobs=jobs, steps=steps, speedup=speedup)
+        total["runs"] += 1
+        total["jobs"] += jobs
+        for k in ("cycles", "lost", "run_twice", "finished_early", "leaked", "failed_resumes"):
+            total[k] += r[k]
+        for how, c in r["hits"].items():
+            total["hits"][how] = total["hits"].get(how, 0) + c
+        total["last_error"] = r["last_error"] or total["last_error"]
+        if r["cycles"] == 0:  # the run ended before any kill landed: do not loop forever
+            break
+    return total
+
+
+def _one_run(
+    policy: str, n: int, rng: random.Random, *, jobs: int, steps: int, speedup: float
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="miso-chaos-") as tmp:
         tmpd = Path(tmp)
         state = tmpd / "state"
@@ -180,12 +212,12 @@ def cycles(
         hits: dict[str, int] = {}
         failed_resumes = 0
         proc = _miso(state, args)
-        for k in range(n):
-            how = _kill_after(proc, state, rng, limit_s=20)
+        for _ in range(n):
+            how = _kill_after(proc, state, rng, limit_s=6)
             hits[how] = hits.get(how, 0) + 1
             started = (state / "runs" / "latest").exists()  # killed before a run existed?
             proc = _miso(state, ["run", "--resume"] if started else args)
-            if how == "ended" and k > 0:
+            if how == "ended":  # the run finished: the next kills go to a fresh run
                 break
         try:
             out, err = proc.communicate(timeout=600)

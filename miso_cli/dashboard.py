@@ -222,6 +222,11 @@ class Dashboard:
         return render_snapshot(ex.snapshot())
 
 
+def _scaled(seconds: float | None, scale: float) -> float | None:
+    """Wall seconds of a synthetic job in catalog seconds, as the event lines give them."""
+    return None if seconds is None else seconds * scale
+
+
 def render_snapshot(snap: RunSnapshot) -> Any:
     """The live view of one run, from its snapshot."""
     from rich.console import Group
@@ -258,7 +263,7 @@ def render_snapshot(snap: RunSnapshot) -> Any:
             row.where,
             bar,
             f"{100 * frac:3.0f}%" if frac is not None else steps,
-            fmt_step_time(p.get("step_time_s")),
+            fmt_step_time(_scaled(p.get("step_time_s"), snap.step_time_scale)),
             f"{tput:.1f}" if tput else "-",
             fmt_duration(eta),
             f"{row.cpu_percent:.0f}%" if row.cpu_percent is not None else "-",
@@ -270,7 +275,18 @@ def render_snapshot(snap: RunSnapshot) -> Any:
         f"{fmt_duration(snap.elapsed_s)} | {summary}",
         style="bold",
     )
+    if snap.step_time_scale != 1.0:  # issue-15b: say which time the step column is in
+        head.append(f" | step: catalog time, jobs run x{snap.step_time_scale:g}", style="dim")
     return Group(head, gpus, jobs)
+
+
+def paused_s(job: dict[str, Any]) -> float | None:
+    """Completion time not spent waiting to start or running: between attempts (checkpoint,
+    re-layout, profiling restarts, waiting again). queue + run + paused = JCT (issue-15b)."""
+    jct, queue, run = job.get("completion_s"), job.get("queue_s"), job.get("run_s")
+    if jct is None or queue is None or run is None:
+        return None
+    return max(0.0, jct - queue - run)
 
 
 def render_summary(console: Any, report: dict[str, Any]) -> None:
@@ -278,7 +294,7 @@ def render_summary(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"miso run {report['run_id']}", header_style="bold")
-    for col in ("job", "state", "slice", "queue", "run", "JCT", "retries", "attempts"):
+    for col in ("job", "state", "slice", "queue", "run", "paused", "JCT", "retries", "attempts"):
         table.add_column(col, justify="left" if col in ("job", "state", "slice") else "right")
     for job in report["jobs"]:
         where = "-"
@@ -290,6 +306,7 @@ def render_summary(console: Any, report: dict[str, Any]) -> None:
             where,
             fmt_duration(job.get("queue_s")),
             fmt_duration(job.get("run_s")),
+            fmt_duration(paused_s(job)),
             fmt_duration(job.get("completion_s")),
             str(job.get("retries", 0)),
             str(job.get("attempts", 0)),

@@ -607,6 +607,7 @@ def run_checks(gpu_spec: str | None, state_dir: Path) -> list[Check]:
             checks += _guard("gpus", lambda: _gpu_checks(drv))
             checks += _guard("permission", lambda: [_permission_check(drv)])
             checks += _guard("processes", lambda: [_process_check(drv, state_dir)])
+            checks += _guard("mig-parted", lambda: _mig_parted_check(drv))
             if drv.device_count():
                 gpu_model_key = _safe(lambda: drv.gpu(0).model_key)
         finally:
@@ -615,6 +616,25 @@ def run_checks(gpu_spec: str | None, state_dir: Path) -> list[Check]:
     checks.append(check_state_dir(state_dir))
     checks.append(check_model(state_dir, gpu_model_key))
     return checks
+
+
+def _mig_parted_check(drv: Any) -> list[Check]:
+    """Where nvidia-mig-parted is installed, it must accept the current layout as a config."""
+    from miso_cli.export import doctor_mig_parted_check
+
+    r = doctor_mig_parted_check(drv)
+    if r["ok"] is None:  # not installed: nothing to check
+        return []
+    if r["ok"]:
+        return [Check("mig-parted", OK, r["message"])]
+    return [
+        Check(
+            "mig-parted",
+            WARN,
+            r["message"],
+            "compare with: miso export --format mig-parted (docs/export.md)",
+        )
+    ]
 
 
 def _probe(drv: Any) -> Check | None:

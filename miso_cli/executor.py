@@ -24,7 +24,7 @@ from typing import Any
 from miso_cli import launch
 from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
-from miso_cli.errors import MisoError, UsageError
+from miso_cli.errors import BadInput, MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
 from miso_cli.mps_phase import PROFILE_LEVELS, ProfilePhase
@@ -306,8 +306,8 @@ class Executor:
                     rss_mb=usage.get("rss_mb"),
                 )
             )
-        return RunSnapshot(
-            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs
+        return RunSnapshot(  # issue-15b: + step_time_scale, the event lines' time
+            self.journal.run_id, self.policy.name, self.clock() - self.t0, gpus, jobs, self.scale
         )
 
     # ------------------------------------------------------------ profiles and predictions
@@ -421,9 +421,10 @@ class Executor:
             change = self.drv.set_mig_mode(g.index, True)
             if not getattr(change, "current", True):
                 raise MisoError(
-                    f"GPU {g.index}: MIG mode could not be enabled now (pending: a GPU reset "
-                    "is needed)",
-                    hint="enable it once with: miso apply --mig on, then reset the GPU",
+                    change.message(g.index, True),
+                    hint="enable it once with: miso apply --mig on, then reset the GPU"
+                    if getattr(change, "needs_reset", True)
+                    else "stop the processes or services holding the GPU, then run again",
                     code="NO_GPU",
                     exit_code=4,  # type: ignore[arg-type]
                 )
@@ -1464,7 +1465,8 @@ def run_report(journal: Journal) -> dict[str, Any]:
                 "completion_s": (rec.ended_at - rec.queued_at)
                 if rec.ended_at and rec.state == "finished"
                 else None,
-                "retries": rec.failures,
+                "retries": min(rec.failures, job.retries),  # issue-15b: made, not failures
+                "failures": rec.failures,
                 "attempts": rec.attempt,
                 "gpu": last.gpu if last else None,
                 "slice": last.slice if last else None,
@@ -1575,7 +1577,9 @@ def _check_fits(queue: Any, drv: Any, policy: Policy) -> None:
             try:
                 layout = policy.layout_for(view)
             except LayoutError as exc:
-                raise UsageError(f"--layout: {exc}") from None
+                raise BadInput(  # issue-15b: as miso apply says it (exit 3)
+                    f"--layout: {exc}", hint="see 'miso layouts' for what fits"
+                ) from None
             if layout is None:
                 continue
             for sl in layout.slices:
@@ -1594,8 +1598,17 @@ def _load_predict(policy: Policy, drv: Any, model_path: str | Path | None, state
         return None
     from miso_cli.simulator import make_predict
 
-    predict, _ = make_predict(Path(model_path) if model_path else None, drv.gpu_model(0), state_dir)
+    path = Path(model_path) if model_path else None
+    predict, meta = make_predict(path, drv.gpu_model(0), state_dir)
+    predict.metadata = meta  # type: ignore[attr-defined]  # issue-15b: which model, said below
     return predict
+
+
+def _warm_up(policy: Policy) -> None:
+    """What a policy needs loaded (the solver's import takes seconds), before jobs start."""
+    warm_up = getattr(policy, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
 
 
 def run_queue(
@@ -1639,6 +1652,7 @@ def run_queue(
             if journal.status == "finished":
                 return run_report(journal)
             predict = _load_predict(policy, drv, model_path, state_dir)
+            _warm_up(policy)
         else:
             if req.queue_path is None:
                 raise UsageError("a queue file is needed", hint="miso run QUEUE.toml")
@@ -1671,6 +1685,7 @@ def run_queue(
             # The predictor is loaded now, not when the first profile comes in: a model
             # that cannot be used must stop the run before a journal or a job exists.
             predict = _load_predict(policy, drv, model_path, state_dir)
+            _warm_up(policy)  # before the run's clock starts: it counts in every job's JCT
             journal = Journal.create(
                 state_dir,
                 queue,
@@ -1702,9 +1717,6 @@ def run_queue(
         drv.on_retry = lambda call, n, exc, pause: ex.emit(  # type: ignore[attr-defined]
             "nvml_retry", call=call, attempt=n, error=str(exc), pause_s=pause
         )  # issue-11: every retry of a transient NVML error is journaled
-        warm_up = getattr(policy, "warm_up", None)
-        if warm_up is not None:
-            warm_up()  # the solver's import, before any job starts
         if on_executor is not None:
             on_executor(ex)
 
@@ -1719,6 +1731,10 @@ def run_queue(
                 ex.resume_run()
             else:
                 ex.start_run()
+            if predict is not None:  # issue-15b: every command that predicts says with what
+                from miso_cli.predict import predictor_line
+
+                ex.emit("note", message=predictor_line(getattr(predict, "metadata", None)))
             status = ex.loop(lambda: ex.interrupts > 0)
         except BaseException:
             # Whatever went wrong, leave no job behind unsupervised and say so.

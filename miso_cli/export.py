@@ -1383,3 +1383,30 @@ def validate_with_mig_parted(bundle: Bundle, binary: str | None = None) -> dict[
     if not ok:
         raise RuntimeError(f"nvidia-mig-parted refuses the config miso wrote: {detail}")
     return {"tool": "nvidia-mig-parted", "ok": True, "detail": detail}
+
+
+def doctor_mig_parted_check(drv: Any, binary: str | None = None) -> dict[str, Any]:
+    """For ``miso doctor``: export the GPUs' current layout as a mig-parted config and have
+    ``nvidia-mig-parted assert --valid-config`` read it.
+
+    Returns ``{"name": "mig-parted", "ok": True/False/None, "message": ...}``; ``ok`` is
+    None when the tool is not installed (nothing to check, not a failure).
+    """
+    import shutil
+    import subprocess
+
+    exe = binary or shutil.which("nvidia-mig-parted")
+    if exe is None:
+        return {"name": "mig-parted", "ok": None, "message": "nvidia-mig-parted not on PATH"}
+    bundle = mig_parted_bundle(from_driver(drv), node_config=None)
+    config = bundle.summary["node_config"]
+    try:
+        ok, detail = run_mig_parted_check(bundle.files["mig-parted.yaml"], config, exe)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"name": "mig-parted", "ok": False, "message": f"could not run {exe}: {exc}"}
+    what = "accepts" if ok else "refuses"
+    return {
+        "name": "mig-parted",
+        "ok": ok,
+        "message": f"{exe} {what} the current layout as config {config!r}: {detail}",
+    }

@@ -342,7 +342,6 @@ class Simulator:
         self.gpus = [_Gpu(i, m) for i, m in enumerate(gpus)]
         if not self.gpus:
             raise ValueError("no GPUs to simulate")
-        model0 = self.gpus[0].model
         self.jobs: dict[str, _Job] = {}
         self.seq: dict[str, int] = {}
         self.meter = ProgressMeter()
@@ -359,7 +358,7 @@ class Simulator:
                 trace=t,
                 workload=w,
                 total_steps=t.duration_7g_s / step_7g_s,
-                memory_mb=memory_need_mb(w, model0),
+                memory_mb=w.memory_need_mb(),  # the job's need: the same on every GPU
                 restart_cost_s=restart_cost_for(w, self.config.restart_costs),
                 record=JobRecord(t.name, t.workload, t.arrival_s),
             )
@@ -427,7 +426,10 @@ class Simulator:
     def _step_ms(self, j: _Job, g: _Gpu) -> float | None:
         if g.mode == "mig":
             assert j.slice is not None
-            return j.workload.step_time_ms(j.slice.slices)
+            # Fit by the instance's real memory (an H100's 2g.20gb holds what missed the
+            # A100's 2g.10gb), not by the catalog's column for the A100.
+            mem = g.model.profile(j.slice.profile).memory_mb
+            return j.workload.step_time_on(j.slice.slices, mem, j.memory_mb)
         if g.mode == "full":
             return j.workload.step_time_ms(7)
         pct = float(g.shares.get(j.trace.name, 100))
@@ -555,7 +557,10 @@ class Simulator:
             if (
                 target.mode == "mig"
                 and sl is not None
-                and j.workload.step_time_ms(sl.slices) is None
+                and j.workload.step_time_on(
+                    sl.slices, g.model.profile(sl.profile).memory_mb, j.memory_mb
+                )
+                is None
             ):
                 # Out of memory on start: the job is back in the queue, its progress kept.
                 self.oom_starts += 1

@@ -373,3 +373,25 @@ def test_a_fitted_model_kept_aside_says_so(state_dir: Path) -> None:
     check = doctor.check_model(state_dir, "a100-40gb")
     assert check.status == "warn" and "kept aside" in check.message
     assert "prior 10.0%" in check.message and "fitted 16.0%" in check.message
+
+
+@pytest.mark.parametrize(("exit_code", "status"), [(0, "ok"), (1, "warn")])
+def test_mig_parted_row_where_the_tool_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exit_code: int, status: str
+) -> None:
+    """With nvidia-mig-parted on PATH, doctor has it read the current layout as a config."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "nvidia-mig-parted"
+    tool.write_text(f"#!/bin/sh\necho checked \"$@\" >&2\nexit {exit_code}\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    checks = _by_name(doctor.run_checks("sim:a100-40gb", tmp_path / "state"))
+    assert checks["mig-parted"].status == status
+    assert "nvidia-mig-parted" in checks["mig-parted"].message
+
+
+def test_no_mig_parted_row_without_the_tool(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-mig-parted here
+    checks = _by_name(doctor.run_checks("sim:a100-40gb", tmp_path / "state"))
+    assert "mig-parted" not in checks

@@ -183,3 +183,27 @@ def test_real_mig_parted_accepts_every_export(tmp_path: Path, fmt: str) -> None:
         assert text is not None
         ok, detail = ex.run_mig_parted_check(text, bundle.summary["node_config"])
         assert ok, detail
+
+
+def test_doctor_hook_runs_mig_parted_on_the_current_layout(tmp_path: Path) -> None:
+    from miso_cli.gpu.nvml import open_driver
+
+    drv = open_driver("sim:a100-40gb", tmp_path / "state")
+    try:
+        missing = ex.doctor_mig_parted_check(drv, binary=str(tmp_path / "absent"))
+        assert missing["ok"] is False and "could not run" in missing["message"]
+        fake = _fake_mig_parted(tmp_path, 0)
+        result = ex.doctor_mig_parted_check(drv, binary=str(fake))
+        assert result["ok"] is True and "accepts" in result["message"]
+        seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
+        assert seen["version"] == "v1"
+        _fake_mig_parted(tmp_path, 1)
+        assert ex.doctor_mig_parted_check(drv, binary=str(fake))["ok"] is False
+    finally:
+        drv.close()
+    if shutil.which("nvidia-mig-parted"):
+        drv = open_driver("sim:h100-80gb", tmp_path / "state2")
+        try:
+            assert ex.doctor_mig_parted_check(drv)["ok"] is True
+        finally:
+            drv.close()

@@ -305,3 +305,54 @@ def test_click_command_needs_a_recording_group() -> None:
 
     with pytest.raises(TypeError):
         manpages.click_command(app)
+
+
+def _complete(miso_exe: Path, words: str, env: dict[str, str] | None = None) -> list[str]:
+    cword = str(len(words.split()) - (0 if words.endswith(" ") else 1))
+    r = _run_miso(
+        miso_exe,
+        {"_MISO_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword,
+         **(env or {})},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # Typer's bash script reads one value a line ("plain,VALUE" in Click's own format).
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    return [ln.split(",", 1)[1] if ln.startswith("plain,") else ln for ln in lines]
+
+
+def test_completion_of_option_values(miso_exe: Path, tmp_path: Path) -> None:
+    from miso_cli.gpu.profiles import MODELS
+    from miso_cli.policy.registry import names
+
+    assert _complete(miso_exe, "miso status --gpu ") == ["nvml"] + [
+        f"sim:{k}" for k in sorted(MODELS)
+    ]
+    assert _complete(miso_exe, "miso status --gpu sim:a1") == ["sim:a100-40gb", "sim:a100-80gb"]
+    assert _complete(miso_exe, "miso layouts --model a3") == ["a30-24gb"]
+    assert _complete(miso_exe, "miso run q.toml --policy ") == names()
+    listed = _complete(miso_exe, "miso simulate --policy miso,")
+    assert listed and all(w.startswith("miso,") for w in listed) and "miso,miso" not in listed
+    assert "1g.10gb+me" in _complete(miso_exe, "miso apply 1g.1")
+    queue = tmp_path / "q.toml"
+    queue.write_text('version = 1\n[[job]]\nname = "bert"\ncommand = ["x"]\n'
+                     '[[job]]\nname = "gpt"\ncommand = ["x"]\n')  # fmt: skip
+    words = f"miso export --queue {queue} --plan p.json --image "
+    assert _complete(miso_exe, words) == []  # no completion invented for free text
+    # Job names: none without a run (and no traceback in the shell).
+    assert _complete(miso_exe, "miso cancel ", {"MISO_STATE_DIR": str(tmp_path)}) == []
+
+
+def test_job_name_completion_from_a_queue(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from miso_cli.cli.completion import complete_job_name
+
+    queue = tmp_path / "q.toml"
+    queue.write_text('version = 1\n[[job]]\nname = "bert"\ncommand = ["x"]\n'
+                     '[[job]]\nname = "gpt"\ncommand = ["x"]\n')  # fmt: skip
+    ctx = SimpleNamespace(params={"queue": str(queue)})
+    assert complete_job_name(ctx, "") == ["bert", "gpt"]
+    assert complete_job_name(ctx, "g") == ["gpt"]
+    ctx = SimpleNamespace(params={"queue": str(tmp_path / "missing.toml"),
+                                  "state_dir": str(tmp_path)})  # fmt: skip
+    assert complete_job_name(ctx, "") == []

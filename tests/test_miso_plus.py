@@ -173,7 +173,7 @@ def test_short_jobs_run_one_after_the_other_when_that_finishes_them_sooner() -> 
         for i, n in enumerate("abcd")
     ]
     view = _view(0.0, [GpuView(0, A100)], jobs)
-    (t,) = MisoPlus().decide(Event("arrival", job="a"), view)
+    (t,) = MisoPlus(hold_back=True).decide(Event("arrival", job="a"), view)
     assert list(t.assignment) == ["a"] and t.layout.name == "7g.40gb"
-    (split,) = MisoPlus(hold_back=False).decide(Event("arrival", job="a"), view)
+    (split,) = MisoPlus().decide(Event("arrival", job="a"), view)  # off by default
     assert len(split.assignment) == 4

@@ -130,6 +130,10 @@ def test_submit_watch_cancel_logs_and_timeline(cli, tmp_path: Path, state_dir: P
             proc,
         )
         assert rows["extra2"]["state"] == "waiting"
+        code, out, err = cli("status", "--watch", "--count", "1", "--json")  # the live view
+        assert code == 0, err
+        watched = json.loads(out.splitlines()[0])["data"]["runs"][0]["jobs"]
+        assert {"extra1", "extra2"} <= {j["name"] for j in watched}
         code, _, err = cli("cancel", "extra2")  # a waiting job leaves the queue
         assert code == 0, err
         wait_for("extra2 cancelled", lambda: jobs_of(cli)["extra2"]["state"] == "cancelled", proc)

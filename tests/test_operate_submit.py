@@ -303,3 +303,34 @@ def test_control_refuses_a_non_owner(tmp_path: Path, state_dir: Path) -> None:
         control(state_dir, "cancel", ["a"], euid=os.stat(j.run_dir).st_uid + 4242)
     with pytest.raises(BadInput):
         submit(state_dir, queue_path=write_queue(tmp_path, job("a"), "again.toml"))
+
+
+def test_a_job_larger_than_any_gpu_is_refused(cli, tmp_path: Path, state_dir: Path) -> None:
+    j = make_run(tmp_path, state_dir, "a")
+    j.data["gpus"] = [{"index": 0, "model": "a100-40gb", "compute_slices": 7}]
+    j.save()
+    code, _, err = cli("submit", str(write_queue(tmp_path, job("big", memory="100GiB"))))
+    assert code == ExitCode.BAD_INPUT and "memory" in err and "A100" in err
+    code, _, err = cli("submit", str(write_queue(tmp_path, job("fits", memory="30GiB"), "b.toml")))
+    assert code == 0, err
+
+
+def test_a_run_that_ends_while_submitting_gets_nothing(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miso_cli.operate import submit as submit_mod
+    from miso_cli.operate.runs import NoRun
+
+    j = make_run(tmp_path, state_dir, "a")
+    real_write = inbox.write_request
+
+    def write_then_end(*args, **kwargs):  # the run ends just as the file lands
+        rid = real_write(*args, **kwargs)
+        j.status = "finished"
+        j.save()
+        return rid
+
+    monkeypatch.setattr(submit_mod.inbox, "write_request", write_then_end)
+    with pytest.raises(NoRun, match="ended while"):
+        submit(state_dir, queue_path=write_queue(tmp_path, job("b")))
+    assert os.listdir(inbox.inbox_dir(j.run_dir)) == []

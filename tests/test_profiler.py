@@ -168,13 +168,17 @@ def test_failures_oom_and_timeouts_are_recorded_not_retried(
         tmp_path,
         [
             oom,
-            _sim("crash", "toy-mlp_32", "--fail-at", "1", "--fail-attempts", "99"),
+            {  # fails at once: a Python start-up on a loaded host can outlast a short level
+                "name": "crash",
+                "command": "echo 'RuntimeError: simulated failure at step 1' >&2; exit 1",
+                "shell": True,
+            },
             _sim("hang", "toy-mlp_32", "--hang-at", "3"),
             _sim("fine", "toy-cnn_64"),
         ],
     )
     code, out, _ = cli(
-        "profile", str(q), *GPU, "--levels", "100,50", *FAST, "--max-time", "2", "--json"
+        "profile", str(q), *GPU, "--levels", "100,50", *FAST, "--max-time", "8", "--json"
     )
     assert code == 7
     env = parse_envelope(out)

@@ -67,7 +67,9 @@ def test_memory_no_slice_holds(cli, tmp_path: Path, state_dir: Path) -> None:
 def test_bad_options(cli, tmp_path: Path, state_dir: Path, args: list[str], words: str) -> None:
     q = queue(tmp_path, job("a"))
     code, out, err = cli("run", str(q), "--gpu", "sim:a100-40gb", *args)
-    assert code == 2, err
+    # issue-15b: a layout that names no profile or does not fit is BAD_INPUT, as in apply
+    bad_layout = args[0] == "--layout" and words in ("--layout", "does not fit")
+    assert code == (3 if bad_layout else 2), err
     assert words in err
     assert nothing_started(state_dir)
 

@@ -212,3 +212,32 @@ def test_trace_errors_name_file_and_line(tmp_path: Path, text: str, message: str
 def test_unused_layout_type_is_frozen() -> None:
     # Layouts are values: the simulator compares them to count reconfigurations.
     assert Layout(()) == Layout(())
+
+
+class _OnOne(Policy):
+    """Put every job alone on one instance of ``profile``."""
+
+    name = "on-one"
+    knowledge = "none"
+
+    def __init__(self, model, profile: str) -> None:
+        self.lay = place(model, [profile])
+
+    def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
+        waiting = [j.name for j in view.jobs.values() if j.state == "waiting"]
+        if waiting and not view.gpus[0].jobs:
+            return [GpuTarget(0, "mig", self.lay, {waiting[0]: self.lay.slices[0]})]
+        return []
+
+
+def test_fit_is_decided_by_the_instance_memory_not_the_a100_column() -> None:
+    """toy_big missed the A100's 2g.10gb (its catalog cell is empty) but fits an H100's
+    2g.20gb: simulated there, it runs, at a time extrapolated from its measured sizes."""
+    h100 = MODELS["h100-80gb"]
+    trace = _trace(("big", 0, "toy_big", 10))
+    res = simulate(trace, CAT, [h100], _OnOne(h100, "2g.20gb"))
+    big = res.jobs[0]
+    assert big.finish_s is not None
+    assert big.finish_s > 10 * 140 / 100  # slower than on the 3g it was measured on
+    with pytest.raises(SimulationError, match="waiting"):  # the A100's 2g.10gb: too small
+        simulate(trace, CAT, [A100], _OnOne(A100, "2g.10gb"))

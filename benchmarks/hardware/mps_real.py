@@ -114,7 +114,7 @@ def run_mix(jobs: list[tuple[str, float | None]], mps_env: dict[str, str] | None
     t0 = time.time() + 0.5
     go.write_text(f"{t0} {t0 + window_s}")
     out = []
-    for (kind, share), p in zip(jobs, procs):
+    for (kind, share), p in zip(jobs, procs, strict=True):
         stdout, stderr = p.communicate(timeout=window_s + 60)
         res = json.loads(stdout.strip().splitlines()[-1])
         res.update(kind=kind, share=share)
@@ -145,7 +145,9 @@ def main() -> int:
         if args.out != "-":
             Path(args.out).write_text(json.dumps(results, indent=1))
 
-    def record(label: str, jobs: list[tuple[str, float | None]], mps: dict[str, str] | None) -> None:
+    def record(
+        label: str, jobs: list[tuple[str, float | None]], mps: dict[str, str] | None
+    ) -> None:
         if only and label not in only:
             return
         t = time.time()
@@ -185,7 +187,9 @@ def main() -> int:
             record("pair50-matmul-membw", [("matmul", 50), ("membw", 50)], mps)
             record("pair50-membw-membw", [("membw", 50), ("membw", 50)], mps)
             record("pair50-matmul-small", [("matmul", 50), ("small", 50)], mps)
-            record("triple33-matmul-membw-small", [("matmul", 33), ("membw", 33), ("small", 33)], mps)
+            record(
+                "triple33-matmul-membw-small", [("matmul", 33), ("membw", 33), ("small", 33)], mps
+            )
             record("triple33-matmul-x3", [("matmul", 33)] * 3, mps)
             record("pair100-matmul-membw", [("matmul", 100), ("membw", 100)], mps)
             record("pair100-matmul-matmul", [("matmul", 100), ("matmul", 100)], mps)

@@ -26,6 +26,12 @@ class _MisoGroup(RecordingGroup):
     JSON envelope; scripts that pass ``--json`` read stdout and would find nothing.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from miso_cli.cli.completion import attach
+
+        attach(self)  # completion for --policy, profile names and job names
+
     def invoke(self, ctx: typer.Context) -> Any:
         argv = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:

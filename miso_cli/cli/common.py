@@ -22,6 +22,13 @@ from rich.console import Console
 from miso_cli.errors import ExitCode, MisoError
 from miso_cli.output import dumps, envelope
 
+
+def _complete_gpu(incomplete: str) -> list[str]:
+    from miso_cli.cli.completion import complete_gpu
+
+    return complete_gpu(incomplete)
+
+
 JsonOpt = Annotated[
     bool,
     typer.Option(
@@ -40,6 +47,7 @@ GpuOpt = Annotated[
         envvar="MISO_GPU",
         help="GPUs to use: 'nvml' (the real driver, the default) or a simulated "
         "GPU such as 'sim:a100-40gb' or 'sim:h100-80gbx8' (8 GPUs).",
+        autocompletion=_complete_gpu,
     ),
 ]
 StateDirOpt = Annotated[
@@ -195,3 +203,35 @@ def fail_usage(argv: list[str], commands: list[str], message: str) -> NoReturn:
     where = f"miso {name}" if name != "miso" else "miso"
     err = {"code": "USAGE", "message": message, "hint": f"see '{where} --help'"}
     fail(name, err, ExitCode.USAGE, json_out="--json" in argv[1:])
+
+
+# -- tables for people and for scripts ----------------------------------------------
+
+
+def print_table(console: Console, table: Any) -> None:
+    """Print a Rich table; when the output is not a terminal, wide enough that no cell
+    is cut (a pipe or a file gets every column in full, whatever COLUMNS says)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    # The table's natural width, not capped by the console's (COLUMNS or 80).
+    options = console.options.update(width=1_000_000, max_width=1_000_000)
+    width = max(Measurement.get(console, options, table).maximum, 20)
+    wide = Console(
+        file=console.file, width=width, highlight=False, color_system=None, soft_wrap=False
+    )
+    wide.print(table)
+
+
+def write_csv(rows: list[list[Any]], header: list[str]) -> None:
+    """Rows as CSV on stdout (RFC 4180, a header line first), as nvidia-smi's
+    --format=csv gives them to scripts; None is an empty cell."""
+    import csv
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+    sys.stdout.flush()

@@ -19,6 +19,12 @@ from miso_cli.cli.common import (
 from miso_cli.gpu.layouts import Layout
 
 
+def _complete_model(incomplete: str) -> list[str]:
+    from miso_cli.cli.completion import complete_model
+
+    return complete_model(incomplete)
+
+
 def command(
     gpu: GpuOpt = None,
     gpu_index: Annotated[
@@ -29,6 +35,7 @@ def command(
         typer.Option(
             "--model",
             help="List a known GPU model's layouts without a GPU (e.g. a100-40gb, h100-80gb).",
+            autocompletion=_complete_model,
         ),
     ] = None,
     include_me: Annotated[
@@ -48,6 +55,14 @@ def command(
             help="List every layout, not only maximal ones (where no further instance fits).",
         ),
     ] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="table (for people; in full when not a terminal) or csv (one line per "
+            "layout, for scripts).",
+        ),
+    ] = "table",
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -66,6 +81,9 @@ def command(
     def body(console: Console) -> Result:
         from miso_cli.errors import UsageError
         from miso_cli.gpu.layouts import enumerate_layouts
+
+        if fmt not in ("table", "csv"):
+            raise UsageError(f"--format {fmt!r}: expected table or csv")
         from miso_cli.gpu.profiles import MODELS
         from miso_cli.gpu.profiles import model as model_of
 
@@ -121,6 +139,26 @@ def command(
             from rich import box
             from rich.table import Table
 
+            from miso_cli.cli.common import print_table, write_csv
+
+            if fmt == "csv":
+                write_csv(
+                    [
+                        [
+                            n,
+                            slot_map(lay, gm.memory_slots),
+                            lay.name,
+                            lay.compute_slices,
+                            gm.compute_slices,
+                            len(lay.slices),
+                        ]
+                        for n, lay in enumerate(layouts, 1)
+                    ],
+                    ["index", "slots", "layout", "compute_slices", "gpu_compute_slices",
+                     "instances"],
+                )  # fmt: skip
+                return
+
             kind = "layouts" if all_layouts else "maximal layouts"
             t = Table(
                 title=f"{len(layouts)} {kind} of {gm.name}",
@@ -132,10 +170,11 @@ def command(
                 "in it; '.' is free",
                 caption_justify="left",
             )
-            t.add_column("#", justify="right")
+            # On a narrow terminal the layout name wraps; the other columns never shrink.
+            t.add_column("#", justify="right", no_wrap=True, min_width=2)
             t.add_column("slots", no_wrap=True)
-            t.add_column("layout", no_wrap=True)
-            t.add_column("compute", justify="right")
+            t.add_column("layout", overflow="fold", ratio=1)
+            t.add_column("compute", justify="right", no_wrap=True, min_width=7)
             for n, lay in enumerate(layouts, 1):
                 t.add_row(
                     str(n),
@@ -143,7 +182,7 @@ def command(
                     lay.name,
                     f"{lay.compute_slices}/{gm.compute_slices}",
                 )
-            out.print(t)
+            print_table(out, t)
 
         return Result(data=data, render=render)
 

@@ -32,7 +32,7 @@ def command(
             "--layout",
             help="Partition every GPU into these MIG instances, e.g. "
             "'3g.20gb,2g.10gb,2g.10gb' (a name may carry @START); each job takes the "
-            "largest free instance it fits. Without it: one job per whole GPU.",
+            "largest free instance it fits. Without it, --policy decides (default miso+).",
         ),
     ] = None,
     policy: Annotated[

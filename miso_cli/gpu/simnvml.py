@@ -355,15 +355,29 @@ def _check_state(state: Any, path: Path) -> None:
             raise SimStateError(f"{where}.uuid: must be a string")
         if not isinstance(gpu.get("instances"), list):
             raise SimStateError(f"{where}.instances: must be a list")
+        # issue-11: the fields every call reads, so that a damaged file is named, not a crash
+        if not _is_int(gpu.get("index")) or not all(
+            isinstance(gpu.get(x), bool) for x in ("mig_current", "mig_pending")
+        ):
+            raise SimStateError(f"{where}: needs an integer index and true/false MIG modes")
+        if gpu.get("pci_device_id") is not None and not _is_int(gpu.get("pci_device_id")):
+            raise SimStateError(f"{where}.pci_device_id: must be an integer")
         for k, gi in enumerate(gpu["instances"]):
             ints = ("id", "profile_id", "start", "size")
             if not isinstance(gi, dict) or not all(_is_int(gi.get(x)) for x in ints):
                 raise SimStateError(f"{where}.instances[{k}]: needs integer {', '.join(ints)}")
             if not isinstance(gi.get("cis", []), list):
                 raise SimStateError(f"{where}.instances[{k}].cis: must be a list")
+            for ci in gi.get("cis", []):  # issue-11
+                ci_ints = ("id", "serial", "slices", "profile_id")
+                if not isinstance(ci, dict) or not all(_is_int(ci.get(x)) for x in ci_ints):
+                    raise SimStateError(f"{where}.instances[{k}].cis: needs integer {ci_ints}")
     for n, proc in enumerate(state["processes"]):
         if not isinstance(proc, dict) or not _is_int(proc.get("pid")):
             raise SimStateError(f"{path}: processes[{n}]: needs an integer pid")
+        mem = proc.get("used_memory_mb")  # issue-11
+        if not isinstance(proc.get("uuid"), str) or not (mem is None or _is_int(mem)):
+            raise SimStateError(f"{path}: processes[{n}]: needs a uuid and integer memory")
     state.setdefault("extensions", {})
     state.setdefault("privileged", True)
     if not isinstance(state.setdefault("holders", []), list):

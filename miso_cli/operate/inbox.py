@@ -320,6 +320,7 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
     queue_jobs: list[dict[str, Any]] = journal.data["queue"]["jobs"]
     for req in good:
         entry: dict[str, Any] = {"id": req.id, "kind": req.kind, "at": now}
+        later: list[dict[str, Any]] = []  # what follows from it, after the request itself
         out.ids.append(req.id)
         if req.kind == "submit":
             clash = [j.name for j in req.jobs if j.name in journal.jobs]
@@ -346,7 +347,7 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
                         rec.state = CANCELLED
                         rec.ended_at = now
                         rec.reason = "cancelled by miso cancel"
-                        out.events.append({"event": CANCELLED, "job": n, "reason": rec.reason})
+                        later.append({"event": CANCELLED, "job": n, "reason": rec.reason})
                     elif rec.state in ("starting", "running", "stopping"):
                         out.cancel_running.append(n)
             else:
@@ -362,6 +363,7 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
         ev = {"event": "request", **{k: v for k, v in entry.items() if k not in ("at", "kind")}}
         ev["request"] = req.kind
         out.events.append(ev)
+        out.events.extend(later)
     return out
 
 

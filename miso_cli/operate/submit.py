@@ -9,6 +9,7 @@ within about a second if a ``miso run`` drives it, else when it is resumed.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,40 @@ def command_queue_text(
     return "\n".join(lines) + "\n"
 
 
+def _withdraw_if_over(run: RunInfo, rid: str) -> None:
+    """The run may have ended while the request was written: then take it back, and say so
+    (a request the run took already is not withdrawn: its jobs are in the journal)."""
+    from miso_cli.operate.runs import NoRun, read_run
+
+    if read_run(run.run_dir).accepts_requests:
+        return
+    try:
+        os.unlink(inbox.inbox_dir(run.run_dir) / f"{rid}.json")
+    except FileNotFoundError:
+        return  # taken by the run before it ended
+    raise NoRun(
+        f"run {run.run_id} ended while the request was written; nothing was added",
+        hint="start a new run with: miso run QUEUE.toml",
+    )
+
+
+def _check_memory(run: RunInfo, queue: QueueSpec) -> None:
+    """A job larger than any GPU of the run could never start: refuse it now."""
+    from miso_cli.gpu.profiles import model
+    from miso_cli.queue import check_memory
+
+    best, what = 0.0, ""
+    for g in run.data.get("gpus") or []:
+        try:
+            m = model(str(g.get("model")))
+        except (KeyError, ValueError):
+            continue
+        if m.memory_mb > best:
+            best, what = float(m.memory_mb), f"a whole {m.name} of run {run.run_id}"
+    if best:
+        check_memory(queue, best, what)
+
+
 def _check_names(run: RunInfo, queue: QueueSpec) -> None:
     taken = set(run.jobs) | inbox.submitted_names(run.run_dir)
     for job in queue.jobs:
@@ -102,6 +137,7 @@ def submit(
         text = queue_text
         queue = parse_queue(text, path)
     _check_names(run, queue)
+    _check_memory(run, queue)
     payload: dict[str, Any] = {"kind": "submit", "queue_path": str(path), "queue_text": text}
     if priority is not None:
         payload["priority"] = priority  # every job of the submission, over the file's
@@ -111,6 +147,7 @@ def submit(
         euid=euid,
         now=now,
     )
+    _withdraw_if_over(run, rid)
     return {
         "run_id": run.run_id,
         "request": rid,
@@ -148,6 +185,7 @@ def control(
     if kind == "priority":
         payload["priority"] = priority
     rid = inbox.write_request(run.run_dir, payload, euid=euid, now=now)
+    _withdraw_if_over(run, rid)
     states = {n: run.jobs.get(n, {}).get("state", "submitted") for n in names}
     return {
         "run_id": run.run_id,

@@ -37,6 +37,9 @@ class RunSnapshot:
     elapsed_s: float
     gpus: list[GpuRow]
     jobs: list[JobRow]
+    # issue-15b: catalog seconds per wall second of synthetic jobs (1 on real GPUs): the
+    # live view shows step times in the event lines' time.
+    step_time_scale: float = 1.0
 
     def counts(self) -> dict[str, int]:
         """Jobs per journal state."""
