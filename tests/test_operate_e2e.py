@@ -68,7 +68,8 @@ def jobs_of(cli) -> dict[str, dict[str, Any]]:
     if (
         code != 0
         and "no NVIDIA driver" in err
-        and not (Path(os.environ["MISO_STATE_DIR"]) / "runs").exists()
+        # runs/ appears before the run's journal (which names its GPUs) is written
+        and not any((Path(os.environ["MISO_STATE_DIR"]) / "runs").glob("*/journal.json"))
     ):
         return {}
     assert code == 0, err
