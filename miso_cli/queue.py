@@ -423,7 +423,7 @@ class _Checker:
         if "cwd" in raw:
             spec.cwd = want("cwd", str, "a directory path")
         cwd = (base / os.path.expanduser(spec.cwd)).resolve()
-        if not cwd.is_dir():
+        if not _is(cwd.is_dir):
             self.fail(index, "cwd" if "cwd" in raw else None, f"directory {str(cwd)!r} not found")
         spec.cwd = str(cwd)
 
@@ -525,7 +525,7 @@ class _Checker:
             self.fail(index, "command", "contains a NUL character")
         if os.sep in program:
             exe = (cwd / os.path.expanduser(program)).resolve()
-            if not exe.exists():
+            if not _is(exe.exists):
                 self.fail(index, "command", f"program {str(exe)!r} not found")
         else:
             search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
@@ -534,7 +534,7 @@ class _Checker:
         script = _script_of(argv)
         if script is not None:
             target = (cwd / os.path.expanduser(script)).resolve()
-            if not target.exists():
+            if not _is(target.exists):
                 self.fail(
                     index,
                     "command",
@@ -603,6 +603,16 @@ def expand(text: str, **values: Any) -> str:
 class _Strict(dict):  # type: ignore[type-arg]
     def __missing__(self, key: str) -> Any:
         raise KeyError(key)
+
+
+
+def _is(check: Any) -> bool:
+    """A path test that answers False where the OS refuses the question (a name too long,
+    a loop of links), so the queue's error names the key instead of a traceback."""
+    try:
+        return bool(check())
+    except (OSError, ValueError):
+        return False
 
 
 def parse_queue(text: str, path: Path | str) -> QueueSpec:

@@ -276,3 +276,21 @@ def test_a_queue_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) ->
     path = tmp_path / "q.toml"
     path.write_bytes(b"\xef\xbb\xbf" + body.encode())
     assert [j.name for j in load_queue(path).jobs] == ["a"]
+
+
+def test_a_path_the_os_refuses_to_look_up_is_bad_input_naming_the_key(tmp_path) -> None:
+    """A script or cwd name too long for the OS (found by the fuzzer): one line, no traceback."""
+    from miso_cli.errors import BadInput
+    from miso_cli.queue import parse_queue
+
+    long = "9" * 5000
+    with pytest.raises(BadInput, match="command"):
+        parse_queue(
+            f'version = 1\n[[job]]\nname = "a"\ncommand = ["python3", "{long}/x.py"]\n',
+            tmp_path / "q.toml",
+        )
+    with pytest.raises(BadInput, match="cwd"):
+        parse_queue(
+            f'version = 1\n[[job]]\nname = "a"\ncommand = ["python3", "x.py"]\ncwd = "{long}"\n',
+            tmp_path / "q.toml",
+        )
