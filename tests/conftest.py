@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Property tests draw the same examples on every run, so the suite passes or fails the same
+# way on every machine; new ground is searched with a seed of your own
+# (pytest --hypothesis-seed=N, or HYPOTHESIS_EXPLORE=1) and by benchmarks/chaos.py.
+settings.register_profile("miso", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("explore" if os.environ.get("HYPOTHESIS_EXPLORE") else "miso")
 
 
 @pytest.fixture(autouse=True)
