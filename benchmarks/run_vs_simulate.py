@@ -32,19 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from miso_cli.catalog import load_catalog  # noqa: E402
-from miso_cli.gpu.profiles import MODELS  # noqa: E402
 
 CATALOG = ROOT / "examples" / "catalog.csv"
 SIM_TRAIN = ROOT / "examples" / "sim_train.py"
 POLICIES = ("nopart", "static", "miso", "miso+")
 
 
-def synthetic(n: int, arrivals: bool, seed: int, model_key: str) -> list[dict[str, Any]]:
+def synthetic(n: int, arrivals: bool, seed: int) -> list[dict[str, Any]]:
     """``n`` jobs: workload, catalog seconds on a whole GPU, arrival (catalog s), memory."""
-    from miso_cli.simulator import memory_need_mb
-
     cat = load_catalog(CATALOG)
-    model = MODELS[model_key]
     rng = random.Random(seed * 1000 + n * 10 + int(arrivals))
     names = sorted(cat.workloads)
     jobs = []
@@ -63,7 +59,7 @@ def synthetic(n: int, arrivals: bool, seed: int, model_key: str) -> list[dict[st
                 "steps": steps,
                 "duration_7g_s": steps * step_s,
                 "arrival_s": round(t, 1),
-                "memory_mb": round(memory_need_mb(w, model)),
+                "memory_mb": round(w.memory_need_mb()),  # the need the simulator gives it
             }
         )
     return jobs
@@ -191,14 +187,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     policies = [p for p in args.policies.split(",") if p]
-    model_key = args.gpu.split(":", 1)[1].split("x")[0]
     queues: list[tuple[str, list[dict[str, Any]]]] = []
     if not args.no_quickstart:
         queues.append(("quickstart", quickstart()))
     for n in [int(x) for x in args.sizes.split(",") if x]:
         for arrivals in (False,) if args.no_arrivals else (False, True):
             label = f"{n} jobs" + (" + arrivals" if arrivals else "")
-            queues.append((label, synthetic(n, arrivals, args.seed, model_key)))
+            queues.append((label, synthetic(n, arrivals, args.seed)))
     rows = []
     print(
         f"{'queue':<20} {'policy':<7} {'JCT run':>8} {'JCT sim':>8} {'span run':>8} "

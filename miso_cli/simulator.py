@@ -177,18 +177,9 @@ def mps_step_time_ms(
 
 
 def memory_need_mb(workload: Workload, model: GpuModel) -> float:
-    """A memory need consistent with which instances the workload fits (catalog empties)."""
-    fitting = []
-    not_fitting = []
-    for g, t in workload.mig_ms.items():
-        try:
-            mem = model.by_slices(g).memory_mb
-        except KeyError:
-            continue
-        (fitting if t is not None else not_fitting).append(mem)
-    low = max(not_fitting, default=0.0)
-    high = min((m for m in fitting if m > low), default=float(model.memory_mb))
-    return low + 0.5 * (high - low) if low else 0.5 * high
+    """A memory need consistent with which instances of ``model`` the workload fits
+    (the catalog's empties, read as :meth:`Workload.memory_need_mb` reads them)."""
+    return workload.memory_need_mb(model.key)
 
 
 @dataclass
