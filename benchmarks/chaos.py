@@ -42,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from miso_cli.gpu.simnvml import MUTATING_CALLS  # noqa: E402
+
 SIM = ROOT / "examples" / "sim_train.py"
 POLICIES = ["miso+", "miso", "static", "mps", "nopart", "--layout"]
 PAIRS = [
@@ -51,15 +53,7 @@ PAIRS = [
     ("1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb", "7g.40gb"),
     ("4g.20gb+3g.20gb", "3g.20gb+2g.10gb+1g.5gb+1g.5gb"),
 ]
-MUTATING = frozenset(
-    {
-        "nvmlDeviceCreateGpuInstanceWithPlacement",
-        "nvmlGpuInstanceCreateComputeInstance",
-        "nvmlComputeInstanceDestroy",
-        "nvmlGpuInstanceDestroy",
-        "nvmlDeviceSetMigMode",
-    }
-)
+MUTATING = MUTATING_CALLS  # the simulated driver's own list of calls that change a GPU
 TARGET_EVENTS = ("reconfiguring", "profile_level", "mps_daemon", "gpu_mode", "started")
 
 

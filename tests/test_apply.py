@@ -14,7 +14,7 @@ from miso_cli.gpu.apply import apply_layout, diff, load_plan
 from miso_cli.gpu.layouts import enumerate_layouts
 from miso_cli.gpu.nvml import Driver
 from miso_cli.gpu.profiles import model
-from miso_cli.gpu.simnvml import SimNvml, new_state
+from miso_cli.gpu.simnvml import MUTATING_CALLS, SimNvml, new_state
 
 A100 = model("a100-40gb")
 LAYOUTS = enumerate_layouts(A100)
@@ -232,15 +232,7 @@ PAIRS = [
     ("1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb+1g.5gb", "7g.40gb"),
     ("4g.20gb+3g.20gb", "3g.20gb+2g.10gb+1g.5gb+1g.5gb"),
 ]
-MUTATING = frozenset(
-    {
-        "nvmlDeviceCreateGpuInstanceWithPlacement",
-        "nvmlGpuInstanceCreateComputeInstance",
-        "nvmlComputeInstanceDestroy",
-        "nvmlGpuInstanceDestroy",
-        "nvmlDeviceSetMigMode",
-    }
-)
+MUTATING = MUTATING_CALLS  # the simulated driver's own list of calls that change a GPU
 
 
 def _by_name(name: str):
