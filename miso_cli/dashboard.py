@@ -289,6 +289,23 @@ def paused_s(job: dict[str, Any]) -> float | None:
     return max(0.0, jct - queue - run)
 
 
+def _print_uncut(console: Any, table: Any) -> None:
+    """On a terminal as it fits; to a pipe or a file, wide enough that no cell is cut."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    from rich.measure import Measurement
+
+    options = console.options.update(width=1_000_000, max_width=1_000_000)
+    natural = Measurement.get(console, options, table).maximum
+    saved = console.width
+    console.width = max(saved, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = saved
+
+
 def render_summary(console: Any, report: dict[str, Any]) -> None:
     """The table printed at the end of a run (and by ``miso run --resume`` of a finished one)."""
     from rich.table import Table
@@ -311,7 +328,7 @@ def render_summary(console: Any, report: dict[str, Any]) -> None:
             str(job.get("retries", 0)),
             str(job.get("attempts", 0)),
         )
-    console.print(table)
+    _print_uncut(console, table)
     s = report["summary"]
     util = s.get("slice_utilisation")
     console.print(

@@ -99,3 +99,20 @@ def test_run_says_which_model_predicts(cli, tmp_path: Path) -> None:
     assert code == 0, err
     notes = [json.loads(ln) for ln in out.splitlines()[:-1] if '"note"' in ln]
     assert any(n["message"].startswith("predictor: the shipped a100-40gb prior") for n in notes)
+
+
+def test_the_summary_is_not_cut_when_it_goes_to_a_pipe() -> None:
+    job = {
+        "name": "a-rather-long-job-name", "state": "finished", "gpu": 0, "slice": "3g.20gb",
+        "queue_s": 0.4, "run_s": 9.2, "completion_s": 11.3, "retries": 0, "attempts": 2,
+    }  # fmt: skip
+    report = {
+        "run_id": "r1", "jobs": [job], "report_file": "report.json",
+        "summary": {"makespan_s": 12.0, "mean_jct_s": 11.3, "slice_utilisation": 0.5,
+                    "finished": 1, "failed": 0},
+    }  # fmt: skip
+    console = Console(record=True, width=40, force_terminal=False)
+    render_summary(console, report)
+    text = console.export_text()
+    assert "a-rather-long-job-name" in text and "finished" in text and "0:3g.20gb" in text
+    assert "…" not in text
