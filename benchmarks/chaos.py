@@ -16,7 +16,7 @@ Three parts, all on the simulated GPU:
    down to compute instances and MIG devices. ``--apply-kills`` real ``miso apply``
    processes with ``MISO_SIM_LATENCY`` are also killed with -9 at random moments.
 3. **Fuzzed inputs**: ``--fuzz`` damaged files across every format miso reads
-   (:mod:`miso_cli.fuzzing`), counting tracebacks and hangs.
+   (:mod:`miso_cli.spec.fuzzing`), counting tracebacks and hangs.
 
     python benchmarks/chaos.py                       # small counts, a few minutes
     python benchmarks/chaos.py --cycles 50 --fuzz 1000 --apply-kills 50   # the issue's
@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from miso_cli.gpu.simnvml import MUTATING_CALLS  # noqa: E402
+from miso_cli.gpu.sim.simnvml import MUTATING_CALLS  # noqa: E402
 
 SIM = ROOT / "examples" / "sim_train.py"
 POLICIES = ["miso+", "miso", "static", "mps", "nopart", "--layout"]
@@ -296,7 +296,7 @@ def apply_chaos(tmp: Path) -> dict[str, Any]:
     from miso_cli.gpu.layouts import enumerate_layouts
     from miso_cli.gpu.nvml import Driver
     from miso_cli.gpu.profiles import model
-    from miso_cli.gpu.simnvml import SimNvml, new_state
+    from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
     lays = enumerate_layouts(model("a100-40gb"))
 
@@ -409,7 +409,7 @@ def apply_kills(n: int, rng: random.Random, latency_s: float) -> dict[str, Any]:
 
 
 def fuzz(n: int, rng: random.Random) -> dict[str, Any]:
-    from miso_cli import fuzzing
+    from miso_cli.spec import fuzzing
 
     tracebacks: dict[str, int] = {}
     hangs = 0

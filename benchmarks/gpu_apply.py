@@ -17,7 +17,7 @@ def main() -> None:
     from miso_cli.gpu.apply import apply_layout
     from miso_cli.gpu.layouts import enumerate_layouts
     from miso_cli.gpu.profiles import MODELS, model
-    from miso_cli.gpu.simnvml import SimNvml, new_state
+    from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
     for key, gm in MODELS.items():
         t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Evidence for the simulated GPU's MPS interference model (miso_cli/gpu/simmps.py).
+"""Evidence for the simulated GPU's MPS interference model (miso_cli/gpu/sim/simmps.py).
 
 Reads ../shared/data/a100-40gb/{catalog,mps_mig_pairs}.csv. For every job of
 every measured mix, the change of its level ratios (mps_100/mps_14 and
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from miso_cli.catalog import load_catalog
 from miso_cli.gpu import simmps
+from miso_cli.spec.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from miso_cli.gpu.profiles import MODELS  # noqa: E402
-from miso_cli.planner import PlanGpu, PlanJob, plan  # noqa: E402
+from miso_cli.planning.planner import PlanGpu, PlanJob, plan  # noqa: E402
 
 A100 = MODELS["a100-40gb"]
 SIZES = "8x56,32x224,64x500,128x1000,256x2000"

@@ -94,11 +94,11 @@ def main() -> None:
     ap.add_argument("--skip-measured", action="store_true", help="only the model")
     args = ap.parse_args()
 
-    from miso_cli.catalog import load_catalog
     from miso_cli.gpu import simmps
     from miso_cli.gpu.layouts import enumerate_layouts
     from miso_cli.gpu.profiles import model
-    from miso_cli.profiler import DEFAULT_LEVELS
+    from miso_cli.runtime.profiler import DEFAULT_LEVELS
+    from miso_cli.spec.catalog import load_catalog
 
     cat_path = SHARED if SHARED.exists() else ROOT / "examples" / "catalog.csv"
     cat = load_catalog(cat_path)

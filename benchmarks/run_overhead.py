@@ -109,7 +109,9 @@ def main() -> int:
             time.sleep(1.0)
         t1, c1 = time.monotonic(), me.cpu_times()
         cpu = (c1.user + c1.system - c0.user - c0.system) / (t1 - t0) * 100
-        running = sum(1 for c in me.children() if "miso_cli.jobwrap" in " ".join(c.cmdline()))
+        running = sum(
+            1 for c in me.children() if "miso_cli.runtime.jobwrap" in " ".join(c.cmdline())
+        )
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=60)

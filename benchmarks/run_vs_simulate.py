@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from miso_cli.catalog import load_catalog  # noqa: E402
+from miso_cli.spec.catalog import load_catalog  # noqa: E402
 
 CATALOG = ROOT / "examples" / "catalog.csv"
 SIM_TRAIN = ROOT / "examples" / "sim_train.py"
@@ -67,7 +67,7 @@ def synthetic(n: int, arrivals: bool, seed: int) -> list[dict[str, Any]]:
 
 def quickstart() -> list[dict[str, Any]]:
     """The jobs of examples/quickstart.toml, as this benchmark describes jobs."""
-    from miso_cli.queue import load_queue
+    from miso_cli.spec.queue import load_queue
 
     cat = load_catalog(CATALOG)
     out = []
@@ -142,7 +142,7 @@ def run_sim(
 ) -> dict[str, Any]:
     from miso_cli.cli.simulate import _gpus
     from miso_cli.policy import registry
-    from miso_cli.simulator import SimConfig, TraceJob, make_predict, simulate
+    from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
 
     cat = load_catalog(CATALOG)
     gpus = _gpus(gpu)

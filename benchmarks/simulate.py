@@ -52,16 +52,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from miso_cli.catalog import load_catalog  # noqa: E402
 from miso_cli.gpu.profiles import model as gpu_model  # noqa: E402
 from miso_cli.policy import registry  # noqa: E402
-from miso_cli.simulator import (  # noqa: E402
+from miso_cli.sim.simulator import (  # noqa: E402
     SimConfig,
     TraceJob,
     load_trace,
     make_predict,
     simulate,
 )
+from miso_cli.spec.catalog import load_catalog  # noqa: E402
 
 POLICIES = ("nopart", "static", "mps", "miso", "oracle", "miso+")
 # The development trace's run times: log-normal, log mean 5.89, log std. dev. 1.13
@@ -101,7 +101,7 @@ SUITE = (
 
 def _efficiency(w) -> float:
     """Best progress per GPU on a MIG instance (high: gains from small slices)."""
-    from miso_cli.gpu.simmps import mig_envelope
+    from miso_cli.gpu.sim.simmps import mig_envelope
 
     hull = mig_envelope(w)
     return max(x / u for u, x in hull[1:])

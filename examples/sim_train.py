@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from miso_cli import report  # noqa: E402
-from miso_cli.catalog import load_catalog  # noqa: E402
+from miso_cli.spec.catalog import load_catalog  # noqa: E402
 
 DEFAULT_SPEEDUP = 10.0
 

@@ -14,7 +14,7 @@ from miso_cli.gpu.apply import apply_layout, diff, load_plan
 from miso_cli.gpu.layouts import enumerate_layouts
 from miso_cli.gpu.nvml import Driver
 from miso_cli.gpu.profiles import model
-from miso_cli.gpu.simnvml import MUTATING_CALLS, SimNvml, new_state
+from miso_cli.gpu.sim.simnvml import MUTATING_CALLS, SimNvml, new_state
 
 A100 = model("a100-40gb")
 LAYOUTS = enumerate_layouts(A100)
@@ -398,7 +398,7 @@ def test_likely_holders_are_found_by_name() -> None:
 def test_the_next_command_recovers_an_interrupted_apply_and_says_so(cli, state_dir) -> None:
     from miso_cli.gpu.apply import write_intent
     from miso_cli.gpu.nvml import open_driver
-    from miso_cli.locks import gpu_lock
+    from miso_cli.runtime.locks import gpu_lock
 
     a, b = _by_name("4g.20gb+2g.10gb+1g.5gb"), _by_name("3g.20gb+3g.20gb")
     code, _, err = cli("apply", "--gpu", "sim:a100-40gb", *[s.key for s in a.slices])
@@ -433,7 +433,7 @@ def test_a_busy_gpu_refusing_mig_mode_is_told_in_its_models_terms(
     needs no reset, so miso must not tell the user to reset it."""
     import json
 
-    from miso_cli.gpu.simnvml import attach_process
+    from miso_cli.gpu.sim.simnvml import attach_process
     from tests.conftest import parse_envelope
 
     sd = tmp_path / "state"

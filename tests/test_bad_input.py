@@ -469,8 +469,8 @@ def test_any_plan_is_applied_whole_or_refused_with_the_gpus_untouched(
 
 
 def _journal(state_dir: Path, queue: Path) -> Path:
-    from miso_cli.journal import Journal
-    from miso_cli.queue import load_queue
+    from miso_cli.runtime.journal import Journal
+    from miso_cli.spec.queue import load_queue
 
     j = Journal.create(
         state_dir,

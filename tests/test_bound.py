@@ -113,8 +113,8 @@ def test_capacity_binds_when_jobs_pile_up() -> None:
 
 
 def test_modes_of_a_catalog_workload() -> None:
-    from miso_cli.catalog import Workload
     from miso_cli.gpu import simmps
+    from miso_cli.spec.catalog import Workload
 
     w = Workload("bert_2", {7: 47.2, 4: 68.6, 3: 75.3, 2: 121.3, 1: None}, {100: 47.2, 14: 119.4})
     mig = job_modes(w, mps_model="pessimistic")
@@ -133,10 +133,10 @@ def test_modes_of_a_catalog_workload() -> None:
 
 
 def test_bound_is_below_every_policy_on_a_small_trace() -> None:
-    from miso_cli.catalog import load_catalog
     from miso_cli.gpu.profiles import model as gpu_model
     from miso_cli.policy import registry
-    from miso_cli.simulator import SimConfig, TraceJob, make_predict, simulate
+    from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
+    from miso_cli.spec.catalog import load_catalog
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "a100-40gb" / "catalog.csv"
     if not data.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from miso_cli.dashboard import render_snapshot
+from miso_cli.operate.dashboard import render_snapshot
 from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
 
 
@@ -58,10 +58,10 @@ def test_the_live_view_from_a_snapshot() -> None:
 
 
 def test_the_executor_shows_itself_as_a_snapshot(tmp_path: Path) -> None:
-    from miso_cli.executor import Executor
-    from miso_cli.journal import Journal
     from miso_cli.policy.simple import NoPart
-    from miso_cli.queue import parse_queue
+    from miso_cli.runtime.executor import Executor
+    from miso_cli.runtime.journal import Journal
+    from miso_cli.spec.queue import parse_queue
 
     (tmp_path / "t.py").write_text("")
     job = '[[job]]\nname = "{}"\ncommand = ["python", "t.py"]\n'

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from miso_cli import doctor
+from miso_cli.commands import doctor
 from miso_cli.errors import ExitCode, NoGpu, PermissionDenied
 from tests.conftest import parse_envelope
 
@@ -383,7 +383,7 @@ def test_mig_parted_row_where_the_tool_is_installed(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     tool = bin_dir / "nvidia-mig-parted"
-    tool.write_text(f"#!/bin/sh\necho checked \"$@\" >&2\nexit {exit_code}\n")
+    tool.write_text(f'#!/bin/sh\necho checked "$@" >&2\nexit {exit_code}\n')
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     checks = _by_name(doctor.run_checks("sim:a100-40gb", tmp_path / "state"))

@@ -18,7 +18,7 @@ from miso_cli.policy.core import (
     SlicePrediction,
 )
 from miso_cli.policy.miso import MisoPlus
-from miso_cli.queue import parse_queue
+from miso_cli.spec.queue import parse_queue
 
 A100 = MODELS["a100-40gb"]
 GIB = 1024.0
@@ -98,7 +98,7 @@ def test_queue_order_is_file_order_then_priority() -> None:
 
 
 def _journal(tmp_path: Path, body: str, now: float = 1000.0):
-    from miso_cli.journal import Journal
+    from miso_cli.runtime.journal import Journal
 
     (tmp_path / "t.py").write_text("")
     return Journal.create(
@@ -116,8 +116,8 @@ JOB = '[[job]]\nname = "{}"\ncommand = ["python", "t.py"]\n'
 
 
 def test_the_run_queues_jobs_in_file_order(tmp_path: Path) -> None:
-    from miso_cli.executor import Executor
     from miso_cli.policy.simple import NoPart
+    from miso_cli.runtime.executor import Executor
 
     journal = _journal(tmp_path, JOB.format("zeta") + JOB.format("alpha"))
     ex = Executor(None, NoPart(), journal, clock=lambda: 1000.0)
@@ -125,8 +125,8 @@ def test_the_run_queues_jobs_in_file_order(tmp_path: Path) -> None:
 
 
 def test_arrival_is_an_offset_from_the_start(tmp_path: Path) -> None:
-    from miso_cli.executor import Executor
     from miso_cli.policy.simple import NoPart
+    from miso_cli.runtime.executor import Executor
 
     journal = _journal(
         tmp_path, JOB.format("early") + JOB.format("late") + 'arrival = "90s"\n', now=1000.0
@@ -195,8 +195,8 @@ def test_the_rules_both_drivers_apply_to_a_target() -> None:
 @pytest.mark.parametrize("name", ["static", "miso", "miso+"])
 def test_the_simulators_incremental_view_matches_its_jobs(name: str, tmp_path: Path) -> None:
     """The view is rebuilt only for jobs that can have changed: it must still be right."""
-    from miso_cli.catalog import load_catalog
-    from miso_cli.simulator import Simulator, load_trace, make_predict
+    from miso_cli.sim.simulator import Simulator, load_trace, make_predict
+    from miso_cli.spec.catalog import load_catalog
 
     root = Path(__file__).resolve().parent.parent
     cat = load_catalog(root / "examples" / "catalog.csv")
@@ -233,10 +233,10 @@ def test_the_simulators_incremental_view_matches_its_jobs(name: str, tmp_path: P
 
 def test_a_wrong_target_is_refused_before_any_job_is_asked_to_stop(tmp_path: Path) -> None:
     from miso_cli.errors import UsageError
-    from miso_cli.executor import Executor, GpuState
     from miso_cli.gpu.layouts import Layout, place
     from miso_cli.policy.core import GpuTarget
     from miso_cli.policy.simple import NoPart
+    from miso_cli.runtime.executor import Executor, GpuState
 
     journal = _journal(tmp_path, JOB.format("a"))
     rec = journal.jobs["a"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.progress import ProgressTracker
+from miso_cli.runtime.progress import ProgressTracker
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -115,8 +115,8 @@ def test_sim_train_on_the_catalogs_a100_still_follows_its_empty_cells(cli, state
 
 
 def test_catalog_step_time_on_a_slice_decides_by_memory() -> None:
-    from miso_cli.catalog import load_catalog
     from miso_cli.gpu.profiles import MODELS
+    from miso_cli.spec.catalog import load_catalog
 
     cat = load_catalog(ROOT / "examples" / "catalog.csv")
     gpt, mlp = cat["toy-gpt_16"], cat["toy-mlp_32"]

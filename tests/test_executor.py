@@ -298,7 +298,7 @@ def test_resume_after_kill_9(tmp_path: Path, state_dir: Path) -> None:
 
 
 def test_end_outcome_of_a_job_process() -> None:
-    from miso_cli.executor import end_outcome
+    from miso_cli.runtime.executor import end_outcome
 
     # a plain exit, with nothing asked of the job
     assert end_outcome(0, None, None, complete=False, lost=False) == "finished"
@@ -323,11 +323,11 @@ def test_a_stop_request_is_journaled_before_the_signal_is_sent(
 ) -> None:
     """If miso dies right after signalling, a resumed run must know the job was asked to
     checkpoint: an exit 0 then means 'stopped', not 'finished'."""
-    from miso_cli import launch
-    from miso_cli.executor import Executor
-    from miso_cli.journal import Journal
     from miso_cli.policy.simple import NoPart
-    from miso_cli.queue import parse_queue
+    from miso_cli.runtime import launch
+    from miso_cli.runtime.executor import Executor
+    from miso_cli.runtime.journal import Journal
+    from miso_cli.spec.queue import parse_queue
 
     (tmp_path / "t.py").write_text("")
     spec = 'version = 1\n[[job]]\nname = "a"\ncommand = ["python", "t.py"]\n'

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miso_cli import export as ex
 from miso_cli.errors import BadInput
+from miso_cli.export import handoff as ex
 from miso_cli.gpu.layouts import enumerate_layouts
 from miso_cli.gpu.profiles import MODELS
 from tests.conftest import parse_envelope
@@ -499,7 +499,7 @@ def test_export_current_layout_of_simulated_gpu(cli, state_dir: Path) -> None:
 
 
 def test_queue_alone_is_planned_or_says_how(cli, queue_file: Path) -> None:
-    import miso_cli.planner as planner
+    import miso_cli.planning.planner as planner
 
     code, out, _ = cli("export", "--queue", str(queue_file), "--json")
     if hasattr(planner, "queue_plan_data"):

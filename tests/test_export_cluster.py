@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from miso_cli import export as ex
 from miso_cli.errors import BadInput, UsageError
+from miso_cli.export import handoff as ex
 from miso_cli.gpu.profiles import MODELS
 from tests.conftest import parse_envelope
 from tests.test_export import PLAN, QUEUE

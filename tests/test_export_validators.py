@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from miso_cli import export as ex
+from miso_cli.export import handoff as ex
 from tests.conftest import parse_envelope
 from tests.test_export import PLAN, QUEUE
 from tests.test_export_cluster import ME_PLAN, ME_QUEUE

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.catalog import load_catalog
+from miso_cli.cli.output import SCHEMA_VERSION, dumps, envelope
 from miso_cli.errors import BadInput, ExitCode, MisoError, NoGpu
-from miso_cli.output import SCHEMA_VERSION, dumps, envelope
-from miso_cli.state import atomic_write_json, default_state_dir, read_json
+from miso_cli.runtime.state import atomic_write_json, default_state_dir, read_json
+from miso_cli.spec.catalog import load_catalog
 
 
 def test_exit_codes_are_stable() -> None:

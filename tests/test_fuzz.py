@@ -1,6 +1,6 @@
 """Every file miso reads, damaged by hypothesis: a named error or a result, no traceback.
 
-The targets and the damage live in :mod:`miso_cli.fuzzing` (``benchmarks/chaos.py``
+The targets and the damage live in :mod:`miso_cli.spec.fuzzing` (``benchmarks/chaos.py``
 runs them by the thousand); here each format gets a few dozen draws, plus the
 inputs that crashed miso before, kept as regressions.
 """
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from miso_cli import fuzzing
+from miso_cli.spec import fuzzing
 
 FAST = ["queue", "plan", "trace", "catalog", "csv", "journal", "sim_state", "intent"]
 SLOW = ["model", "sidecar"]  # scikit-learn: fewer draws

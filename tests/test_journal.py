@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from miso_cli import launch
 from miso_cli.errors import UsageError
-from miso_cli.journal import Attempt, JobRecord, Journal, RunLock
-from miso_cli.queue import parse_queue
+from miso_cli.runtime import launch
+from miso_cli.runtime.journal import Attempt, JobRecord, Journal, RunLock
+from miso_cli.spec.queue import parse_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def test_open_without_run(tmp_path: Path) -> None:
 def test_run_lock_is_exclusive(tmp_path: Path) -> None:
     with RunLock(tmp_path):
         code = (
-            "import sys; from pathlib import Path; from miso_cli.journal import RunLock\n"
+            "import sys; from pathlib import Path; from miso_cli.runtime.journal import RunLock\n"
             "try:\n    RunLock(Path(sys.argv[1])).acquire()\nexcept Exception as e:\n"
             "    print(type(e).__name__, e)\n"
         )
@@ -176,7 +176,7 @@ def test_wrapper_reports_missing_program(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "miso_cli.jobwrap",
+            "miso_cli.runtime.jobwrap",
             "--exit-file",
             str(exit_file),
             "--",

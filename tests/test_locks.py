@@ -13,8 +13,8 @@ import pytest
 
 from miso_cli.errors import GpuBusy, MisoError
 from miso_cli.gpu.nvml import open_driver
-from miso_cli.locks import GpuLock, deferred_signals, gpu_lock, hold_gpus, lock_key
-from miso_cli.retry import Backoff, is_transient, retry
+from miso_cli.runtime.locks import GpuLock, deferred_signals, gpu_lock, hold_gpus, lock_key
+from miso_cli.runtime.retry import Backoff, is_transient, retry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +54,7 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
 
 def test_the_lock_goes_with_its_holder_even_on_kill_9(tmp_path: Path) -> None:
     code = (
-        "import sys, time; from pathlib import Path; from miso_cli.locks import GpuLock; "
+        "import sys, time; from pathlib import Path; from miso_cli.runtime.locks import GpuLock; "
         f"GpuLock(Path({str(tmp_path)!r}), 'GPU-k', 'profile', 0).acquire(); "
         "print('held', flush=True); time.sleep(60)"
     )
@@ -222,8 +222,8 @@ def test_run_refuses_a_gpu_another_command_is_changing(cli, state_dir) -> None:
 def test_retrying_driver_weathers_a_transient_error_and_reports_it() -> None:
     from miso_cli.gpu import nvml as nvml_mod
     from miso_cli.gpu.nvml import Driver
-    from miso_cli.gpu.simnvml import SimNvml, new_state
-    from miso_cli.retry import RetryingDriver, unwrap
+    from miso_cli.gpu.sim.simnvml import SimNvml, new_state
+    from miso_cli.runtime.retry import RetryingDriver, unwrap
 
     sim = SimNvml(nvml_mod.pynvml, state=new_state("a100-40gb"))
     seen: list[tuple[str, int]] = []
@@ -248,7 +248,7 @@ def test_a_transient_nvml_error_in_a_run_is_retried_and_journaled(
 ) -> None:
     import json
 
-    from miso_cli import retry as retry_mod
+    from miso_cli.runtime import retry as retry_mod
 
     monkeypatch.setattr(retry_mod, "RUN_BACKOFF", Backoff(tries=3, first_s=0.0))
     sim_train = ROOT / "examples" / "sim_train.py"
@@ -279,7 +279,7 @@ def test_a_transient_nvml_error_in_a_run_is_retried_and_journaled(
 def test_a_full_disk_is_waited_out_then_reported(tmp_path: Path, monkeypatch) -> None:
     import tempfile
 
-    from miso_cli import state
+    from miso_cli.runtime import state
 
     pauses: list[float] = []
     monkeypatch.setattr(state, "_sleep", pauses.append)

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import pytest
 import typer
 
-from miso_cli import manpages
+from miso_cli.cli import manpages
 from miso_cli.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def test_man_pages_are_up_to_date() -> None:
     problems = manpages.diff_pages(MAN)
     assert not problems, (
         "man/ is out of date: " + ", ".join(problems) + "; regenerate with: "
-        "python -m miso_cli.manpages man/"
+        "python -m miso_cli.cli.manpages man/"
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 from miso_cli.engine.measure import Look, ProgressMeter
 from miso_cli.gpu.layouts import place
 from miso_cli.gpu.profiles import MODELS
-from miso_cli.planner import PlanGpu, plan
+from miso_cli.planning.planner import PlanGpu, plan
 from miso_cli.policy.core import ClusterView, Event, GpuView, JobView, SlicePrediction
 from miso_cli.policy.miso import MisoPlus
 

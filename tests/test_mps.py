@@ -236,7 +236,7 @@ def test_share_must_be_a_percentage(on_path, state_dir) -> None:
 
 def test_simulated_daemon_records_itself_and_its_clients(state_dir: Path) -> None:
     from miso_cli.gpu import simnvml
-    from miso_cli.state import atomic_write_json
+    from miso_cli.runtime.state import atomic_write_json
 
     sim = state_dir / "sim" / "a100-40gb.json"
     atomic_write_json(sim, simnvml.new_state("a100-40gb"))
@@ -269,7 +269,7 @@ def test_simulated_daemon_records_itself_and_its_clients(state_dir: Path) -> Non
 def test_a_daemon_a_killed_miso_left_is_stopped_by_the_gpu_lock_holder(
     on_path, state_dir, monkeypatch
 ) -> None:
-    from miso_cli import locks
+    from miso_cli.runtime import locks
 
     on_path()
     left = _daemon(state_dir).start()  # its miso is killed: nobody will stop it

@@ -11,7 +11,7 @@ from miso_cli.errors import NoGpu, PermissionDenied, UsageError
 from miso_cli.gpu import nvml as nvml_mod
 from miso_cli.gpu.nvml import Driver, NvmlCallFailed, open_driver
 from miso_cli.gpu.profiles import model
-from miso_cli.gpu.simnvml import SimNvml, new_state
+from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
 N = nvml_mod.pynvml
 
@@ -462,8 +462,8 @@ def test_binding_floor() -> None:
 
 
 def test_pci_ids_agree_with_the_export_sibling_table() -> None:
-    # miso_cli/export.py keeps its own copy of the GPU Operator's device-filter groups.
-    from miso_cli.export import device_ids
+    # miso_cli/export/handoff.py keeps its own copy of the GPU Operator's device-filter groups.
+    from miso_cli.export.handoff import device_ids
     from miso_cli.gpu.profiles import MODELS, PCI_DEVICE_IDS
 
     for key, gm in MODELS.items():

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from miso_cli.errors import ExitCode
-from miso_cli.journal import Attempt
 from miso_cli.operate import accounting
 from miso_cli.operate.accounting import BaselineJob, schedule_whole_gpus, shared_time
+from miso_cli.runtime.journal import Attempt
 from tests.conftest import parse_envelope
 from tests.test_operate_submit import make_run
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from miso_cli.errors import BadInput, ExitCode, PermissionDenied
-from miso_cli.journal import Journal
 from miso_cli.operate import inbox
 from miso_cli.operate.submit import command_queue_text, control, submit
-from miso_cli.queue import load_queue
+from miso_cli.runtime.journal import Journal
+from miso_cli.spec.queue import load_queue
 from tests.conftest import parse_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,7 +256,7 @@ def test_submit_one_job_from_the_command_line(cli, tmp_path: Path, state_dir: Pa
 
 
 def test_command_line_text_quotes_everything() -> None:
-    from miso_cli.queue import tomllib
+    from miso_cli.spec.queue import tomllib
 
     argv = ['py"th\\on', "a b", "ü", "{x}"]
     text = command_queue_text("n", argv, env={"K": 'v"'}, grace="5s", priority=-3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from miso_cli.errors import ExitCode
-from miso_cli.journal import Attempt
+from miso_cli.runtime.journal import Attempt
 from tests.conftest import parse_envelope
 from tests.test_operate_submit import dead_pid, make_run
 

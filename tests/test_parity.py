@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.catalog import load_catalog
 from miso_cli.gpu.profiles import MODELS
 from miso_cli.policy import registry
-from miso_cli.simulator import SimConfig, TraceJob, simulate
+from miso_cli.sim.simulator import SimConfig, TraceJob, simulate
+from miso_cli.spec.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "examples" / "sim_train.py"

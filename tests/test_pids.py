@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from miso_cli.pids import is_zombie, pid_exists, pid_running
+from miso_cli.runtime.pids import is_zombie, pid_exists, pid_running
 
 
 def test_a_live_process_an_unreaped_one_and_a_gone_one() -> None:

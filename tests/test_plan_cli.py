@@ -60,9 +60,9 @@ def _store_profiles(state_dir: Path, queue: Path, gpu: str = "sim:a100-40gb") ->
     """A fresh co-located profile for every job of ``queue``, as `miso profile` stores it."""
     import time
 
-    from miso_cli import profiles_store as store
     from miso_cli.gpu.nvml import open_driver
-    from miso_cli.queue import load_queue
+    from miso_cli.spec import profiles_store as store
+    from miso_cli.spec.queue import load_queue
 
     drv = open_driver(gpu, state_dir)
     try:

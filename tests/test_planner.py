@@ -9,7 +9,7 @@ import pytest
 
 from miso_cli.gpu.layouts import Layout, enumerate_layouts
 from miso_cli.gpu.profiles import MODELS
-from miso_cli.planner import PlanError, PlanGpu, PlanJob, job_cost, plan, plan_gpu
+from miso_cli.planning.planner import PlanError, PlanGpu, PlanJob, job_cost, plan, plan_gpu
 
 A100 = MODELS["a100-40gb"]
 LAYOUTS = enumerate_layouts(A100)
@@ -236,7 +236,7 @@ def test_plan_gpu_matches_permutation_search(seed: int) -> None:
 
 def test_time_limited_plan_is_feasible_and_keeps_running_jobs() -> None:
     """Out of time, the planner still answers with a plan that respects every constraint."""
-    from miso_cli.planner import _incumbent
+    from miso_cli.planning.planner import _incumbent
 
     rng = random.Random(5)
     gpus = [PlanGpu(i, A100) for i in range(4)]
@@ -267,7 +267,7 @@ def test_time_limited_plan_is_feasible_and_keeps_running_jobs() -> None:
 
 def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
     """At 32 GPUs the plan is still one plan: instances inside layouts, as many jobs as fit."""
-    from miso_cli.planner import _groups, _most_placed
+    from miso_cli.planning.planner import _groups, _most_placed
 
     rng = random.Random(9)
     gpus = [PlanGpu(i, A100) for i in range(32)]
@@ -291,7 +291,7 @@ def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
 
 def test_queue_plan_still_imports_from_the_planner() -> None:
     import miso_cli.commands.plan as command
-    from miso_cli.planner import QueuePlan, queue_plan, queue_plan_data
+    from miso_cli.planning.planner import QueuePlan, queue_plan, queue_plan_data
 
     assert (queue_plan, queue_plan_data, QueuePlan) == (
         command.queue_plan,

@@ -10,7 +10,7 @@ import pytest
 
 from miso_cli.gpu.layouts import Layout, Slice, enumerate_layouts
 from miso_cli.gpu.profiles import MODELS, GpuModel
-from miso_cli.planner import (
+from miso_cli.planning.planner import (
     PlanError,
     PlanGpu,
     PlanJob,

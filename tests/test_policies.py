@@ -184,8 +184,8 @@ def test_prior_prediction_is_learnt_from_profiled_jobs() -> None:
 
 
 def test_all_policies_on_the_dev_trace(shared_data: Path) -> None:
-    from miso_cli.catalog import load_catalog
-    from miso_cli.simulator import load_trace, make_predict, simulate
+    from miso_cli.sim.simulator import load_trace, make_predict, simulate
+    from miso_cli.spec.catalog import load_catalog
 
     cat = load_catalog(shared_data / "a100-40gb" / "catalog.csv")
     trace = load_trace(shared_data / "a100-40gb" / "trace_dev.csv", cat)

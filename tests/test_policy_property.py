@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from miso_cli import planner
-from miso_cli.catalog import Catalog, Workload
 from miso_cli.gpu.profiles import MODELS
+from miso_cli.planning import planner
 from miso_cli.policy import registry
 from miso_cli.policy.core import GpuView
 from miso_cli.policy.simple import FixedLayout
-from miso_cli.simulator import SimConfig, TraceJob, make_predict, simulate
+from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
+from miso_cli.spec.catalog import Catalog, Workload
 
 POLICIES = ["nopart", "static", "mps", "miso", "oracle", "miso+"]
 GPU_MODELS = ["a100-40gb", "a100-80gb", "h100-80gb", "a30-24gb"]

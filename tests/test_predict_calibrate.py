@@ -90,7 +90,7 @@ def test_calibrate_refuses_a_busy_gpu(cli, state_dir: Path) -> None:
 
 def test_profiler_measure_runs_jobs_side_by_side_on_mig_instances(cli, state_dir: Path) -> None:
     from miso_cli.predict.calibrate import synthetic_jobs
-    from miso_cli.profiler import Profiler, ProfileSettings
+    from miso_cli.runtime.profiler import Profiler, ProfileSettings
 
     root = Path(__file__).resolve().parent.parent
     jobs = synthetic_jobs(root / "examples" / "catalog.csv", root / "examples" / "sim_train.py")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import parse_envelope
 
-from miso_cli import profiles_store as store
-from miso_cli.catalog import load_catalog
 from miso_cli.gpu import simmps
-from miso_cli.queue import JobSpec
+from miso_cli.spec import profiles_store as store
+from miso_cli.spec.catalog import load_catalog
+from miso_cli.spec.queue import JobSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -29,7 +29,7 @@ MPS_JOB = textwrap.dedent(
     sys.path.insert(0, {str(ROOT)!r})
     from pathlib import Path
     from miso_cli import report
-    from miso_cli.catalog import load_catalog
+    from miso_cli.spec.catalog import load_catalog
     from miso_cli.gpu import simmps, sim_mps_control as smc
     cat = load_catalog({str(EXAMPLES / "catalog.csv")!r})
     w = cat[sys.argv[1]]
@@ -367,9 +367,9 @@ def test_reset_layout_profiles_on_the_whole_gpu_and_restores(cli, tmp_path, stat
 def test_ctrl_c_while_profiling_restores_the_layout(cli, tmp_path, state_dir) -> None:
     from miso_cli.commands.profile import profile_queue
     from miso_cli.gpu.nvml import open_driver
-    from miso_cli.journal import RunLock
-    from miso_cli.profiler import ProfileSettings
-    from miso_cli.queue import load_queue
+    from miso_cli.runtime.journal import RunLock
+    from miso_cli.runtime.profiler import ProfileSettings
+    from miso_cli.spec.queue import load_queue
 
     _split(cli)
     before = _layout(state_dir)

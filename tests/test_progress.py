@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.progress import LineParser, Progress, ProgressTracker, StepTimer
+from miso_cli.runtime.progress import LineParser, Progress, ProgressTracker, StepTimer
 
 DATA = Path(__file__).parent / "data" / "progress"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.progress import ProgressTracker
+from miso_cli.runtime.progress import ProgressTracker
 
 CAPTURED = Path(__file__).parent / "data" / "progress" / "captured"
 

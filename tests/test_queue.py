@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from miso_cli.errors import BadInput, ExitCode
-from miso_cli.queue import (
+from miso_cli.spec.queue import (
     JOB_KEYS,
     JobSpec,
     QueueSpec,
@@ -269,7 +269,7 @@ def test_fuzz_raw_text(qdir: Path, text: str) -> None:
 
 
 def test_a_queue_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
-    from miso_cli.queue import load_queue
+    from miso_cli.spec.queue import load_queue
 
     (tmp_path / "t.py").write_text("")
     body = 'version = 1\n\n[[job]]\nname = "a"\ncommand = ["python", "t.py"]\n'
@@ -281,7 +281,7 @@ def test_a_queue_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) ->
 def test_a_path_the_os_refuses_to_look_up_is_bad_input_naming_the_key(tmp_path) -> None:
     """A script or cwd name too long for the OS (found by the fuzzer): one line, no traceback."""
     from miso_cli.errors import BadInput
-    from miso_cli.queue import parse_queue
+    from miso_cli.spec.queue import parse_queue
 
     long = "9" * 5000
     with pytest.raises(BadInput, match="command"):

@@ -34,7 +34,7 @@ import pytest
 from miso_cli.gpu import nvml as nvml_mod
 from miso_cli.gpu.nvml import Driver
 from miso_cli.gpu.profiles import MODELS, model_key_for
-from miso_cli.gpu.simnvml import SimNvml, new_state
+from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
 REAL = Path(__file__).parent / "data" / "real"
 CAPTURES = sorted(REAL.glob("*.json")) if REAL.is_dir() else []

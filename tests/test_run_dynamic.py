@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from miso_cli.catalog import load_catalog
 from miso_cli.gpu import simmps
+from miso_cli.spec.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "examples" / "sim_train.py"
@@ -203,8 +203,8 @@ class _MoveOnce:
 
 
 def test_a_move_does_not_block_the_other_gpus(tmp_path: Path, state_dir: Path) -> None:
-    from miso_cli.executor import RunRequest, run_queue
     from miso_cli.policy import registry
+    from miso_cli.runtime.executor import RunRequest, run_queue
 
     script = tmp_path / "slow_stop.py"
     script.write_text(SLOW_STOP.format(root=str(ROOT)))
@@ -299,8 +299,8 @@ def test_plan_profile_stores_then_plans_from_the_store(cli, state_dir: Path) -> 
     code, out, err = cli("plan", queue, "--gpu", "sim:a100-40gb", "--json")  # no --profile
     assert code == 0, err
     assert json.loads(out)["data"]["gpus"] == first["gpus"]
-    from miso_cli.planner import queue_plan_data
-    from miso_cli.queue import load_queue
+    from miso_cli.planning.planner import queue_plan_data
+    from miso_cli.spec.queue import load_queue
 
     assert (
         queue_plan_data(load_queue(Path(queue)), "sim:a100-40gb", state_dir)["gpus"]
@@ -309,7 +309,7 @@ def test_plan_profile_stores_then_plans_from_the_store(cli, state_dir: Path) -> 
 
 
 def test_whole_gpu_reference_of_an_observation() -> None:
-    from miso_cli.executor import whole_gpu_reference
+    from miso_cli.runtime.executor import whole_gpu_reference
 
     solo = {100: 0.05, 50: 0.06, 14: 0.2}
     assert whole_gpu_reference(solo, 1, 3, 0.08) == 0.05  # alone at 100% = 7g

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from miso_cli.dashboard import _scaled, paused_s, render_snapshot, render_summary
+from miso_cli.operate.dashboard import _scaled, paused_s, render_snapshot, render_summary
 from tests.conftest import parse_envelope
 
 ROOT = Path(__file__).resolve().parent.parent

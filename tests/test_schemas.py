@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from miso_cli.errors import BadInput
-from miso_cli.queue import load_queue
+from miso_cli.spec.queue import load_queue
 from tests.conftest import parse_envelope
 from tests.test_export import PLAN
 

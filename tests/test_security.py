@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli import launch
 from miso_cli.errors import PermissionDenied
+from miso_cli.runtime import launch
 from miso_cli.safefs import UnsafePath
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_jobwrap_never_writes_through_a_symlink_the_job_planted(tmp_path: Path) 
         f'ln -s {target} "{jobdir}/exit-1.json.$PPID.tmp"; '
         f'ln -s {target} "{jobdir}/exit-1.json"; exit 3'
     )
-    argv = [sys.executable, "-m", "miso_cli.jobwrap", "--exit-file", str(exit_file)]
+    argv = [sys.executable, "-m", "miso_cli.runtime.jobwrap", "--exit-file", str(exit_file)]
     if IS_ROOT and OTHER is not None:
         _give(jobdir)  # under sudo the job's folder is the user's
         argv += ["--uid", str(OTHER.pw_uid), "--gid", str(OTHER.pw_gid), "--groups", ""]
@@ -268,7 +268,7 @@ def test_a_pid_file_naming_another_users_process_is_not_trusted(tmp_path: Path) 
 
 
 def test_run_lock_does_not_follow_a_symlink(tmp_path: Path) -> None:
-    from miso_cli.journal import RunLock
+    from miso_cli.runtime.journal import RunLock
 
     target = _secret(tmp_path)
     state = tmp_path / "state"
@@ -281,8 +281,8 @@ def test_run_lock_does_not_follow_a_symlink(tmp_path: Path) -> None:
 
 @needs_root
 def test_a_state_dir_another_user_owns_is_refused(tmp_path: Path) -> None:
-    from miso_cli.journal import RunLock
-    from miso_cli.state import check_state_dir
+    from miso_cli.runtime.journal import RunLock
+    from miso_cli.runtime.state import check_state_dir
 
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
@@ -295,7 +295,7 @@ def test_a_state_dir_another_user_owns_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_state_dir_others_may_write_is_refused(tmp_path: Path) -> None:
-    from miso_cli.state import check_state_dir
+    from miso_cli.runtime.state import check_state_dir
 
     state = tmp_path / "state"
     state.mkdir()

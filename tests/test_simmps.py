@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.catalog import Workload, load_catalog
 from miso_cli.gpu import simmps
+from miso_cli.spec.catalog import Workload, load_catalog
 
 BIG = Workload("big_1", {7: 100.0, 3: 200.0}, {100: 100.0, 50: 130.0, 14: 400.0})
 SMALL = Workload("small_1", {7: 10.0, 1: 14.0}, {100: 10.0, 50: 10.5, 14: 14.0})
@@ -94,9 +94,7 @@ def test_pessimistic_model_shares_no_more_than_mig_would() -> None:
     # Alone, nothing changes; oversubscription still slows at least as much as before.
     assert simmps.step_time_ms(BIG, 14, [], "pessimistic") == pytest.approx(400.0)
     over = [(SMALL, 100.0)] * 6
-    assert simmps.step_time_ms(BIG, 100, over, "pessimistic") >= simmps.step_time_ms(
-        BIG, 100, over
-    )
+    assert simmps.step_time_ms(BIG, 100, over, "pessimistic") >= simmps.step_time_ms(BIG, 100, over)
     with pytest.raises(ValueError, match="unknown MPS model"):
         simmps.step_time_ms(BIG, 14, co, "rosy")
 

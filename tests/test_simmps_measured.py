@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.catalog import Workload, load_catalog
 from miso_cli.gpu import simmps
+from miso_cli.spec.catalog import Workload, load_catalog
 
 DATA = Path(__file__).parent / "data" / "real" / "h200-mps-2026-11-30.json"
 CATALOG = Path(__file__).resolve().parent.parent / "examples" / "catalog.csv"

@@ -12,7 +12,7 @@ import pytest
 
 from miso_cli.gpu import nvml as nvml_mod
 from miso_cli.gpu import simnvml
-from miso_cli.gpu.simnvml import SimNvml, new_state
+from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
 N = nvml_mod.pynvml
 

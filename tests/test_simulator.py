@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.catalog import Catalog, Workload, load_catalog
 from miso_cli.errors import BadInput
 from miso_cli.gpu.layouts import Layout, place
 from miso_cli.gpu.profiles import MODELS
 from miso_cli.policy.core import ClusterView, Event, GpuTarget, Policy, SlicePrediction
 from miso_cli.policy.simple import NoPart
-from miso_cli.simulator import (
+from miso_cli.sim.simulator import (
     SimConfig,
     SimulationError,
     TraceJob,
@@ -21,6 +20,7 @@ from miso_cli.simulator import (
     restart_cost_for,
     simulate,
 )
+from miso_cli.spec.catalog import Catalog, Workload, load_catalog
 
 A100 = MODELS["a100-40gb"]
 

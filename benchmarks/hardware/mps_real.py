@@ -85,24 +85,34 @@ def worker(kind: str, go: Path) -> None:
     print(json.dumps({"steps": n, "window_s": now - start, "step_ms": 1000 * (now - start) / n}))
 
 
-def run_mix(jobs: list[tuple[str, float | None]], mps_env: dict[str, str] | None,
-            window_s: float) -> list[dict[str, object]]:
+def run_mix(
+    jobs: list[tuple[str, float | None]], mps_env: dict[str, str] | None, window_s: float
+) -> list[dict[str, object]]:
     """Run one mix: [(kind, share or None)], all at once; return each job's step time."""
     tmp = Path(tempfile.mkdtemp(prefix="mps-go-"))
     go = tmp / "go"
     procs = []
     for kind, share in jobs:
         env = dict(os.environ)
-        for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
-                  "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"):
+        for k in (
+            "CUDA_MPS_PIPE_DIRECTORY",
+            "CUDA_MPS_LOG_DIRECTORY",
+            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE",
+        ):
             env.pop(k, None)
         if mps_env is not None:
             env.update(mps_env)
             if share is not None:
                 env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(share)
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, "--go", str(go)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", kind, "--go", str(go)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     deadline = time.time() + 120
     for p in procs:
         line = p.stdout.readline() if p.stdout else ""
@@ -154,8 +164,13 @@ def main() -> int:
         try:
             rows = run_mix(jobs, mps, args.window)
             exps.append({"label": label, "mps": mps is not None, "jobs": rows})
-            print(label, [(r["kind"], r["share"], round(r["step_ms"], 3)) for r in rows],
-                  f"({time.time() - t:.0f}s)", file=sys.stderr, flush=True)
+            print(
+                label,
+                [(r["kind"], r["share"], round(r["step_ms"], 3)) for r in rows],
+                f"({time.time() - t:.0f}s)",
+                file=sys.stderr,
+                flush=True,
+            )
         except Exception as exc:  # noqa: BLE001 - a failed mix is a result too
             exps.append({"label": label, "mps": mps is not None, "error": str(exc)})
             print(label, "FAILED", exc, file=sys.stderr, flush=True)
@@ -169,8 +184,10 @@ def main() -> int:
         results["mps_error"] = "nvidia-cuda-mps-control not on PATH"
     else:
         base = Path(tempfile.mkdtemp(prefix="miso-mps-real-"))
-        mps = {"CUDA_MPS_PIPE_DIRECTORY": str(base / "pipe"),
-               "CUDA_MPS_LOG_DIRECTORY": str(base / "log")}
+        mps = {
+            "CUDA_MPS_PIPE_DIRECTORY": str(base / "pipe"),
+            "CUDA_MPS_LOG_DIRECTORY": str(base / "log"),
+        }
         (base / "pipe").mkdir()
         (base / "log").mkdir()
         env = dict(os.environ, **mps)
@@ -196,8 +213,11 @@ def main() -> int:
             record("pair100-membw-membw", [("membw", 100), ("membw", 100)], mps)
             record("solo-mps14-matmul", [("matmul", 14)], mps)
             record("solo-mps14-membw", [("membw", 14)], mps)
-            record("triple100-matmul-membw-small",
-                   [("matmul", 100), ("membw", 100), ("small", 100)], mps)
+            record(
+                "triple100-matmul-membw-small",
+                [("matmul", 100), ("membw", 100), ("small", 100)],
+                mps,
+            )
         finally:
             q = subprocess.run([control], input="quit\n", env=env, capture_output=True, text=True)
             results["mps_quit"] = {"rc": q.returncode}

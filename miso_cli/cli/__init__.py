@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from miso_cli.manpages import RecordingGroup
+from miso_cli.cli.manpages import RecordingGroup
 
 
 def _is_usage_error(exc: BaseException) -> bool:
@@ -96,10 +96,10 @@ def _root(
 ) -> None:
     """Choose, apply and run MIG layouts for a queue of GPU training jobs."""
     if version:
-        from miso_cli.doctor import version_info, version_text
+        from miso_cli.commands.doctor import version_info, version_text
 
         if json_out:
-            from miso_cli.output import dumps, envelope
+            from miso_cli.cli.output import dumps, envelope
 
             typer.echo(dumps(envelope("version", version_info())))
         else:

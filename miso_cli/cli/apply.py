@@ -115,7 +115,7 @@ def command(
         elif profiles:
             wanted = [(gpu_index, list(profiles), "arguments")]
         from miso_cli.cli.common import stderr_console
-        from miso_cli.locks import hold_gpus
+        from miso_cli.runtime.locks import hold_gpus
 
         drv = open_driver(gpu, state_dir_or_default(state_dir))
         notes: list[str] = []

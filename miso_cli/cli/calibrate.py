@@ -110,7 +110,7 @@ def command(
         drv = open_driver(gpu, sdir)
         try:
             if queue is not None:
-                from miso_cli.queue import load_queue
+                from miso_cli.spec.queue import load_queue
 
                 jobs = load_queue(queue).jobs
             elif drv.is_simulated:

@@ -19,8 +19,8 @@ from typing import Annotated, Any, NoReturn, Optional
 import typer
 from rich.console import Console
 
+from miso_cli.cli.output import dumps, envelope
 from miso_cli.errors import ExitCode, MisoError
-from miso_cli.output import dumps, envelope
 
 
 def _complete_gpu(incomplete: str) -> list[str]:
@@ -99,7 +99,7 @@ def state_dir_or_default(state_dir: Path | None, *, check: bool = True) -> Path:
 
     ``check=False`` for ``miso doctor``, which reports a bad state dir as a finding.
     """
-    from miso_cli.state import check_state_dir, default_state_dir
+    from miso_cli.runtime.state import check_state_dir, default_state_dir
 
     path = Path(state_dir).expanduser() if state_dir else default_state_dir()
     if check:

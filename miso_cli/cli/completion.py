@@ -66,7 +66,7 @@ def _queue_job_names(path: Any) -> list[str]:
 def _run_job_names(state_dir: Any, run_id: Any) -> list[str]:
     try:
         from miso_cli.operate.runs import open_run
-        from miso_cli.state import default_state_dir
+        from miso_cli.runtime.state import default_state_dir
 
         sdir = Path(state_dir) if state_dir else default_state_dir()
         run = open_run(sdir, run_id if isinstance(run_id, str) else None)

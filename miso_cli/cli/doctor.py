@@ -39,7 +39,7 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli import doctor
+        from miso_cli.commands import doctor
 
         sdir = state_dir_or_default(state_dir, check=False)
         checks = doctor.run_checks(gpu, sdir)

@@ -140,12 +140,12 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli import export as ex
+        from miso_cli.export import handoff as ex
 
         sdir = state_dir_or_default(state_dir)
         queue_spec = None
         if queue is not None:
-            from miso_cli.queue import load_queue
+            from miso_cli.spec.queue import load_queue
 
             queue_spec = load_queue(queue)
         if plan is not None:

@@ -40,7 +40,7 @@ def command(
     import subprocess
     import sys
 
-    from miso_cli import manpages
+    from miso_cli.cli import manpages
     from miso_cli.cli.common import fail
     from miso_cli.errors import ExitCode
 

@@ -70,8 +70,8 @@ def command(
 
     def body(console: Console) -> Result:
         from miso_cli.cli.common import require_finite, state_dir_or_default
-        from miso_cli.planner import queue_plan
-        from miso_cli.queue import load_queue
+        from miso_cli.planning.planner import queue_plan
+        from miso_cli.spec.queue import load_queue
 
         require_finite(risk=risk)
         spec = load_queue(queue)
@@ -146,8 +146,8 @@ def _profile_missing(spec: Any, gpu: str | None, sdir: Path, consent: Any) -> No
     from miso_cli.cli.profile import _ProgressView
     from miso_cli.commands.profile import profile_queue
     from miso_cli.gpu.nvml import open_driver
-    from miso_cli.profiler import ProfileSettings
-    from miso_cli.profiles_store import fresh_profiles
+    from miso_cli.runtime.profiler import ProfileSettings
+    from miso_cli.spec.profiles_store import fresh_profiles
 
     levels = (100.0, 50.0, 14.0)
     drv = open_driver(gpu, sdir)

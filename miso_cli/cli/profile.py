@@ -82,7 +82,7 @@ def command(
     """
 
     def body(console: Any) -> Result:
-        from miso_cli.queue import load_queue, parse_duration_s
+        from miso_cli.spec.queue import load_queue, parse_duration_s
 
         if mode not in ("colocated", "solo"):
             raise UsageError(f"--mode: {mode!r} is not one of colocated, solo")
@@ -95,7 +95,7 @@ def command(
         if speedup is not None and not speedup > 0:
             raise UsageError("--speedup: must be positive")
         require_finite(speedup=speedup)
-        from miso_cli.profiler import ProfileSettings, parse_levels
+        from miso_cli.runtime.profiler import ProfileSettings, parse_levels
 
         settings = ProfileSettings(
             mode=mode,

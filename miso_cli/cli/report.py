@@ -105,7 +105,7 @@ def command(
         tl.notes = ["Baseline: " + data["baseline"]["method"] + "."]
         if html is not None:
             from miso_cli.operate.html import render_html
-            from miso_cli.state import atomic_write_text
+            from miso_cli.runtime.state import atomic_write_text
 
             atomic_write_text(html, render_html(tl), mode=0o644)
             data["html"] = str(html)

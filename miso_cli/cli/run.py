@@ -87,9 +87,9 @@ def command(
     """
 
     def body(console: Any) -> Result:
-        from miso_cli.dashboard import Dashboard, render_summary
-        from miso_cli.executor import RunRequest, run_queue
-        from miso_cli.queue import parse_duration_s
+        from miso_cli.operate.dashboard import Dashboard, render_summary
+        from miso_cli.runtime.executor import RunRequest, run_queue
+        from miso_cli.spec.queue import parse_duration_s
 
         try:
             hang_s = parse_duration_s(hang_timeout)

@@ -64,7 +64,7 @@ def render(out: Console, rows: list[dict[str, Any]]) -> None:
     from rich import box
     from rich.table import Table
 
-    from miso_cli.dashboard import fmt_duration
+    from miso_cli.operate.dashboard import fmt_duration
     from miso_cli.operate.view import wide
 
     out = wide(out)

@@ -21,7 +21,7 @@ MAX_TRACE_JOBS = 1000  # issue-11: see --max-jobs
 
 def _gpus(spec: str) -> list[Any]:
     from miso_cli.gpu.profiles import model
-    from miso_cli.gpu.simnvml import SimSpecError, parse_spec
+    from miso_cli.gpu.sim.simnvml import SimSpecError, parse_spec
 
     if not spec.startswith("sim:"):
         raise UsageError(
@@ -174,13 +174,13 @@ def command(
             "policy's distance to it.",
         ),
     ] = False,
-    mps_model: Annotated[  # issue-12: miso_cli/gpu/simmps.py
+    mps_model: Annotated[  # issue-12: miso_cli/gpu/sim/simmps.py
         str,
         typer.Option(
             "--mps-model",
             help="MPS interference when shares sum to 100% or less: optimistic (none), "
             "pessimistic (no better than MIG) or measured (fitted to H200 mixes); see "
-            "miso_cli/gpu/simmps.py.",
+            "miso_cli/gpu/sim/simmps.py.",
         ),
     ] = "optimistic",
     state_dir: StateDirOpt = None,
@@ -190,9 +190,9 @@ def command(
     """Compare scheduling policies on a job trace, on a virtual clock."""
 
     def body(console: Console) -> Result:
-        from miso_cli.catalog import load_catalog
         from miso_cli.cli.common import require_finite, state_dir_or_default, stderr_console
-        from miso_cli.simulator import SimConfig, load_trace, make_predict, simulate
+        from miso_cli.sim.simulator import SimConfig, load_trace, make_predict, simulate
+        from miso_cli.spec.catalog import load_catalog
 
         require_finite(reconfig_s=reconfig_s, profile_s=profile_s, noise=noise)
         names = [p.strip() for p in policy.split(",") if p.strip()]
@@ -220,7 +220,7 @@ def command(
             from miso_cli.predict import predictor_line  # issue-15b: say which model predicts
 
             stderr_console().print(predictor_line(predictor_meta), markup=False, soft_wrap=True)
-        from miso_cli.gpu.simmps import MPS_MODELS  # issue-12
+        from miso_cli.gpu.sim.simmps import MPS_MODELS  # issue-12
 
         if mps_model not in MPS_MODELS:  # issue-12
             raise UsageError(f"--mps-model: {mps_model!r} is not one of {', '.join(MPS_MODELS)}")

@@ -1,7 +1,7 @@
 """``miso plan QUEUE``: plan a queue file on the GPUs there, from its jobs' MPS profiles.
 
 The use case behind the command (driver, profile store, predictor, then the
-pure planner); :mod:`miso_cli.planner` only plans. Returns typed results and
+pure planner); :mod:`miso_cli.planning.planner` only plans. Returns typed results and
 never prints.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from miso_cli.planner import (
+from miso_cli.planning.planner import (
     OBJECTIVES,
     Plan,
     PlanGpu,
@@ -44,7 +44,7 @@ def _store_profile(
 ) -> None:
     from pathlib import Path
 
-    from miso_cli import profiles_store as store
+    from miso_cli.spec import profiles_store as store
 
     store.save(
         Path(state_dir),
@@ -89,7 +89,7 @@ def queue_plan(
     from miso_cli.errors import UsageError
     from miso_cli.gpu.nvml import open_driver
     from miso_cli.predict import load_predictor
-    from miso_cli.profiles_store import fingerprint, fresh_profiles
+    from miso_cli.spec.profiles_store import fingerprint, fresh_profiles
 
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective: {objective!r} is not one of {', '.join(OBJECTIVES)}")
@@ -122,7 +122,7 @@ def queue_plan(
                 )
         missing = [j for j in spec.jobs if j.name not in measured]
         if missing and profile:
-            from miso_cli.profiler import Profiler, ProfileSettings
+            from miso_cli.runtime.profiler import Profiler, ProfileSettings
 
             settings = ProfileSettings(
                 mode="colocated", levels=tuple(map(float, PROFILE_LEVELS_PCT))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import GpuBusy, UsageError
-from miso_cli.queue import JobSpec
+from miso_cli.spec.queue import JobSpec
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def profiling_layout(
 def _run_lock(state_dir: Path) -> Any:
     """Hold the run lock while the layout is changed (a run in progress refuses the reset)."""
     from miso_cli.errors import MisoError
-    from miso_cli.journal import RunLock
+    from miso_cli.runtime.journal import RunLock
 
     lock = RunLock(state_dir)
     try:
@@ -156,9 +156,9 @@ def profile_queue(
     reused; the others are measured and stored. ``consent`` is asked before an idle
     split GPU is switched to one full-size instance (see :func:`profiling_layout`).
     """
-    from miso_cli import profiles_store as store
-    from miso_cli.profiler import JobProfile, LevelResult, Profiler, groups_of
-    from miso_cli.profiler import install_sigterm_as_interrupt as sigterm
+    from miso_cli.runtime.profiler import JobProfile, LevelResult, Profiler, groups_of
+    from miso_cli.runtime.profiler import install_sigterm_as_interrupt as sigterm
+    from miso_cli.spec import profiles_store as store
 
     sdir = Path(state_dir)
     levels = settings.resolved_levels()
@@ -196,7 +196,7 @@ def profile_queue(
     if todo:
         restore_sigterm = sigterm()  # SIGTERM stops jobs and restores the layout like Ctrl-C
         try:
-            from miso_cli.locks import hold_gpus  # issue-11: one miso at a time per GPU
+            from miso_cli.runtime.locks import hold_gpus  # issue-11: one miso at a time per GPU
 
             gpu_notes: list[str] = []  # issue-11: an interrupted apply finished first
             with hold_gpus(drv, [i], "profile", note=gpu_notes.append):

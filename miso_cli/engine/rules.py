@@ -1,7 +1,7 @@
 """The rules both drivers apply to a target: what is kept, what restarts, what is counted.
 
-Written once here, used by :mod:`miso_cli.executor` (real processes, wall clock) and
-:mod:`miso_cli.simulator` (virtual jobs, virtual clock), so a figure ``miso simulate``
+Written once here, used by :mod:`miso_cli.runtime.executor` (real processes, wall clock) and
+:mod:`miso_cli.sim.simulator` (virtual jobs, virtual clock), so a figure ``miso simulate``
 prints counts what ``miso run`` does:
 
 * a *reconfiguration* is a target that changes a GPU's mode or its MIG layout;

@@ -24,9 +24,9 @@ from typing import Any
 from miso_cli.errors import GpuBusy, Inconsistent, MisoError, NoGpu, RolledBack
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.nvml import Driver, GpuProcess, MigInstance, ModeChange
-from miso_cli.locks import deferred_signals, held_lock
-from miso_cli.pids import pid_exists
-from miso_cli.retry import Backoff, nvml_error, retry
+from miso_cli.runtime.locks import deferred_signals, held_lock
+from miso_cli.runtime.pids import pid_exists
+from miso_cli.runtime.retry import Backoff, nvml_error, retry
 
 # A destroy refused with IN_USE is tried again for about half a minute in all.
 BUSY_BACKOFF = Backoff(tries=6, first_s=0.5, factor=2.0, max_s=8.0)
@@ -497,7 +497,7 @@ def _layout_from_json(doc: Any) -> Layout:
 
 def write_intent(path: Path, i: int, uuid: str | None, before: Layout, wanted: Layout) -> None:
     """Record, durably, that GPU ``i`` is about to go from ``before`` to ``wanted``."""
-    from miso_cli.state import atomic_write_json
+    from miso_cli.runtime.state import atomic_write_json
 
     atomic_write_json(
         path,
@@ -647,7 +647,7 @@ def load_plan(path: Any) -> list[tuple[int, list[str]]]:
     from pathlib import Path
 
     from miso_cli.errors import BadInput
-    from miso_cli.textfile import read_text
+    from miso_cli.spec.textfile import read_text
 
     p = Path(path)
     text = read_text(p, "the plan file")

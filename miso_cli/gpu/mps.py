@@ -23,7 +23,7 @@ daemon on its pipe directory, clears a stale one (pid file of a dead process,
 or a socket without pid file), and always stops what it started, on errors
 and on Ctrl-C too (``quit``, then SIGTERM, then SIGKILL to the pid it
 started). On a simulated GPU the control program is
-:mod:`miso_cli.gpu.sim_mps_control`, run through the same code.
+:mod:`miso_cli.gpu.sim.sim_mps_control`, run through the same code.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from miso_cli.errors import ExitCode, GpuBusy, MisoError, NoGpu
-from miso_cli.pids import pid_running, process_uid
+from miso_cli.runtime.pids import pid_running, process_uid
 
 CONTROL = "nvidia-cuda-mps-control"
 PID_FILE = "nvidia-cuda-mps-control.pid"
@@ -127,7 +127,7 @@ def _check_pipe_dir(dirs: MpsDirs) -> None:
 
 
 def _holds_a_gpu_lock() -> bool:
-    from miso_cli.locks import holds_any
+    from miso_cli.runtime.locks import holds_any
 
     return holds_any()
 
@@ -303,7 +303,7 @@ class MpsDaemon:
             state = inspect(self.dirs.pipe)
         if state.running:
             simulated = len(self.control) > 1 and self.control[0] == sys.executable
-            program = "python -m miso_cli.gpu.sim_mps_control" if simulated else CONTROL
+            program = "python -m miso_cli.gpu.sim.sim_mps_control" if simulated else CONTROL
             raise GpuBusy(
                 f"an MPS control daemon (pid {state.pid}) already runs on {self.dirs.pipe}",
                 hint="another miso is profiling this device, or one was killed; stop it with "

@@ -1,7 +1,7 @@
 """The driver boundary: the only module that imports ``pynvml``.
 
 :func:`open_driver` returns a :class:`Driver` over either the ``pynvml`` module
-(the real driver) or a :class:`~miso_cli.gpu.simnvml.SimNvml` built on it (a
+(the real driver) or a :class:`~miso_cli.gpu.sim.simnvml.SimNvml` built on it (a
 simulated GPU). Both expose the same functions, so every line below runs the
 same way on both. NVML is initialised lazily, under a lock, on first use.
 
@@ -226,7 +226,7 @@ def open_driver(spec: str | None, state_dir: Path | None) -> Driver:
         from miso_cli.gpu import simnvml
 
         if state_dir is None:
-            from miso_cli.state import default_state_dir
+            from miso_cli.runtime.state import default_state_dir
 
             state_dir = default_state_dir()
         try:

@@ -464,7 +464,7 @@ def sim_report(
 
 def price_from_config(state_dir: Path) -> tuple[float | None, str]:
     """``price_per_gpu_hour`` and ``currency`` of ``<state dir>/config.toml``, if set."""
-    from miso_cli.queue import tomllib
+    from miso_cli.spec.queue import tomllib
 
     path = Path(state_dir) / "config.toml"
     try:

@@ -244,7 +244,7 @@ def write_simulation(
     """
     from miso_cli.operate.accounting import sim_report, summary_pairs
     from miso_cli.operate.timeline import from_sim
-    from miso_cli.state import atomic_write_text
+    from miso_cli.runtime.state import atomic_write_text
 
     report = sim_report({"data": data})
     rows = {r["policy"]: r for r in report["policies"]}

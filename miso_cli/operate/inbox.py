@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import BadInput, MisoError, PermissionDenied
-from miso_cli.queue import NAME_RE, JobSpec, parse_queue
+from miso_cli.spec.queue import NAME_RE, JobSpec, parse_queue
 
 INBOX = "inbox"
 REQUEST_VERSION = 1
@@ -299,7 +299,7 @@ CANCELLED = "cancelled"
 
 
 def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
-    """Take the inbox's requests into ``journal`` (a :class:`miso_cli.journal.Journal`).
+    """Take the inbox's requests into ``journal`` (a :class:`miso_cli.runtime.journal.Journal`).
 
     New jobs are added waiting, queued at ``now``; a waiting job that is cancelled
     becomes ``cancelled`` at once, a running one is listed in ``cancel_running``
@@ -307,7 +307,7 @@ def absorb(journal: Any, *, now: float, uid: int | None = None) -> Intake:
     queue. Every request, taken or refused, is kept in ``journal.data["requests"]``.
     The caller saves the journal, then calls :func:`done` with ``Intake.ids``.
     """
-    from miso_cli.journal import JobRecord
+    from miso_cli.runtime.journal import JobRecord
 
     log: list[dict[str, Any]] = journal.data.setdefault("requests", [])
     taken = {r.get("id") for r in log}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from miso_cli.errors import UsageError
 from miso_cli.operate.runs import RunInfo, read_run
-from miso_cli.queue import NAME_RE
+from miso_cli.spec.queue import NAME_RE
 
 TERMINAL = ("finished", "failed", "hung", "interrupted", "cancelled")
 _HEADER = re.compile(rb"^\n?=== miso: \S+ attempt (\d+) ", re.M)

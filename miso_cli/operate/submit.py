@@ -16,7 +16,7 @@ from typing import Any
 from miso_cli.errors import BadInput, UsageError
 from miso_cli.operate import inbox
 from miso_cli.operate.runs import RunInfo, target_run
-from miso_cli.queue import QueueSpec, load_queue, parse_queue
+from miso_cli.spec.queue import QueueSpec, load_queue, parse_queue
 
 COMMAND_LINE = "<command line>"
 
@@ -90,7 +90,7 @@ def _withdraw_if_over(run: RunInfo, rid: str) -> None:
 def _check_memory(run: RunInfo, queue: QueueSpec) -> None:
     """A job larger than any GPU of the run could never start: refuse it now."""
     from miso_cli.gpu.profiles import model
-    from miso_cli.queue import check_memory
+    from miso_cli.spec.queue import check_memory
 
     best, what = 0.0, ""
     for g in run.data.get("gpus") or []:

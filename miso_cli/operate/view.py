@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from miso_cli.dashboard import STATE_STYLE, fmt_duration, fmt_step_time
 from miso_cli.operate import inbox
+from miso_cli.operate.dashboard import STATE_STYLE, fmt_duration, fmt_step_time
 from miso_cli.operate.runs import RunInfo, job_rows, list_runs, outcome
 
 STATE_STYLE = {**STATE_STYLE, "cancelled": "yellow", "submitted": "cyan", "stopped": "yellow"}
@@ -170,7 +170,7 @@ def watch_loop(
     flicker); off one each view is printed after the last; with ``json_out`` each is
     one JSON envelope line on stdout.
     """
-    from miso_cli.output import dumps, envelope
+    from miso_cli.cli.output import dumps, envelope
 
     shown = 0
     live: Any = None

@@ -26,7 +26,7 @@ work / (2 max_speed)`` where ``M`` is the mean time at which its work is done
 feasible point of the programme with at most its own completion times, so the
 optimum is a lower bound on the sum of completion times.
 
-Scope, and the MPS model (:mod:`miso_cli.gpu.simmps`). Under the ``optimistic``
+Scope, and the MPS model (:mod:`miso_cli.gpu.sim.simmps`). Under the ``optimistic``
 model, MPS shares summing to at most 100 % do not interfere, so a job's MPS
 progress per share (``100 s(p) / p``) counts among its efficiencies, and that can
 exceed anything MIG offers. Under the ``pessimistic`` model co-located jobs never
@@ -113,7 +113,7 @@ def lower_bound(
     from scipy.optimize import linprog
     from scipy.sparse import coo_array
 
-    from miso_cli.gpu.simmps import concave_envelope
+    from miso_cli.gpu.sim.simmps import concave_envelope
 
     if gpus < 1:
         raise ValueError("a bound needs at least one GPU")
@@ -226,7 +226,7 @@ def job_modes(
     corner ``(p S(P)/P, s(p))`` that caps what a mix of shares ``P`` up to 7 x
     100 % gives (progress per GPU at most ``s(p) P / (p S(P))``, speed at most
     ``s(p)``). Under ``pessimistic`` co-located jobs never beat their MIG
-    trade-off (:func:`miso_cli.gpu.simmps.mig_capacity`), so MPS adds only a
+    trade-off (:func:`miso_cli.gpu.sim.simmps.mig_capacity`), so MPS adds only a
     lone job's best speed on a whole GPU.
     """
     from miso_cli.gpu import simmps
@@ -261,7 +261,7 @@ def trace_bound(
     intervals: int | None = None,
     mps_model: str = "optimistic",
 ) -> Bound:
-    """The bound for a simulator trace (:class:`miso_cli.simulator.TraceJob` rows)."""
+    """The bound for a simulator trace (:class:`miso_cli.sim.simulator.TraceJob` rows)."""
     jobs = []
     for t in trace:
         w = catalog[t.workload]  # type: ignore[index]

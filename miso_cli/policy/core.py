@@ -1,7 +1,7 @@
 """The contract between scheduling policies and the two drivers that execute them.
 
-A *driver* owns time and effects: :mod:`miso_cli.executor` runs real processes on
-real or simulated GPUs in wall-clock time; :mod:`miso_cli.simulator` replays a
+A *driver* owns time and effects: :mod:`miso_cli.runtime.executor` runs real processes on
+real or simulated GPUs in wall-clock time; :mod:`miso_cli.sim.simulator` replays a
 trace on a virtual clock. Both feed the same :class:`Policy` the same
 :class:`Event` s with a :class:`ClusterView` of the facts, and both carry out the
 :class:`GpuTarget` s it returns. A policy never sleeps, never touches a GPU and

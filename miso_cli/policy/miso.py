@@ -17,7 +17,7 @@ SoCC 2022):
 
 ``oracle`` is ``miso`` that knows every job's true speeds: no profiling phase.
 
-``miso+`` plans the whole cluster at once with :func:`miso_cli.planner.plan`
+``miso+`` plans the whole cluster at once with :func:`miso_cli.planning.planner.plan`
 (objective ``jct``, backfilling, 4g+3g allowed, slices may stay free), and:
 
 * keeps instances whose jobs run (partial reconfiguration): a running job moves
@@ -44,7 +44,7 @@ from functools import lru_cache
 
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
-from miso_cli.planner import (
+from miso_cli.planning.planner import (
     Plan,
     PlanError,
     PlanGpu,

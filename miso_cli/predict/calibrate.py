@@ -2,7 +2,7 @@
 
 1. The GPU must be MIG-capable and idle. Its layout (and MIG mode) is noted.
 2. One full-size instance is applied and the calibration jobs are profiled under
-   MPS with :class:`miso_cli.profiler.Profiler`: each job alone (``jobs_in_mix`` 1)
+   MPS with :class:`miso_cli.runtime.profiler.Profiler`: each job alone (``jobs_in_mix`` 1)
    and all together in mixes of up to seven (as MISO profiles), at 100/50/14 %.
 3. For each standard slice size, a layout of as many instances of that size as
    fit is applied and the jobs run on them, one per instance (instances are
@@ -26,7 +26,7 @@ from typing import Any
 
 from miso_cli.errors import BadInput, GpuBusy, NoGpu, UsageError
 from miso_cli.gpu.layouts import Layout
-from miso_cli.queue import JobSpec
+from miso_cli.spec.queue import JobSpec
 
 LEVELS = (100.0, 50.0, 14.0)
 
@@ -60,7 +60,7 @@ def calibration_files(state_dir: Path, gpu_model_key: str) -> list[Path]:
 
 def synthetic_jobs(catalog: Path, trainer: Path) -> list[JobSpec]:
     """One synthetic job (``examples/sim_train.py``) per workload of ``catalog``."""
-    from miso_cli.catalog import load_catalog
+    from miso_cli.spec.catalog import load_catalog
 
     if not trainer.exists():
         raise UsageError(
@@ -99,7 +99,7 @@ def calibrate(
     """Measure ``jobs`` under MPS and on each slice size of GPU ``i``; store the pairs."""
     from miso_cli.gpu.apply import apply_layout
     from miso_cli.gpu.layouts import place
-    from miso_cli.profiler import Profiler, ProfileSettings
+    from miso_cli.runtime.profiler import Profiler, ProfileSettings
 
     if not jobs:
         raise BadInput("no calibration jobs")
@@ -140,7 +140,7 @@ def calibrate(
     mixed: list[tuple[str, int, dict[str, dict[int, float]]]] = []
     mig: dict[str, dict[int, float | None]] = {j.name: {} for j in jobs}
     status = result.statuses
-    from miso_cli.locks import hold_gpus  # issue-11: one miso at a time changes a GPU
+    from miso_cli.runtime.locks import hold_gpus  # issue-11: one miso at a time changes a GPU
 
     gpu_hold = hold_gpus(drv, [i], "calibrate", note=progress)  # issue-11
     gpu_hold.__enter__()  # issue-11: released in the finally below
@@ -268,7 +268,7 @@ def _rows(
 
 
 def _write_csv(state_dir: Path, gpu_model_key: str, rows: list[dict[str, Any]]) -> Path:
-    from miso_cli.state import atomic_write_text
+    from miso_cli.runtime.state import atomic_write_text
 
     slices = sorted({int(k[4:-1]) for r in rows for k in r if k.startswith("mig_")}, reverse=True)
     cols = ["mix", "workload", "jobs_in_mix", "mps_100", "mps_50", "mps_14"]

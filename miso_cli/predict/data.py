@@ -93,7 +93,7 @@ def read_profile_csv(
     skips it, prediction falls back to the prior's centre). ``require_mig_7g``:
     each row needs ``mig_7g`` (what training targets are relative to).
     """
-    from miso_cli.textfile import csv_reader, positive_cell
+    from miso_cli.spec.textfile import csv_reader, positive_cell
 
     path = Path(path)
     rows: list[ProfileRow] = []

@@ -25,7 +25,7 @@ from typing import Any
 from miso_cli.errors import BadInput, MisoError, PermissionDenied
 from miso_cli.predict.data import ProfileRow, summarize
 from miso_cli.predict.estimators import SliceRatioModel
-from miso_cli.state import atomic_write_bytes, atomic_write_text
+from miso_cli.runtime.state import atomic_write_bytes, atomic_write_text
 
 MODEL_FORMAT = "miso-slice-model/1"
 

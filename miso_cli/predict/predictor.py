@@ -266,7 +266,7 @@ def load_predictor(
     explicit = path is not None
     kept_aside: dict[str, Any] | None = None
     if path is None:
-        from miso_cli.state import default_state_dir
+        from miso_cli.runtime.state import default_state_dir
 
         candidate = default_model_path(
             Path(state_dir) if state_dir else default_state_dir(), gpu_model_key

@@ -1,7 +1,8 @@
 """What a run shows of itself to the live view: a typed snapshot, not the executor.
 
-:meth:`miso_cli.executor.Executor.snapshot` builds one; :class:`miso_cli.dashboard.Dashboard`
-draws it. Anything the view needs is here, so the view depends on no executor internals.
+:meth:`miso_cli.runtime.executor.Executor.snapshot` builds one;
+:class:`miso_cli.operate.dashboard.Dashboard` draws it.
+Anything the view needs is here, so the view depends on no executor internals.
 """
 
 from __future__ import annotations

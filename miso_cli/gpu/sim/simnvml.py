@@ -71,7 +71,7 @@ from typing import Any, TypeVar
 
 from miso_cli.errors import BadInput, UsageError
 from miso_cli.gpu.profiles import PROFILE_INDEX_COUNT, GpuModel, SliceProfile, model
-from miso_cli.pids import pid_exists
+from miso_cli.runtime.pids import pid_exists
 
 STATE_VERSION = 1
 SIM_DRIVER_VERSION = "550.54.15-sim"
@@ -292,7 +292,7 @@ class _Store:
         return state
 
     def _write(self, state: dict[str, Any]) -> None:
-        from miso_cli.state import atomic_write_json
+        from miso_cli.runtime.state import atomic_write_json
 
         assert self.path is not None
         atomic_write_json(self.path, state)

@@ -156,7 +156,7 @@ class Catalog:
 
 def load_catalog(path: Path | str) -> Catalog:
     """Read a catalog CSV; every problem is a :class:`BadInput` naming file, line and column."""
-    from miso_cli.textfile import csv_reader, positive_cell
+    from miso_cli.spec.textfile import csv_reader, positive_cell
 
     path = Path(path)
     with csv_reader(path, "catalog") as reader:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import GpuBusy, PermissionDenied
-from miso_cli.retry import unwrap
+from miso_cli.runtime.retry import unwrap
 from miso_cli.safefs import UnsafePath, open_file, private_dir, runtime_dir
 
 

@@ -2,7 +2,7 @@
 
 A job under MPS with ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE = p`` may use at most
 ``p`` percent of the GPU's SMs. Alone, its step time at ``p`` is the catalog's
-``mps_<pct>`` curve (:meth:`miso_cli.catalog.Workload.mps_step_time_ms`,
+``mps_<pct>`` curve (:meth:`miso_cli.spec.catalog.Workload.mps_step_time_ms`,
 interpolated in throughput between the measured levels).
 
 Co-located jobs slow each other down. MPS does not partition SMs: the
@@ -114,7 +114,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from miso_cli.catalog import Workload
+from miso_cli.spec.catalog import Workload
 
 # Slowdown per 100 % of oversubscribed SMs, fitted on a100-40gb/mps_mig_pairs.csv
 # by benchmarks/mps_interference.py.

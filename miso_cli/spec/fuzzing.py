@@ -108,7 +108,7 @@ def _seed_queue(tmp: Path) -> bytes:
 
 
 def _load_queue(path: Path, tmp: Path) -> object:
-    from miso_cli.queue import load_queue
+    from miso_cli.spec.queue import load_queue
 
     return load_queue(path)
 
@@ -135,8 +135,8 @@ def _seed_trace(tmp: Path) -> bytes:
 
 
 def _load_trace(path: Path, tmp: Path) -> object:
-    from miso_cli.catalog import load_catalog
-    from miso_cli.simulator import load_trace
+    from miso_cli.sim.simulator import load_trace
+    from miso_cli.spec.catalog import load_catalog
 
     return load_trace(path, load_catalog(_catalog_path(tmp)))
 
@@ -146,8 +146,8 @@ def _seed_catalog(tmp: Path) -> bytes:
 
 
 def _load_catalog(path: Path, tmp: Path) -> object:
-    from miso_cli.catalog import load_catalog
-    from miso_cli.simulator import load_trace
+    from miso_cli.sim.simulator import load_trace
+    from miso_cli.spec.catalog import load_catalog
 
     cat = load_catalog(path)
     # What a command does next with a catalog: read a trace against it.
@@ -242,8 +242,8 @@ def _load_model(path: Path, tmp: Path) -> object:
 
 
 def _seed_journal(tmp: Path) -> bytes:
-    from miso_cli.journal import Journal
-    from miso_cli.queue import load_queue
+    from miso_cli.runtime.journal import Journal
+    from miso_cli.spec.queue import load_queue
 
     state = tmp / "seed-state"
     j = Journal.create(
@@ -259,8 +259,8 @@ def _seed_journal(tmp: Path) -> bytes:
 
 
 def _load_journal(path: Path, tmp: Path) -> object:
-    from miso_cli.journal import Journal
-    from miso_cli.state import atomic_write_text
+    from miso_cli.runtime.journal import Journal
+    from miso_cli.runtime.state import atomic_write_text
 
     state = tmp / "journal-state"
     run = state / "runs" / "r1"
@@ -274,7 +274,7 @@ def _load_journal(path: Path, tmp: Path) -> object:
 
 
 def _seed_sim_state(tmp: Path) -> bytes:
-    from miso_cli.gpu.simnvml import new_state
+    from miso_cli.gpu.sim.simnvml import new_state
 
     return json.dumps(new_state("a100-40gb")).encode()
 
@@ -282,7 +282,7 @@ def _seed_sim_state(tmp: Path) -> bytes:
 def _load_sim_state(path: Path, tmp: Path) -> object:
     from miso_cli.gpu import nvml as nvml_mod
     from miso_cli.gpu.nvml import Driver
-    from miso_cli.gpu.simnvml import SimNvml, SimStateError, new_state
+    from miso_cli.gpu.sim.simnvml import SimNvml, SimStateError, new_state
 
     try:
         lib = SimNvml(nvml_mod.pynvml, state_path=path, state=new_state("a100-40gb"))
@@ -325,7 +325,7 @@ def _load_intent(path: Path, tmp: Path) -> object:
 def _sim_driver(mig: bool = False) -> Any:
     from miso_cli.gpu import nvml as nvml_mod
     from miso_cli.gpu.nvml import Driver
-    from miso_cli.gpu.simnvml import SimNvml, new_state
+    from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
     state = new_state("a100-40gb")
     state["gpus"][0]["mig_current"] = state["gpus"][0]["mig_pending"] = mig

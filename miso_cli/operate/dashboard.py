@@ -16,7 +16,7 @@ import sys
 import time
 from typing import IO, Any
 
-from miso_cli.output import dumps
+from miso_cli.cli.output import dumps
 from miso_cli.runtime.snapshot import RunSnapshot
 
 _QUIET = {"_refresh", "progress"}

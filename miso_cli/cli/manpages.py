@@ -9,8 +9,8 @@ EXAMPLES section. Nothing is written by hand, so the pages cannot drift:
 
 Regenerate with::
 
-    python -m miso_cli.manpages man/          # write the pages
-    python -m miso_cli.manpages man/ --check  # exit 1 if they are out of date
+    python -m miso_cli.cli.manpages man/          # write the pages
+    python -m miso_cli.cli.manpages man/ --check  # exit 1 if they are out of date
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class RecordingGroup(TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from miso_cli.manpages import RecordingGroup as Recording
+        from miso_cli.cli.manpages import RecordingGroup as Recording
 
         Recording.last = self
 
@@ -195,7 +195,7 @@ def click_command(app: Any) -> Any:
     import io
 
     # The class as miso_cli.cli imports it (not __main__'s copy under `python -m`).
-    from miso_cli.manpages import RecordingGroup as Recording
+    from miso_cli.cli.manpages import RecordingGroup as Recording
 
     Recording.last = None
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -387,7 +387,7 @@ def build_pages(app: Any = None, root: Any = None) -> dict[str, str]:
 
 def write_pages(outdir: Path, app: Any = None) -> list[Path]:
     """Write the pages into ``outdir``, removing stale ``miso*.1`` pages; return the paths."""
-    from miso_cli.state import atomic_write_text
+    from miso_cli.runtime.state import atomic_write_text
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     check = "--check" in args
     rest = [a for a in args if a != "--check"]
     if len(rest) != 1 or rest[0].startswith("-"):
-        print("usage: python -m miso_cli.manpages DIR [--check]", file=sys.stderr)
+        print("usage: python -m miso_cli.cli.manpages DIR [--check]", file=sys.stderr)
         return 2
     outdir = Path(rest[0])
     if check:
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in problems:
             print(f"out of date: {outdir / p}", file=sys.stderr)
         if problems:
-            print("regenerate with: python -m miso_cli.manpages man/", file=sys.stderr)
+            print("regenerate with: python -m miso_cli.cli.manpages man/", file=sys.stderr)
         return 1 if problems else 0
     for path in write_pages(outdir):
         print(path)

@@ -103,7 +103,7 @@ class JobHandoff:
     placement: dict[str, int] | None = None
     waiting: bool = False
     predicted_relative_step_time: float | None = None
-    spec: Any = None  # miso_cli.queue.JobSpec when a queue was given
+    spec: Any = None  # miso_cli.spec.queue.JobSpec when a queue was given
 
 
 @dataclass
@@ -319,7 +319,7 @@ def plan_queue(queue: Any, gpu_spec: str | None, state_dir: Path) -> Handoff:
     """Plan ``queue`` on the GPUs as ``miso plan`` does, and hand off the result."""
     try:
         # The planning path of `miso plan`: queue + GPUs + profiles -> its --json data.
-        from miso_cli.planner import queue_plan_data  # type: ignore[attr-defined]
+        from miso_cli.planning.planner import queue_plan_data  # type: ignore[attr-defined]
     except ImportError:
         raise UsageError(
             "--queue without --plan needs the planner of `miso plan`, which this "
@@ -1281,7 +1281,7 @@ def export(
 
 def write_bundle(bundle: Bundle, outdir: Path) -> list[Path]:
     """Write the files under ``outdir`` (atomically, one by one); return their paths."""
-    from miso_cli.state import atomic_write_text
+    from miso_cli.runtime.state import atomic_write_text
 
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():

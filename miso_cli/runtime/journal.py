@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import BadInput, UsageError
-from miso_cli.queue import QueueSpec
-from miso_cli.state import atomic_write_json, atomic_write_text, ensure_dir
+from miso_cli.runtime.state import atomic_write_json, atomic_write_text, ensure_dir
+from miso_cli.spec.queue import QueueSpec
 
 JOURNAL_VERSION = 1
 ACTIVE = ("starting", "running", "stopping")

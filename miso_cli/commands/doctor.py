@@ -87,7 +87,7 @@ def version_info() -> dict[str, str | None]:
     drv = None
     try:
         from miso_cli.gpu.nvml import open_driver
-        from miso_cli.state import default_state_dir
+        from miso_cli.runtime.state import default_state_dir
 
         drv = open_driver(None, default_state_dir())
         info["driver"] = drv.driver_version()
@@ -362,7 +362,7 @@ def _process_check(drv: Any, state_dir: Path) -> Check:
 def _journal_pids(state_dir: Path) -> set[int]:
     """Process groups of the jobs the latest ``miso run`` started (their wrappers lead them)."""
     try:
-        from miso_cli.journal import Journal
+        from miso_cli.runtime.journal import Journal
 
         run_id = Journal.latest_id(state_dir)
         if run_id is None:
@@ -620,7 +620,7 @@ def run_checks(gpu_spec: str | None, state_dir: Path) -> list[Check]:
 
 def _mig_parted_check(drv: Any) -> list[Check]:
     """Where nvidia-mig-parted is installed, it must accept the current layout as a config."""
-    from miso_cli.export import doctor_mig_parted_check
+    from miso_cli.export.handoff import doctor_mig_parted_check
 
     r = doctor_mig_parted_check(drv)
     if r["ok"] is None:  # not installed: nothing to check

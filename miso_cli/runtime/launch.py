@@ -1,6 +1,6 @@
 """Starting, signalling and finding job processes.
 
-Every job runs under :mod:`miso_cli.jobwrap` in a new session (its own process
+Every job runs under :mod:`miso_cli.runtime.jobwrap` in a new session (its own process
 group, out of reach of the terminal's Ctrl-C), with stdout and stderr appended
 to its log file. miso signals the wrapper, which forwards to the job (so a
 checkpoint signal reaches the training process, not its data-loader workers);
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miso_cli.queue import JobSpec, expand
+from miso_cli.spec.queue import JobSpec, expand
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def launch(
         exit_file.unlink()
     except FileNotFoundError:
         pass
-    wrapper = [sys.executable, "-m", "miso_cli.jobwrap", "--exit-file", str(exit_file)]
+    wrapper = [sys.executable, "-m", "miso_cli.runtime.jobwrap", "--exit-file", str(exit_file)]
     wrapper += ["--tag", tag]
     if run_as is not None:
         wrapper += ["--uid", str(run_as.uid), "--gid", str(run_as.gid)]
@@ -270,7 +270,7 @@ def find_wrapper(tag: str) -> tuple[int, float] | None:
 
     for proc in psutil.process_iter(["cmdline", "create_time"]):
         cmd = proc.info.get("cmdline") or []
-        if "miso_cli.jobwrap" in cmd and "--tag" in cmd:
+        if "miso_cli.runtime.jobwrap" in cmd and "--tag" in cmd:
             i = cmd.index("--tag")
             if i + 1 < len(cmd) and cmd[i + 1] == tag:
                 if proc.status() != psutil.STATUS_ZOMBIE:

@@ -605,7 +605,6 @@ class _Strict(dict):  # type: ignore[type-arg]
         raise KeyError(key)
 
 
-
 def _is(check: Any) -> bool:
     """A path test that answers False where the OS refuses the question (a name too long,
     a loop of links), so the queue's error names the key instead of a traceback."""

@@ -10,10 +10,10 @@ modes:
 * ``solo``: each job alone at each level (default: the slices' shares, 100,
   57, 43, 29, 14); slower and cleaner.
 
-Each job is started the way ``miso run`` starts it (:mod:`miso_cli.launch`,
+Each job is started the way ``miso run`` starts it (:mod:`miso_cli.runtime.launch`,
 pinned to the device, in its own process group, its log kept) with
 ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` set, and followed with
-:class:`miso_cli.progress.ProgressTracker`. Per level: the first
+:class:`miso_cli.runtime.progress.ProgressTracker`. Per level: the first
 ``warmup_steps`` steps are skipped, then the step time is the median of the
 reported intervals; a level ends when every job has ``min_steps`` measured
 steps, or at ``max_level_s`` (status ``timeout`` for the jobs short of it). A
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import GpuBusy, UsageError
-from miso_cli.queue import JobSpec
+from miso_cli.spec.queue import JobSpec
 
 MODES = ("colocated", "solo")
 DEFAULT_LEVELS: dict[str, tuple[float, ...]] = {
@@ -325,7 +325,7 @@ class Profiler:
     def profile(self, jobs: Sequence[JobSpec]) -> list[JobProfile]:
         """Measure ``jobs`` (in groups); returns one :class:`JobProfile` per job, in order."""
         from miso_cli.gpu import mps
-        from miso_cli.profiles_store import fingerprint
+        from miso_cli.spec.profiles_store import fingerprint
 
         if not jobs:
             return []
@@ -471,7 +471,7 @@ class Profiler:
                 resumable[name] = bool(m.job.checkpoint and m.checkpointed)
 
     def _start(self, run: _Run, device: str, daemon: Any) -> None:
-        from miso_cli import launch
+        from miso_cli.runtime import launch
 
         job, work = run.job, run.work
         progress_file = work / "progress.jsonl"
@@ -523,7 +523,7 @@ class Profiler:
             run.exit = {"exit_code": 127}
             run.ended = time.monotonic()
             return
-        from miso_cli.progress import ProgressTracker
+        from miso_cli.runtime.progress import ProgressTracker
 
         run.tracker = ProgressTracker(
             work / "job.log",
@@ -551,7 +551,7 @@ class Profiler:
                 run.samples.append((t, step))
 
     def _exited(self, run: _Run) -> bool:
-        from miso_cli import launch
+        from miso_cli.runtime import launch
 
         if run.ended is not None:
             return True
@@ -625,7 +625,7 @@ class Profiler:
 
     def _stop_all(self, runs: list[_Run]) -> None:
         """Ask each running job to save and stop (its checkpoint signal), kill what stays."""
-        from miso_cli import launch
+        from miso_cli.runtime import launch
 
         live = [r for r in runs if r.launched is not None and not self._exited(r)]
         deadline: dict[int, float] = {}

@@ -2,7 +2,7 @@
 
 A :class:`~miso_cli.policy.core.GpuTarget` with ``profile_s`` puts a GPU's jobs
 under one MPS daemon and measures each at the profiling levels (100, 50 and
-14 % of the SMs, :data:`miso_cli.simulator.PROFILE_LEVELS`), all jobs at each
+14 % of the SMs, :data:`miso_cli.sim.simulator.PROFILE_LEVELS`), all jobs at each
 level together, as the virtual-clock simulator does, so both drivers feed the
 policy the same facts: co-located step times, turned into a prediction per
 slice size by the predictor, and a ``profiled`` event at the end.
@@ -124,7 +124,7 @@ def stored_profile(
     started_at: float,
 ) -> Any:
     """A profile store entry for what the phase measured (``step_times_s`` scaled)."""
-    from miso_cli import profiles_store as store
+    from miso_cli.spec import profiles_store as store
 
     levels = [
         {
@@ -165,6 +165,6 @@ def workload_name(spec: Any) -> str:
     for i, arg in enumerate(cmd[:-1]):
         if arg == "--workload":
             return str(cmd[i + 1])
-    from miso_cli.profiles_store import fingerprint
+    from miso_cli.spec.profiles_store import fingerprint
 
     return f"job-{fingerprint(spec)}"

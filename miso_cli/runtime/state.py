@@ -66,7 +66,7 @@ def ensure_dir(path: Path, mode: int = 0o700) -> Path:
 
 
 # A full disk (or quota) may be cleared while miso waits: a write is tried again for
-# about half a minute before the error stops the command (see miso_cli.retry).
+# about half a minute before the error stops the command (see miso_cli.runtime.retry).
 DISK_RETRIES = 6
 DISK_FIRST_PAUSE_S = 1.0
 _sleep = time.sleep
@@ -77,7 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
 
     ENOSPC and EDQUOT are retried with growing pauses; then the error is raised.
     """
-    from miso_cli.retry import Backoff, is_transient, retry
+    from miso_cli.runtime.retry import Backoff, is_transient, retry
 
     retry(
         lambda: _atomic_write_once(path, data, mode),

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from miso_cli.errors import BadInput
-from miso_cli.queue import JobSpec
-from miso_cli.state import atomic_write_json
+from miso_cli.runtime.state import atomic_write_json
+from miso_cli.spec.queue import JobSpec
 
 STORE_VERSION = 1
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0

@@ -21,13 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miso_cli import launch
 from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.errors import BadInput, MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
-from miso_cli.journal import ACTIVE, Attempt, JobRecord, Journal
-from miso_cli.mps_phase import PROFILE_LEVELS, ProfilePhase
 from miso_cli.policy.core import (
     ClusterView,
     Event,
@@ -36,9 +33,12 @@ from miso_cli.policy.core import (
     JobView,
     Policy,
 )
-from miso_cli.progress import Progress, ProgressTracker
-from miso_cli.queue import JobSpec
+from miso_cli.runtime import launch
+from miso_cli.runtime.journal import ACTIVE, Attempt, JobRecord, Journal
+from miso_cli.runtime.mps_phase import PROFILE_LEVELS, ProfilePhase
+from miso_cli.runtime.progress import Progress, ProgressTracker
 from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
+from miso_cli.spec.queue import JobSpec
 
 DEFAULT_HANG_TIMEOUT_S = 600.0
 METRICS = ("reconfigurations", "migrations")  # counted as engine.rules defines them
@@ -325,7 +325,7 @@ class Executor:
             return None
         if name not in self._predictions:
             if self._predict is None:
-                from miso_cli.simulator import make_predict
+                from miso_cli.sim.simulator import make_predict
 
                 model = self.gpus[0].model
                 self._predict, _ = make_predict(self.opt.model_path, model, self.state_dir)
@@ -336,7 +336,7 @@ class Executor:
 
     def load_stored_profiles(self) -> None:
         """Jobs with a fresh stored profile start with a prediction (no profiling again)."""
-        from miso_cli import profiles_store as store
+        from miso_cli.spec import profiles_store as store
 
         if not self.gpus:
             return
@@ -697,8 +697,8 @@ class Executor:
 
     def _profiled(self, g: GpuState, ph: ProfilePhase) -> None:
         """Store what the phase measured, predict from it, and tell the policy."""
-        from miso_cli import profiles_store as store
-        from miso_cli.mps_phase import stored_profile
+        from miso_cli.runtime.mps_phase import stored_profile
+        from miso_cli.spec import profiles_store as store
 
         done = [n for n in ph.jobs if ph.complete(n)]
         info = self.drv.gpu(g.index)
@@ -1053,8 +1053,8 @@ class Executor:
 
     def _observe(self, name: str, attempt: Attempt, step_time_s: float | None) -> None:
         """A job with an MPS profile ran on a MIG slice: keep what it did, to retrain on."""
-        from miso_cli.mps_phase import workload_name
         from miso_cli.predict.observations import record_observation
+        from miso_cli.runtime.mps_phase import workload_name
 
         known = self.profiles.get(name)
         if known is None or attempt.slice is None or not step_time_s or attempt.gpu is None:
@@ -1567,7 +1567,7 @@ def _check_fits(queue: Any, drv: Any, policy: Policy) -> None:
     """Before anything starts: the layout fits each GPU, and every job fits some instance."""
     from miso_cli.gpu.layouts import LayoutError
     from miso_cli.policy.simple import FixedLayout
-    from miso_cli.queue import check_memory
+    from miso_cli.spec.queue import check_memory
 
     best_mb, what = 0.0, ""
     for i in range(drv.device_count()):
@@ -1600,7 +1600,7 @@ def _load_predict(policy: Policy, drv: Any, model_path: str | Path | None, state
     """The predictor of a policy that predicts from profiles (None for the others)."""
     if getattr(policy, "knowledge", "none") != "profile" or drv.device_count() == 0:
         return None
-    from miso_cli.simulator import make_predict
+    from miso_cli.sim.simulator import make_predict
 
     path = Path(model_path) if model_path else None
     predict, meta = make_predict(path, drv.gpu_model(0), state_dir)
@@ -1626,16 +1626,16 @@ def run_queue(
     SIGINT/SIGTERM ask the jobs to checkpoint and stop; the report's status is
     then ``interrupted``.
     """
-    from miso_cli.journal import RunLock
-    from miso_cli.locks import hold_all  # issue-11
     from miso_cli.policy import registry
-    from miso_cli.queue import load_queue
-    from miso_cli.retry import RetryingDriver  # issue-11
+    from miso_cli.runtime.journal import RunLock
+    from miso_cli.runtime.locks import hold_all  # issue-11
+    from miso_cli.runtime.retry import RetryingDriver  # issue-11
+    from miso_cli.spec.queue import load_queue
 
     state_dir = Path(req.state_dir)
     lock = RunLock(state_dir)
     lock.acquire()
-    gpu_hold = contextlib.ExitStack()  # issue-11: the GPU locks (miso_cli.locks), once opened
+    gpu_hold = contextlib.ExitStack()  # the GPU locks (runtime.locks), once opened
     try:
         if req.resume:
             journal = Journal.open(state_dir)
@@ -1762,7 +1762,7 @@ def run_queue(
         journal.data["ended_at"] = time.time()
         journal.save()
         report = run_report(journal)
-        from miso_cli.state import atomic_write_json
+        from miso_cli.runtime.state import atomic_write_json
 
         atomic_write_json(journal.report_path, report)
         ex.emit("run_ended", status=journal.status, summary=report["summary"])

@@ -8,7 +8,7 @@ What it models:
 
 * speed: a job's step time is the catalog's on its MIG instance (``mig_<g>g``),
   on a whole GPU its ``mig_7g``, under MPS the simulated GPU's MPS model
-  (:func:`miso_cli.gpu.simmps.step_time_ms`: the share and the co-runners);
+  (:func:`miso_cli.gpu.sim.simmps.step_time_ms`: the share and the co-runners);
 * memory: a job whose catalog entry for a size is empty does not fit it; a
   policy that starts it there sees it fail to start (out of memory) and requeued;
 * checkpoint/restart: a running job whose instance changes (a *migration*), or
@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miso_cli.catalog import Catalog, Workload
 from miso_cli.engine import rules
 from miso_cli.engine.measure import ProgressMeter, measure_view
 from miso_cli.engine.rules import PROFILE_LEVELS, PROFILE_ORDER
@@ -63,6 +62,7 @@ from miso_cli.policy.core import (
     Policy,
     SlicePrediction,
 )
+from miso_cli.spec.catalog import Catalog, Workload
 
 # Checkpoint + restore seconds per workload family, measured in the MISO paper (Li et al.,
 # SoCC 2022, artifact boringlee24/socc22-miso).
@@ -96,7 +96,7 @@ class TraceJob:
 
 def load_trace(path: Path | str, catalog: Catalog) -> list[TraceJob]:
     """Read a trace CSV (``job,arrival_s,workload,duration_7g_s``); errors name file and line."""
-    from miso_cli.textfile import csv_reader
+    from miso_cli.spec.textfile import csv_reader
 
     path = Path(path)
     need = ("job", "arrival_s", "workload", "duration_7g_s")

@@ -1,4 +1,6 @@
-"""The small parent of every job: ``python -m miso_cli.jobwrap --exit-file F [...] -- CMD...``.
+"""The small parent of every job.
+
+``python -m miso_cli.runtime.jobwrap --exit-file F [...] -- CMD...``
 
 It leads the job's process group, starts the command (as another user when
 asked), forwards the signals it gets to the command, waits for it, and writes
@@ -26,7 +28,7 @@ FORWARDED = (
     signal.SIGCONT,
 )
 USAGE = (
-    "usage: python -m miso_cli.jobwrap --exit-file PATH [--tag TAG] [--shell] "
+    "usage: python -m miso_cli.runtime.jobwrap --exit-file PATH [--tag TAG] [--shell] "
     "[--uid N --gid N --groups N,N] -- COMMAND..."
 )
 

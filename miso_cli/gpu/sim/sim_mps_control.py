@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miso_cli.pids import pid_running
+from miso_cli.runtime.pids import pid_running
 
 PID_FILE = "nvidia-cuda-mps-control.pid"
 SOCKET = "control"
@@ -75,7 +75,7 @@ def _pipe_dir(env: dict[str, str] | os._Environ[str] | None = None) -> str:
 
 def daemon_record(state_path: Path, pipe_dir: str | Path) -> dict[str, Any] | None:
     """The live daemon of ``pipe_dir`` in the simulated state, or None."""
-    from miso_cli.gpu.simnvml import edit_state
+    from miso_cli.gpu.sim.simnvml import edit_state
 
     key = str(Path(pipe_dir).resolve())
     with edit_state(Path(state_path)) as state:
@@ -99,7 +99,7 @@ def connect(
     when no daemon serves that pipe directory or ``device_uuid`` (the job then
     runs without MPS, as CUDA programs do).
     """
-    from miso_cli.gpu.simnvml import edit_state
+    from miso_cli.gpu.sim.simnvml import edit_state
 
     env = dict(os.environ if env is None else env)
     pipe_dir = _pipe_dir(env)
@@ -129,7 +129,7 @@ def connect(
 
 def disconnect(state_path: Path, pid: int) -> None:
     """Forget client ``pid`` (its context closed)."""
-    from miso_cli.gpu.simnvml import edit_state
+    from miso_cli.gpu.sim.simnvml import edit_state
 
     with edit_state(Path(state_path)) as state:
         mps = _section(state)
@@ -138,7 +138,7 @@ def disconnect(state_path: Path, pid: int) -> None:
 
 def co_runners(state_path: Path, pid: int) -> list[dict[str, Any]]:
     """The other live clients sharing ``pid``'s daemon and device (their records)."""
-    from miso_cli.gpu.simnvml import edit_state
+    from miso_cli.gpu.sim.simnvml import edit_state
 
     with edit_state(Path(state_path)) as state:
         clients = _section(state)["clients"]
@@ -171,7 +171,7 @@ class _Daemon:
     def _record(self, devices: list[str]) -> None:
         if self.state_path is None:
             return
-        from miso_cli.gpu.simnvml import edit_state
+        from miso_cli.gpu.sim.simnvml import edit_state
 
         with edit_state(self.state_path) as state:
             mps = _section(state)
@@ -190,7 +190,7 @@ class _Daemon:
     def _update(self, **fields: Any) -> None:
         if self.state_path is None:
             return
-        from miso_cli.gpu.simnvml import edit_state
+        from miso_cli.gpu.sim.simnvml import edit_state
 
         with edit_state(self.state_path) as state:
             for d in _section(state)["daemons"]:
@@ -200,7 +200,7 @@ class _Daemon:
     def _forget(self) -> None:
         if self.state_path is None:
             return
-        from miso_cli.gpu.simnvml import edit_state
+        from miso_cli.gpu.sim.simnvml import edit_state
 
         try:
             with edit_state(self.state_path) as state:
@@ -213,7 +213,7 @@ class _Daemon:
     def _clients(self) -> list[dict[str, Any]]:
         if self.state_path is None:
             return []
-        from miso_cli.gpu.simnvml import edit_state
+        from miso_cli.gpu.sim.simnvml import edit_state
 
         with edit_state(self.state_path) as state:
             return [c for c in _section(state)["clients"] if c["pipe_dir"] == str(self.pipe_dir)]

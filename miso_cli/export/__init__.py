@@ -1,0 +1,1 @@
+"""Hand-off to mig-parted, Kubernetes and Slurm."""

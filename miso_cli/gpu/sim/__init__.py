@@ -1,0 +1,1 @@
+"""The simulated NVML and MPS stand-ins."""

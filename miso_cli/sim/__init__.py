@@ -1,0 +1,1 @@
+"""The virtual backend: catalog-paced jobs on a virtual clock."""

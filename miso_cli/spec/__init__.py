@@ -1,0 +1,1 @@
+"""Inputs: queue files, catalogs, traces, stored profiles."""
