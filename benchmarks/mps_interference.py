@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from miso_cli.gpu import simmps
+from miso_cli.gpu.sim import simmps
 from miso_cli.spec.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent

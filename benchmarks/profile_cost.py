@@ -94,9 +94,9 @@ def main() -> None:
     ap.add_argument("--skip-measured", action="store_true", help="only the model")
     args = ap.parse_args()
 
-    from miso_cli.gpu import simmps
     from miso_cli.gpu.layouts import enumerate_layouts
     from miso_cli.gpu.profiles import model
+    from miso_cli.gpu.sim import simmps
     from miso_cli.runtime.profiler import DEFAULT_LEVELS
     from miso_cli.spec.catalog import load_catalog
 

@@ -73,7 +73,7 @@ def step_time_s(
     pct = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
     if not device or not state:
         return workload.step_time_ms(7) / 1000.0, "no simulated GPU: pacing as a whole GPU"
-    from miso_cli.gpu import simnvml
+    from miso_cli.gpu.sim import simnvml
 
     info = simnvml.lookup_device(Path(state), device)
     where = info["profile"] or f"whole GPU {info['gpu_index']}"
@@ -91,7 +91,7 @@ def slice_step_time_ms(workload, info: dict, memory_mb: float | None) -> float |
 def mps_step_time_ms(workload, pct: float, co_runners: list) -> float:
     """Step time under MPS at ``pct`` beside ``co_runners`` ((workload, pct) pairs)."""
     try:
-        from miso_cli.gpu import simmps
+        from miso_cli.gpu.sim import simmps
     except ImportError:  # the solo curve when the interference model is not installed
         return workload.mps_step_time_ms(pct)
     return simmps.step_time_ms(workload, pct, co_runners)
@@ -105,7 +105,7 @@ class MpsClient:
     REFRESH_S = 0.1
 
     def __init__(self, state: Path, device: str, workload, catalog) -> None:
-        from miso_cli.gpu import sim_mps_control
+        from miso_cli.gpu.sim import sim_mps_control
 
         self.control = sim_mps_control
         self.state, self.workload, self.catalog = state, workload, catalog
@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
 
     attached = False
     if device and state:
-        from miso_cli.gpu import simnvml
+        from miso_cli.gpu.sim import simnvml
 
         simnvml.attach_process(Path(state), device, os.getpid(), args.memory_mb)
         attached = True

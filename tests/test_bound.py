@@ -113,7 +113,7 @@ def test_capacity_binds_when_jobs_pile_up() -> None:
 
 
 def test_modes_of_a_catalog_workload() -> None:
-    from miso_cli.gpu import simmps
+    from miso_cli.gpu.sim import simmps
     from miso_cli.spec.catalog import Workload
 
     w = Workload("bert_2", {7: 47.2, 4: 68.6, 3: 75.3, 2: 121.3, 1: None}, {100: 47.2, 14: 119.4})

@@ -108,7 +108,7 @@ def test_apply_rolls_back_with_exit_9(cli, monkeypatch) -> None:
 
 
 def test_apply_busy_and_permission(cli, state_dir) -> None:
-    from miso_cli.gpu import simnvml
+    from miso_cli.gpu.sim import simnvml
 
     cli("apply", *SIM, "4g.20gb", "2g.10gb", "1g.5gb")
     path = simnvml.state_path_for(state_dir, "sim:a100-40gb")
@@ -127,7 +127,7 @@ def test_apply_busy_and_permission(cli, state_dir) -> None:
 
 
 def test_apply_mig_mode_only_and_pending(cli, state_dir) -> None:
-    from miso_cli.gpu import simnvml
+    from miso_cli.gpu.sim import simnvml
 
     code, out, _ = cli("apply", *SIM, "--mig", "on", "--json")
     assert code == 0 and parse_envelope(out)["data"]["mig_current"]

@@ -14,7 +14,7 @@ import pytest
 
 from miso_cli.errors import GpuBusy, NoGpu
 from miso_cli.gpu import mps
-from miso_cli.gpu import sim_mps_control as smc
+from miso_cli.gpu.sim import sim_mps_control as smc
 
 ROOT = Path(__file__).resolve().parent.parent
 STANDIN = ROOT / "miso_cli" / "gpu" / "sim_mps_control.py"
@@ -235,7 +235,7 @@ def test_share_must_be_a_percentage(on_path, state_dir) -> None:
 
 
 def test_simulated_daemon_records_itself_and_its_clients(state_dir: Path) -> None:
-    from miso_cli.gpu import simnvml
+    from miso_cli.gpu.sim import simnvml
     from miso_cli.runtime.state import atomic_write_json
 
     sim = state_dir / "sim" / "a100-40gb.json"

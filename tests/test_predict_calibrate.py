@@ -69,7 +69,7 @@ def test_calibrate_measures_restores_and_fits(cli, state_dir: Path) -> None:
 
 
 def test_calibrate_refuses_a_busy_gpu(cli, state_dir: Path) -> None:
-    from miso_cli.gpu import simnvml
+    from miso_cli.gpu.sim import simnvml
 
     drv = open_driver("sim:a100-40gb", state_dir)
     try:

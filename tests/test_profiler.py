@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import parse_envelope
 
-from miso_cli.gpu import simmps
+from miso_cli.gpu.sim import simmps
 from miso_cli.spec import profiles_store as store
 from miso_cli.spec.catalog import load_catalog
 from miso_cli.spec.queue import JobSpec
@@ -30,7 +30,8 @@ MPS_JOB = textwrap.dedent(
     from pathlib import Path
     from miso_cli import report
     from miso_cli.spec.catalog import load_catalog
-    from miso_cli.gpu import simmps, sim_mps_control as smc
+    from miso_cli.gpu.sim import simmps
+    from miso_cli.gpu.sim import sim_mps_control as smc
     cat = load_catalog({str(EXAMPLES / "catalog.csv")!r})
     w = cat[sys.argv[1]]
     state, dev = Path(os.environ["MISO_SIM_STATE"]), os.environ["CUDA_VISIBLE_DEVICES"]
@@ -403,8 +404,8 @@ def test_ctrl_c_while_profiling_restores_the_layout(cli, tmp_path, state_dir) ->
 def test_a_split_gpu_with_processes_is_never_reset(cli, tmp_path, state_dir) -> None:
     import os
 
-    from miso_cli.gpu import simnvml
     from miso_cli.gpu.nvml import open_driver
+    from miso_cli.gpu.sim import simnvml
 
     _split(cli)
     drv = open_driver("sim:a100-40gb", state_dir)

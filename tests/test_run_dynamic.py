@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from miso_cli.gpu import simmps
+from miso_cli.gpu.sim import simmps
 from miso_cli.spec.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent

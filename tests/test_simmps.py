@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.gpu import simmps
+from miso_cli.gpu.sim import simmps
 from miso_cli.spec.catalog import Workload, load_catalog
 
 BIG = Workload("big_1", {7: 100.0, 3: 200.0}, {100: 100.0, 50: 130.0, 14: 400.0})

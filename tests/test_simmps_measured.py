@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from miso_cli.gpu import simmps
+from miso_cli.gpu.sim import simmps
 from miso_cli.spec.catalog import Workload, load_catalog
 
 DATA = Path(__file__).parent / "data" / "real" / "h200-mps-2026-11-30.json"

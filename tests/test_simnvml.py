@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from miso_cli.gpu import nvml as nvml_mod
-from miso_cli.gpu import simnvml
+from miso_cli.gpu.sim import simnvml
 from miso_cli.gpu.sim.simnvml import SimNvml, new_state
 
 N = nvml_mod.pynvml
@@ -189,7 +189,7 @@ def test_state_file_shared_between_processes(tmp_path) -> None:
     mig_uuid = state["gpus"][0]["instances"][0]["cis"][0]["uuid"]
     # Another process (a job) sees the same GPU and registers itself.
     code = (
-        "import sys; from miso_cli.gpu import simnvml;"
+        "import sys; from miso_cli.gpu.sim import simnvml;"
         f"print(simnvml.lookup_device(sys.argv[1], '{mig_uuid}')['profile']);"
         f"simnvml.attach_process(sys.argv[1], '{mig_uuid}', {os.getpid()}, 321)"
     )

@@ -223,7 +223,7 @@ def open_driver(spec: str | None, state_dir: Path | None) -> Driver:
     if spec is None or spec.strip().lower() in ("", "nvml", "real"):
         return Driver(pynvml, simulated=False)
     if spec.strip().lower().startswith("sim:"):
-        from miso_cli.gpu import simnvml
+        from miso_cli.gpu.sim import simnvml
 
         if state_dir is None:
             from miso_cli.runtime.state import default_state_dir

@@ -229,7 +229,7 @@ def job_modes(
     trade-off (:func:`miso_cli.gpu.sim.simmps.mig_capacity`), so MPS adds only a
     lone job's best speed on a whole GPU.
     """
-    from miso_cli.gpu import simmps
+    from miso_cli.gpu.sim import simmps
 
     if mps_model not in simmps.MPS_MODELS:
         raise ValueError(f"unknown MPS model {mps_model!r}")

@@ -184,7 +184,7 @@ def launch(
     else:
         wrapper += ["--", *argv]
     # The wrapper must find miso_cli even when the job's cwd is elsewhere.
-    pkg_root = str(Path(__file__).resolve().parent.parent)
+    pkg_root = str(Path(__file__).resolve().parents[2])
     wenv = dict(env)
     wenv["PYTHONPATH"] = pkg_root + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""

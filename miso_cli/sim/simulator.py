@@ -170,7 +170,7 @@ def mps_step_time_ms(
 ) -> float:
     """A job's step time under MPS at ``pct`` with co-runners, from the simulated GPU's model."""
     try:
-        from miso_cli.gpu import simmps
+        from miso_cli.gpu.sim import simmps
     except ImportError:  # the solo curve when the interference model is not installed
         return workload.mps_step_time_ms(pct)
     return simmps.step_time_ms(workload, pct, co_runners, model)

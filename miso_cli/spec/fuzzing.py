@@ -29,7 +29,7 @@ from typing import Any
 
 from miso_cli.errors import MisoError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 # Values that broke parsers before, or could: huge, tiny, not numbers, not text.
