@@ -148,7 +148,8 @@ Fact = Arrived | Ended | Profiled
 
 @dataclass(frozen=True)
 class Stop:
-    """Ask ``job`` to checkpoint and stop (``requeue``, ``migrate`` or ``level``)."""
+    """Ask ``job`` to checkpoint and stop (``requeue``, ``migrate`` or ``level``) for the
+    target (or the profiling phase) of GPU ``gpu``."""
 
     job: str
     reason: str
@@ -167,6 +168,7 @@ class Reconfigure:
     changed: bool
     reason: str
     profile_s: float | None = None
+    wanted: tuple[str, ...] = ()  # the jobs the target puts on it
 
 
 @dataclass(frozen=True)
@@ -307,8 +309,6 @@ class Engine:
         setup_s: float = 0.0,
         predict: Predict | None = None,
     ) -> None:
-        if not gpus:
-            raise ValueError("no GPUs")
         self.policy = policy
         self.instant_stops = instant_stops  # the simulator: a stop completes when asked
         self.setup_s = setup_s  # seconds to create instances or switch modes (virtual clock)
@@ -340,6 +340,8 @@ class Engine:
     def add_job(self, job: EngineJob) -> None:
         """A job of the run (it joins the queue when it :class:`Arrived`)."""
         self.jobs[job.name] = job
+        if job.state != "pending":
+            self._touched.add(job.name)
 
     def progress(self, name: str, done_steps: float, total_steps: float | None = None) -> None:
         """Steps ``name`` has done, as measured by the backend."""
@@ -347,6 +349,40 @@ class Engine:
         j.done = done_steps
         if total_steps is not None:
             j.total_steps = total_steps
+
+    def withdraw(self, name: str, reason: str) -> None:
+        """A job not yet on a GPU leaves the run (cancelled from outside)."""
+        j = self.jobs[name]
+        if j.state in ("pending", "waiting"):
+            j.state = "failed"
+            j.reason = reason
+            self._waiting.discard(name)
+            self._touched.add(name)
+
+    def restore(
+        self,
+        name: str,
+        state: JobState,
+        *,
+        gpu: int | None = None,
+        slice: Slice | None = None,
+        share: int | None = None,
+    ) -> None:
+        """Put ``name`` back as a resumed run found it (``running`` on ``gpu``/``slice``)."""
+        j = self.jobs[name]
+        j.state = state
+        if state == "running" and gpu is not None and 0 <= gpu < len(self.gpus):
+            self.gpus[gpu].jobs[name] = slice
+            j.gpu, j.slice, j.share = gpu, slice, share
+            j.span = (gpu, slice.slices if slice is not None else None, self.now)
+        elif state == "running":
+            j.state = "waiting"
+        self._touched.add(name)
+
+    def touch(self, name: str) -> None:
+        """``name`` changed outside the engine (its priority): show it anew to the policy."""
+        self._touched.add(name)
+        self._news = True
 
     def active(self) -> list[EngineJob]:
         """The jobs on a GPU now (cost: the active jobs, not every job seen)."""
@@ -379,7 +415,7 @@ class Engine:
             ph.k += 1
             ph.started = None
             for name in ph.jobs:
-                self._stop(self.jobs[name], "level")
+                self._stop(self.jobs[name], "level", g.index)
             self._advance_phase(g)
         return self._take()
 
@@ -420,7 +456,7 @@ class Engine:
             self._unplaceable()
         return self._take()
 
-    def tick(self, now: float, *, force: bool = False) -> list[Action]:
+    def tick(self, now: float, force: bool = False) -> list[Action]:
         """Time passed: decide a ``tick`` if the policy reacts to progress or has news."""
         self.now = now
         if force or self._news or getattr(self.policy, "reacts_to_progress", True):
@@ -679,15 +715,15 @@ class Engine:
                 j.migrations += 1
             else:
                 j.restarts += 1
-            self._stop(j, why)
+            self._stop(j, why, g.index)
             if j.state == "draining":
                 g.pending.draining.add(name)
         # jobs of this GPU that are still draining for an older target of it
         self._carry_out(g)
 
-    def _stop(self, j: EngineJob, why: str) -> None:
+    def _stop(self, j: EngineJob, why: str, gpu: int) -> None:
         """Ask ``j`` to checkpoint and stop; with instant stops it is stopped now."""
-        self._out.append(Stop(j.name, why, j.gpu))
+        self._out.append(Stop(j.name, why, gpu))
         j.state = "draining"
         j.stop_for = why
         self._touched.add(j.name)
@@ -711,10 +747,17 @@ class Engine:
         # Jobs left on instances that disappear (not named by the target) go back too.
         for name, sl in list(g.jobs.items()):
             if name not in p.wanted and (reset or (sl is not None and sl not in kept)):
-                self._stop(self.jobs[name], "requeue")
+                self._stop(self.jobs[name], "requeue", g.index)
         self._out.append(
             Reconfigure(
-                g.index, target.mode, layout, created, changed, target.reason, target.profile_s
+                g.index,
+                target.mode,
+                layout,
+                created,
+                changed,
+                target.reason,
+                target.profile_s,
+                tuple(p.wanted),
             )
         )
         g.mode = target.mode
