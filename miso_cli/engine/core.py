@@ -80,6 +80,7 @@ PAPER_RESTART_COSTS_S = {
 }
 DEFAULT_RESTART_S = 30.0
 EPS = 1e-9
+MAX_LEVEL_FACTOR = 6.0  # a profiling level ends at this many times its length regardless
 
 JobState = Literal["pending", "waiting", "running", "profiling", "draining", "finished", "failed"]
 Outcome = Literal["finished", "failed", "stopped", "requeued", "oom"]
@@ -276,6 +277,7 @@ class _Phase:
     level_s: float
     k: int = 0
     started: float | None = None  # when the current level's jobs run (None: switching)
+    ready: bool = True  # the backend has measured enough of this level
     collecting: bool = False  # every level done; waiting for the backend's Profiled
 
     @property
@@ -308,10 +310,14 @@ class Engine:
         instant_stops: bool = False,
         setup_s: float = 0.0,
         predict: Predict | None = None,
+        wait_for_measurement: bool = False,
     ) -> None:
         self.policy = policy
         self.instant_stops = instant_stops  # the simulator: a stop completes when asked
         self.setup_s = setup_s  # seconds to create instances or switch modes (virtual clock)
+        # A level lasts its length and, when this is set, until the backend says it measured
+        # enough of it (level_ready), at most MAX_LEVEL_FACTOR times its length.
+        self.wait_for_measurement = wait_for_measurement
         self.predict = predict
         self.gpus = [EngineGpu(i, m) for i, m in enumerate(gpus)]
         self.jobs: dict[str, EngineJob] = {}
@@ -405,7 +411,7 @@ class Engine:
             ph = g.phase
             if ph is None or ph.collecting or ph.started is None:
                 continue
-            if now + EPS < ph.started + ph.level_s:
+            if now + EPS < self._level_end(ph):
                 continue
             self._out.append(EndLevel(g.index, ph.level, tuple(ph.jobs)))
             if ph.k == len(PROFILE_ORDER) - 1:
@@ -425,8 +431,20 @@ class Engine:
         for g in self.gpus:
             ph = g.phase
             if ph is not None and not ph.collecting and ph.started is not None:
-                t = min(t, ph.started + ph.level_s)
+                t = min(t, self._level_end(ph))
         return t
+
+    def _level_end(self, ph: _Phase) -> float:
+        assert ph.started is not None
+        if ph.ready or not self.wait_for_measurement:
+            return ph.started + ph.level_s
+        return ph.started + ph.level_s * MAX_LEVEL_FACTOR
+
+    def level_ready(self, gpu: int) -> None:
+        """The backend measured enough of GPU ``gpu``'s current profiling level."""
+        ph = self.gpus[gpu].phase
+        if ph is not None and ph.started is not None:
+            ph.ready = True
 
     def step(self, now: float, facts: Iterable[Fact] = ()) -> list[Action]:
         """Take in what happened at ``now``; decide in event order; return what to do."""
@@ -792,6 +810,7 @@ class Engine:
                 phase_jobs.append(name)
         if target.profile_s and phase_jobs:
             ph = _Phase(phase_jobs, float(target.profile_s) / len(PROFILE_ORDER))
+            ph.ready = not self.wait_for_measurement
             ph.started = self.now + max(pauses + [delay])
             g.phase = ph
             for n in phase_jobs:
@@ -842,6 +861,7 @@ class Engine:
             self._start(j, g, None, 100, ph.level, new=False, delay=0.0)
             j.state = "profiling"
         ph.started = self.now
+        ph.ready = not self.wait_for_measurement
 
     def _close_span(self, j: EngineJob) -> None:
         if j.span is not None:

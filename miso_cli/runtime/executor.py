@@ -42,7 +42,7 @@ from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.policy.core import ClusterView, GpuView, Policy
 from miso_cli.runtime import launch
 from miso_cli.runtime.journal import ACTIVE, Attempt, JobRecord, Journal
-from miso_cli.runtime.mps_phase import PROFILE_LEVELS, ProfilePhase
+from miso_cli.runtime.mps_phase import MIN_INTERVALS, PROFILE_LEVELS, ProfilePhase
 from miso_cli.runtime.progress import Progress, ProgressTracker
 from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
 from miso_cli.spec.queue import JobSpec
@@ -64,6 +64,9 @@ class ExecutorOptions:
     progress_event_s: float = 2.0  # least time between two progress events of one job
     run_as: launch.RunAs | None = None
     model_path: Path | None = None  # the predictor for profiled jobs (default: fitted, else prior)
+    # Checkpoint + restore seconds (the engine's clock) a move costs, told to the policy;
+    # miso simulate's --restart-cost.
+    restart_cost_s: float = DEFAULT_RESTART_S
 
 
 @dataclass
@@ -165,7 +168,12 @@ class Executor:
 
     def _build_engine(self, *, resumed: bool = False) -> Engine:
         """The engine of this run, with the journal's facts (a resumed run continues them)."""
-        eng = Engine([g.model for g in self.gpus], self.policy, instant_stops=False)
+        eng = Engine(
+            [g.model for g in self.gpus],
+            self.policy,
+            instant_stops=False,
+            wait_for_measurement=True,  # a level lasts until its step times are measured
+        )
         eng.meter = self.meter
         eng.now = self.now_s()
         for g, eg in zip(self.gpus, eng.gpus, strict=True):
@@ -191,8 +199,8 @@ class Executor:
             seq=self.seq[name],
             total_steps=spec.steps,
             memory_mb=spec.memory_mb,
-            # One rule in both backends (engine.core.restart_cost_s): the default cost.
-            restart_cost_s=DEFAULT_RESTART_S,
+            # One rule in both backends: one figure for every job (--restart-cost).
+            restart_cost_s=self.opt.restart_cost_s,
             priority=spec.priority,
             checkpointable=spec.checkpointable,
             workload=spec.workload,
@@ -656,6 +664,8 @@ class Executor:
                 tracker.poll(now)
                 for t, step in list(tracker.timer.samples):
                     ph.add(name, t, step)
+            if ph.jobs and all(len(ph.samples.get(j, ())) > MIN_INTERVALS for j in ph.jobs):
+                self.engine.level_ready(g.index)
 
     def _end_level(self, a: EndLevel) -> None:
         g = self.gpus[a.gpu]
@@ -1476,17 +1486,35 @@ def run_report(journal: Journal) -> dict[str, Any]:
                 "log": str(journal.log_path(job.name)),
             }
         )
-    ended = journal.data.get("ended_at") or last_end
-    makespan = max(0.0, float(ended) - t0)
-    jcts = [j["completion_s"] for j in jobs if j["completion_s"] is not None]
     gpu_slices = {
         int(g["index"]): int(g.get("compute_slices", 7))
         for g in journal.data.get("gpus", [])
         if "index" in g
     }
-    capacity = sum(gpu_slices.values())
     busy = rules.busy_slice_seconds(spans, gpu_slices)  # compute-slice seconds used by jobs
-    util = busy / (capacity * makespan) if capacity and makespan > 0 else None
+    metrics = journal.data.get("metrics", {})
+    # The figures miso simulate reports, computed by the same function (engine.core.summary).
+    figures = core.summary(
+        journal.data["policy"]["name"],
+        [
+            _Times(
+                rec.queued_at - t0,
+                None if rec.first_started_at is None else rec.first_started_at - t0,
+                (rec.ended_at - t0) if rec.ended_at and rec.state == "finished" else None,
+            )
+            for rec in (journal.jobs[job.name] for job in journal.queue.jobs)
+        ],
+        reconfigurations=int(metrics.get("reconfigurations", 0)),
+        migrations=int(metrics.get("migrations", 0)),
+        restart_overhead_s=float(metrics.get("restart_overhead_s", 0.0)),
+        oom_starts=int(metrics.get("oom_starts", 0)),
+        busy_slice_s=busy,
+        capacity_slices=sum(gpu_slices.values()),
+    )
+    if not any(j["state"] == "finished" for j in jobs):  # nothing finished: till the end
+        ended = journal.data.get("ended_at") or last_end
+        figures["makespan_s"] = max(0.0, float(ended) - t0)
+    util = figures["slice_utilisation"]
     states = [j["state"] for j in jobs]
     return {
         "run_id": journal.run_id,
@@ -1502,14 +1530,28 @@ def run_report(journal: Journal) -> dict[str, Any]:
             "finished": states.count("finished"),
             "failed": sum(states.count(s) for s in ("failed", "hung")),
             "other": sum(1 for s in states if s not in ("finished", "failed", "hung")),
-            "makespan_s": makespan,
-            "mean_jct_s": sum(jcts) / len(jcts) if jcts else None,
+            "makespan_s": figures["makespan_s"],
+            "mean_jct_s": figures["mean_jct_s"],
+            "p95_jct_s": figures["p95_jct_s"],
+            "mean_queue_s": figures["mean_queue_s"],
             "slice_utilisation": min(1.0, util) if util is not None else None,
-            **{k: int(journal.data.get("metrics", {}).get(k, 0)) for k in METRICS},
+            "reconfigurations": figures["reconfigurations"],
+            "migrations": figures["migrations"],
+            "restart_overhead_s": figures["restart_overhead_s"],
+            "oom_starts": figures["oom_starts"],
         },
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),
     }
+
+
+@dataclass(frozen=True)
+class _Times:
+    """A job's times as :func:`miso_cli.engine.core.summary` reads them (from the start)."""
+
+    arrival_s: float
+    start_s: float | None
+    finish_s: float | None
 
 
 def _instance_slices(a: Attempt) -> int | None:
@@ -1549,6 +1591,7 @@ class RunRequest:
     resume: bool = False
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     speedup: float | None = None
+    restart_cost_s: float = DEFAULT_RESTART_S
 
 
 def _open_driver(spec: str | None, state_dir: Path) -> Any:
@@ -1644,6 +1687,7 @@ def run_queue(
             opts = journal.data.get("options", {})
             hang = float(opts.get("hang_timeout_s", req.hang_timeout_s))
             speedup = opts.get("speedup", req.speedup)
+            restart_cost = float(opts.get("restart_cost_s", req.restart_cost_s))
             model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
             hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
@@ -1680,6 +1724,7 @@ def run_queue(
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
+            restart_cost = req.restart_cost_s
             # The predictor is loaded now, not when the first profile comes in: a model
             # that cannot be used must stop the run before a journal or a job exists.
             predict = _load_predict(policy, drv, model_path, state_dir)
@@ -1694,6 +1739,7 @@ def run_queue(
                     "hang_timeout_s": hang,
                     "speedup": speedup,
                     "model_path": str(req.model_path) if req.model_path else None,
+                    "restart_cost_s": restart_cost,
                 },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
@@ -1707,6 +1753,7 @@ def run_queue(
                 speedup=speedup,
                 run_as=run_as,
                 model_path=Path(model_path) if model_path else None,
+                restart_cost_s=restart_cost,
             ),
             sink=sink,
         )
