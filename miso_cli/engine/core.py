@@ -311,6 +311,7 @@ class Engine:
         setup_s: float = 0.0,
         predict: Predict | None = None,
         wait_for_measurement: bool = False,
+        start_s: float = 0.0,
     ) -> None:
         self.policy = policy
         self.instant_stops = instant_stops  # the simulator: a stop completes when asked
@@ -318,6 +319,7 @@ class Engine:
         # A level lasts its length and, when this is set, until the backend says it measured
         # enough of it (level_ready), at most MAX_LEVEL_FACTOR times its length.
         self.wait_for_measurement = wait_for_measurement
+        self.start_s = start_s  # seconds a job's process takes to start (virtual clock)
         self.predict = predict
         self.gpus = [EngineGpu(i, m) for i, m in enumerate(gpus)]
         self.jobs: dict[str, EngineJob] = {}
@@ -349,12 +351,24 @@ class Engine:
         if job.state != "pending":
             self._touched.add(job.name)
 
-    def progress(self, name: str, done_steps: float, total_steps: float | None = None) -> None:
-        """Steps ``name`` has done, as measured by the backend."""
+    def progress(
+        self,
+        name: str,
+        done_steps: float,
+        total_steps: float | None = None,
+        step_s: float | None = None,
+    ) -> None:
+        """Steps ``name`` has done, as measured by the backend; ``step_s``: its seconds per
+        step now on its instance, which tells the policy its whole-GPU step time until a
+        profile does (:func:`~miso_cli.engine.rules.step_time_7g_s`)."""
         j = self.jobs[name]
         j.done = done_steps
         if total_steps is not None:
             j.total_steps = total_steps
+        if step_s is not None and not j.profiled and j.gpu is not None:
+            full = self.gpus[j.gpu].model.compute_slices
+            slices = j.slice.slices if j.slice is not None else full
+            j.step_time_7g_s = rules.step_time_7g_s(step_s, slices, full, j.prediction)
 
     def withdraw(self, name: str, reason: str) -> None:
         """A job not yet on a GPU leaves the run (cancelled from outside)."""
@@ -695,6 +709,8 @@ class Engine:
             j = self.jobs.get(name)
             if j is None or j.state in ("pending", "finished"):
                 raise TargetError(f"{who}: assigned {name!r}, which is not in the system")
+        if self._changes_nothing(g, target):
+            return  # the GPU is already so: not a decision
         self.decisions += 1
         record = target_record(self.now, target)
         record["event"] = {"kind": event.kind, "job": event.job, "gpu": event.gpu}
@@ -738,6 +754,23 @@ class Engine:
                 g.pending.draining.add(name)
         # jobs of this GPU that are still draining for an older target of it
         self._carry_out(g)
+
+    def _changes_nothing(self, g: EngineGpu, target: GpuTarget) -> bool:
+        if g.pending is not None or g.phase is not None or target.profile_s:
+            return False
+        if target.mode != g.mode or (target.mode == "mig" and target.layout != g.layout):
+            return False
+        if set(target.assignment) != set(g.jobs):
+            return False
+        for name, sl in target.assignment.items():
+            j = self.jobs[name]
+            if j.state != "running" or j.gpu != g.index:
+                return False
+            if target.mode == "mig" and j.slice != sl:
+                return False
+            if target.mode == "mps" and int(target.mps_share.get(name, 100)) != (j.share or 100):
+                return False
+        return True
 
     def _stop(self, j: EngineJob, why: str, gpu: int) -> None:
         """Ask ``j`` to checkpoint and stop; with instant stops it is stopped now."""
@@ -829,7 +862,7 @@ class Engine:
     ) -> float:
         """Start ``j``; return its pause (restore from a checkpoint, then instance setup)."""
         resume = j.done > 0 or j.migrations > 0 or j.restarts > 0
-        pause = 0.0
+        pause = self.start_s
         if resume:
             pause += j.restart_cost_s
             self.restart_overhead_s += j.restart_cost_s

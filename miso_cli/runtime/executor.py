@@ -249,16 +249,9 @@ class Executor:
                 continue
             prog = tracker.progress
             if prog.step is not None:
-                eng.progress(j.name, float(prog.step), float(prog.total) if prog.total else None)
-            step_time = prog.step_time_s
-            if step_time is not None and j.gpu is not None and not j.profiled:
-                full = self.gpus[j.gpu].model.compute_slices
-                j.step_time_7g_s = rules.step_time_7g_s(
-                    step_time * self.scale,
-                    j.slice.slices if j.slice else full,
-                    full,
-                    j.prediction,
-                )
+                step_s = prog.step_time_s * self.scale if prog.step_time_s else None
+                total = float(prog.total) if prog.total else None
+                eng.progress(j.name, float(prog.step), total, step_s)
 
     def view(self) -> ClusterView:
         """The facts the policy sees next (the engine's view)."""
@@ -1500,7 +1493,7 @@ def run_report(journal: Journal) -> dict[str, Any]:
             _Times(
                 rec.queued_at - t0,
                 None if rec.first_started_at is None else rec.first_started_at - t0,
-                (rec.ended_at - t0) if rec.ended_at and rec.state == "finished" else None,
+                (_finished_at(rec) - t0) if rec.ended_at and rec.state == "finished" else None,
             )
             for rec in (journal.jobs[job.name] for job in journal.queue.jobs)
         ],
@@ -1543,6 +1536,15 @@ def run_report(journal: Journal) -> dict[str, Any]:
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),
     }
+
+
+def _finished_at(rec: JobRecord) -> float:
+    """When a finished job's process exited (its last attempt's end, as the exit file
+    says), not when miso noticed: the figure the simulator's finish time is."""
+    last = rec.attempts[-1] if rec.attempts else None
+    if last is not None and last.ended_at and last.outcome == "finished":
+        return min(float(last.ended_at), float(rec.ended_at or last.ended_at))
+    return float(rec.ended_at or 0.0)
 
 
 @dataclass(frozen=True)

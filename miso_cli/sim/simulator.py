@@ -168,6 +168,7 @@ class SimConfig:
     seed: int = 0
     max_events: int = 200_000
     mps_model: str = "optimistic"  # issue-12: gpu/simmps.py MPS_MODELS
+    start_s: float = 0.0  # seconds a job's process takes to start, at every start
 
 
 @dataclass
@@ -267,6 +268,7 @@ class Simulator:
             policy,
             instant_stops=True,
             setup_s=self.config.reconfig_s,
+            start_s=self.config.start_s,
             predict=predict if self.knowledge == "profile" else None,
         )
         self.trace = {t.name: t for t in trace}
@@ -319,6 +321,8 @@ class Simulator:
                 continue
             step = self._step_ms(j.name)
             v.rate = 0.0 if step is None else 1000.0 / step
+            if step is not None and not j.profiled:  # the pace it is seen to go at
+                self.engine.progress(j.name, j.done, None, step / 1000.0)
 
     def _next_time(self, arrivals: list[tuple[float, int, str]]) -> float:
         t = self.engine.next_due()
