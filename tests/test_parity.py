@@ -3,7 +3,7 @@
 A queue of examples/sim_train.py jobs with an arrival on two simulated A100s, and the
 same jobs as a trace with the matching catalog. Both are the one engine
 (:mod:`miso_cli.engine.core`) driven by two backends, so they make the same decisions in
-the same order (layouts, assignments, profiling phases), count the same
+the same order (layouts, assignments, profiling phases: miso's), count the same
 reconfigurations and migrations, and the mean JCT agrees within 10 % once the run's wall
 seconds are scaled by its speed-up. One short run with real processes per policy; no
 assertion on a wall-clock duration (the run's figures are compared with the model's).
@@ -29,20 +29,29 @@ from miso_cli.spec.catalog import load_catalog
 ROOT = Path(__file__).resolve().parent.parent
 SIM = ROOT / "examples" / "sim_train.py"
 SPEEDUP = 10.0
-RESTART_S = 5.0  # catalog seconds: what a Python job's restart costs at this speed-up
-# name, workload, steps, arrival (catalog seconds)
-# Chosen so that no decision is a near tie: the simulator decides the same for arrivals
-# 3 s earlier or later and for starts of 0-10 s (a loaded machine's spread).
+# Catalog seconds a restart costs beyond a start (the checkpoint on the stop signal, the
+# exit seen): told to both engines' policies and charged by the simulator.
+RESTART_S = 2.0
+# name, workload, steps, arrival (catalog seconds). Chosen so that no decision is a near
+# tie: the simulator decides the same for arrivals 3 s earlier or later, starts of
+# 0-10 s (a loaded machine's spread) and 3 % noise on what profiling measures.
 JOBS = [
     ("j0", "toy-mlp_32", 1500, 0.0),
     ("j1", "toy-cnn_64", 2500, 0.0),
     ("j2", "toy-mlp_32", 1500, 20.0),
 ]
+JOBS_BY_POLICY = {  # miso profiles the newcomer with j0 under MPS, then splits GPU 0
+    "miso": [
+        ("j0", "toy-mlp_32", 3000, 0.0),
+        ("j1", "toy-cnn_64", 2500, 0.0),
+        ("j2", "toy-mlp_32", 1500, 20.0),
+    ]
+}
 
 
-def _queue(path: Path) -> None:
+def _queue(path: Path, jobs: list[tuple[str, str, int, float]]) -> None:
     lines = ["version = 1"]
-    for name, workload, steps, arrival in JOBS:
+    for name, workload, steps, arrival in jobs:
         cmd = [sys.executable, str(SIM), "--workload", workload, "--steps", str(steps)]
         lines += ["[[job]]", f'name = "{name}"', f"command = {json.dumps(cmd)}", f"steps = {steps}"]
         lines.append('memory = "4GiB"')
@@ -78,10 +87,11 @@ def _decisions(records: list[dict]) -> list[tuple]:
     ]
 
 
-@pytest.mark.parametrize("policy", ["static", "miso+"])
+@pytest.mark.parametrize("policy", ["static", "miso+", "miso"])
 def test_run_and_simulate_decide_alike(tmp_path: Path, policy: str) -> None:
+    jobs = JOBS_BY_POLICY.get(policy, JOBS)
     q = tmp_path / "queue.toml"
-    _queue(q)
+    _queue(q, jobs)
     state = tmp_path / "state"
     env = dict(os.environ, MISO_STATE_DIR=str(state))
     start_s = _start_s()
@@ -116,7 +126,7 @@ def test_run_and_simulate_decide_alike(tmp_path: Path, policy: str) -> None:
     cat = load_catalog(ROOT / "examples" / "catalog.csv")
     trace = [
         TraceJob(n, arr, w, steps * cat[w].step_time_ms(7) / 1000.0)  # type: ignore[operator]
-        for n, w, steps, arr in JOBS
+        for n, w, steps, arr in jobs
     ]
     pol = registry.get(policy)
     predict = None
@@ -139,4 +149,9 @@ def test_run_and_simulate_decide_alike(tmp_path: Path, policy: str) -> None:
     assert summary["migrations"] == res.migrations
     run_jct = summary["mean_jct_s"] * SPEEDUP
     sim_jct = res.summary()["mean_jct_s"]
-    assert run_jct == pytest.approx(sim_jct, rel=0.10), (run_jct, sim_jct)
+    # miso's profiling phase under miso run also waits for the simulated MPS daemon to
+    # start (about a wall second) and for every level's step times to be measured
+    # (engine.core: wait_for_measurement), which the simulator does not model: its JCT is
+    # held to the same decisions, not to 10 %.
+    tolerance = 0.10 if policy != "miso" else 0.35
+    assert run_jct == pytest.approx(sim_jct, rel=tolerance), (run_jct, sim_jct)

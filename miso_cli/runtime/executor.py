@@ -1,10 +1,14 @@
-"""The real-time driver of a scheduling policy: real processes on real or simulated GPUs.
+"""The runtime backend of :class:`miso_cli.engine.core.Engine`: processes on real or
+simulated GPUs, on the wall clock.
 
-It feeds the policy (:mod:`miso_cli.policy.core`) events with a view built from
-the journal and the driver, and carries out the targets it returns:
-checkpoint-and-stop the jobs that must move, change the layout through
-:func:`miso_cli.gpu.apply.apply_layout` (instances that stay keep their jobs),
-then start the jobs pinned to their instance. Everything it does is written to
+Every scheduling decision is the engine's, the same code ``miso simulate`` drives. The
+executor tells it what happened (a job's process ended, a job arrived, how far each job
+got, a profiling level measured enough) on the engine's clock (seconds since the start,
+times the speed-up of synthetic jobs on simulated GPUs), and carries out what it returns:
+checkpoint-and-stop a job (its signal; the engine waits for its exit), change a GPU's
+layout through :func:`miso_cli.gpu.apply.apply_layout` (instances that stay keep their
+jobs) or mode (the MPS daemon), start a job pinned to its instance, measure a profiling
+level, fail a job no policy places. Everything it does is written to
 the journal first, so ``miso run --resume`` after a crash (even ``kill -9``)
 finds running jobs again, collects the exit status of jobs that ended
 meanwhile, and restarts only the others: no job lost, none run twice.
