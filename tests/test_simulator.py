@@ -118,7 +118,7 @@ def test_a_job_no_policy_places_fails_with_a_reason_and_the_others_finish() -> N
     trace = _trace(("a", 0, "toy_a", 10), ("b", 5, "toy_a", 10))
     res = simulate(trace, CAT, [A100], _Never())
     assert [j.failed for j in res.jobs] == ["policy never found no GPU instance for it"] * 2
-    assert res.summary()["mean_jct_s"] is None
+    assert res.summary()["mean_jct_s"] is None and res.summary()["unfinished"] == 2
 
 
 def test_memory_need_sits_between_the_slices_that_fit_and_not() -> None:

@@ -968,6 +968,7 @@ def summary(
     return {
         "policy": policy,
         "jobs": len(jobs),
+        "unfinished": sum(1 for j in jobs if j.finish_s is None),  # failed, or never placed
         "mean_jct_s": sum(jct) / len(jct) if jct else None,
         "p95_jct_s": percentile(jct, 95) if jct else None,
         "mean_queue_s": sum(queue) / len(queue) if queue else None,
