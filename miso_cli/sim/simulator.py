@@ -320,9 +320,10 @@ class Simulator:
                 v.rate = 0.0
                 continue
             step = self._step_ms(j.name)
-            v.rate = 0.0 if step is None else 1000.0 / step
-            if step is not None and not j.profiled:  # the pace it is seen to go at
-                self.engine.progress(j.name, j.done, None, step / 1000.0)
+            rate = 0.0 if step is None else 1000.0 / step
+            if rate != v.rate and step is not None and not j.profiled:
+                self.engine.progress(j.name, j.done, None, step / 1000.0)  # its pace, seen
+            v.rate = rate
 
     def _next_time(self, arrivals: list[tuple[float, int, str]]) -> float:
         t = self.engine.next_due()
