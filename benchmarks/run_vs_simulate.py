@@ -11,8 +11,9 @@ JCT and makespan as ratios to ``nopart`` (run, simulated), and the absolute figu
     python benchmarks/run_vs_simulate.py --sizes 4 --speedup 20 --json out.json
 
 The simulator is told what a restart and a reconfiguration cost ``miso run`` here:
-``--restart-s`` and ``--reconfig-s`` wall seconds (a Python job's start and a
-simulated MIG change), times the speed-up; ``miso run`` tells its policy the same
+``--restart-s``, ``--reconfig-s`` and ``--start-s`` wall seconds (a checkpoint and
+restore, a simulated MIG change, any start of a Python job), times the speed-up;
+``miso run`` tells its policy the same
 restart cost (``--restart-cost``), so both engines decide from the same figures.
 """
 
@@ -142,7 +143,12 @@ def run_real(
 
 
 def run_sim(
-    jobs: list[dict[str, Any]], policy: str, gpu: str, restart_s: float, reconfig_s: float
+    jobs: list[dict[str, Any]],
+    policy: str,
+    gpu: str,
+    restart_s: float,
+    reconfig_s: float,
+    start_s: float = 0.0,
 ) -> dict[str, Any]:
     from miso_cli.cli.simulate import _gpus
     from miso_cli.policy import registry
@@ -162,7 +168,7 @@ def run_sim(
         gpus,
         pol,
         predict=predict,
-        config=SimConfig(restart_costs=restart_s, reconfig_s=reconfig_s),
+        config=SimConfig(restart_costs=restart_s, reconfig_s=reconfig_s, start_s=start_s),
     )
     s = res.summary()
     return {
@@ -183,8 +189,16 @@ def main() -> int:
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--gpu", default="sim:a100-40gb")
     ap.add_argument("--speedup", type=float, default=20.0)
-    ap.add_argument("--restart-s", type=float, default=0.5, help="wall seconds of a restart")
+    ap.add_argument(
+        "--restart-s", type=float, default=0.2, help="wall seconds a restart adds to a start"
+    )
     ap.add_argument("--reconfig-s", type=float, default=0.2, help="wall seconds of a MIG change")
+    ap.add_argument(
+        "--start-s",
+        type=float,
+        default=0.6,
+        help="wall seconds every start of a job costs (the wrapper's and the job's Python start)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-quickstart", action="store_true")
     ap.add_argument("--no-arrivals", action="store_true", help="only queues without arrivals")
@@ -209,7 +223,12 @@ def main() -> int:
         for pol in policies:
             real = run_real(jobs, pol, args.gpu, args.speedup, args.restart_s * args.speedup)
             sim = run_sim(
-                jobs, pol, args.gpu, args.restart_s * args.speedup, args.reconfig_s * args.speedup
+                jobs,
+                pol,
+                args.gpu,
+                args.restart_s * args.speedup,
+                args.reconfig_s * args.speedup,
+                args.start_s * args.speedup,
             )
             results[pol] = (real, sim)
         base_r, base_s = results.get("nopart", ({}, {}))
