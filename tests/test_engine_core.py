@@ -194,3 +194,33 @@ def test_summary_counts_jct_makespan_and_a_shared_gpu_once() -> None:
     assert s["mean_jct_s"] == pytest.approx(15.0) and s["makespan_s"] == pytest.approx(20.0)
     assert s["slice_utilisation"] == pytest.approx(1.0)  # one GPU, shared, busy throughout
     assert s["reconfigurations"] == 1 and s["migrations"] == 0
+
+
+def test_under_miso_run_a_level_lasts_until_measured_at_most_six_times_its_length() -> None:
+    def script(ev: Event, view: ClusterView) -> list[GpuTarget]:
+        if ev.kind == "arrival":
+            return [GpuTarget(0, "mps", assignment={"a": None}, profile_s=30.0)]
+        return []
+
+    eng = _engine(Scripted(script), "a", wait_for_measurement=True)
+    eng.step(0.0, [Arrived("a")])
+    assert eng.next_due() == pytest.approx(60.0)  # 10 s, six times, unless measured sooner
+    assert not _of(eng.due(10.0), EndLevel)
+    eng.level_ready(0)
+    (end,) = _of(eng.due(10.0), EndLevel)
+    assert end.level == 14
+    acts = eng.step(10.5, [Ended("a", "stopped")])  # the job checkpointed for the next level
+    (start,) = _of(acts, Start)
+    assert start.level == 50 and eng.next_due() == pytest.approx(10.5 + 60.0)
+
+
+def test_a_target_that_changes_nothing_is_no_decision() -> None:
+    def script(ev: Event, view: ClusterView) -> list[GpuTarget]:
+        return [GpuTarget(0, "mig", LAY, {"a": THREE})] if ev.job in ("a", "b") else []
+
+    pol = Scripted(script)
+    eng = _engine(pol, "a", "b", instant=True)
+    eng.step(0.0, [Arrived("a")])
+    acts = eng.step(1.0, [Arrived("b")])  # the same target again: a keeps running
+    assert not _of(acts, Stop) and not _of(acts, Start) and not _of(acts, Reconfigure)
+    assert eng.decisions == 1 and eng.reconfigurations == 1
