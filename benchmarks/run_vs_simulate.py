@@ -149,6 +149,7 @@ def run_sim(
     restart_s: float,
     reconfig_s: float,
     start_s: float = 0.0,
+    measure_s: float = 0.0,
 ) -> dict[str, Any]:
     from miso_cli.cli.simulate import _gpus
     from miso_cli.policy import registry
@@ -168,7 +169,9 @@ def run_sim(
         gpus,
         pol,
         predict=predict,
-        config=SimConfig(restart_costs=restart_s, reconfig_s=reconfig_s, start_s=start_s),
+        config=SimConfig(
+            restart_costs=restart_s, reconfig_s=reconfig_s, start_s=start_s, measure_s=measure_s
+        ),
     )
     s = res.summary()
     return {
@@ -198,6 +201,13 @@ def main() -> int:
         type=float,
         default=0.6,
         help="wall seconds every start of a job costs (the wrapper's and the job's Python start)",
+    )
+    ap.add_argument(
+        "--measure-s",
+        type=float,
+        default=0.0,
+        help="wall seconds a profiling level needs to be measured under miso run (about 2: a "
+        "start, a warm-up step, four progress reports 0.25 s apart); 0: nominal levels",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-quickstart", action="store_true")
@@ -229,6 +239,7 @@ def main() -> int:
                 args.restart_s * args.speedup,
                 args.reconfig_s * args.speedup,
                 args.start_s * args.speedup,
+                args.measure_s * args.speedup,
             )
             results[pol] = (real, sim)
         base_r, base_s = results.get("nopart", ({}, {}))

@@ -259,3 +259,21 @@ def test_fit_is_decided_by_the_instance_memory_not_the_a100_column() -> None:
     # The A100's 2g.10gb is too small: out of memory on start, then never placed.
     small = simulate(trace, CAT, [A100], _OnOne(A100, "2g.10gb"))
     assert small.oom_starts >= 1 and small.jobs[0].failed and small.jobs[0].finish_s is None
+
+
+def test_levels_last_until_measured_as_under_miso_run() -> None:
+    """SimConfig.measure_s: a level needs that long before its step times are measured."""
+
+    def predict(profile, mix, memory):  # type: ignore[no-untyped-def]
+        return SlicePrediction({7: 1.0, 4: 1.5}, source="model")
+
+    mps = {100: 100.0, 50: 150.0, 14: 500.0}
+    cat = Catalog(None, {"toy_a": Workload("toy_a", CAT["toy_a"].mig_ms, mps)})
+    trace = _trace(("a", 0, "toy_a", 1000), ("b", 100, "toy_a", 1000))
+    ends = []
+    for measure_s in (0.0, 25.0):
+        pol = _Profiler()
+        cfg = SimConfig(profile_noise=0.0, reconfig_s=0.0, restart_costs=0.0, measure_s=measure_s)
+        res = simulate(trace, cat, [A100], pol, predict=predict, config=cfg)
+        ends.append(next(t["time"] for t in res.targets if t["mode"] == "mig"))
+    assert ends == [pytest.approx(100 + 30), pytest.approx(100 + 3 * 25)]

@@ -169,6 +169,10 @@ class SimConfig:
     max_events: int = 200_000
     mps_model: str = "optimistic"  # issue-12: gpu/simmps.py MPS_MODELS
     start_s: float = 0.0  # seconds a job's process takes to start, at every start
+    # Seconds a profiling level needs before its step times are measured (as miso run
+    # measures them: a start, a warm-up step, a few progress reports); 0: levels last
+    # exactly profile_s / levels.
+    measure_s: float = 0.0
 
 
 @dataclass
@@ -269,6 +273,7 @@ class Simulator:
             instant_stops=True,
             setup_s=self.config.reconfig_s,
             start_s=self.config.start_s,
+            wait_for_measurement=self.config.measure_s > 0,
             predict=predict if self.knowledge == "profile" else None,
         )
         self.trace = {t.name: t for t in trace}
@@ -325,8 +330,25 @@ class Simulator:
                 self.engine.progress(j.name, j.done, None, step / 1000.0)  # its pace, seen
             v.rate = rate
 
+    def _measured(self) -> float:
+        """Levels measured enough by now are ready (the engine may end them); the next
+        instant one will be."""
+        t = math.inf
+        if self.config.measure_s <= 0:
+            return t
+        for g in self.gpus:
+            ph = g.phase
+            if ph is None or ph.ready or ph.started is None:
+                continue
+            at = ph.started + self.config.measure_s
+            if at <= self.now + 1e-9:
+                self.engine.level_ready(g.index)
+            else:
+                t = min(t, at)
+        return t
+
     def _next_time(self, arrivals: list[tuple[float, int, str]]) -> float:
-        t = self.engine.next_due()
+        t = min(self.engine.next_due(), self._measured())
         if arrivals:
             t = min(t, arrivals[0][0])
         for j in self.engine.active():
@@ -409,6 +431,7 @@ class Simulator:
                     f"nothing running (first: {waiting[0] if waiting else '?'})"
                 )
             self._advance(t)
+            self._measured()
             facts = self._carry_out(self._engine(engine.due, self.now))
             ended: list[core.Fact] = []
             for j in engine.active():
