@@ -34,11 +34,12 @@ SPEEDUP = 10.0
 RESTART_S = 2.0
 # name, workload, steps, arrival (catalog seconds). Chosen so that no decision is a near
 # tie: the simulator decides the same for arrivals 3 s earlier or later, starts of
-# 0-10 s (a loaded machine's spread) and 3 % noise on what profiling measures.
+# 0-30 s (a loaded machine's spread) and, for miso, 3 % noise on what profiling measures
+# and levels 0-10 s longer to measure.
 JOBS = [
-    ("j0", "toy-mlp_32", 1500, 0.0),
+    ("j0", "toy-mlp_32", 3000, 0.0),
     ("j1", "toy-cnn_64", 2500, 0.0),
-    ("j2", "toy-mlp_32", 1500, 20.0),
+    ("j2", "toy-mlp_32", 1500, 40.0),
 ]
 JOBS_BY_POLICY = {  # miso profiles the newcomer with j0 under MPS, then splits GPU 0
     "miso": [
@@ -138,10 +139,10 @@ def test_run_and_simulate_decide_alike(tmp_path: Path, policy: str) -> None:
         [MODELS["a100-40gb"]] * 2,
         pol,
         predict=predict,
-        # The run's restart (told to both engines as RESTART_S) and every start's Python
-        # start; a simulated MIG change takes no time worth counting at this speed-up.
+        # The run's restart (told to both engines as RESTART_S), every start's Python
+        # start, and a simulated MIG change (about 0.4 wall seconds with its first launch).
         config=SimConfig(
-            reconfig_s=0.0, restart_costs=RESTART_S, profile_noise=0.0, start_s=start_s
+            reconfig_s=4.0, restart_costs=RESTART_S, profile_noise=0.0, start_s=start_s
         ),
     )
     assert _decisions(journal["decisions"]) == _decisions(res.targets)
