@@ -35,10 +35,10 @@ that gain least from small slices) and ``lightmix`` (the other half); scale
 ``g32`` (400 jobs / 32 GPUs) and ``g64`` (800 jobs / 64 GPUs), arrivals scaled
 with the GPUs; ``big`` (5,000 jobs / 64 GPUs, not in the default list: minutes
 per policy). ``--isolate`` runs each simulation in a fresh process, so the
-``peak MB`` column (peak resident memory) is that simulation's own. For each trace and MPS model it prints every policy's mean JCT,
-its ratio to the best *other* policy (below 1: it wins) and, with ``--bound``,
-its ratio to the lower bound (:mod:`miso_cli.planning.bound`), then the
-geometric mean of miso+'s ratios.
+``peak MB`` column (peak resident memory) is that simulation's own. For each
+trace and MPS model it prints every policy's mean JCT, its ratio to the best
+*other* policy (below 1: it wins) and, with ``--bound``, its ratio to the lower
+bound (:mod:`miso_cli.planning.bound`), then the geometric mean of miso+'s ratios.
 """
 
 from __future__ import annotations
