@@ -36,7 +36,10 @@ Objectives (``objective=``), all over the jobs the plan places:
     completion of the placed jobs: restart cost when moved plus remaining work
     times the predicted slowdown. This is the estimate of the queue's mean
     completion time that changes with the decision at hand (the waiting jobs
-    behind them start when these finish).
+    behind them start when these finish). A job given a ``wait_cost`` is placed
+    only when that beats leaving it to wait: then a plan that squeezes running
+    jobs onto smaller instances (forced moves: restart plus slower run) to start
+    a newcomer must pay for itself.
 
 Scale: the constraint matrix is sparse, and how many jobs the best plans place
 (and, with ``fifo``, the longest queue prefix that fits) is settled first by a
@@ -81,6 +84,10 @@ class PlanJob:
     required: bool = False  # must be placed (e.g. it runs and cannot go back)
     pinned: bool = False  # must keep its current instance (e.g. not checkpointable)
     waiting: bool = True  # in the queue (subject to FIFO) rather than running
+    # What leaving the job unplaced costs, in the objective's units (its expected wait,
+    # then its run); None: placing it outweighs any cost among placed jobs (as many
+    # jobs as fit are placed first).
+    wait_cost: float | None = None
 
     def fits(self, model: GpuModel, slices: int) -> bool:
         if slices not in self.relative:
@@ -732,7 +739,8 @@ def _plan(
     determined = False  # how many jobs are placed is fixed; only costs remain
     count = 0
     chain = bool(queue_ix)
-    if queue_ix:
+    priced = any(j.wait_cost is not None for j in jobs)  # the count is not settled first
+    if queue_ix and not priced:
         found = _fifo_prefix(groups, jobs, options, musts, queue_ix, deadline)
         if found is not None:
             # Fix what every best plan shares: the prefix's bounds and the count
@@ -745,7 +753,7 @@ def _plan(
                 lo_x[i] = 1.0
             determined = True
             chain = shortest < longest
-    elif len(jobs) > _COUNT_FIRST:
+    elif len(jobs) > _COUNT_FIRST and not priced:
         # Backfilling: how many jobs the best plans place, the same way (for small
         # programmes one solve with a placement reward is cheaper than two).
         most = _most_placed(groups, jobs, options, musts, deadline)
@@ -759,7 +767,11 @@ def _plan(
     xvars: list[list[int]] = []
     for pos, costs in enumerate(raw):
         # Without FIFO, earlier jobs still win ties: a reward that shrinks with position.
-        reward = (0.0 if determined else big) + order_eps * (len(jobs) - pos)
+        priced_at = jobs[pos].wait_cost
+        if priced_at is not None and not musts[pos]:
+            reward = float(priced_at) + 1e-6 * (len(jobs) - pos)
+        else:
+            reward = (0.0 if determined else big) + order_eps * (len(jobs) - pos)
         start = len(cost)
         cost.extend(c - reward for c in costs)
         upper.extend([1.0] * len(costs))
