@@ -357,3 +357,23 @@ def test_queue_plan_still_imports_from_the_planner() -> None:
         command.queue_plan_data,
         command.QueuePlan,
     )
+
+
+@pytest.mark.parametrize(("wait_cost", "placed"), [(None, True), (3000.0, True), (2000.0, False)])
+def test_a_priced_job_is_placed_only_when_that_beats_its_wait(
+    wait_cost: float | None, placed: bool
+) -> None:
+    """``a`` has the GPU whole; placing ``b`` forces ``a`` onto a smaller instance (a
+    restart and a slower run) and gives ``b`` one: that costs 2,330 units more
+    than leaving ``b`` out. Unpriced, ``b`` is placed whatever it costs (as many jobs as
+    fit); priced, only when its wait would cost more."""
+    full = next(lay for lay in LAYOUTS if lay.name == "7g.40gb")
+    rel = {7: 1.0, 4: 1.5, 3: 1.8}
+    a = PlanJob("a", rel, remaining_s=1000.0, restart_cost_s=30.0, gpu=0, slice=full.slices[0])
+    a.waiting = False
+    b = PlanJob("b", rel, remaining_s=1000.0, wait_cost=wait_cost)
+    got = plan([PlanGpu(0, A100, full)], [a, b], objective="jct", fifo=False)
+    assert ("b" in got.placement()) == placed
+    assert "a" in got.placement()
+    if not placed:
+        assert got.placement()["a"] == (0, full.slices[0]) and got.moved == []
