@@ -287,14 +287,3 @@ def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
         free = [s for s in g.layout.slices if s not in g.assignment.values()]
         for s in free:
             assert not any(j.fits(A100, s.slices) for j in jobs if j.name in got.waiting)
-
-
-def test_queue_plan_still_imports_from_the_planner() -> None:
-    import miso_cli.commands.plan as command
-    from miso_cli.planning.planner import QueuePlan, queue_plan, queue_plan_data
-
-    assert (queue_plan, queue_plan_data, QueuePlan) == (
-        command.queue_plan,
-        command.queue_plan_data,
-        command.QueuePlan,
-    )

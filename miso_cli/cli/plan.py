@@ -70,7 +70,7 @@ def command(
 
     def body(console: Console) -> Result:
         from miso_cli.cli.common import require_finite, state_dir_or_default
-        from miso_cli.planning.planner import queue_plan
+        from miso_cli.commands.plan import queue_plan
         from miso_cli.spec.queue import load_queue
 
         require_finite(risk=risk)
