@@ -188,3 +188,125 @@ def test_simulate_refuses_bad_requests(tmp_path: Path, options: dict, message: s
     with pytest.raises(UsageError) as info:
         simulate_trace(_request(tmp_path, **options), lambda: tmp_path)  # type: ignore[arg-type]
     assert message in info.value.message
+
+
+# -- profile -------------------------------------------------------------------------
+
+
+def test_profile_settings_check_the_options() -> None:
+    from miso_cli.commands.profile import profile_settings
+
+    s = profile_settings(mode="solo", levels="100,50%", max_time="2m", speedup=5.0, gpu_index=1)
+    assert (s.mode, s.levels, s.max_level_s, s.speedup, s.gpu_index) == (
+        "solo",
+        (100.0, 50.0),
+        120.0,
+        5.0,
+        1,
+    )
+    assert profile_settings().resolved_levels() == (100.0, 50.0, 14.0)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"mode": "alone"}, "--mode: 'alone' is not one of colocated, solo"),
+        ({"max_time": "soon"}, "--max-time: "),
+        ({"max_time": "0"}, "--max-time: must be positive"),
+        ({"speedup": 0.0}, "--speedup: must be positive"),
+        ({"speedup": float("nan")}, "--speedup: must be positive"),
+        ({"speedup": float("inf")}, "--speedup: must be a finite number"),
+        ({"levels": "100,abc"}, "--levels: 'abc' is not a number"),
+        ({"levels": "100,100"}, "--levels: a level appears twice"),
+    ],
+)
+def test_profile_settings_refuse_bad_options(options: dict, message: str) -> None:
+    from miso_cli.commands.profile import profile_settings
+
+    with pytest.raises(UsageError) as info:
+        profile_settings(**options)
+    assert message in info.value.message
+
+
+def _report(tmp_path: Path, failed: dict[str, list[str]]) -> object:
+    from miso_cli.commands.profile import LayoutReset, ProfileReport
+
+    return ProfileReport(
+        gpu={"index": 0, "name": "A100", "model": "a100-40gb", "driver_version": "x"},
+        mode="colocated",
+        levels=[100.0, 50.0],
+        measured=len(failed),
+        reused=0,
+        profiles=[{"job": job, "failed_levels": lv} for job, lv in failed.items()],
+        notes=[],
+        layout_reset=LayoutReset(0, "3g.20gb+4g.20gb", "7g.40gb", restored=True),
+        generated_at=1.0,
+        logs=tmp_path / "profiles" / "work",
+    )
+
+
+def test_profile_report_says_which_jobs_failed(tmp_path: Path) -> None:
+    ok = _report(tmp_path, {"a": [], "b": []})
+    assert (ok.failed_jobs, ok.exit_code, ok.errors) == ([], ExitCode.OK, [])  # type: ignore[attr-defined]
+    data = ok.to_json()  # type: ignore[attr-defined]
+    assert list(data) == [
+        "gpu", "mode", "levels", "measured", "reused", "profiles", "notes", "layout_reset",
+        "generated_at",
+    ]  # fmt: skip
+    assert data["layout_reset"] == {
+        "gpu_index": 0, "previous": "3g.20gb+4g.20gb", "profiled_on": "7g.40gb", "restored": True,
+    }  # fmt: skip
+    bad = _report(tmp_path, {"a": [], "b": ["50"], "c": ["100", "50"]})
+    assert bad.failed_jobs == ["b", "c"] and bad.exit_code == ExitCode.JOBS_FAILED  # type: ignore[attr-defined]
+    (err,) = bad.errors  # type: ignore[attr-defined]
+    assert err["code"] == "JOBS_FAILED"
+    assert err["message"].endswith("at some level: b, c") and err["message"].startswith("2 job(s)")
+    assert err["hint"] == f"logs in {tmp_path / 'profiles' / 'work'}/<job>/job.log"
+
+
+def test_profile_a_failing_job_on_a_simulated_gpu(tmp_path: Path) -> None:
+    from miso_cli.commands.profile import ProfileReport, profile, profile_settings
+    from miso_cli.spec.queue import JobSpec
+
+    crash = JobSpec(
+        name="crash",
+        command="echo 'RuntimeError: simulated failure at step 1' >&2; exit 1",
+        shell=True,
+        cwd=str(tmp_path),
+    )
+    settings = profile_settings(mode="solo", levels="100", min_steps=2, max_time="8")
+    events: list[str] = []
+    report = profile(
+        "sim:a100-40gb", [crash], tmp_path, settings, sink=lambda e: events.append(e.kind)
+    )
+    assert isinstance(report, ProfileReport)
+    assert (report.measured, report.reused, report.levels) == (1, 0, [100.0])
+    assert report.failed_jobs == ["crash"] and report.exit_code == ExitCode.JOBS_FAILED
+    assert report.gpu["simulated"] is True and report.layout_reset is None
+    assert "level" in events
+
+
+# -- plan ----------------------------------------------------------------------------
+
+
+def test_plan_queue_without_profiles_says_how(tmp_path: Path) -> None:
+    from miso_cli.commands.plan import plan_queue
+    from miso_cli.spec.queue import load_queue
+
+    spec = load_queue(Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml")
+    with pytest.raises(UsageError) as info:
+        plan_queue(spec, "sim:a100-40gb", tmp_path)
+    assert "no fresh profile for 4 job(s)" in info.value.message
+    assert "--profile" in (info.value.hint or "")
+
+
+def test_plan_explains_an_unknown_completion_time() -> None:
+    from types import SimpleNamespace
+
+    from miso_cli.commands.plan import short_list, unknown_reason
+
+    assert short_list(list("abcdefg")) == "a, b, c, d, e, ... (7 in all)"
+    assert short_list(["a", "b"]) == "a, b"
+    spec = SimpleNamespace(jobs=[SimpleNamespace(name="a", steps=None)])
+    result = SimpleNamespace(waiting=[], gpus=[])
+    assert unknown_reason(spec, result, {}) == "give each job 'steps': a has none"  # type: ignore[arg-type]
