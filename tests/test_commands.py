@@ -310,3 +310,70 @@ def test_plan_explains_an_unknown_completion_time() -> None:
     spec = SimpleNamespace(jobs=[SimpleNamespace(name="a", steps=None)])
     result = SimpleNamespace(waiting=[], gpus=[])
     assert unknown_reason(spec, result, {}) == "give each job 'steps': a has none"  # type: ignore[arg-type]
+
+
+# -- status and layouts --------------------------------------------------------------
+
+
+def test_status_of_simulated_gpus_without_runs(tmp_path: Path) -> None:
+    from miso_cli.commands.status import GpuStatus, StatusReport, status
+
+    report = status("sim:a100-40gbx2", tmp_path)
+    assert isinstance(report, StatusReport) and isinstance(report.gpus, GpuStatus)
+    assert report.runs == [] and report.gpu_error is None
+    assert report.gpus.simulated is True and [g["index"] for g in report.gpus.gpus] == [0, 1]
+    assert all(g["error"] is None and g["processes"] == [] for g in report.gpus.gpus)
+    data = report.to_json()
+    assert list(data) == [
+        "simulated", "sim_state_path", "driver_version", "nvml_version", "gpus", "runs",
+    ]  # fmt: skip
+
+
+def test_status_without_a_gpu_is_an_error_unless_runs_are_shown(tmp_path: Path) -> None:
+    from miso_cli.commands.status import StatusReport, gpu_status
+
+    missing = StatusReport(runs=[{"run_id": "r1"}], gpu_error={"code": "NO_GPU", "message": "x"})
+    assert missing.to_json() == {
+        "runs": [{"run_id": "r1"}],
+        "gpus": [],
+        "gpu_error": {"code": "NO_GPU", "message": "x"},
+    }
+
+    class LostGpu:  # a driver whose second GPU no longer answers
+        is_simulated, sim_state_path = False, None
+
+        def device_count(self) -> int:
+            return 1
+
+        def gpu(self, i: int) -> object:
+            from miso_cli.errors import MisoError
+
+            raise MisoError("GPU 0 is lost", code="GPU_LOST")
+
+        def driver_version(self) -> str:
+            return "550.54"
+
+        def nvml_version(self) -> str:
+            return "12.550"
+
+    (row,) = gpu_status(LostGpu()).gpus
+    assert row["name"] is None and row["instances"] == [] and row["error"]["code"] == "GPU_LOST"
+
+
+def test_layouts_of_a_named_model_and_of_a_simulated_gpu(tmp_path: Path) -> None:
+    from miso_cli.commands.layouts import LayoutList, list_layouts
+
+    def no_state_dir() -> Path:
+        raise AssertionError("a named model needs no GPU, nor a state dir")
+
+    named = list_layouts(None, no_state_dir, model="a100-40gb")
+    assert isinstance(named, LayoutList)
+    assert (named.source, named.gpu_index, len(named.layouts)) == ("table", None, 19)
+    every = list_layouts(None, no_state_dir, model="a100-40gb", all_layouts=True)
+    assert len(every.layouts) > 19 and every.maximal_only is False
+    sim = list_layouts("sim:a100-40gb", lambda: tmp_path)
+    assert (sim.source, sim.gpu_index) == ("simulated", 0)
+    assert sim.to_json()["layouts"] == named.to_json()["layouts"]
+    assert sim.to_json()["count"] == 19
+    with pytest.raises(UsageError, match="--model: unknown GPU model 'nope'"):
+        list_layouts(None, no_state_dir, model="nope")
