@@ -144,7 +144,7 @@ def run_real(
 def run_sim(
     jobs: list[dict[str, Any]], policy: str, gpu: str, restart_s: float, reconfig_s: float
 ) -> dict[str, Any]:
-    from miso_cli.cli.simulate import _gpus
+    from miso_cli.commands.simulate import simulated_gpus as _gpus
     from miso_cli.policy import registry
     from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
 
