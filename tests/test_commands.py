@@ -377,3 +377,57 @@ def test_layouts_of_a_named_model_and_of_a_simulated_gpu(tmp_path: Path) -> None
     assert sim.to_json()["count"] == 19
     with pytest.raises(UsageError, match="--model: unknown GPU model 'nope'"):
         list_layouts(None, no_state_dir, model="nope")
+
+
+# -- predict and fit -----------------------------------------------------------------
+
+
+def test_gpu_model_key() -> None:
+    from miso_cli.commands.predict import gpu_model_key
+
+    assert gpu_model_key("A100-40GB") == "a100-40gb"
+    with pytest.raises(UsageError, match="--gpu-model: unknown GPU model 'zz'"):
+        gpu_model_key("zz")
+
+
+def test_predict_file_scores_against_the_files_own_mig_columns(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    from miso_cli.commands.predict import Predictions, predict_file
+
+    found = predict_file(shared_data / "a100-40gb" / "catalog.csv", None, "a100-40gb", tmp_path)
+    assert isinstance(found, Predictions)
+    assert found.slices == [7, 4, 3, 2, 1] and found.source == "prior"
+    assert len(found.predictions) == 20
+    first = found.predictions[0]
+    assert first["row"] == 1 and first["mig_7g"] == pytest.approx(1.0)
+    assert set(first["source"]) == {f"mig_{g}g" for g in found.slices}
+    assert set(found.error_vs_file) <= {"mig_4g", "mig_3g", "mig_2g", "mig_1g"}
+    assert all(e["rows"] > 0 and e["mape"] >= 0 for e in found.error_vs_file.values())
+    data = found.to_json()
+    assert list(data)[:7] == [
+        "model", "source", "model_used", "predictor", "selection", "gpu_model", "predictions",
+    ]  # fmt: skip
+    assert ("error_vs_file" in data) == bool(found.error_vs_file)
+
+
+def test_fit_model_needs_training_rows(tmp_path: Path) -> None:
+    from miso_cli.commands.predict import fit_model
+
+    with pytest.raises(BadInput, match="no training data"):
+        fit_model(tmp_path, "a100-40gb")
+
+
+def test_fit_model_saves_a_model(tmp_path: Path, shared_data: Path) -> None:
+    from miso_cli.commands.predict import FitReport, fit_model
+
+    lines = (shared_data / "a100-40gb" / "mps_mig_pairs.csv").read_text().splitlines()[:300]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "model.joblib"
+    fitted = fit_model(tmp_path, "a100-40gb", data=[pairs], estimators=["ridge"], out=out)
+    assert isinstance(fitted, FitReport)
+    assert out.is_file() and (fitted.observation_rows, fitted.calibration_rows) == (0, 0)
+    data = fitted.to_json()
+    assert data["rows"] > 0 and data["model"] == str(out)
+    assert list(data)[-2:] == ["observation_rows", "calibration_rows"]
