@@ -431,3 +431,61 @@ def test_fit_model_saves_a_model(tmp_path: Path, shared_data: Path) -> None:
     data = fitted.to_json()
     assert data["rows"] > 0 and data["model"] == str(out)
     assert list(data)[-2:] == ["observation_rows", "calibration_rows"]
+
+
+# -- runs and report -----------------------------------------------------------------
+
+
+def test_list_runs_and_report_a_run(tmp_path: Path, state_dir: Path) -> None:
+    from miso_cli.commands.report import RunList, RunReport, list_runs, report_run
+    from tests.test_operate_submit import make_run
+
+    assert list_runs(state_dir).to_json() == {"runs": []}
+    j = make_run(tmp_path, state_dir, "a", "b")
+    started = float(j.data["started_at"])
+    found = list_runs(state_dir, now=started + 42.0)
+    assert isinstance(found, RunList)
+    (row,) = found.runs
+    assert (row["run_id"], row["policy"], row["gpu_spec"]) == (j.run_id, "nopart", "sim:a100-40gb")
+    assert row["elapsed_s"] == pytest.approx(42.0) and row["ended_at"] is None
+
+    page = tmp_path / "run.html"
+    rep = report_run(state_dir, j.run_id[:8], html=page, timeline_width=80, now=started + 5.0)
+    assert isinstance(rep, RunReport)
+    data = rep.to_json()
+    assert data["run_id"] == j.run_id and data["status"] == row["status"]
+    assert data["html"] == str(page) and page.is_file()
+    assert rep.timeline is not None and data["timeline"] == rep.timeline
+    plain = report_run(state_dir, now=started + 5.0)
+    assert plain.timeline is None and "html" not in plain.data and "timeline" not in plain.data
+
+
+def test_report_price_and_request(tmp_path: Path) -> None:
+    from miso_cli.commands.report import check_report_request, price
+
+    assert price(tmp_path, 2.5) == (2.5, "")
+    with pytest.raises(UsageError, match="--price: must be a finite number"):
+        price(tmp_path, float("inf"))
+    check_report_request("r1", None, tmp_path / "x.html", True)  # a run: anything goes
+    with pytest.raises(UsageError, match="give a RUN or --sim, not both"):
+        check_report_request("r1", tmp_path, None, False)
+    with pytest.raises(UsageError, match="--html/--timeline need a run"):
+        check_report_request(None, tmp_path, None, True)
+
+
+def test_read_simulation(tmp_path: Path) -> None:
+    from miso_cli.commands.report import read_simulation
+
+    out = tmp_path / "sim.json"
+    out.write_text('progress\n{"command": "simulate", "data": {"results": []}}\n')
+    assert read_simulation(out)["data"] == {"results": []}
+    for text, message in [
+        ("", "empty"),
+        ("{nope\n", "not JSON"),
+        ('{"command": "plan"}\n', "not the output of 'miso simulate --json'"),
+    ]:
+        out.write_text(text)
+        with pytest.raises(BadInput, match=message):
+            read_simulation(out)
+    with pytest.raises(BadInput, match="cannot read"):
+        read_simulation(tmp_path / "missing.json")
