@@ -489,3 +489,36 @@ def test_read_simulation(tmp_path: Path) -> None:
             read_simulation(out)
     with pytest.raises(BadInput, match="cannot read"):
         read_simulation(tmp_path / "missing.json")
+
+
+# -- export --------------------------------------------------------------------------
+
+
+def test_export_the_current_layout(tmp_path: Path) -> None:
+    from miso_cli.commands.export import ExportResult, export_layouts
+
+    got = export_layouts("sim:a100-40gb", tmp_path, "mig-parted")
+    assert isinstance(got, ExportResult) and got.written == []
+    data = got.to_json()
+    assert data["format"] == "mig-parted" and data["written"] == []
+    assert "mig-parted.yaml" in data["files"] and list(data["files"]) == sorted(data["files"])
+    assert got.stream_text() == data["files"]["mig-parted.yaml"]
+    assert isinstance(got.warnings, list)
+
+    out = tmp_path / "out"
+    written = export_layouts("sim:a100-40gb", tmp_path, "slurm", out=out)
+    assert written.written and all(p.is_file() for p in written.written)
+    assert written.to_json()["written"] == [str(p) for p in written.written]
+
+
+def test_export_merges_a_configmap_only_for_k8s(tmp_path: Path) -> None:
+    from miso_cli.commands.export import export_layouts
+
+    cm = tmp_path / "cm.yaml"
+    cm.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"
+        'data:\n  config.yaml: "version: v1\\nmig-configs:\\n  all-disabled:\\n'
+        '    - devices: all\\n      mig-enabled: false\\n"\n'
+    )
+    with pytest.raises(UsageError, match="--merge-configmap: only for --format k8s"):
+        export_layouts("sim:a100-40gb", tmp_path, "slurm", merge_configmap=cm)
