@@ -522,3 +522,37 @@ def test_export_merges_a_configmap_only_for_k8s(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="--merge-configmap: only for --format k8s"):
         export_layouts("sim:a100-40gb", tmp_path, "slurm", merge_configmap=cm)
+
+
+# -- calibrate -----------------------------------------------------------------------
+
+
+def test_calibration_report(tmp_path: Path) -> None:
+    from miso_cli.commands.calibrate import CalibrationReport
+
+    rep = CalibrationReport(
+        gpu_index=0,
+        gpu_model="a100-40gb",
+        pairs=tmp_path / "pairs.csv",
+        rows=3,
+        restored=True,
+        original_layout="MIG off",
+        jobs={"mlp": {"mps_100": "ok", "mig_1g": "oom"}},
+        notes=[],
+    )
+    assert rep.exit_code == ExitCode.OK
+    data = rep.to_json()
+    assert data["pairs"] == str(tmp_path / "pairs.csv") and data["fit"] is None
+    assert list(data) == [
+        "gpu_index", "gpu_model", "pairs", "rows", "restored", "original_layout", "jobs",
+        "notes", "fit",
+    ]  # fmt: skip
+    rep.errors.append({"code": "BAD_INPUT", "message": "too little data"})
+    assert rep.exit_code == ExitCode.BAD_INPUT
+
+
+def test_calibrate_reads_its_queue_before_measuring(tmp_path: Path) -> None:
+    from miso_cli.commands.calibrate import calibrate_gpu
+
+    with pytest.raises(BadInput, match="cannot read the queue file"):
+        calibrate_gpu("sim:a100-40gb", tmp_path, queue=tmp_path / "missing.toml")
