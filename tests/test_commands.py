@@ -556,3 +556,26 @@ def test_calibrate_reads_its_queue_before_measuring(tmp_path: Path) -> None:
 
     with pytest.raises(BadInput, match="cannot read the queue file"):
         calibrate_gpu("sim:a100-40gb", tmp_path, queue=tmp_path / "missing.toml")
+
+
+# -- doctor --------------------------------------------------------------------------
+
+
+def test_doctor_report_on_a_simulated_gpu_and_a_bad_state_dir(tmp_path: Path) -> None:
+    from miso_cli.commands.doctor import DoctorReport, doctor
+
+    ready = doctor("sim:a100-40gb", tmp_path)
+    assert isinstance(ready, DoctorReport)
+    assert ready.ready and ready.exit_code == ExitCode.OK and ready.errors == []
+    data = ready.to_json()
+    assert data["ready"] is True and [c["name"] for c in data["checks"]][:3] == [
+        "python",
+        "packages",
+        "driver",
+    ]
+    blocked = doctor("sim:a100-40gb", Path("/etc/passwd"))
+    assert not blocked.ready and blocked.to_json()["ready"] is False
+    codes = [e["code"] for e in blocked.errors]
+    assert "BAD_INPUT" in codes and blocked.exit_code == ExitCode[codes[0]]
+    state = next(e for e in blocked.errors if e["code"] == "BAD_INPUT")
+    assert state["message"].startswith("state-dir: ") and "hint" in state
