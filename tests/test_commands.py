@@ -579,3 +579,74 @@ def test_doctor_report_on_a_simulated_gpu_and_a_bad_state_dir(tmp_path: Path) ->
     assert "BAD_INPUT" in codes and blocked.exit_code == ExitCode[codes[0]]
     state = next(e for e in blocked.errors if e["code"] == "BAD_INPUT")
     assert state["message"].startswith("state-dir: ") and "hint" in state
+
+
+def _store_profiles(state_dir: Path, jobs: list, step_s: dict[str, float]) -> None:
+    """Fresh co-located profiles for ``jobs`` as ``miso profile`` stores them on sim:a100-40gb."""
+    import time
+
+    from miso_cli.gpu.nvml import open_driver
+    from miso_cli.spec import profiles_store as store
+
+    drv = open_driver("sim:a100-40gb", state_dir)
+    try:
+        driver, name = drv.driver_version(), drv.gpu(0).name
+    finally:
+        drv.close()
+    fps = {j.name: store.fingerprint(j) for j in jobs}
+    now = time.time()
+    for j in jobs:
+        base = step_s[j.name]
+        store.save(
+            state_dir,
+            store.StoredProfile(
+                fingerprint=fps[j.name],
+                job=j.name,
+                command=j.command,
+                cwd=str(Path(j.cwd).resolve()),
+                env=dict(j.env),
+                gpu_model="a100-40gb",
+                gpu_name=name,
+                driver_version=driver,
+                mode="colocated",
+                co_runners=[fps[o.name] for o in jobs if o.name != j.name],
+                levels=[
+                    {"level": lv, "status": "ok", "step_time_s": base * f, "steps": 20}
+                    for lv, f in ((100.0, 1.0), (50.0, 1.3), (14.0, 3.0))
+                ],
+                started_at=now,
+                finished_at=now,
+                simulated=True,
+            ),
+        )
+
+
+def test_plan_queue_from_stored_profiles(tmp_path: Path) -> None:
+    from miso_cli.commands.plan import QueuePlan, plan_queue, queue_plan_data
+    from miso_cli.spec.queue import load_queue
+
+    spec = load_queue(Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml")
+    _store_profiles(tmp_path, spec.jobs, {j.name: 0.05 * (k + 1) for k, j in enumerate(spec.jobs)})
+    planned = plan_queue(spec, "sim:a100-40gb", tmp_path)
+    assert isinstance(planned, QueuePlan) and planned.simulated
+    placed = {n for g in planned.result.gpus for n in g.assignment} | set(planned.result.waiting)
+    assert placed == {j.name for j in spec.jobs} == set(planned.jobs)
+    pr = planned.data["predicted"]
+    assert pr["time_base"] == "catalog" and pr["mean_jct_s"] > 0 and pr["unknown_reason"] is None
+    assert planned.data["policy"] == "miso+" and planned.data["objective"] == "jct"
+    # export's path: the same plan, without the CLI's additions
+    data = queue_plan_data(spec, "sim:a100-40gb", tmp_path)
+    assert data["gpus"] == planned.data["gpus"] and "time_base" not in data["predicted"]
+
+
+def test_profile_missing_measures_nothing_when_every_profile_is_fresh(tmp_path: Path) -> None:
+    from miso_cli.commands.profile import missing_profile_settings, profile_missing
+    from miso_cli.spec.queue import load_queue
+
+    spec = load_queue(Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml")
+    _store_profiles(tmp_path, spec.jobs, {j.name: 0.1 for j in spec.jobs})
+    events: list[object] = []
+    assert profile_missing("sim:a100-40gb", spec.jobs, tmp_path, sink=events.append) is None
+    assert events == []
+    settings = missing_profile_settings()
+    assert (settings.mode, settings.resolved_levels()) == ("colocated", (100.0, 50.0, 14.0))
