@@ -377,3 +377,276 @@ def test_layouts_of_a_named_model_and_of_a_simulated_gpu(tmp_path: Path) -> None
     assert sim.to_json()["count"] == 19
     with pytest.raises(UsageError, match="--model: unknown GPU model 'nope'"):
         list_layouts(None, no_state_dir, model="nope")
+
+
+# -- predict and fit -----------------------------------------------------------------
+
+
+def test_gpu_model_key() -> None:
+    from miso_cli.commands.predict import gpu_model_key
+
+    assert gpu_model_key("A100-40GB") == "a100-40gb"
+    with pytest.raises(UsageError, match="--gpu-model: unknown GPU model 'zz'"):
+        gpu_model_key("zz")
+
+
+def test_predict_file_scores_against_the_files_own_mig_columns(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    from miso_cli.commands.predict import Predictions, predict_file
+
+    found = predict_file(shared_data / "a100-40gb" / "catalog.csv", None, "a100-40gb", tmp_path)
+    assert isinstance(found, Predictions)
+    assert found.slices == [7, 4, 3, 2, 1] and found.source == "prior"
+    assert len(found.predictions) == 20
+    first = found.predictions[0]
+    assert first["row"] == 1 and first["mig_7g"] == pytest.approx(1.0)
+    assert set(first["source"]) == {f"mig_{g}g" for g in found.slices}
+    assert set(found.error_vs_file) <= {"mig_4g", "mig_3g", "mig_2g", "mig_1g"}
+    assert all(e["rows"] > 0 and e["mape"] >= 0 for e in found.error_vs_file.values())
+    data = found.to_json()
+    assert list(data)[:7] == [
+        "model", "source", "model_used", "predictor", "selection", "gpu_model", "predictions",
+    ]  # fmt: skip
+    assert ("error_vs_file" in data) == bool(found.error_vs_file)
+
+
+def test_fit_model_needs_training_rows(tmp_path: Path) -> None:
+    from miso_cli.commands.predict import fit_model
+
+    with pytest.raises(BadInput, match="no training data"):
+        fit_model(tmp_path, "a100-40gb")
+
+
+def test_fit_model_saves_a_model(tmp_path: Path, shared_data: Path) -> None:
+    from miso_cli.commands.predict import FitReport, fit_model
+
+    lines = (shared_data / "a100-40gb" / "mps_mig_pairs.csv").read_text().splitlines()[:300]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "model.joblib"
+    fitted = fit_model(tmp_path, "a100-40gb", data=[pairs], estimators=["ridge"], out=out)
+    assert isinstance(fitted, FitReport)
+    assert out.is_file() and (fitted.observation_rows, fitted.calibration_rows) == (0, 0)
+    data = fitted.to_json()
+    assert data["rows"] > 0 and data["model"] == str(out)
+    assert list(data)[-2:] == ["observation_rows", "calibration_rows"]
+
+
+# -- runs and report -----------------------------------------------------------------
+
+
+def test_list_runs_and_report_a_run(tmp_path: Path, state_dir: Path) -> None:
+    from miso_cli.commands.report import RunList, RunReport, list_runs, report_run
+    from tests.test_operate_submit import make_run
+
+    assert list_runs(state_dir).to_json() == {"runs": []}
+    j = make_run(tmp_path, state_dir, "a", "b")
+    started = float(j.data["started_at"])
+    found = list_runs(state_dir, now=started + 42.0)
+    assert isinstance(found, RunList)
+    (row,) = found.runs
+    assert (row["run_id"], row["policy"], row["gpu_spec"]) == (j.run_id, "nopart", "sim:a100-40gb")
+    assert row["elapsed_s"] == pytest.approx(42.0) and row["ended_at"] is None
+
+    page = tmp_path / "run.html"
+    rep = report_run(state_dir, j.run_id[:8], html=page, timeline_width=80, now=started + 5.0)
+    assert isinstance(rep, RunReport)
+    data = rep.to_json()
+    assert data["run_id"] == j.run_id and data["status"] == row["status"]
+    assert data["html"] == str(page) and page.is_file()
+    assert rep.timeline is not None and data["timeline"] == rep.timeline
+    plain = report_run(state_dir, now=started + 5.0)
+    assert plain.timeline is None and "html" not in plain.data and "timeline" not in plain.data
+
+
+def test_report_price_and_request(tmp_path: Path) -> None:
+    from miso_cli.commands.report import check_report_request, price
+
+    assert price(tmp_path, 2.5) == (2.5, "")
+    with pytest.raises(UsageError, match="--price: must be a finite number"):
+        price(tmp_path, float("inf"))
+    check_report_request("r1", None, tmp_path / "x.html", True)  # a run: anything goes
+    with pytest.raises(UsageError, match="give a RUN or --sim, not both"):
+        check_report_request("r1", tmp_path, None, False)
+    with pytest.raises(UsageError, match="--html/--timeline need a run"):
+        check_report_request(None, tmp_path, None, True)
+
+
+def test_read_simulation(tmp_path: Path) -> None:
+    from miso_cli.commands.report import read_simulation
+
+    out = tmp_path / "sim.json"
+    out.write_text('progress\n{"command": "simulate", "data": {"results": []}}\n')
+    assert read_simulation(out)["data"] == {"results": []}
+    for text, message in [
+        ("", "empty"),
+        ("{nope\n", "not JSON"),
+        ('{"command": "plan"}\n', "not the output of 'miso simulate --json'"),
+    ]:
+        out.write_text(text)
+        with pytest.raises(BadInput, match=message):
+            read_simulation(out)
+    with pytest.raises(BadInput, match="cannot read"):
+        read_simulation(tmp_path / "missing.json")
+
+
+# -- export --------------------------------------------------------------------------
+
+
+def test_export_the_current_layout(tmp_path: Path) -> None:
+    from miso_cli.commands.export import ExportResult, export_layouts
+
+    got = export_layouts("sim:a100-40gb", tmp_path, "mig-parted")
+    assert isinstance(got, ExportResult) and got.written == []
+    data = got.to_json()
+    assert data["format"] == "mig-parted" and data["written"] == []
+    assert "mig-parted.yaml" in data["files"] and list(data["files"]) == sorted(data["files"])
+    assert got.stream_text() == data["files"]["mig-parted.yaml"]
+    assert isinstance(got.warnings, list)
+
+    out = tmp_path / "out"
+    written = export_layouts("sim:a100-40gb", tmp_path, "slurm", out=out)
+    assert written.written and all(p.is_file() for p in written.written)
+    assert written.to_json()["written"] == [str(p) for p in written.written]
+
+
+def test_export_merges_a_configmap_only_for_k8s(tmp_path: Path) -> None:
+    from miso_cli.commands.export import export_layouts
+
+    cm = tmp_path / "cm.yaml"
+    cm.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"
+        'data:\n  config.yaml: "version: v1\\nmig-configs:\\n  all-disabled:\\n'
+        '    - devices: all\\n      mig-enabled: false\\n"\n'
+    )
+    with pytest.raises(UsageError, match="--merge-configmap: only for --format k8s"):
+        export_layouts("sim:a100-40gb", tmp_path, "slurm", merge_configmap=cm)
+
+
+# -- calibrate -----------------------------------------------------------------------
+
+
+def test_calibration_report(tmp_path: Path) -> None:
+    from miso_cli.commands.calibrate import CalibrationReport
+
+    rep = CalibrationReport(
+        gpu_index=0,
+        gpu_model="a100-40gb",
+        pairs=tmp_path / "pairs.csv",
+        rows=3,
+        restored=True,
+        original_layout="MIG off",
+        jobs={"mlp": {"mps_100": "ok", "mig_1g": "oom"}},
+        notes=[],
+    )
+    assert rep.exit_code == ExitCode.OK
+    data = rep.to_json()
+    assert data["pairs"] == str(tmp_path / "pairs.csv") and data["fit"] is None
+    assert list(data) == [
+        "gpu_index", "gpu_model", "pairs", "rows", "restored", "original_layout", "jobs",
+        "notes", "fit",
+    ]  # fmt: skip
+    rep.errors.append({"code": "BAD_INPUT", "message": "too little data"})
+    assert rep.exit_code == ExitCode.BAD_INPUT
+
+
+def test_calibrate_reads_its_queue_before_measuring(tmp_path: Path) -> None:
+    from miso_cli.commands.calibrate import calibrate_gpu
+
+    with pytest.raises(BadInput, match="cannot read the queue file"):
+        calibrate_gpu("sim:a100-40gb", tmp_path, queue=tmp_path / "missing.toml")
+
+
+# -- doctor --------------------------------------------------------------------------
+
+
+def test_doctor_report_on_a_simulated_gpu_and_a_bad_state_dir(tmp_path: Path) -> None:
+    from miso_cli.commands.doctor import DoctorReport, doctor
+
+    ready = doctor("sim:a100-40gb", tmp_path)
+    assert isinstance(ready, DoctorReport)
+    assert ready.ready and ready.exit_code == ExitCode.OK and ready.errors == []
+    data = ready.to_json()
+    assert data["ready"] is True and [c["name"] for c in data["checks"]][:3] == [
+        "python",
+        "packages",
+        "driver",
+    ]
+    blocked = doctor("sim:a100-40gb", Path("/etc/passwd"))
+    assert not blocked.ready and blocked.to_json()["ready"] is False
+    codes = [e["code"] for e in blocked.errors]
+    assert "BAD_INPUT" in codes and blocked.exit_code == ExitCode[codes[0]]
+    state = next(e for e in blocked.errors if e["code"] == "BAD_INPUT")
+    assert state["message"].startswith("state-dir: ") and "hint" in state
+
+
+def _store_profiles(state_dir: Path, jobs: list, step_s: dict[str, float]) -> None:
+    """Fresh co-located profiles for ``jobs`` as ``miso profile`` stores them on sim:a100-40gb."""
+    import time
+
+    from miso_cli.gpu.nvml import open_driver
+    from miso_cli.spec import profiles_store as store
+
+    drv = open_driver("sim:a100-40gb", state_dir)
+    try:
+        driver, name = drv.driver_version(), drv.gpu(0).name
+    finally:
+        drv.close()
+    fps = {j.name: store.fingerprint(j) for j in jobs}
+    now = time.time()
+    for j in jobs:
+        base = step_s[j.name]
+        store.save(
+            state_dir,
+            store.StoredProfile(
+                fingerprint=fps[j.name],
+                job=j.name,
+                command=j.command,
+                cwd=str(Path(j.cwd).resolve()),
+                env=dict(j.env),
+                gpu_model="a100-40gb",
+                gpu_name=name,
+                driver_version=driver,
+                mode="colocated",
+                co_runners=[fps[o.name] for o in jobs if o.name != j.name],
+                levels=[
+                    {"level": lv, "status": "ok", "step_time_s": base * f, "steps": 20}
+                    for lv, f in ((100.0, 1.0), (50.0, 1.3), (14.0, 3.0))
+                ],
+                started_at=now,
+                finished_at=now,
+                simulated=True,
+            ),
+        )
+
+
+def test_plan_queue_from_stored_profiles(tmp_path: Path) -> None:
+    from miso_cli.commands.plan import QueuePlan, plan_queue, queue_plan_data
+    from miso_cli.spec.queue import load_queue
+
+    spec = load_queue(Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml")
+    _store_profiles(tmp_path, spec.jobs, {j.name: 0.05 * (k + 1) for k, j in enumerate(spec.jobs)})
+    planned = plan_queue(spec, "sim:a100-40gb", tmp_path)
+    assert isinstance(planned, QueuePlan) and planned.simulated
+    placed = {n for g in planned.result.gpus for n in g.assignment} | set(planned.result.waiting)
+    assert placed == {j.name for j in spec.jobs} == set(planned.jobs)
+    pr = planned.data["predicted"]
+    assert pr["time_base"] == "catalog" and pr["mean_jct_s"] > 0 and pr["unknown_reason"] is None
+    assert planned.data["policy"] == "miso+" and planned.data["objective"] == "jct"
+    # export's path: the same plan, without the CLI's additions
+    data = queue_plan_data(spec, "sim:a100-40gb", tmp_path)
+    assert data["gpus"] == planned.data["gpus"] and "time_base" not in data["predicted"]
+
+
+def test_profile_missing_measures_nothing_when_every_profile_is_fresh(tmp_path: Path) -> None:
+    from miso_cli.commands.profile import missing_profile_settings, profile_missing
+    from miso_cli.spec.queue import load_queue
+
+    spec = load_queue(Path(__file__).resolve().parent.parent / "examples" / "quickstart.toml")
+    _store_profiles(tmp_path, spec.jobs, {j.name: 0.1 for j in spec.jobs})
+    events: list[object] = []
+    assert profile_missing("sim:a100-40gb", spec.jobs, tmp_path, sink=events.append) is None
+    assert events == []
+    settings = missing_profile_settings()
+    assert (settings.mode, settings.resolved_levels()) == ("colocated", (100.0, 50.0, 14.0))

@@ -393,3 +393,9 @@ def test_a_command_imports_only_its_own_module() -> None:
         "except SystemExit:\n    pass"
     )
     assert status & commands == {"miso_cli.cli.status"}
+    completed = _modules_after(
+        "import os\nos.environ.update(_MISO_COMPLETE='complete_bash', COMP_WORDS='miso ',"
+        " COMP_CWORD='1')\nfrom miso_cli.cli import app\ntry:\n    app(prog_name='miso')\n"
+        "except SystemExit:\n    pass"
+    )
+    assert "miso_cli.cli" in completed and not completed & commands  # `miso <TAB>`

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from miso_cli.cli.manpages import RecordingGroup
+from miso_cli.cli.group import RecordingGroup
 
 
 def _is_usage_error(exc: BaseException) -> bool:
