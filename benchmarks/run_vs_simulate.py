@@ -151,7 +151,7 @@ def run_sim(
     start_s: float = 0.0,
     measure_s: float = 0.0,
 ) -> dict[str, Any]:
-    from miso_cli.cli.simulate import _gpus
+    from miso_cli.commands.simulate import simulated_gpus as _gpus
     from miso_cli.policy import registry
     from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
 
