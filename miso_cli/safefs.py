@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -88,7 +87,7 @@ def write_new(dir_path: str | os.PathLike[str], name: str, data: bytes, mode: in
     dfd = open_dir(dir_path)
     try:
         for _ in range(16):
-            tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+            tmp = f".{name}.{os.urandom(6).hex()}.tmp"
             try:
                 fd = open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, dir_fd=dfd)
             except FileExistsError:
