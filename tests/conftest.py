@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +25,22 @@ settings.load_profile("explore" if os.environ.get("HYPOTHESIS_EXPLORE") else "mi
 
 
 @pytest.fixture(autouse=True)
-def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own state directory; nothing leaks into ~/.local/state."""
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own state directory and runtime directory, so that tests can run
+    side by side (pytest-xdist): nothing leaks into ~/.local/state, and no GPU lock or MPS
+    pipe folder is shared through /run/miso (root) or $XDG_RUNTIME_DIR/miso.
+
+    The runtime directory is short (``/tmp/miso-rt-XXXXXXXX``) on purpose: MPS pipe folders
+    move there when the state dir is too deep for a socket path (see miso_cli.gpu.mps)."""
     state = tmp_path / "state"
+    runtime = tempfile.mkdtemp(prefix="miso-rt-")  # mode 0700, this user's alone
     monkeypatch.setenv("MISO_STATE_DIR", str(state))
+    monkeypatch.setenv("MISO_RUNTIME_DIR", runtime)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.delenv("MISO_GPU", raising=False)
     monkeypatch.delenv("MISO_DEBUG", raising=False)
-    return state
+    yield state
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.fixture
@@ -71,9 +83,73 @@ def parse_envelope(stdout: str) -> dict[str, Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_long_rank)  # stable: the rest keep their order
     if os.environ.get("MISO_REAL_GPU") == "1":
         return
     skip = pytest.mark.skip(reason="real-GPU test: set MISO_REAL_GPU=1 on a machine with a driver")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# -- running the whole suite in parallel ------------------------------------------------
+#
+# `python -m pytest` (the suite from testpaths, no test named) runs on WORKERS processes of
+# pytest-xdist when it is installed (it is in the `test` extra): a fifth of the suite's time
+# is tests that pace real processes (examples/sim_train.py) and mostly wait for them, so
+# more workers than cores keep the CPUs busy. Naming tests (`pytest tests/test_x.py`) runs
+# them in this process, as does `-n 0`; `-n N` or MISO_TEST_WORKERS=N choose the count.
+WORKERS = 4
+
+# Tests that take longest (real processes, many of them): started first, so that they run
+# beside the many short tests instead of after them (longest first keeps the workers even).
+# A name no longer in the suite is simply not found.
+LONG_FIRST = (
+    "test_manpages.py::test_readme_calibrate_runs_as_written",
+    "test_manpages.py::test_readme_commands_run_as_written",
+    "test_run_dynamic.py::test_quickstart_default_policy_profiles_repartitions_and_observes",
+    "test_predict_calibrate.py::test_calibrate_measures_restores_and_fits",
+    "test_run_dynamic.py::test_resume_after_kill_9_during_profiling",
+    "test_profiler.py::test_failures_oom_and_timeouts_are_recorded_not_retried",
+    "test_profiler.py::test_colocated_jobs_measure_their_interference",
+    "test_run_dynamic.py::test_plan_profile_stores_then_plans_from_the_store",
+    "test_executor.py::test_policy_miso_resumes_after_an_interrupt",
+    "test_profiler.py::test_reset_layout_profiles_on_the_whole_gpu_and_restores",
+    "test_run_dynamic.py::test_a_move_does_not_block_the_other_gpus",
+    "test_parity.py::test_run_and_simulate_decide_alike",
+    "test_executor.py::test_sigint_checkpoints_then_resume_continues",
+    "test_profiler.py::test_profiles_are_stored_reused_and_refreshed",
+    "test_plan_cli.py::test_plan_after_profiling_prints_the_plan_format",
+    "test_executor.py::test_resume_after_kill_9",
+    "test_operate_e2e.py::",
+    "test_run_cli.py::test_quickstart_example_runs",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Turn on pytest-xdist for the whole suite (see WORKERS); before xdist reads -n."""
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("xdist"):
+        return
+    if config.option.numprocesses is not None:  # -n given on the command line
+        return
+    env = os.environ.get("MISO_TEST_WORKERS", "").strip()
+    if env:
+        config.option.numprocesses = int(env)
+    elif config.args_source == pytest.Config.ArgsSource.TESTPATHS:
+        config.option.numprocesses = WORKERS
+    else:
+        return
+    if config.option.numprocesses and config.option.dist == "no":
+        # One test at a time to whichever worker is free: the long tests, sent first, land
+        # on different workers instead of in one worker's first batch.
+        config.option.dist = "load"
+        config.option.maxschedchunk = 1
+
+
+def _long_rank(item: pytest.Item) -> int:
+    nodeid = item.nodeid.split("/")[-1]
+    for rank, prefix in enumerate(LONG_FIRST):
+        if nodeid.startswith(prefix):
+            return rank
+    return len(LONG_FIRST)
