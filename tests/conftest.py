@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def parse_envelope(stdout: str) -> dict[str, Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    items.sort(key=_long_rank)  # stable: the rest keep their order
+    _long_first(items)
     if os.environ.get("MISO_REAL_GPU") == "1":
         return
     skip = pytest.mark.skip(reason="real-GPU test: set MISO_REAL_GPU=1 on a machine with a driver")
@@ -164,8 +164,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     else:
         return
     if config.option.numprocesses and config.option.dist == "no":
-        # One test at a time to whichever worker is free: the long tests, sent first, land
-        # on different workers instead of in one worker's first batch.
+        # One test at a time to whichever worker is free (a worker holds the test it runs
+        # and one more): with the order below, no long test waits behind another.
         config.option.dist = "load"
         config.option.maxschedchunk = 1
 
@@ -176,3 +176,43 @@ def _long_rank(item: pytest.Item) -> int:
         if nodeid.startswith(prefix):
             return rank
     return len(LONG_FIRST)
+
+
+def _long_first(items: list[pytest.Item]) -> None:
+    """The long tests first, each followed by a short one: a worker is sent the test it
+    runs and the next, so the next is a short one, never a second long one."""
+    ranked = sorted(items, key=_long_rank)  # stable: the rest keep their order
+    n_long = sum(1 for it in ranked if _long_rank(it) < len(LONG_FIRST))
+    longs, rest = ranked[:n_long], ranked[n_long:]
+    order: list[pytest.Item] = []
+    for i, item in enumerate(longs):
+        order.append(item)
+        if i < len(rest):
+            order.append(rest[i])
+    order.extend(rest[len(longs) :])
+    items[:] = order
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, key: str, make: Callable[[], Any]):
+    """``make()``, computed once per test run even when pytest-xdist spreads the tests that
+    need it over several workers (the first one computes and pickles it under the run's
+    base temp dir, the others wait on a lock and read it). For costly, deterministic test
+    data (a fitted model) that a module-scoped fixture alone would recompute per worker."""
+    import fcntl
+    import pickle
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the run's workers
+    path = base / f"shared-{key}.pickle"
+    with open(base / f"shared-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            with open(path, "rb") as fh:
+                return pickle.load(fh)  # written by this run, just above
+        value = make()
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(value, fh)
+        os.replace(tmp, path)
+        return value

@@ -78,8 +78,16 @@ def test_predict_on_the_catalog_with_the_prior(cli, shared_data: Path) -> None:
     assert data["error_vs_file"]["mig_4g"]["mape"] < 0.15
 
 
-def test_fit_on_the_measured_pairs_beats_the_training_mean(cli, shared_data: Path) -> None:
-    pairs = shared_data / "a100-40gb" / "mps_mig_pairs.csv"
+def test_fit_on_the_measured_pairs_beats_the_training_mean(
+    cli, shared_data: Path, tmp_path: Path
+) -> None:
+    # One mix in five of the 7,300 measured rows (whole mixes, all five families; mix ids
+    # go in steps of 5): the same real data, for a third of the fit's time.
+    lines = (shared_data / "a100-40gb" / "mps_mig_pairs.csv").read_text().splitlines()
+    pairs = tmp_path / "pairs.csv"
+    kept = [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) // 5 % 5 == 0]
+    pairs.write_text("\n".join([lines[0], *kept]) + "\n")
+    assert lines[0].startswith("mix,") and 1000 < len(kept) < 2000
     code, out, _ = cli("fit", "--data", str(pairs), "--estimators", "ridge", "--json")
     assert code == 0
     targets = parse_envelope(out)["data"]["targets"]
