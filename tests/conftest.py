@@ -128,8 +128,8 @@ WORKERS = 4
 # beside the many short tests instead of after them (longest first keeps the workers even).
 # A name no longer in the suite is simply not found.
 LONG_FIRST = (
-    "test_manpages.py::test_readme_calibrate_runs_as_written",
-    "test_manpages.py::test_readme_commands_run_as_written",
+    "test_manpages.py::test_readme_commands_run_as_written[main]",
+    "test_manpages.py::test_readme_commands_run_as_written[calibrate]",
     "test_run_dynamic.py::test_quickstart_default_policy_profiles_repartitions_and_observes",
     "test_predict_calibrate.py::test_calibrate_measures_restores_and_fits",
     "test_run_dynamic.py::test_resume_after_kill_9_during_profiling",
@@ -146,6 +146,7 @@ LONG_FIRST = (
     "test_executor.py::test_resume_after_kill_9",
     "test_operate_e2e.py::",
     "test_run_cli.py::test_quickstart_example_runs",
+    "test_manpages.py::test_readme_commands_run_as_written",
 )
 
 

@@ -8,7 +8,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -237,21 +236,46 @@ def test_readme_extraction() -> None:
     ]
 
 
-def _is_calibrate(cmd: str) -> bool:
-    return cmd.split()[:2] == ["miso", "calibrate"]
+# The README's lines run as separate chains, each in file order on a state dir of its own,
+# side by side under pytest-xdist: a chain holds every line that reads what an earlier one
+# left (plan.json for apply and export; a run for runs, logs and report). `miso calibrate`
+# needs an idle GPU (GPUs of its own) and paces real jobs for most of its time.
+README_CHAINS: dict[str, tuple[str, ...]] = {
+    "run": ("run", "runs", "logs", "report"),
+    "simulate": ("simulate", "predict"),
+    "calibrate": ("calibrate",),
+}
 
 
-def _run_readme_lines(miso_exe: Path, tmp_path: Path, keep: Callable[[str], bool]) -> list[str]:
-    """Run the README's ``$ miso`` lines that ``keep`` selects, in order, on one state dir
-    (as a reader would); returns the failures (wrong exit code, a traceback, a timeout)."""
+def readme_chain(cmd: str) -> str:
+    """The chain of a README line: by its subcommand; "main" for the rest."""
+    words = cmd.split()
+    sub = words[1] if len(words) > 1 else ""
+    return next((name for name, subs in README_CHAINS.items() if sub in subs), "main")
+
+
+def test_readme_chains() -> None:
+    assert readme_chain("miso plan examples/quickstart.toml --json > plan.json") == "main"
+    assert readme_chain("miso apply --plan plan.json") == "main"
+    assert readme_chain("miso run examples/quickstart.toml --policy nopart") == "run"
+    assert readme_chain("miso report --timeline") == "run"
+    assert readme_chain("miso calibrate --speedup 50") == "calibrate"
+    assert readme_chain("miso") == "main"
+
+
+@pytest.mark.parametrize("chain", ["main", *README_CHAINS])
+def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path, chain: str) -> None:
     if not README.exists():
         pytest.skip("README.md has no commands yet")
-    commands = [c for c in readme_commands(README.read_text(encoding="utf-8")) if keep(c[1])]
+    commands = readme_commands(README.read_text(encoding="utf-8"))
     if not commands:
-        pytest.skip("README.md shows no such `$ miso ...` lines")
+        pytest.skip("README.md shows no `$ miso ...` lines yet")
+    commands = [c for c in commands if readme_chain(c[1]) == chain]
+    if not commands:
+        pytest.skip(f"README.md shows no `$ miso ...` line of the {chain!r} chain")
     env = dict(os.environ)
     env["PATH"] = f"{miso_exe.parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MISO_STATE_DIR"] = str(tmp_path / "state")  # one state for the whole README, in order
+    env["MISO_STATE_DIR"] = str(tmp_path / "state")  # one state for the chain, in order
     env["MISO_GPU"] = env.get("MISO_GPU") or "sim:a100-40gb"
     env.pop("MISO_DEBUG", None)
     # Run where the README's files (plan.json, handoff/) cannot litter the checkout, with
@@ -278,19 +302,6 @@ def _run_readme_lines(miso_exe: Path, tmp_path: Path, keep: Callable[[str], bool
             )
         if "Traceback (most recent call last)" in r.stderr:
             failures.append(f"README.md:{line}: {cmd}: traceback")
-    return failures
-
-
-def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path) -> None:
-    failures = _run_readme_lines(miso_exe, tmp_path, lambda cmd: not _is_calibrate(cmd))
-    assert not failures, "\n".join(failures)
-
-
-def test_readme_calibrate_runs_as_written(miso_exe: Path, tmp_path: Path) -> None:
-    """`miso calibrate` needs an idle GPU and paces real jobs for most of its time: it runs
-    on GPUs of its own (its own state dir), beside the README's other lines (a test of its
-    own, that pytest-xdist runs at the same time as the one above)."""
-    failures = _run_readme_lines(miso_exe, tmp_path, _is_calibrate)
     assert not failures, "\n".join(failures)
 
 
