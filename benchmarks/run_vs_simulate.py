@@ -11,8 +11,10 @@ JCT and makespan as ratios to ``nopart`` (run, simulated), and the absolute figu
     python benchmarks/run_vs_simulate.py --sizes 4 --speedup 20 --json out.json
 
 The simulator is told what a restart and a reconfiguration cost ``miso run`` here:
-``--restart-s`` and ``--reconfig-s`` wall seconds (a Python job's start and a
-simulated MIG change), times the speed-up.
+``--restart-s``, ``--reconfig-s`` and ``--start-s`` wall seconds (a checkpoint and
+restore, a simulated MIG change, any start of a Python job), times the speed-up;
+``miso run`` tells its policy the same
+restart cost (``--restart-cost``), so both engines decide from the same figures.
 """
 
 from __future__ import annotations
@@ -111,13 +113,16 @@ def write_queue(path: Path, jobs: list[dict[str, Any]], speedup: float) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_real(jobs: list[dict[str, Any]], policy: str, gpu: str, speedup: float) -> dict[str, Any]:
+def run_real(
+    jobs: list[dict[str, Any]], policy: str, gpu: str, speedup: float, restart_cost: float
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="miso-rvs-") as tmp:
         q = Path(tmp) / "queue.toml"
         write_queue(q, jobs, speedup)
         state = Path(tmp) / "state"
         cmd = [sys.executable, "-m", "miso_cli", "run", str(q), "--gpu", gpu, "--json"]
         cmd += ["--policy", policy, "--speedup", repr(speedup), "--state-dir", str(state)]
+        cmd += ["--restart-cost", repr(restart_cost)]  # what the policy is told, as simulated
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         started = time.monotonic()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
@@ -138,9 +143,15 @@ def run_real(jobs: list[dict[str, Any]], policy: str, gpu: str, speedup: float) 
 
 
 def run_sim(
-    jobs: list[dict[str, Any]], policy: str, gpu: str, restart_s: float, reconfig_s: float
+    jobs: list[dict[str, Any]],
+    policy: str,
+    gpu: str,
+    restart_s: float,
+    reconfig_s: float,
+    start_s: float = 0.0,
+    measure_s: float = 0.0,
 ) -> dict[str, Any]:
-    from miso_cli.cli.simulate import _gpus
+    from miso_cli.commands.simulate import simulated_gpus as _gpus
     from miso_cli.policy import registry
     from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
 
@@ -158,7 +169,9 @@ def run_sim(
         gpus,
         pol,
         predict=predict,
-        config=SimConfig(restart_costs=restart_s, reconfig_s=reconfig_s),
+        config=SimConfig(
+            restart_costs=restart_s, reconfig_s=reconfig_s, start_s=start_s, measure_s=measure_s
+        ),
     )
     s = res.summary()
     return {
@@ -179,8 +192,23 @@ def main() -> int:
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--gpu", default="sim:a100-40gb")
     ap.add_argument("--speedup", type=float, default=20.0)
-    ap.add_argument("--restart-s", type=float, default=0.5, help="wall seconds of a restart")
+    ap.add_argument(
+        "--restart-s", type=float, default=0.2, help="wall seconds a restart adds to a start"
+    )
     ap.add_argument("--reconfig-s", type=float, default=0.2, help="wall seconds of a MIG change")
+    ap.add_argument(
+        "--start-s",
+        type=float,
+        default=0.6,
+        help="wall seconds every start of a job costs (the wrapper's and the job's Python start)",
+    )
+    ap.add_argument(
+        "--measure-s",
+        type=float,
+        default=0.0,
+        help="wall seconds a profiling level needs to be measured under miso run (about 2: a "
+        "start, a warm-up step, four progress reports 0.25 s apart); 0: nominal levels",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-quickstart", action="store_true")
     ap.add_argument("--no-arrivals", action="store_true", help="only queues without arrivals")
@@ -203,9 +231,15 @@ def main() -> int:
     for label, jobs in queues:
         results = {}
         for pol in policies:
-            real = run_real(jobs, pol, args.gpu, args.speedup)
+            real = run_real(jobs, pol, args.gpu, args.speedup, args.restart_s * args.speedup)
             sim = run_sim(
-                jobs, pol, args.gpu, args.restart_s * args.speedup, args.reconfig_s * args.speedup
+                jobs,
+                pol,
+                args.gpu,
+                args.restart_s * args.speedup,
+                args.reconfig_s * args.speedup,
+                args.start_s * args.speedup,
+                args.measure_s * args.speedup,
             )
             results[pol] = (real, sim)
         base_r, base_s = results.get("nopart", ({}, {}))

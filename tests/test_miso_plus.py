@@ -177,3 +177,84 @@ def test_short_jobs_run_one_after_the_other_when_that_finishes_them_sooner() -> 
     assert list(t.assignment) == ["a"] and t.layout.name == "7g.40gb"
     (split,) = MisoPlus().decide(Event("arrival", job="a"), view)  # off by default
     assert len(split.assignment) == 4
+
+
+def _move_case(*, gpu: int = 0, now: float = 0.0, others: list[JobView] | None = None):
+    """A job alone on a 3g instance of GPU ``gpu`` (of two), 1,000 s left: 7g would save
+    about 450 s, a move costs 30 s (charged 60 s)."""
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    three = next(s for s in lay.slices if s.slices == 3)
+    gpus = [GpuView(i, A100, "mig", lay, {"a": three} if i == gpu else {}) for i in range(2)]
+    a = _running("a", gpu, three, total_steps=1000, step_time_7g_s=1.0, restart_cost_s=30.0)
+    return gpus, [a, *(others or [])]
+
+
+def test_a_move_gains_only_over_the_horizon_between_arrivals() -> None:
+    """16 jobs arrived over the last 80 s on 2 GPUs: a plan lasts about 10 s on a GPU, too
+    short for a 30 s restart to pay back; with arrivals far apart the same move is made."""
+    pol = MisoPlus()
+    crowd = [
+        JobView(f"w{i}", 1000.0 - 5.0 * i, memory_mb=60_000.0, seq=i + 1) for i in range(16)
+    ]  # waiting, too large for any instance: they only tell the arrival rate
+    gpus, jobs = _move_case(now=1000.0, others=crowd)
+    view = _view(1000.0, gpus, jobs)
+    assert pol.horizon_s(view) == pytest.approx(75.0 * 2 / 16)
+    assert pol.decide(Event("finish", "b", 0), view) == []
+    sparse = [JobView(f"w{i}", 1000.0 - 500.0 * i, memory_mb=60_000.0, seq=i + 1) for i in range(2)]
+    gpus, jobs = _move_case(now=1000.0, others=sparse)
+    (t,) = pol.decide(Event("finish", "b", 0), _view(1000.0, gpus, jobs))
+    assert t.assignment["a"].slices > 3
+    # Without the horizon the plan counts the whole remaining run: it moves.
+    gpus, jobs = _move_case(now=1000.0, others=crowd)
+    (t,) = MisoPlus(horizon=False).decide(Event("finish", "b", 0), _view(1000.0, gpus, jobs))
+    assert t.assignment["a"].slices > 3
+
+
+@pytest.mark.parametrize(("event_gpu", "moves"), [(0, True), (1, False), (None, False)])
+def test_a_gpu_no_event_touched_is_re_planned_only_for_a_larger_gain(
+    event_gpu: int | None, moves: bool
+) -> None:
+    """The move saves about 7.5 x its restart cost (in the planner's units): made when the
+    event concerns the job's GPU, not when it concerns another GPU or none (an arrival),
+    where a move must save ``local_factor`` times more."""
+    pol = MisoPlus(horizon=False, local_factor=10.0)
+    gpus, jobs = _move_case(gpu=0)
+    kind = "finish" if event_gpu is not None else "arrival"
+    targets = pol.decide(Event(kind, "b", event_gpu), _view(0.0, gpus, jobs))
+    assert bool(targets) == moves
+    # Charged alike everywhere (the whole-cluster plan of before): it moves.
+    wide = MisoPlus(horizon=False, local_factor=1.0)
+    assert wide.decide(Event(kind, "b", event_gpu), _view(0.0, gpus, jobs))
+
+
+def test_a_job_placed_less_than_the_minimum_residence_ago_stays() -> None:
+    """Hysteresis, when the driver says when a job took its instance (``placed_s``)."""
+    pol = MisoPlus(horizon=False, min_residence_s=120.0)
+    for placed, moves in ((950.0, False), (800.0, True), (None, True)):
+        gpus, jobs = _move_case()
+        if placed is not None:
+            jobs[0].placed_s = placed  # type: ignore[attr-defined]
+        targets = pol.decide(Event("finish", "b", 0), _view(1000.0, gpus, jobs))
+        assert bool(targets) == moves, placed
+
+
+@pytest.mark.parametrize(("a_left", "squeezed"), [(20.0, False), (5000.0, True)])
+def test_a_newcomer_squeezes_running_jobs_only_when_that_beats_its_wait(
+    a_left: float, squeezed: bool
+) -> None:
+    """Starting ``c`` on a GPU that ``a`` has whole forces ``a`` onto a smaller instance
+    (a restart, then a slower run): worth it when ``a`` has long to run, not when it
+    frees the GPU in 20 s. Without pricing the wait, ``c`` always starts at once."""
+    full = place(A100, ["7g.40gb"])
+    a = _running(
+        "a", 0, full.slices[0], total_steps=a_left, step_time_7g_s=1.0, restart_cost_s=30.0
+    )
+    c = JobView("c", 0.0, prediction=PRED, profiled=True, total_steps=600, step_time_7g_s=1.0)
+    view = _view(0.0, [GpuView(0, A100, "mig", full, {"a": full.slices[0]})], [a, c])
+    targets = MisoPlus().decide(Event("arrival", "c"), view)
+    assert bool(targets) == squeezed
+    if squeezed:
+        (t,) = targets
+        assert t.assignment["a"].slices < 7 and "c" in t.assignment
+    (t,) = MisoPlus(price=False).decide(Event("arrival", "c"), view)
+    assert "c" in t.assignment

@@ -265,6 +265,65 @@ def test_time_limited_plan_is_feasible_and_keeps_running_jobs() -> None:
     assert incumbent.moved == [] and incumbent.evicted == []
 
 
+@pytest.mark.parametrize("fifo", [False, True])
+@pytest.mark.parametrize("budget_calls", [0, 1, 2, 3, 5, 8])
+def test_a_budget_that_runs_out_at_any_stage_still_answers_a_feasible_plan(
+    monkeypatch: pytest.MonkeyPatch, fifo: bool, budget_calls: int
+) -> None:
+    """The budget runs out after ``budget_calls`` programmes (the clock is not read: the
+    budget check is replaced), in the count-first stage or the main one: the answer is
+    the best plan found, else the current assignment extended, and never an error."""
+    import miso_cli.planning.planner as planner
+
+    rng = random.Random(11)
+    gpus = [PlanGpu(i, A100) for i in range(24)]
+    jobs = [_job(rng, f"j{i}") for i in range(200)]
+    first = plan(gpus, jobs, objective="jct", fifo=False)
+    for j in jobs:
+        if j.name in first.placement():
+            j.gpu, j.slice = first.placement()[j.name]
+            j.waiting = False
+    gpus = [PlanGpu(g.index, A100, g.layout) for g in first.gpus]
+    jobs += [_job(rng, f"late{i}") for i in range(40)]
+    calls = {"n": 0}
+
+    def left(deadline: float | None) -> float | None:
+        calls["n"] += 1
+        if calls["n"] > budget_calls:
+            raise planner._OutOfTime
+        return 60.0
+
+    monkeypatch.setattr(planner, "_left", left)
+    got = plan(gpus, jobs, objective="jct", fifo=fifo, time_limit_s=1.0)
+    placed = got.placement()
+    for j in jobs:
+        if j.gpu is not None:
+            assert j.name in placed  # running jobs are never dropped
+    for g in got.gpus:
+        assert set(g.assignment.values()) <= set(g.layout.slices)
+        assert len(set(g.assignment.values())) == len(g.assignment)
+        for name, sl in g.assignment.items():
+            assert next(j for j in jobs if j.name == name).fits(A100, sl.slices)
+    if fifo:  # strict order: no waiting job placed behind one left waiting
+        queue = [j.name for j in jobs if j.gpu is None]
+        flags = [n in placed for n in queue]
+        assert flags == sorted(flags, reverse=True)
+
+
+def test_the_fallback_plan_places_musts_first_and_never_raises() -> None:
+    """A must-place job (here: pinned to an instance the layout lacks) is left waiting
+    by the fallback rather than raising: out of time is never an error."""
+    from miso_cli.planning.planner import _incumbent
+
+    lay = next(lay for lay in LAYOUTS if lay.name == "7g.40gb")
+    other = next(lay for lay in LAYOUTS if lay.name == "4g.20gb+3g.20gb")
+    stray = PlanJob("stray", {7: 1.0, 4: 1.3}, gpu=0, slice=other.slices[0], pinned=True)
+    wait = PlanJob("w", {7: 1.0, 4: 1.3, 3: 1.5})
+    got = _incumbent([PlanGpu(0, A100, lay)], [wait, stray], "jct", 0.0, [False, True])
+    assert got.placement() == {"w": (0, lay.slices[0])}
+    assert got.evicted == ["stray"]
+
+
 def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
     """At 32 GPUs the plan is still one plan: instances inside layouts, as many jobs as fit."""
     from miso_cli.planning.planner import _groups, _most_placed
@@ -289,12 +348,21 @@ def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
             assert not any(j.fits(A100, s.slices) for j in jobs if j.name in got.waiting)
 
 
-def test_queue_plan_still_imports_from_the_planner() -> None:
-    import miso_cli.commands.plan as command
-    from miso_cli.planning.planner import QueuePlan, queue_plan, queue_plan_data
-
-    assert (queue_plan, queue_plan_data, QueuePlan) == (
-        command.queue_plan,
-        command.queue_plan_data,
-        command.QueuePlan,
-    )
+@pytest.mark.parametrize(("wait_cost", "placed"), [(None, True), (3000.0, True), (2000.0, False)])
+def test_a_priced_job_is_placed_only_when_that_beats_its_wait(
+    wait_cost: float | None, placed: bool
+) -> None:
+    """``a`` has the GPU whole; placing ``b`` forces ``a`` onto a smaller instance (a
+    restart and a slower run) and gives ``b`` one: that costs 2,330 units more
+    than leaving ``b`` out. Unpriced, ``b`` is placed whatever it costs (as many jobs as
+    fit); priced, only when its wait would cost more."""
+    full = next(lay for lay in LAYOUTS if lay.name == "7g.40gb")
+    rel = {7: 1.0, 4: 1.5, 3: 1.8}
+    a = PlanJob("a", rel, remaining_s=1000.0, restart_cost_s=30.0, gpu=0, slice=full.slices[0])
+    a.waiting = False
+    b = PlanJob("b", rel, remaining_s=1000.0, wait_cost=wait_cost)
+    got = plan([PlanGpu(0, A100, full)], [a, b], objective="jct", fifo=False)
+    assert ("b" in got.placement()) == placed
+    assert "a" in got.placement()
+    if not placed:
+        assert got.placement()["a"] == (0, full.slices[0]) and got.moved == []

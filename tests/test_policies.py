@@ -147,7 +147,8 @@ def test_miso_plus_profiles_only_on_idle_gpus_and_keeps_running_jobs() -> None:
     by_gpu = {t.gpu: t for t in targets}
     assert by_gpu[1].mode == "mps" and set(by_gpu[1].assignment) == {"n", "m"}
     assert 0 not in by_gpu  # a keeps its instance: nothing to change on GPU 0
-    # No idle GPU: the newcomer starts at once on the prior, without an MPS phase.
+    # No idle GPU, and no instance frees soon (issue-12: else waiting for it may beat a
+    # small instance now): the newcomer starts at once on the prior, without an MPS phase.
     busy1 = GpuView(1, A100, "mig", lay, {"x": four})
     x = _job(
         "x",
@@ -157,9 +158,10 @@ def test_miso_plus_profiles_only_on_idle_gpus_and_keeps_running_jobs() -> None:
         slice=four,
         prediction=pred,
         profiled=True,
-        total_steps=50,
+        total_steps=5000,
         step_time_7g_s=1.0,
     )
+    a.total_steps = 5000
     targets = pol.decide(Event("arrival", "n"), _view([busy, busy1], [a, x, _job("n", 1)]))
     assert targets and all(t.mode == "mig" and t.profile_s is None for t in targets)
     placed = {j for t in targets for j in t.assignment}

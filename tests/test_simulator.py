@@ -13,7 +13,6 @@ from miso_cli.policy.core import ClusterView, Event, GpuTarget, Policy, SlicePre
 from miso_cli.policy.simple import NoPart
 from miso_cli.sim.simulator import (
     SimConfig,
-    SimulationError,
     TraceJob,
     load_trace,
     memory_need_mb,
@@ -99,9 +98,27 @@ class _Oom(Policy):
 
 
 def test_job_that_does_not_fit_a_slice_fails_to_start_there() -> None:
+    """Out of memory on start: back in the queue; the policy is asked again (a tick)."""
     trace = _trace(("big", 0, "toy_big", 10))
-    with pytest.raises(SimulationError, match="waiting"):
-        simulate(trace, CAT, [A100], _Oom())
+    res = simulate(trace, CAT, [A100], _Oom())
+    (big,) = res.jobs
+    assert big.oom == 1 and res.oom_starts == 1
+    assert big.finish_s == pytest.approx(5 + 10)  # then on a 7g instance (5 s to set up)
+
+
+class _Never(Policy):
+    name = "never"
+    knowledge = "none"
+
+    def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
+        return []
+
+
+def test_a_job_no_policy_places_fails_with_a_reason_and_the_others_finish() -> None:
+    trace = _trace(("a", 0, "toy_a", 10), ("b", 5, "toy_a", 10))
+    res = simulate(trace, CAT, [A100], _Never())
+    assert [j.failed for j in res.jobs] == ["policy never found no GPU instance for it"] * 2
+    assert res.summary()["mean_jct_s"] is None and res.summary()["unfinished"] == 2
 
 
 def test_memory_need_sits_between_the_slices_that_fit_and_not() -> None:
@@ -239,5 +256,24 @@ def test_fit_is_decided_by_the_instance_memory_not_the_a100_column() -> None:
     big = res.jobs[0]
     assert big.finish_s is not None
     assert big.finish_s > 10 * 140 / 100  # slower than on the 3g it was measured on
-    with pytest.raises(SimulationError, match="waiting"):  # the A100's 2g.10gb: too small
-        simulate(trace, CAT, [A100], _OnOne(A100, "2g.10gb"))
+    # The A100's 2g.10gb is too small: out of memory on start, then never placed.
+    small = simulate(trace, CAT, [A100], _OnOne(A100, "2g.10gb"))
+    assert small.oom_starts >= 1 and small.jobs[0].failed and small.jobs[0].finish_s is None
+
+
+def test_levels_last_until_measured_as_under_miso_run() -> None:
+    """SimConfig.measure_s: a level needs that long before its step times are measured."""
+
+    def predict(profile, mix, memory):  # type: ignore[no-untyped-def]
+        return SlicePrediction({7: 1.0, 4: 1.5}, source="model")
+
+    mps = {100: 100.0, 50: 150.0, 14: 500.0}
+    cat = Catalog(None, {"toy_a": Workload("toy_a", CAT["toy_a"].mig_ms, mps)})
+    trace = _trace(("a", 0, "toy_a", 1000), ("b", 100, "toy_a", 1000))
+    ends = []
+    for measure_s in (0.0, 25.0):
+        pol = _Profiler()
+        cfg = SimConfig(profile_noise=0.0, reconfig_s=0.0, restart_costs=0.0, measure_s=measure_s)
+        res = simulate(trace, cat, [A100], pol, predict=predict, config=cfg)
+        ends.append(next(t["time"] for t in res.targets if t["mode"] == "mig"))
+    assert ends == [pytest.approx(100 + 30), pytest.approx(100 + 3 * 25)]

@@ -1,8 +1,9 @@
 """The rules both drivers apply to a target: what is kept, what restarts, what is counted.
 
-Written once here, used by :mod:`miso_cli.runtime.executor` (real processes, wall clock) and
-:mod:`miso_cli.sim.simulator` (virtual jobs, virtual clock), so a figure ``miso simulate``
-prints counts what ``miso run`` does:
+Written once here and applied by :class:`miso_cli.engine.core.Engine`, which both
+:mod:`miso_cli.runtime.executor` (real processes, wall clock) and
+:mod:`miso_cli.sim.simulator` (virtual jobs, virtual clock) drive, so a figure
+``miso simulate`` prints counts what ``miso run`` does:
 
 * a *reconfiguration* is a target that changes a GPU's mode or its MIG layout;
 * a job on the GPU that the target no longer lists is *requeued* (checkpointed);

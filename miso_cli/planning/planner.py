@@ -36,7 +36,10 @@ Objectives (``objective=``), all over the jobs the plan places:
     completion of the placed jobs: restart cost when moved plus remaining work
     times the predicted slowdown. This is the estimate of the queue's mean
     completion time that changes with the decision at hand (the waiting jobs
-    behind them start when these finish).
+    behind them start when these finish). A job given a ``wait_cost`` is placed
+    only when that beats leaving it to wait: then a plan that squeezes running
+    jobs onto smaller instances (forced moves: restart plus slower run) to start
+    a newcomer must pay for itself.
 
 Scale: the constraint matrix is sparse, and how many jobs the best plans place
 (and, with ``fifo``, the longest queue prefix that fits) is settled first by a
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -80,6 +84,10 @@ class PlanJob:
     required: bool = False  # must be placed (e.g. it runs and cannot go back)
     pinned: bool = False  # must keep its current instance (e.g. not checkpointable)
     waiting: bool = True  # in the queue (subject to FIFO) rather than running
+    # What leaving the job unplaced costs, in the objective's units (its expected wait,
+    # then its run); None: placing it outweighs any cost among placed jobs (as many
+    # jobs as fit are placed first).
+    wait_cost: float | None = None
 
     def fits(self, model: GpuModel, slices: int) -> bool:
         if slices not in self.relative:
@@ -277,6 +285,20 @@ def _classes(model: GpuModel) -> list[int]:
     return sorted({p.slices for p in model.standard_profiles()}, reverse=True)
 
 
+class _OutOfTime(Exception):
+    """The solve budget ran out before a programme found a feasible point."""
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left before ``deadline`` (a ``time.perf_counter`` reading); raises when none."""
+    if deadline is None:
+        return None
+    left = deadline - time.perf_counter()
+    if left <= 0.0:
+        raise _OutOfTime
+    return left
+
+
 def _solve(
     cost: Any,
     upper: Any,
@@ -284,7 +306,7 @@ def _solve(
     lo_b: Any,
     hi_b: Any,
     *,
-    time_limit_s: float | None = None,
+    deadline: float | None = None,
     relax_first: bool = True,
 ) -> Any:
     """Minimise ``cost`` over integers in ``[0, upper]`` with ``lo_b <= matrix x <= hi_b``.
@@ -294,8 +316,9 @@ def _solve(
     is often integral already. It is solved first (``relax_first``); only a
     fractional answer goes to branch and bound. HiGHS's presolve costs more than
     it saves on these programmes (measured: 4.1 s against 1.0 s at 256 GPUs x
-    2,000 jobs), so it is off. Returns scipy's result (``x`` None when infeasible
-    or out of time before a feasible point).
+    2,000 jobs), so it is off. Returns scipy's result (``x`` None when infeasible;
+    when the time ran out, the best feasible point found). Raises :class:`_OutOfTime`
+    when ``deadline`` passes before any feasible point is found.
     """
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -304,16 +327,26 @@ def _solve(
     bounds = Bounds(np.zeros(n), np.asarray(upper, dtype=float))
     cons = LinearConstraint(matrix, np.asarray(lo_b, dtype=float), np.asarray(hi_b, dtype=float))
     options: dict[str, Any] = {"disp": False}
-    if time_limit_s is not None:
-        options["time_limit"] = float(time_limit_s)
+    left = _left(deadline)
+    if left is not None:
+        options["time_limit"] = left
     if relax_first:
         lp = milp(c=cost, integrality=np.zeros(n), bounds=bounds, constraints=cons, options=options)
-        if lp.x is None and lp.status in (1, 2):  # out of time, or infeasible already
+        if lp.x is None and lp.status == 1:
+            raise _OutOfTime
+        if lp.x is None and lp.status == 2:  # infeasible already
             return lp
-        if lp.x is not None and np.abs(lp.x - np.round(lp.x)).max(initial=0.0) < 1e-7:
-            return lp
+        if lp.x is not None and lp.status == 0:
+            if np.abs(lp.x - np.round(lp.x)).max(initial=0.0) < 1e-7:
+                return lp
+        left = _left(deadline)
+        if left is not None:
+            options["time_limit"] = left
     options.update({"mip_rel_gap": 0.0, "presolve": False})
-    return milp(c=cost, integrality=np.ones(n), bounds=bounds, constraints=cons, options=options)
+    res = milp(c=cost, integrality=np.ones(n), bounds=bounds, constraints=cons, options=options)
+    if res.x is None and res.status == 1:  # out of time (or nodes) before a feasible point
+        raise _OutOfTime
+    return res
 
 
 class _Hall:
@@ -337,9 +370,11 @@ class _Hall:
         masks: Sequence[frozenset[tuple[str, int]]],
         dims: Sequence[frozenset[tuple[str, int]]],
         keep: Mapping[int, set[Slice]],
+        deadline: float | None = None,
     ) -> None:
         import numpy as np
 
+        self.deadline = deadline
         self.dims = list(dims)
         caps: list[tuple[int, ...]] = []
         upper: list[float] = []
@@ -416,6 +451,7 @@ class _Hall:
             csr_array(a),
             lo,
             hi,
+            deadline=self.deadline,
             relax_first=False,
         )
         if res.x is None:
@@ -428,6 +464,7 @@ def _hall_inputs(
     jobs: Sequence[PlanJob],
     options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
     involved: Sequence[int],
+    deadline: float | None = None,
 ) -> tuple[list[frozenset[tuple[str, int]]], _Hall] | None:
     """The jobs' option sets and Hall's rows over the unions of those of ``involved``.
 
@@ -446,7 +483,7 @@ def _hall_inputs(
         job = jobs[i]
         if job.pinned and job.gpu is not None and job.slice is not None:
             keep.setdefault(job.gpu, set()).add(job.slice)
-    return masks, _Hall(groups, jobs, masks, dims, keep)
+    return masks, _Hall(groups, jobs, masks, dims, keep, deadline)
 
 
 def _most_placed(
@@ -454,6 +491,7 @@ def _most_placed(
     jobs: Sequence[PlanJob],
     options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
     musts: Sequence[bool],
+    deadline: float | None = None,
 ) -> int | None:
     """The most jobs any plan places (every must-place job among them), without FIFO.
 
@@ -464,7 +502,7 @@ def _most_placed(
     involved = [i for i, opts in enumerate(options) if opts]
     if any(m and not options[i] for i, m in enumerate(musts)):
         return None
-    found = _hall_inputs(groups, jobs, options, involved)
+    found = _hall_inputs(groups, jobs, options, involved, deadline)
     if found is None:
         return None
     masks, hall = found
@@ -489,6 +527,7 @@ def _fifo_prefix(
     options: Sequence[Sequence[tuple[str, tuple[str, int], Slice | None]]],
     musts: Sequence[bool],
     queue: Sequence[int],
+    deadline: float | None = None,
 ) -> tuple[int, int, int] | None:
     """Which FIFO prefixes the best plans place: ``(shortest, longest, placed)``.
 
@@ -525,7 +564,7 @@ def _fifo_prefix(
         if not options_masks[i] and not musts[i]:
             limit = k
             break
-    found = _hall_inputs(groups, jobs, options, involved + free)
+    found = _hall_inputs(groups, jobs, options, involved + free, deadline)
     if found is None:
         return None
     masks, hall = found
@@ -610,10 +649,12 @@ def plan(
     ``allow_evict``: running jobs that are not ``required`` may go back to the queue.
     ``reconfig_cost``: charged, in objective units, for each GPU whose layout changes
     (by default just enough to keep a layout when another is no better).
-    ``time_limit_s``: stop the solver after this long and take the best plan it
-    has found; when it has none yet, every running job keeps its instance and
-    waiting jobs take free instances first-fit (the current assignment, extended).
-    Without a limit the plan is optimal.
+    ``time_limit_s``: a budget for the whole plan (every programme it solves): the
+    best feasible plan found when the budget runs out, else, when none is found yet,
+    every running job keeps its instance and waiting jobs take free instances
+    first-fit (the current assignment, extended: :func:`_incumbent`), never an
+    error. Only this budget reads a clock; without it the plan is optimal and
+    depends on its inputs alone.
     Raises :class:`PlanError` when a required job cannot be placed.
     """
     if objective not in OBJECTIVES:
@@ -625,9 +666,28 @@ def plan(
         if any(j.required for j in jobs):
             raise PlanError("no GPU to place the required jobs on")
         return Plan([], names, objective, 0.0)
-    gpu_index = {g.index: g for g in gpus}
-    if len(gpu_index) != len(gpus):
+    if len({g.index for g in gpus}) != len(gpus):
         raise ValueError("GPU indices must be unique")
+    deadline = None if time_limit_s is None else time.perf_counter() + max(0.0, time_limit_s)
+    try:
+        return _plan(gpus, jobs, objective, fifo, risk, allow_evict, reconfig_cost, deadline)
+    except _OutOfTime:
+        musts = [j.required or j.pinned or (_is_running(j) and not allow_evict) for j in jobs]
+        return _incumbent(gpus, jobs, objective, risk, musts, fifo)
+
+
+def _plan(
+    gpus: Sequence[PlanGpu],
+    jobs: Sequence[PlanJob],
+    objective: str,
+    fifo: bool,
+    risk: float,
+    allow_evict: bool,
+    reconfig_cost: float,
+    deadline: float | None,
+) -> Plan:
+    """:func:`plan` once its inputs are checked; raises :class:`_OutOfTime`."""
+    gpu_index = {g.index: g for g in gpus}
     import numpy as np
     from scipy.sparse import coo_array
 
@@ -679,8 +739,9 @@ def plan(
     determined = False  # how many jobs are placed is fixed; only costs remain
     count = 0
     chain = bool(queue_ix)
-    if queue_ix:
-        found = _fifo_prefix(groups, jobs, options, musts, queue_ix)
+    priced = any(j.wait_cost is not None for j in jobs)  # the count is not settled first
+    if queue_ix and not priced:
+        found = _fifo_prefix(groups, jobs, options, musts, queue_ix, deadline)
         if found is not None:
             # Fix what every best plan shares: the prefix's bounds and the count
             # placed. The order binds only between the bounds, and the costs alone
@@ -692,10 +753,10 @@ def plan(
                 lo_x[i] = 1.0
             determined = True
             chain = shortest < longest
-    elif len(jobs) > _COUNT_FIRST:
+    elif len(jobs) > _COUNT_FIRST and not priced:
         # Backfilling: how many jobs the best plans place, the same way (for small
         # programmes one solve with a placement reward is cheaper than two).
-        most = _most_placed(groups, jobs, options, musts)
+        most = _most_placed(groups, jobs, options, musts, deadline)
         if most is not None:
             count = most
             determined = True
@@ -706,7 +767,11 @@ def plan(
     xvars: list[list[int]] = []
     for pos, costs in enumerate(raw):
         # Without FIFO, earlier jobs still win ties: a reward that shrinks with position.
-        reward = (0.0 if determined else big) + order_eps * (len(jobs) - pos)
+        priced_at = jobs[pos].wait_cost
+        if priced_at is not None and not musts[pos]:
+            reward = float(priced_at) + 1e-6 * (len(jobs) - pos)
+        else:
+            reward = (0.0 if determined else big) + order_eps * (len(jobs) - pos)
         start = len(cost)
         cost.extend(c - reward for c in costs)
         upper.extend([1.0] * len(costs))
@@ -779,10 +844,8 @@ def plan(
 
     n = len(cost)
     matrix = coo_array((vals, (r_ix, c_ix)), shape=(len(lo_b), n)).tocsr()
-    res = _solve(np.asarray(cost), upper, matrix, lo_b, hi_b, time_limit_s=time_limit_s)
+    res = _solve(np.asarray(cost), upper, matrix, lo_b, hi_b, deadline=deadline)
     if res.x is None:
-        if time_limit_s is not None and res.status == 1:  # out of time, nothing found yet
-            return _incumbent(gpus, jobs, objective, risk, musts)
         raise PlanError(f"no feasible plan ({res.message})")
     sol = np.round(res.x).astype(int)
 
@@ -873,11 +936,16 @@ def _incumbent(
     objective: str,
     risk: float,
     musts: Sequence[bool],
+    fifo: bool = False,
 ) -> Plan:
     """A feasible plan without the solver: running jobs stay, waiting ones fill free instances.
 
-    GPUs keep their layouts (an empty GPU takes one whole-GPU instance); waiting
-    jobs, in order, take the first free instance they fit with the lowest cost.
+    GPUs keep their layouts (an empty GPU takes one whole-GPU instance); the jobs
+    that must be placed first, then the waiting ones in order, take the free
+    instance they fit with the lowest cost (with ``fifo``, the queue stops at the
+    first waiting job that fits none). What the plan it answers cannot place
+    waits (a running one is evicted): never an error, so that a plan out of time
+    is always an answer.
     """
     layouts: dict[int, Layout] = {}
     for g in gpus:
@@ -893,7 +961,12 @@ def _incumbent(
         else:
             pending.append((pos, job))
     by_index = {g.index: g for g in gpus}
+    pending.sort(key=lambda pj: not musts[pj[0]])  # stable: musts first, then in order
+    blocked = False
     for pos, job in pending:
+        if blocked and not musts[pos]:
+            waiting.append(job.name)
+            continue
         spots = [
             (job_cost(job, s.slices, _is_running(job), objective, risk), gi, s)
             for gi, lay in layouts.items()
@@ -901,9 +974,8 @@ def _incumbent(
             if s not in taken[gi] and not job.pinned and job.fits(by_index[gi].model, s.slices)
         ]
         if not spots:
-            if musts[pos]:
-                raise PlanError(f"no plan found in time that places {job.name}")
             waiting.append(job.name)
+            blocked = fifo and job.waiting and not _is_running(job)
             continue
         _, gi, s = min(spots, key=lambda t: (t[0], t[1], t[2]))
         assignment[gi][job.name] = s
@@ -1099,17 +1171,3 @@ def estimate_nopart_mean_jct(gpus: int, jobs: Sequence[PlanJob]) -> float | None
         free[k] = t + float(job.remaining_s or 0.0) * job.relative.get(7, 1.0)
         done.append(free[k])
     return sum(done) / len(done) if done else 0.0
-
-
-# ------------------------------------------------------- moved to miso_cli.commands.plan
-
-_MOVED = ("PROFILE_LEVELS_PCT", "QueuePlan", "queue_plan", "queue_plan_data")
-
-
-def __getattr__(name: str) -> Any:
-    """The queue-file command used to live here; its names still import from this module."""
-    if name in _MOVED:
-        from miso_cli.commands import plan as command
-
-        return getattr(command, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,11 +33,20 @@ SoCC 2022):
   GPU), several at once; a newcomer that cannot be profiled cheaply starts on
   the cluster's prior (the mean prediction of the jobs profiled so far, with the
   spread as uncertainty) and never pays a profiling reset;
-* counts uncertainty: a prediction counts as mean + ``risk`` x std. dev.
+* counts uncertainty: a prediction counts as mean + ``risk`` x std. dev.;
+* keeps churn under control (issue 12): a newcomer starts only when that beats
+  its expected wait for an instance to free, so squeezing running jobs onto
+  smaller instances for it (forced moves) must pay for their restarts and slower
+  runs; a running job's instance is weighed over the horizon a plan lasts (the
+  time between arrivals per GPU), not its whole run; a job on a GPU the event did
+  not touch moves only for ``local_factor`` times its cost; with ``placed_s`` from
+  the driver, a job keeps its instance for ``min_residence_s``; each plan has a
+  time budget (``plan_time_s``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -49,6 +58,7 @@ from miso_cli.planning.planner import (
     PlanError,
     PlanGpu,
     PlanJob,
+    effective,
     estimate_mean_jct,
     plan,
     plan_gpu,
@@ -64,6 +74,8 @@ from miso_cli.policy.core import (
 )
 
 MAX_JOBS_PER_GPU = 7
+# The latest arrivals the horizon (MisoPlus.horizon_s) is measured over.
+HORIZON_ARRIVALS = 16
 # Holding jobs back must be predicted to lower the mean completion time by this much: the
 # estimate ignores later arrivals and re-plans, which favour starting jobs now.
 HOLD_BACK_GAIN = 0.03
@@ -85,6 +97,11 @@ def _full_layout(model: GpuModel) -> Layout:
     full = model.full_profile
     pl = full.placements[0]
     return Layout((Slice(pl.start, pl.size, full.name, full.slices),))
+
+
+def home_model(view: ClusterView, gpus: Sequence[GpuView]) -> GpuModel:
+    """The GPU model a waiting job's later instance is judged on (the first GPU's)."""
+    return (gpus[0] if gpus else view.gpus[0]).model
 
 
 @lru_cache(maxsize=4096)
@@ -316,6 +333,12 @@ class MisoPlus(Policy):
         measure: bool = True,
         critical: float = 3.0,
         hold_back: bool = False,
+        horizon: bool = True,
+        local_factor: float = 2.0,
+        min_residence_s: float = 0.0,
+        plan_time_s: float | None = 20.0,
+        price: bool = True,
+        wait_scale: float = 5.0,
     ) -> None:
         self.profile_s = profile_s
         self.risk = risk
@@ -342,6 +365,31 @@ class MisoPlus(Policy):
         # GPUs (1352 -> 1517 s), where later arrivals make the estimate too pessimistic
         # about starting jobs now.
         self.hold_back = hold_back
+        # Churn (issue 12). A move pays back only while the plan that made it lasts: a
+        # running job's instance is weighed over the horizon, the time a GPU goes between
+        # arrivals (the cluster's arrival rate per GPU, from the latest arrivals), not
+        # over the job's whole remaining run. A move of a job whose GPU the event did not
+        # touch (not the GPU a job finished, failed or was profiled on) is charged
+        # ``local_factor`` times more: the whole-cluster plan must gain more than it
+        # costs, so jobs are re-planned at the rate events reach their own GPU, whatever
+        # the cluster size.
+        self.horizon = horizon
+        self.local_factor = local_factor
+        # Hysteresis: a job that took its instance less than this long ago keeps it,
+        # unless the driver does not say when (JobView has no ``placed_s``).
+        self.min_residence_s = min_residence_s
+        # A budget per plan (the planner's time_limit_s): out of time, the best plan
+        # found, else the current assignment extended; None: no limit.
+        self.plan_time_s = plan_time_s
+        # Forced moves count (issue 12): a waiting job is started only when that beats
+        # its expected wait for an instance to free (PlanJob.wait_cost), so a plan that
+        # squeezes running jobs onto smaller instances for it must pay for the restarts
+        # and the slower runs. False: as many jobs as fit start at once, whatever it costs.
+        self.price = price
+        # A job left waiting is expected to start once as many running jobs have
+        # finished as there are jobs waiting, times this: the instances that free may
+        # not suit it, and later arrivals compete for them.
+        self.wait_scale = wait_scale
 
     def warm_up(self) -> None:
         """Import the solver now: its first import takes seconds, which a run should
@@ -354,7 +402,8 @@ class MisoPlus(Policy):
         if self.profile:
             targets.update(self._profile_idle(view))
         profiled = {n for t in targets.values() for n in t.assignment}
-        targets.update(self._replan(view, skip=set(targets), exclude=profiled))
+        touched = {event.gpu} if event.gpu is not None else set()
+        targets.update(self._replan(view, skip=set(targets), exclude=profiled, touched=touched))
         return [targets[k] for k in sorted(targets)]
 
     def profiling_pays(self, job: JobView, view: ClusterView, prior: SlicePrediction) -> str:
@@ -446,12 +495,16 @@ class MisoPlus(Policy):
         return self.default_remaining_s
 
     def _replan(
-        self, view: ClusterView, skip: set[int], exclude: set[str] | None = None
+        self,
+        view: ClusterView,
+        skip: set[int],
+        exclude: set[str] | None = None,
+        touched: set[int] | None = None,
     ) -> dict[int, GpuTarget]:
         gpus = [g for g in view.gpus if g.index not in skip and not g.busy and not g.profiling]
         if not gpus:
             return {}
-        jobs = self.plan_jobs(view, gpus, exclude or set())
+        jobs = self.plan_jobs(view, gpus, exclude or set(), touched)
         if not jobs:
             return self._tidy(view, gpus)
         try:
@@ -525,6 +578,7 @@ class MisoPlus(Policy):
                 fifo=False,
                 risk=self.risk,
                 reconfig_cost=1.0 if self.objective == "jct" else 1e-3,
+                time_limit_s=self.plan_time_s,
             )
 
         best = solve(jobs)
@@ -569,12 +623,36 @@ class MisoPlus(Policy):
             )
         return out
 
+    def horizon_s(self, view: ClusterView) -> float:
+        """How long a plan is expected to last on a GPU: the mean time between arrivals
+        per GPU, from the latest arrivals among the jobs in the system (inf: none yet)."""
+        # The jobs in the system (their cost, not every job seen): waiting and on a GPU.
+        names = {n for g in view.gpus for n in g.jobs} | {j.name for j in view.queue()}
+        recent = sorted(
+            (
+                view.jobs[n].arrival_s
+                for n in names
+                if n in view.jobs and view.jobs[n].arrival_s <= view.now
+            ),
+            reverse=True,
+        )[:HORIZON_ARRIVALS]
+        if len(recent) < 2:
+            return math.inf
+        span = max(view.now - recent[-1], 1.0)
+        return span * len(view.gpus) / len(recent)
+
     def plan_jobs(
-        self, view: ClusterView, gpus: Sequence[GpuView], exclude: set[str] | None = None
+        self,
+        view: ClusterView,
+        gpus: Sequence[GpuView],
+        exclude: set[str] | None = None,
+        touched: set[int] | None = None,
     ) -> list[PlanJob]:
         """The running jobs on ``gpus`` and the waiting ones as the planner should see them.
 
         ``exclude``: waiting jobs that are being profiled now (they have a GPU already).
+        ``touched``: the GPUs the event concerns (None: all); moves of jobs on the others
+        cost ``local_factor`` times more.
         """
         indices = {g.index for g in gpus}
         model_classes = sorted(
@@ -592,6 +670,8 @@ class MisoPlus(Policy):
             j.name: self._remaining_s(j, j.prediction or prior) for j in running + waiting
         }
         backlog = sum(remainings.values()) / len(view.gpus)
+        horizon = self.horizon_s(view) if self.horizon else math.inf
+        freeing = self._freeing(running, remainings, prior, len(waiting)) if self.price else None
         for job in running + waiting:
             pred = job.prediction or prior
             where = None
@@ -622,21 +702,74 @@ class MisoPlus(Policy):
                 power = 1.0
             weight = (max(remaining, 1.0) / self.default_remaining_s) ** (power - 1.0)
             restart = job.restart_cost_s * self.move_factor if job.checkpointable else 1e9
+            planned = remaining
+            if where is not None:
+                # Where a running job runs matters only until the next re-plan of its
+                # GPU: a move (or a squeeze onto a smaller instance) gains or loses over
+                # the horizon, not over the whole remaining run.
+                planned = min(remaining, horizon)
+                if touched is not None and job.gpu not in touched:
+                    restart *= self.local_factor
+            wait_cost = None
+            if freeing is not None and job.state == "waiting":
+                wait_s, cls = freeing
+                wait_s *= self.wait_scale
+                probe = PlanJob(job.name, pred.relative, pred.uncertainty, memory_mb=job.memory_mb)
+                later = cls if probe.fits(home_model(view, gpus), cls) else 7
+                if later in pred.relative:
+                    wait_cost = weight * (wait_s + remaining * effective(probe, later, self.risk))
+            placed = getattr(job, "placed_s", None)  # when the driver says (see __init__)
+            settling = (
+                where is not None
+                and self.min_residence_s > 0
+                and placed is not None
+                and view.now - placed < self.min_residence_s
+            )
             jobs.append(
                 PlanJob(
                     job.name,
                     dict(pred.relative),
                     dict(pred.uncertainty),
                     memory_mb=job.memory_mb,
-                    remaining_s=remaining * weight,
+                    remaining_s=planned * weight,
                     restart_cost_s=restart * weight if job.checkpointable else 1e9,
                     gpu=job.gpu if where is not None else None,
                     slice=where,
                     required=job.state in ("running", "profiling") and can_stay,
+                    pinned=settling,
                     waiting=job.state == "waiting",
+                    wait_cost=wait_cost,
                 )
             )
         return jobs
+
+    def _freeing(
+        self,
+        running: Sequence[JobView],
+        remainings: dict[str, float],
+        prior: SlicePrediction,
+        waiting: int,
+    ) -> tuple[float, int] | None:
+        """When a waiting job that is not started now would start (before ``wait_scale``),
+        and on what size of instance: the instance whose job finishes ``waiting``-th
+        (running jobs in the order they are predicted to finish; beyond the last, the
+        pace so far goes on). None: nothing runs on an instance (a newcomer must not
+        wait for nothing)."""
+        ends: list[tuple[float, int]] = []
+        for job in running:
+            if job.slice is None:
+                continue
+            rel = (job.prediction or prior).relative.get(job.slice.slices)
+            if rel:
+                ends.append((remainings[job.name] * rel, job.slice.slices))
+        if not ends or not waiting:
+            return None
+        ends.sort()
+        k = waiting
+        if k <= len(ends):
+            return ends[k - 1]
+        t, cls = ends[-1]
+        return t * k / len(ends), cls
 
     def _profilable(self, view: ClusterView) -> bool:
         """Whether some GPU could profile newcomers without disturbing a running job."""

@@ -13,10 +13,10 @@ levels run from the smallest share to 100 %, so that after the phase the jobs
 already run at the share the policies give a GPU in MPS mode (100 %) and need
 no further restart when the policy leaves them there.
 
-A level lasts ``profile_s`` divided among the levels (scaled by the speed-up of
-synthetic jobs on simulated GPUs), and at least until every job has a few
-measured step intervals after its warm-up; a job that finishes or fails during
-the phase is left out of it.
+When a level ends is the engine's rule (:mod:`miso_cli.engine.core`: ``profile_s``
+divided among the levels, and, under ``miso run``, at least until every job has a
+few measured step intervals after its warm-up, :data:`MIN_INTERVALS`); this module
+only measures: a job that finishes or fails during the phase is left out of it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from miso_cli.engine.rules import PROFILE_LEVELS, PROFILE_ORDER
 RUN_ORDER: tuple[int, ...] = PROFILE_ORDER
 WARMUP_SAMPLES = 1  # progress records skipped after each start (imports, first step)
 MIN_INTERVALS = 3  # measured intervals per job and level before the level may end
-MAX_LEVEL_FACTOR = 6.0  # a level ends at this many times its nominal length regardless
 
 
 @dataclass
@@ -43,7 +42,7 @@ class ProfilePhase:
 
     gpu: int
     jobs: list[str]
-    level_s: float  # wall seconds per level, at least
+    level_s: float  # wall seconds per level, nominal (the engine decides when one ends)
     started_at: float
     levels: tuple[int, ...] = RUN_ORDER
     k: int = 0  # index into levels
@@ -78,15 +77,6 @@ class ProfilePhase:
         pts = self.samples[job]
         if not pts or (step > pts[-1][1] and t > pts[-1][0]):
             pts.append((t, step))
-
-    def level_done(self, now: float) -> bool:
-        if self.switching or self.level_started is None:
-            return False
-        elapsed = now - self.level_started
-        if elapsed >= self.level_s * MAX_LEVEL_FACTOR:
-            return True
-        enough = all(len(self.samples.get(j, ())) > MIN_INTERVALS for j in self.jobs)
-        return elapsed >= self.level_s and enough
 
     def close_level(self) -> None:
         """Turn the level's samples into each job's step time there."""
