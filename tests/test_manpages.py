@@ -165,12 +165,23 @@ def test_completion_protocol_answers(miso_exe: Path) -> None:
     assert set(r.stdout.split()) == {"mig-parted", "k8s", "slurm"}
 
 
+def _complete_in_process(env: dict[str, str]) -> tuple[int, str]:
+    """What ``miso`` prints with these completion variables set, run in this process as
+    the program named ``miso`` (test_completion_protocol_answers runs the real program)."""
+    from typer.testing import CliRunner
+
+    from miso_cli.cli import app
+
+    r = CliRunner().invoke(app, [], env=env, prog_name="miso", catch_exceptions=False)
+    return r.exit_code, r.stdout
+
+
 @pytest.mark.parametrize("shell, marker", [("bash", "complete "), ("zsh", "#compdef miso"),
                                            ("fish", "complete --command miso")])  # fmt: skip
-def test_completion_scripts(miso_exe: Path, shell: str, marker: str) -> None:
-    r = _run_miso(miso_exe, {"_MISO_COMPLETE": f"source_{shell}"})
-    assert r.returncode == 0 and marker in r.stdout
-    assert "_MISO_COMPLETE=complete_" in r.stdout
+def test_completion_scripts(shell: str, marker: str) -> None:
+    code, out = _complete_in_process({"_MISO_COMPLETE": f"source_{shell}"})
+    assert code == 0 and marker in out
+    assert "_MISO_COMPLETE=complete_" in out
 
 
 def test_completion_is_documented() -> None:
@@ -225,15 +236,46 @@ def test_readme_extraction() -> None:
     ]
 
 
-def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path) -> None:
+# The README's lines run as separate chains, each in file order on a state dir of its own,
+# side by side under pytest-xdist: a chain holds every line that reads what an earlier one
+# left (plan.json for apply and export; a run for runs, logs and report). `miso calibrate`
+# needs an idle GPU (GPUs of its own) and paces real jobs for most of its time.
+README_CHAINS: dict[str, tuple[str, ...]] = {
+    "run": ("run", "runs", "logs", "report"),
+    "simulate": ("simulate", "predict"),
+    "calibrate": ("calibrate",),
+}
+
+
+def readme_chain(cmd: str) -> str:
+    """The chain of a README line: by its subcommand; "main" for the rest."""
+    words = cmd.split()
+    sub = words[1] if len(words) > 1 else ""
+    return next((name for name, subs in README_CHAINS.items() if sub in subs), "main")
+
+
+def test_readme_chains() -> None:
+    assert readme_chain("miso plan examples/quickstart.toml --json > plan.json") == "main"
+    assert readme_chain("miso apply --plan plan.json") == "main"
+    assert readme_chain("miso run examples/quickstart.toml --policy nopart") == "run"
+    assert readme_chain("miso report --timeline") == "run"
+    assert readme_chain("miso calibrate --speedup 50") == "calibrate"
+    assert readme_chain("miso") == "main"
+
+
+@pytest.mark.parametrize("chain", ["main", *README_CHAINS])
+def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path, chain: str) -> None:
     if not README.exists():
         pytest.skip("README.md has no commands yet")
     commands = readme_commands(README.read_text(encoding="utf-8"))
     if not commands:
         pytest.skip("README.md shows no `$ miso ...` lines yet")
+    commands = [c for c in commands if readme_chain(c[1]) == chain]
+    if not commands:
+        pytest.skip(f"README.md shows no `$ miso ...` line of the {chain!r} chain")
     env = dict(os.environ)
     env["PATH"] = f"{miso_exe.parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MISO_STATE_DIR"] = str(tmp_path / "state")  # one state for the whole README, in order
+    env["MISO_STATE_DIR"] = str(tmp_path / "state")  # one state for the chain, in order
     env["MISO_GPU"] = env.get("MISO_GPU") or "sim:a100-40gb"
     env.pop("MISO_DEBUG", None)
     # Run where the README's files (plan.json, handoff/) cannot litter the checkout, with
@@ -241,32 +283,18 @@ def test_readme_commands_run_as_written(miso_exe: Path, tmp_path: Path) -> None:
     cwd = tmp_path / "clone"
     cwd.mkdir()
     (cwd / "examples").symlink_to(ROOT / "examples")
-
-    def start(cmd: str, env: dict[str, str]) -> subprocess.Popen[str]:
-        argv = ["bash", "-c", cmd] if _SHELL_META.search(cmd) else shlex.split(cmd)
-        return subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-
-    # `miso calibrate` needs an idle GPU and paces real jobs for most of the test's time:
-    # it starts now, on GPUs of its own (its own state dir), and is checked at its line.
-    early = {}
-    for line, cmd, _ in commands:
-        if cmd.split()[:2] == ["miso", "calibrate"]:
-            early[line] = start(cmd, {**env, "MISO_STATE_DIR": str(tmp_path / f"state-{line}")})
     failures = []
     for line, cmd, want in commands:
         if "--install-completion" in cmd:  # would edit this machine's shell configuration
             continue
-        proc = early.get(line) or start(cmd, env)
+        argv = ["bash", "-c", cmd] if _SHELL_META.search(cmd) else shlex.split(cmd)
         try:
-            out, err = proc.communicate(timeout=180)
+            r = subprocess.run(
+                argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=180, check=False
+            )
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
             failures.append(f"README.md:{line}: {cmd}: timed out")
             continue
-        r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         if r.returncode != want:
             failures.append(
                 f"README.md:{line}: {cmd}: exit {r.returncode}, expected {want}: "
@@ -307,39 +335,36 @@ def test_click_command_needs_a_recording_group() -> None:
         manpages.click_command(app)
 
 
-def _complete(miso_exe: Path, words: str, env: dict[str, str] | None = None) -> list[str]:
+def _complete(words: str, env: dict[str, str] | None = None) -> list[str]:
     cword = str(len(words.split()) - (0 if words.endswith(" ") else 1))
-    r = _run_miso(
-        miso_exe,
+    code, out = _complete_in_process(
         {"_MISO_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword,
          **(env or {})},
     )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    assert code == 0
     # Typer's bash script reads one value a line ("plain,VALUE" in Click's own format).
-    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    lines = [ln for ln in out.splitlines() if ln.strip()]
     return [ln.split(",", 1)[1] if ln.startswith("plain,") else ln for ln in lines]
 
 
-def test_completion_of_option_values(miso_exe: Path, tmp_path: Path) -> None:
+def test_completion_of_option_values(tmp_path: Path) -> None:
     from miso_cli.gpu.profiles import MODELS
     from miso_cli.policy.registry import names
 
-    assert _complete(miso_exe, "miso status --gpu ") == ["nvml"] + [
-        f"sim:{k}" for k in sorted(MODELS)
-    ]
-    assert _complete(miso_exe, "miso status --gpu sim:a1") == ["sim:a100-40gb", "sim:a100-80gb"]
-    assert _complete(miso_exe, "miso layouts --model a3") == ["a30-24gb"]
-    assert _complete(miso_exe, "miso run q.toml --policy ") == names()
-    listed = _complete(miso_exe, "miso simulate --policy miso,")
+    assert _complete("miso status --gpu ") == ["nvml"] + [f"sim:{k}" for k in sorted(MODELS)]
+    assert _complete("miso status --gpu sim:a1") == ["sim:a100-40gb", "sim:a100-80gb"]
+    assert _complete("miso layouts --model a3") == ["a30-24gb"]
+    assert _complete("miso run q.toml --policy ") == names()
+    listed = _complete("miso simulate --policy miso,")
     assert listed and all(w.startswith("miso,") for w in listed) and "miso,miso" not in listed
-    assert "1g.10gb+me" in _complete(miso_exe, "miso apply 1g.1")
+    assert "1g.10gb+me" in _complete("miso apply 1g.1")
     queue = tmp_path / "q.toml"
     queue.write_text('version = 1\n[[job]]\nname = "bert"\ncommand = ["x"]\n'
                      '[[job]]\nname = "gpt"\ncommand = ["x"]\n')  # fmt: skip
     words = f"miso export --queue {queue} --plan p.json --image "
-    assert _complete(miso_exe, words) == []  # no completion invented for free text
-    # Job names: none without a run (and no traceback in the shell).
-    assert _complete(miso_exe, "miso cancel ", {"MISO_STATE_DIR": str(tmp_path)}) == []
+    assert _complete(words) == []  # no completion invented for free text
+    # Job names: none without a run (and no exception on the way).
+    assert _complete("miso cancel ", {"MISO_STATE_DIR": str(tmp_path)}) == []
 
 
 def test_job_name_completion_from_a_queue(tmp_path: Path) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +54,18 @@ def _dead_pid() -> int:
     return p.pid
 
 
-def test_start_then_stop_leaves_nothing(on_path, state_dir: Path) -> None:
+@pytest.fixture
+def short_state_dir() -> Iterator[Path]:
+    """A state dir short enough for the pipe directory to stay inside it (a pytest-xdist
+    worker's tmp_path may be too deep for a socket path: then the pipe moves, see
+    test_deep_state_dirs_move_the_pipe_dir_and_say_so)."""
+    d = Path(tempfile.mkdtemp(prefix="miso-state-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_start_then_stop_leaves_nothing(on_path, short_state_dir: Path) -> None:
+    state_dir = short_state_dir
     on_path()
     d = _daemon(state_dir)
     with d:

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import shared_once
 
 from miso_cli.errors import BadInput, PermissionDenied
 from miso_cli.gpu.profiles import MODELS
@@ -225,10 +226,15 @@ def test_predict_many_matches_predict_one_and_the_cache_hands_out_copies() -> No
 # -- fit, save, load -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fitted() -> tuple[SliceRatioModel, list[ProfileRow]]:
+def _fit_synthetic() -> tuple[SliceRatioModel, list[ProfileRow]]:
     rows = synthetic_rows()
     return SliceRatioModel(estimators=("ridge", "gbr", "blend")).fit(rows), rows
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[SliceRatioModel, list[ProfileRow]]:
+    # Fitted once per test run, whichever pytest-xdist workers run these tests.
+    return shared_once(tmp_path_factory, "test_predict-fitted", _fit_synthetic)
 
 
 def test_fit_learns_every_measured_slice_and_reports_grouped_cv(fitted) -> None:
