@@ -192,7 +192,7 @@ def _move_case(*, gpu: int = 0, now: float = 0.0, others: list[JobView] | None =
 def test_a_move_gains_only_over_the_horizon_between_arrivals() -> None:
     """16 jobs arrived over the last 80 s on 2 GPUs: a plan lasts about 10 s on a GPU, too
     short for a 30 s restart to pay back; with arrivals far apart the same move is made."""
-    pol = MisoPlus()
+    pol = MisoPlus(horizon=True)
     crowd = [
         JobView(f"w{i}", 1000.0 - 5.0 * i, memory_mb=60_000.0, seq=i + 1) for i in range(16)
     ]  # waiting, too large for any instance: they only tell the arrival rate
