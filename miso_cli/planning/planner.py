@@ -217,39 +217,75 @@ def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: flo
     for members in pools.values():
         first = members[0]
         keep = stays.get(first.index, set()) if len(members) == 1 else set()
-        current = first.layout
-        now = _sizes(current)
         if first.candidates is not None:
-            pairs = [(lay, _sizes(lay)) for lay in dict.fromkeys(first.candidates)]
+            layouts = _distinct_layouts(
+                first.model, first.layout, frozenset(keep), first.candidates
+            )
         else:
-            pairs = list(_maximal_sized(first.model))
-        # The current layout represents its class (compared only where sizes match).
-        if current.slices and not any(sz == now and lay == current for lay, sz in pairs):
-            pairs.append((current, now))
-        seen: dict[tuple[object, ...], Layout] = {}
-        for lay, sz in pairs:
-            sig = (sz, frozenset(keep.intersection(lay.slices))) if keep else (sz,)
-            if sz == now and lay == current:
-                seen[sig] = current
-            elif sig not in seen:
-                seen[sig] = lay
-        out.append(_Group(first.model, members, current, list(seen.values())))
+            # The same GPU state recurs from plan to plan: computed once.
+            layouts = _distinct_maximal(first.model, first.layout, frozenset(keep))
+        out.append(_Group(first.model, members, first.layout, list(layouts)))
     return out
+
+
+def _distinct_layouts(
+    model: GpuModel, current: Layout, keep: frozenset[Slice], candidates: Sequence[Layout] | None
+) -> tuple[Layout, ...]:
+    """The layouts of a group that can differ in the objective (see :func:`_groups`)."""
+    now = _sizes(current)
+    if candidates is not None:
+        pairs = [(lay, _sizes(lay)) for lay in dict.fromkeys(candidates)]
+    else:
+        pairs = list(_maximal_sized(model))
+    # The current layout represents its class (compared only where sizes match).
+    if current.slices and not any(sz == now and lay == current for lay, sz in pairs):
+        pairs.append((current, now))
+    seen: dict[tuple[object, ...], Layout] = {}
+    for lay, sz in pairs:
+        sig = (sz, frozenset(keep.intersection(lay.slices))) if keep else (sz,)
+        if sz == now and lay == current:
+            seen[sig] = current
+        elif sig not in seen:
+            seen[sig] = lay
+    return tuple(seen.values())
+
+
+@lru_cache(maxsize=8192)
+def _distinct_maximal(
+    model: GpuModel, current: Layout, keep: frozenset[Slice]
+) -> tuple[Layout, ...]:
+    return _distinct_layouts(model, current, keep, None)
 
 
 # Above this many jobs, how many are placed is settled first (see plan()).
 _COUNT_FIRST = 150
 
 
+# Per layout object (the planner sees the same few dozen again and again): its instances
+# per size class, and its sizes. Keyed by id, with the layout kept alive beside them.
+_MEMO: dict[int, tuple[Layout, dict[int, int], tuple[int, ...]]] = {}
+
+
+def _memo(layout: Layout) -> tuple[Layout, dict[int, int], tuple[int, ...]]:
+    got = _MEMO.get(id(layout))
+    if got is None or got[0] is not layout:
+        counts: dict[int, int] = {}
+        for s in layout.slices:
+            counts[s.slices] = counts.get(s.slices, 0) + 1
+        sizes = tuple(sorted((s.slices for s in layout.slices), reverse=True))
+        if len(_MEMO) > 50_000:
+            _MEMO.clear()
+        got = _MEMO[id(layout)] = (layout, counts, sizes)
+    return got
+
+
 def _class_counts(layout: Layout) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for s in layout.slices:
-        out[s.slices] = out.get(s.slices, 0) + 1
-    return out
+    """Instances per compute-slice class (do not modify: shared)."""
+    return _memo(layout)[1]
 
 
 def _sizes(layout: Layout) -> tuple[int, ...]:
-    return tuple(sorted((s.slices for s in layout.slices), reverse=True))
+    return _memo(layout)[2]
 
 
 def _is_running(job: PlanJob) -> bool:
