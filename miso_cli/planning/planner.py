@@ -94,10 +94,17 @@ class PlanJob:
             return False
         if self.memory_mb is None:
             return True
-        try:
-            return self.memory_mb <= model.by_slices(slices).memory_mb
-        except KeyError:
-            return False
+        memory = _class_memory(model, slices)
+        return memory is not None and self.memory_mb <= memory
+
+
+@lru_cache(maxsize=256)
+def _class_memory(model: GpuModel, slices: int) -> float | None:
+    """Memory of ``model``'s instance of ``slices`` compute slices (None: no such class)."""
+    try:
+        return float(model.by_slices(slices).memory_mb)
+    except KeyError:
+        return None
 
 
 @dataclass
@@ -190,7 +197,7 @@ class _Group:
     model: GpuModel
     gpus: list[PlanGpu]
     current: Layout
-    layouts: list[Layout]
+    layouts: tuple[Layout, ...]
 
 
 def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: float) -> list[_Group]:
@@ -224,8 +231,33 @@ def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: flo
         else:
             # The same GPU state recurs from plan to plan: computed once.
             layouts = _distinct_maximal(first.model, first.layout, frozenset(keep))
-        out.append(_Group(first.model, members, first.layout, list(layouts)))
+        out.append(_Group(first.model, members, first.layout, layouts))
     return out
+
+
+# Per tuple of layouts (a group's, which recur from plan to plan): which layouts hold
+# each instance, and each class's instance count per layout. Keyed by id, tuple kept.
+_INDEX: dict[int, tuple[object, dict[Slice, list[int]], dict[int, list[tuple[int, int]]]]] = {}
+
+
+def _layout_index(
+    layouts: Sequence[Layout],
+) -> tuple[dict[Slice, list[int]], dict[int, list[tuple[int, int]]]]:
+    """For a group's layouts: instance -> positions of the layouts holding it, and
+    size class -> (position, instances of that class) for the layouts that have any."""
+    got = _INDEX.get(id(layouts))
+    if got is None or got[0] is not layouts:
+        holding: dict[Slice, list[int]] = {}
+        per_class: dict[int, list[tuple[int, int]]] = {}
+        for k, lay in enumerate(layouts):
+            for sl in lay.slices:
+                holding.setdefault(sl, []).append(k)
+            for c, n in _class_counts(lay).items():
+                per_class.setdefault(c, []).append((k, n))
+        if len(_INDEX) > 20_000:
+            _INDEX.clear()
+        got = _INDEX[id(layouts)] = (layouts, holding, per_class)
+    return got[1], got[2]
 
 
 def _distinct_layouts(
@@ -845,11 +877,8 @@ def _plan(
                 assert job.gpu is not None and sl is not None
                 gi = group_of[job.gpu]
                 if gi not in holding:
-                    table: dict[Slice, list[int]] = {}
-                    for col, lay in zip(z[gi], groups[gi].layouts, strict=True):
-                        for s in lay.slices:
-                            table.setdefault(s, []).append(col)
-                    holding[gi] = table
+                    index, _ = _layout_index(groups[gi].layouts)
+                    holding[gi] = {s: [z[gi][k] for k in ks] for s, ks in index.items()}
                 having = holding[gi].get(sl, [])
                 constraint([x, *having], [1.0] + [-1.0] * len(having), -math.inf, 0.0)
     if determined:
@@ -866,11 +895,9 @@ def _plan(
             for gi, grp in enumerate(groups):
                 if grp.model.key != key:
                     continue
-                for col, lay in zip(z[gi], grp.layouts, strict=True):
-                    k = _class_counts(lay).get(c, 0)
-                    if k:
-                        cols.append(col)
-                        coefs.append(-float(k))
+                for k, count in _layout_index(grp.layouts)[1].get(c, ()):
+                    cols.append(z[gi][k])
+                    coefs.append(-float(count))
             constraint(cols, coefs, -math.inf, 0.0)
     if chain:
         queue = [xvars[i] for i in range(len(jobs)) if jobs[i].waiting and not _is_running(jobs[i])]
