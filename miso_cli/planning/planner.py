@@ -770,7 +770,7 @@ def _plan(
     for grp in groups:
         cols = []
         for lay in grp.layouts:
-            changes = bool(grp.current.slices) and lay is not grp.current
+            changes = bool(grp.current.slices) and lay is not grp.current and lay != grp.current
             cols.append(len(cost))
             cost.append(reconfig_cost if changes else 0.0)
             upper.append(float(len(grp.gpus)))
