@@ -314,6 +314,23 @@ def prior_prediction(
     return SlicePrediction(rel, unc, source="prior")
 
 
+# The prior of the view being decided on: one decision asks for it several times, and
+# it reads every job the run has seen. The view is kept so that its id is not reused.
+_PRIOR_MEMO: dict[str, object] = {}
+
+
+def _view_prior(view: ClusterView, classes: Sequence[int]) -> SlicePrediction:
+    """:func:`prior_prediction` of ``view``'s jobs, computed once per view and classes."""
+    key = (tuple(classes), view.now, len(view.jobs))
+    if _PRIOR_MEMO.get("view") is not view or _PRIOR_MEMO.get("classes") != key:
+        _PRIOR_MEMO.update(
+            view=view, classes=key, prior=prior_prediction(view.jobs.values(), classes)
+        )
+    prior = _PRIOR_MEMO["prior"]
+    assert isinstance(prior, SlicePrediction)
+    return prior
+
+
 class MisoPlus(Policy):
     """Ours: cluster-wide, cost-aware, partial re-planning. See the module docstring."""
 
@@ -449,7 +466,7 @@ class MisoPlus(Policy):
         classes = sorted(
             {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
         )
-        prior = prior_prediction(view.jobs.values(), classes)
+        prior = _view_prior(view, classes)
         fresh = [
             j
             for j in view.queue()
@@ -545,7 +562,7 @@ class MisoPlus(Policy):
             classes = sorted(
                 {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
             )
-            prior = prior_prediction(view.jobs.values(), classes)
+            prior = _view_prior(view, classes)
         out: dict[int, GpuTarget] = {}
         for gp in result.gpus:
             gpu = next(g for g in gpus if g.index == gp.index)
@@ -687,7 +704,7 @@ class MisoPlus(Policy):
         model_classes = sorted(
             {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
         )
-        prior = prior_prediction(view.jobs.values(), model_classes)
+        prior = _view_prior(view, model_classes)
         jobs: list[PlanJob] = []
         running: list[JobView] = []
         for g in gpus:
