@@ -3,17 +3,25 @@
 Shell scripts call miso often; its start-up must stay close to the interpreter's.
 Each command runs in a fresh process, ``--repeat`` times, after one warm-up run
 (which fills the page cache and the bytecode cache, as on a machine in use).
-Prints the median and best wall time of each and the ratio to ``python -c pass``,
+Prints the median and best wall time of each, the median CPU time (user + system,
+which a busy machine disturbs less than wall time) and the ratio to ``python -c pass``,
 then the slowest imports of ``miso status`` (``python -X importtime``) and any
 heavy library (numpy, scikit-learn, scipy, joblib) that a command loaded.
 
+``--against DIR`` compares with another source tree (an older commit, say): the two
+trees' commands run in turn, each as ``python -m miso_cli`` with its own tree first on
+``PYTHONPATH``, so that load from other processes falls on both alike.
+
     python benchmarks/cold_start.py [--repeat 20]
+    git worktree add /tmp/miso-before HEAD~5
+    python benchmarks/cold_start.py --against /tmp/miso-before
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -32,16 +40,57 @@ def miso_argv() -> list[str]:
     return [sys.executable, "-m", "miso_cli"]
 
 
-def timed(argv: list[str], env: dict[str, str], repeat: int) -> list[float]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(argv: list[str], env: dict[str, str], cwd: str | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of ``argv``."""
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, check=False, cwd=cwd)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.decode()[-500:]}")
+    return wall, cpu
+
+
+def timed(argv: list[str], env: dict[str, str], repeat: int) -> list[tuple[float, float]]:
     subprocess.run(argv, env=env, capture_output=True, check=False)  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        r = subprocess.run(argv, env=env, capture_output=True, check=False)
-        times.append(time.perf_counter() - t0)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.decode()[-500:]}")
-    return times
+    return [run_once(argv, env) for _ in range(repeat)]
+
+
+def compare(against: Path, env: dict[str, str], repeat: int) -> None:
+    """This tree's commands against ``against``'s, run in turn; medians and ratios."""
+    trees = {"this": ROOT, "against": against.resolve()}
+    envs = {k: dict(env, PYTHONPATH=str(v)) for k, v in trees.items()}
+    # Not from a source tree: `python -m` puts the working directory first on sys.path.
+    cwd = env["MISO_STATE_DIR"]
+    cases = [
+        ("miso --help", ["--help"]),
+        ("miso --version", ["--version"]),
+        ("miso status --gpu sim:a100-40gb", ["status", "--gpu", "sim:a100-40gb"]),
+    ]
+    print(f"cold start, {repeat} runs each, in turn: this tree ({ROOT}) against {against}")
+    print(f"  {'command':34} {'this wall':>10} {'cpu':>8} {'against':>10} {'cpu':>8} {'wall x':>7}")
+    for name, args in cases:
+        argv = [sys.executable, "-m", "miso_cli", *args]
+        got: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
+        for k in trees:  # warm-up: page cache and bytecode of both trees
+            subprocess.run(argv, env=envs[k], capture_output=True, check=False, cwd=cwd)
+        for _ in range(repeat):
+            for k in trees:
+                got[k].append(run_once(argv, envs[k], cwd))
+        wall = {k: statistics.median(w for w, _ in v) for k, v in got.items()}
+        cpu = {k: statistics.median(c for _, c in v) for k, v in got.items()}
+        print(
+            f"  {name:34} {wall['this'] * 1000:8.1f}ms {cpu['this'] * 1000:6.0f}ms "
+            f"{wall['against'] * 1000:8.1f}ms {cpu['against'] * 1000:6.0f}ms "
+            f"{wall['this'] / wall['against']:6.2f}x"
+        )
 
 
 def heavy_modules(code: str, env: dict[str, str]) -> list[str]:
@@ -84,10 +133,19 @@ def slowest_imports(argv: list[str], env: dict[str, str], top: int = 8) -> list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument(
+        "--against",
+        type=Path,
+        help="another source tree of miso (e.g. a git worktree of an older commit) to "
+        "compare with, run in turn with this one",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, MISO_STATE_DIR=tmp, NO_COLOR="1")
         env.pop("MISO_GPU", None)
+        if args.against is not None:
+            compare(args.against, env, args.repeat)
+            return
         miso = miso_argv()
         cases = [
             ("python -c pass", [sys.executable, "-c", "pass"]),
@@ -96,12 +154,16 @@ def main() -> None:
             ("miso status --gpu sim:a100-40gb", [*miso, "status", "--gpu", "sim:a100-40gb"]),
         ]
         results = {name: timed(argv, env, args.repeat) for name, argv in cases}
-        base = statistics.median(results["python -c pass"])
+        base = statistics.median(w for w, _ in results["python -c pass"])
         print(f"cold start, {args.repeat} runs each ({' '.join(miso)}), wall time:")
-        print(f"  {'command':36} {'median':>9} {'best':>9} {'x python':>9}")
-        for name, times in results.items():
-            med = statistics.median(times)
-            print(f"  {name:36} {med * 1000:7.1f}ms {min(times) * 1000:7.1f}ms {med / base:8.1f}x")
+        print(f"  {'command':36} {'median':>9} {'best':>9} {'cpu':>9} {'x python':>9}")
+        for name, runs in results.items():
+            walls = [w for w, _ in runs]
+            med, cpu = statistics.median(walls), statistics.median(c for _, c in runs)
+            print(
+                f"  {name:36} {med * 1000:7.1f}ms {min(walls) * 1000:7.1f}ms "
+                f"{cpu * 1000:7.1f}ms {med / base:8.1f}x"
+            )
         status_code = (
             "from miso_cli.cli import app\n"
             "try:\n    app(['status', '--gpu', 'sim:a100-40gb'])\n"

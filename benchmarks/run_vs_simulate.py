@@ -12,7 +12,8 @@ JCT and makespan as ratios to ``nopart`` (run, simulated), and the absolute figu
 
 The simulator is told what a restart and a reconfiguration cost ``miso run`` here:
 ``--restart-s`` and ``--reconfig-s`` wall seconds (a Python job's start and a
-simulated MIG change), times the speed-up.
+simulated MIG change), times the speed-up; ``miso run`` tells its policy the same
+restart cost (``--restart-cost``), so both engines decide from the same figures.
 """
 
 from __future__ import annotations
@@ -111,13 +112,16 @@ def write_queue(path: Path, jobs: list[dict[str, Any]], speedup: float) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_real(jobs: list[dict[str, Any]], policy: str, gpu: str, speedup: float) -> dict[str, Any]:
+def run_real(
+    jobs: list[dict[str, Any]], policy: str, gpu: str, speedup: float, restart_cost: float
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="miso-rvs-") as tmp:
         q = Path(tmp) / "queue.toml"
         write_queue(q, jobs, speedup)
         state = Path(tmp) / "state"
         cmd = [sys.executable, "-m", "miso_cli", "run", str(q), "--gpu", gpu, "--json"]
         cmd += ["--policy", policy, "--speedup", repr(speedup), "--state-dir", str(state)]
+        cmd += ["--restart-cost", repr(restart_cost)]  # what the policy is told, as simulated
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         started = time.monotonic()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
@@ -140,7 +144,7 @@ def run_real(jobs: list[dict[str, Any]], policy: str, gpu: str, speedup: float) 
 def run_sim(
     jobs: list[dict[str, Any]], policy: str, gpu: str, restart_s: float, reconfig_s: float
 ) -> dict[str, Any]:
-    from miso_cli.cli.simulate import _gpus
+    from miso_cli.commands.simulate import simulated_gpus as _gpus
     from miso_cli.policy import registry
     from miso_cli.sim.simulator import SimConfig, TraceJob, make_predict, simulate
 
@@ -203,7 +207,7 @@ def main() -> int:
     for label, jobs in queues:
         results = {}
         for pol in policies:
-            real = run_real(jobs, pol, args.gpu, args.speedup)
+            real = run_real(jobs, pol, args.gpu, args.speedup, args.restart_s * args.speedup)
             sim = run_sim(
                 jobs, pol, args.gpu, args.restart_s * args.speedup, args.reconfig_s * args.speedup
             )

@@ -121,6 +121,7 @@ def test_the_run_queues_jobs_in_file_order(tmp_path: Path) -> None:
 
     journal = _journal(tmp_path, JOB.format("zeta") + JOB.format("alpha"))
     ex = Executor(None, NoPart(), journal, clock=lambda: 1000.0)
+    ex._engine = ex._build_engine(resumed=True)  # both in the queue, as a resumed run finds them
     assert [j.name for j in ex.view().queue()] == ["zeta", "alpha"]
 
 
@@ -132,16 +133,17 @@ def test_arrival_is_an_offset_from_the_start(tmp_path: Path) -> None:
         tmp_path, JOB.format("early") + JOB.format("late") + 'arrival = "90s"\n', now=1000.0
     )
     assert journal.jobs["late"].queued_at == 1090.0
+    from miso_cli.engine.core import Arrived
+
     now = [1000.0]
     ex = Executor(None, NoPart(), journal, clock=lambda: now[0])
-    seen: list[str] = []
-    ex._decide = lambda event: seen.append(f"{event.kind}:{event.job}")  # type: ignore[method-assign]
     ex._schedule_arrivals()
+    ex._engine = ex._build_engine(resumed=True)
     assert list(ex.view().jobs) == ["early"]
-    assert ex.arrivals(1089.0) == [] and seen == []
+    assert ex.engine.jobs["late"].arrival_s == 90.0  # the engine's clock starts with the run
+    assert ex.arrivals(1089.0) == [] and ex.facts == []
     now[0] = 1090.0
-    assert ex.arrivals(1090.0) == ["late"] and seen == ["arrival:late"]
-    assert list(ex.view().jobs) == ["early", "late"]
+    assert ex.arrivals(1090.0) == ["late"] and ex.facts == [Arrived("late")]
 
 
 @pytest.mark.parametrize(
@@ -238,17 +240,23 @@ def test_a_wrong_target_is_refused_before_any_job_is_asked_to_stop(tmp_path: Pat
     from miso_cli.policy.simple import NoPart
     from miso_cli.runtime.executor import Executor, GpuState
 
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    bad = GpuTarget(0, "mig", Layout((lay.slices[0],)), {"a": lay.slices[1]})
+
+    class Wrong(NoPart):
+        def decide(self, event, view):  # type: ignore[no-untyped-def]
+            return [bad]
+
     journal = _journal(tmp_path, JOB.format("a"))
     rec = journal.jobs["a"]
     rec.state, rec.gpu, rec.pid = "running", 0, 424242
-    ex = Executor(None, NoPart(), journal, clock=lambda: 1000.0)
+    ex = Executor(None, Wrong(), journal, clock=lambda: 1000.0)
     ex.gpus = [GpuState(0, "GPU-x", "A100", A100)]
+    ex._engine = ex._build_engine(resumed=True)
     stopped: list[list[str]] = []
     ex.stop_jobs = lambda names, reasons, wait: stopped.append(names)  # type: ignore[method-assign]
-    lay = place(A100, ["4g.20gb", "3g.20gb"])
-    bad = GpuTarget(0, "mig", Layout((lay.slices[0],)), {"b": lay.slices[1]})
     with pytest.raises(UsageError, match="assigned to no instance"):
-        ex.apply(bad)
+        ex._perform(ex._ask(ex.engine.tick, 0.0, True))
     assert stopped == [] and rec.state == "running"
 
 

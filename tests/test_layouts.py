@@ -154,3 +154,38 @@ def test_new_models_tables_and_layouts() -> None:
         "1g.24gb+1g.24gb+1g.24gb+1g.24gb",
     }
     assert place(rtx, ["2g.48gb", "1g.24gb"]).name == "2g.48gb+1g.24gb"
+
+
+@pytest.mark.parametrize("key", ["a30-24gb", "a100-40gb", "h100-80gb"])
+def test_layouts_are_listed_in_one_order_whatever_the_hash_seed(key: str) -> None:
+    """With ``+me`` profiles two layouts could tie on sizes and places; the order then
+    followed set iteration, which changes with PYTHONHASHSEED (``miso layouts --include-me``
+    printed them differently from one run to the next)."""
+    from miso_cli.gpu.layouts import layout_order
+
+    layouts = enumerate_layouts(model(key), include_me=True, include_double_memory=True)
+    keys = [layout_order(lay) for lay in layouts]
+    assert len(set(map(repr, keys))) == len(keys)  # a total order: no two layouts tie
+    assert keys == sorted(keys)
+
+
+def test_the_listing_is_the_same_under_two_hash_seeds() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from miso_cli.gpu.layouts import enumerate_layouts; from miso_cli.gpu.profiles import "
+        "model; print([l.name for l in enumerate_layouts(model('a30-24gb'), include_me=True)])"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outs) == 1

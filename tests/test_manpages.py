@@ -356,3 +356,46 @@ def test_job_name_completion_from_a_queue(tmp_path: Path) -> None:
     ctx = SimpleNamespace(params={"queue": str(tmp_path / "missing.toml"),
                                   "state_dir": str(tmp_path)})  # fmt: skip
     assert complete_job_name(ctx, "") == []
+
+
+def test_command_list_matches_each_commands_help() -> None:
+    """`miso --help` lists the commands from a table (nothing imported): the table must
+    say what each command's own help says first."""
+    from miso_cli.cli import COMMANDS, SUMMARIES
+
+    docs = {" ".join(d.path[1:]): d for d in manpages.collect()}
+    assert [name for name, _ in COMMANDS] == list(SUMMARIES)
+    for name, _ in COMMANDS:
+        first = " ".join(docs[name].description[0].split())
+        assert SUMMARIES[name] == first, f"miso {name}: SUMMARIES differs from its help"
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))"
+    r = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    return set(r.stdout.split())
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """`miso --help` imports no command module; `miso status` only its own."""
+    from miso_cli.cli import COMMANDS
+
+    commands = {f"miso_cli.cli.{module}" for _, module in COMMANDS}
+    helped = _modules_after(
+        "from miso_cli.cli import app\ntry:\n    app(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    assert "miso_cli.cli" in helped
+    assert not helped & commands
+    status = _modules_after(
+        "from miso_cli.cli import app\ntry:\n    app(['status', '--help'])\n"
+        "except SystemExit:\n    pass"
+    )
+    assert status & commands == {"miso_cli.cli.status"}
+    completed = _modules_after(
+        "import os\nos.environ.update(_MISO_COMPLETE='complete_bash', COMP_WORDS='miso ',"
+        " COMP_CWORD='1')\nfrom miso_cli.cli import app\ntry:\n    app(prog_name='miso')\n"
+        "except SystemExit:\n    pass"
+    )
+    assert "miso_cli.cli" in completed and not completed & commands  # `miso <TAB>`

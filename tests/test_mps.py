@@ -17,7 +17,7 @@ from miso_cli.gpu import mps
 from miso_cli.gpu.sim import sim_mps_control as smc
 
 ROOT = Path(__file__).resolve().parent.parent
-STANDIN = ROOT / "miso_cli" / "gpu" / "sim_mps_control.py"
+STANDIN = ROOT / "miso_cli" / "gpu" / "sim" / "sim_mps_control.py"
 DEVICE = "GPU-5e1f0c2a-0000-4000-8000-000000000001"
 
 

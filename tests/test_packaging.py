@@ -102,9 +102,11 @@ def test_every_import_is_declared() -> None:
 
 
 def test_no_typer_internals() -> None:
-    """Only Typer's and Click's public API: no typer._click, no typer.main."""
+    """Only Typer's and Click's public API: no typer._click, no typer.main (except
+    ``typer.main.get_command``, the Click command of an application, which Typer's
+    "Using Click" tutorial documents)."""
     for path in (ROOT / "miso_cli").rglob("*.py"):
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8").replace("typer.main.get_command(", "")
         for bad in ("typer._click", "typer.main", "from click", "import click"):
             assert bad not in text, f"{path.relative_to(ROOT)}: {bad}"
 

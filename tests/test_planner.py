@@ -348,17 +348,6 @@ def test_large_backfill_plan_places_as_many_as_the_count_programme() -> None:
             assert not any(j.fits(A100, s.slices) for j in jobs if j.name in got.waiting)
 
 
-def test_queue_plan_still_imports_from_the_planner() -> None:
-    import miso_cli.commands.plan as command
-    from miso_cli.planning.planner import QueuePlan, queue_plan, queue_plan_data
-
-    assert (queue_plan, queue_plan_data, QueuePlan) == (
-        command.queue_plan,
-        command.queue_plan_data,
-        command.QueuePlan,
-    )
-
-
 @pytest.mark.parametrize(("wait_cost", "placed"), [(None, True), (3000.0, True), (2000.0, False)])
 def test_a_priced_job_is_placed_only_when_that_beats_its_wait(
     wait_cost: float | None, placed: bool

@@ -299,7 +299,7 @@ def test_plan_profile_stores_then_plans_from_the_store(cli, state_dir: Path) -> 
     code, out, err = cli("plan", queue, "--gpu", "sim:a100-40gb", "--json")  # no --profile
     assert code == 0, err
     assert json.loads(out)["data"]["gpus"] == first["gpus"]
-    from miso_cli.planning.planner import queue_plan_data
+    from miso_cli.commands.plan import queue_plan_data
     from miso_cli.spec.queue import load_queue
 
     assert (

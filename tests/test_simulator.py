@@ -13,7 +13,6 @@ from miso_cli.policy.core import ClusterView, Event, GpuTarget, Policy, SlicePre
 from miso_cli.policy.simple import NoPart
 from miso_cli.sim.simulator import (
     SimConfig,
-    SimulationError,
     TraceJob,
     load_trace,
     memory_need_mb,
@@ -99,9 +98,27 @@ class _Oom(Policy):
 
 
 def test_job_that_does_not_fit_a_slice_fails_to_start_there() -> None:
+    """Out of memory on start: back in the queue; the policy is asked again (a tick)."""
     trace = _trace(("big", 0, "toy_big", 10))
-    with pytest.raises(SimulationError, match="waiting"):
-        simulate(trace, CAT, [A100], _Oom())
+    res = simulate(trace, CAT, [A100], _Oom())
+    (big,) = res.jobs
+    assert big.oom == 1 and res.oom_starts == 1
+    assert big.finish_s == pytest.approx(5 + 10)  # then on a 7g instance (5 s to set up)
+
+
+class _Never(Policy):
+    name = "never"
+    knowledge = "none"
+
+    def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
+        return []
+
+
+def test_a_job_no_policy_places_fails_with_a_reason_and_the_others_finish() -> None:
+    trace = _trace(("a", 0, "toy_a", 10), ("b", 5, "toy_a", 10))
+    res = simulate(trace, CAT, [A100], _Never())
+    assert [j.failed for j in res.jobs] == ["policy never found no GPU instance for it"] * 2
+    assert res.summary()["mean_jct_s"] is None and res.summary()["unfinished"] == 2
 
 
 def test_memory_need_sits_between_the_slices_that_fit_and_not() -> None:
@@ -239,5 +256,6 @@ def test_fit_is_decided_by_the_instance_memory_not_the_a100_column() -> None:
     big = res.jobs[0]
     assert big.finish_s is not None
     assert big.finish_s > 10 * 140 / 100  # slower than on the 3g it was measured on
-    with pytest.raises(SimulationError, match="waiting"):  # the A100's 2g.10gb: too small
-        simulate(trace, CAT, [A100], _OnOne(A100, "2g.10gb"))
+    # The A100's 2g.10gb is too small: out of memory on start, then never placed.
+    small = simulate(trace, CAT, [A100], _OnOne(A100, "2g.10gb"))
+    assert small.oom_starts >= 1 and small.jobs[0].failed and small.jobs[0].finish_s is None

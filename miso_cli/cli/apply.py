@@ -1,4 +1,7 @@
-"""``miso apply``: make a GPU's MIG instances match a layout, changing only what differs."""
+"""``miso apply``: make a GPU's MIG instances match a layout, changing only what differs.
+
+Parses the options, calls :func:`miso_cli.commands.apply.apply`, renders its result.
+"""
 
 from __future__ import annotations
 
@@ -95,169 +98,44 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.errors import BadInput, UsageError
-        from miso_cli.gpu import apply as core
-        from miso_cli.gpu.nvml import open_driver
-
-        if mig is not None and mig.lower() not in ("on", "off"):
-            raise UsageError(f"--mig: expected 'on' or 'off', not {mig!r}")
-        chosen = sum(x is not None and x != [] for x in (profiles, plan, mig))
-        if chosen != 1:
-            raise UsageError(
-                "give the wanted instances, or --plan FILE, or --mig on|off (exactly one)",
-                hint="e.g. miso apply --gpu-index 0 4g.20gb 2g.10gb 1g.5gb",
-            )
-        if check and dry_run:
-            raise UsageError("--check and --dry-run do not go together")
-        wanted: list[tuple[int, list[str], str]] = []
-        if plan is not None:
-            wanted = [(i, toks, f"{plan}: GPU {i}") for i, toks in core.load_plan(plan)]
-        elif profiles:
-            wanted = [(gpu_index, list(profiles), "arguments")]
         from miso_cli.cli.common import stderr_console
-        from miso_cli.runtime.locks import hold_gpus
+        from miso_cli.commands.apply import MigModeResult, apply, wanted_layouts
 
-        drv = open_driver(gpu, state_dir_or_default(state_dir))
-        notes: list[str] = []
+        wanted = wanted_layouts(profiles, plan, mig, gpu_index, check=check, dry_run=dry_run)
 
         def note(msg: str) -> None:
-            notes.append(msg)
             stderr_console().print(f"miso: {msg}", markup=False, soft_wrap=True)
 
-        try:
-            if plan is not None:
-                count = drv.device_count()
-                for i, _, source in wanted:
-                    if i >= count:
-                        raise BadInput(
-                            f"{source}: no such GPU (this machine has {count})",
-                            hint="see 'miso status'",
-                        )
-            indices = [gpu_index] if mig is not None else [i for i, _, _ in wanted]
-            readonly = check or dry_run
-            hold = hold_gpus(drv, indices, "apply", wait_s=wait, recover=not readonly, note=note)
-            with hold as locks:
-                if mig is not None:
-                    return _mode(drv, gpu_index, mig.lower() == "on", check, dry_run)
-                return _apply(drv, wanted, locks, force, check, dry_run, notes)
-        finally:
-            drv.close()
+        result = apply(
+            gpu,
+            state_dir_or_default(state_dir),
+            wanted,
+            mig=None if mig is None else mig.lower() == "on",
+            gpu_index=gpu_index,
+            from_plan=plan is not None,
+            force=force,
+            dry_run=dry_run,
+            check=check,
+            wait_s=wait,
+            note=note,
+        )
+        data = result.to_json()
+        if isinstance(result, MigModeResult):
+            return Result(
+                data, lambda out: _render_mode(out, data), result.exit_code, result.errors
+            )
+        reports = data["gpus"]
+        return Result(
+            data, lambda out: _render(out, reports, check), result.exit_code, result.errors
+        )
 
     execute("apply", body, json_out=json_out, debug=debug)
 
 
-def _apply(
-    drv: Any,
-    wanted: list[tuple[int, list[str], str]],
-    locks: dict[int, Any],
-    force: bool,
-    check: bool,
-    dry_run: bool,
-    notes: list[str],
-) -> Result:
-    from miso_cli.errors import ExitCode
-    from miso_cli.gpu import apply as core
-
-    reports: list[dict[str, Any]] = []
-    code = ExitCode.OK
-    errors: list[dict[str, Any]] = []
-    # Every GPU's layout is checked before any GPU changes: a plan that is wrong
-    # for its second GPU must not leave the first one half-way.
-    resolved = [(i, core.resolve(drv, i, toks, source)) for i, toks, source in wanted]
-    for i, layout in resolved:
-        if check:
-            info = drv.gpu(i)
-            current = drv.current_layout(i) if info.mig_current else None
-            # Down to each compute instance and MIG device, not profile names alone.
-            problems = core.state_problems(drv, i, layout)
-            if locks[i].intent_path.exists():
-                problems.append(
-                    f"GPU {i}: an interrupted apply is unfinished (the next "
-                    "'miso apply' finishes or rolls it back)"
-                )
-            ok = not problems
-            reports.append(
-                {
-                    "gpu_index": i,
-                    "wanted": layout.to_json(),
-                    "current": current.to_json() if current else None,
-                    "matches": ok,
-                    "problems": problems,
-                }
-            )
-            if not ok:
-                code = ExitCode.STATE_DIFFERS
-                errors.append({"code": "STATE_DIFFERS", "message": "; ".join(problems)})
-            continue
-        rep = core.apply_layout(
-            drv, i, layout, force=force, dry_run=dry_run, intent=locks[i].intent_path
-        )
-        reports.append(rep.to_json())
-        if rep.pending_reset:  # MIG mode could not be switched on: say why, per model
-            code = ExitCode.STATE_DIFFERS
-            change = rep.mode_change
-            needs_reset = change is None or change.needs_reset
-            errors.append(
-                {
-                    "code": "STATE_DIFFERS",
-                    "message": (
-                        change.message(i, True)
-                        if change is not None
-                        else f"GPU {i}: MIG mode is pending; the GPU must be reset"
-                    )
-                    + "; no instance was created",
-                    "hint": f"stop processes on it, run 'nvidia-smi -r -i {i}' as root "
-                    "(or reboot), then apply again"
-                    if needs_reset
-                    else "stop the processes using the GPU, then apply again",
-                }
-            )
-    data = {"check": check, "dry_run": dry_run, "gpus": reports, "recovered": notes}
-    return Result(
-        data=data,
-        render=lambda out: _render(out, reports, check),
-        exit_code=code,
-        errors=errors,
-    )
-
-
-def _mode(drv: Any, i: int, on: bool, check: bool, dry_run: bool) -> Result:
-    from miso_cli.errors import ExitCode
-
-    info = drv.gpu(i)
-    data: dict[str, Any] = {
-        "gpu_index": i,
-        "mig_wanted": on,
-        "mig_current": info.mig_current,
-        "mig_pending": info.mig_pending,
-        "changed": False,
-    }
-    code = ExitCode.OK
-    errors = []
-    change = None
-    if info.mig_current != on and not (check or dry_run):
-        change = drv.set_mig_mode(i, on)
-        data.update(change.to_json())
-        data["mig_current"], data["mig_pending"] = change.current, change.pending
-        data["changed"] = change.current == on
-    if data["mig_current"] != on:
-        code = ExitCode.STATE_DIFFERS
-        msg = f"GPU {i}: MIG mode is {'on' if data['mig_current'] else 'off'}"
-        hint = f"stop processes on it, then 'nvidia-smi -r -i {i}' as root, or reboot"
-        if change is not None:  # the driver's answer, in this GPU's terms
-            msg = change.message(i, on) or msg
-            if not change.needs_reset:
-                hint = "stop the processes using the GPU, then set MIG mode again"
-        elif data["mig_pending"] == on and not check and not dry_run:
-            msg += f"; {'on' if on else 'off'} is pending until the GPU is reset"
-        errors.append({"code": "STATE_DIFFERS", "message": msg, "hint": hint})
-
-    def render(out: Console) -> None:
-        state = "on" if data["mig_current"] else "off"
-        verb = "switched" if data["changed"] else "is"
-        out.print(f"GPU {i}: MIG mode {verb} {state}", markup=False)
-
-    return Result(data=data, render=render, exit_code=code, errors=errors)
+def _render_mode(out: Console, data: dict[str, Any]) -> None:
+    state = "on" if data["mig_current"] else "off"
+    verb = "switched" if data["changed"] else "is"
+    out.print(f"GPU {data['gpu_index']}: MIG mode {verb} {state}", markup=False)
 
 
 def _render(out: Console, reports: list[dict[str, Any]], check: bool) -> None:

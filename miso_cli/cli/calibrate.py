@@ -20,8 +20,6 @@ from miso_cli.cli.common import (
     stderr_console,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-
 
 def command(
     gpu: GpuOpt = None,
@@ -91,89 +89,28 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.errors import BadInput, ExitCode, UsageError
-        from miso_cli.gpu.nvml import open_driver
-        from miso_cli.predict.calibrate import (
-            CalibrationSettings,
-            calibrate,
-            calibration_files,
-            synthetic_jobs,
-        )
-        from miso_cli.predict.data import read_many
-        from miso_cli.predict.fitting import fit_rows, parse_estimators
-        from miso_cli.predict.observations import observation_rows
-        from miso_cli.predict.persist import default_model_path
+        from miso_cli.commands.calibrate import calibrate_gpu
+        from miso_cli.predict.fitting import parse_estimators
 
         require_finite(speedup=speedup, max_level_s=max_level_s)
         names = parse_estimators(estimators)
-        sdir = state_dir_or_default(state_dir)
-        drv = open_driver(gpu, sdir)
-        try:
-            if queue is not None:
-                from miso_cli.spec.queue import load_queue
-
-                jobs = load_queue(queue).jobs
-            elif drv.is_simulated:
-                jobs = synthetic_jobs(
-                    catalog or EXAMPLES / "catalog.csv", EXAMPLES / "sim_train.py"
-                )
-            else:
-                raise UsageError(
-                    "--queue: a real GPU needs real calibration jobs",
-                    hint="write a queue file of training jobs with workload names, "
-                    "e.g. examples/pytorch.toml",
-                )
-            err = stderr_console()
-            settings = CalibrationSettings(
-                speedup=speedup,
-                min_steps=min_steps,
-                max_level_s=max_level_s,
-                mixes=not no_mixes,
-            )
-            res = calibrate(
-                drv,
-                gpu_index,
-                sdir,
-                jobs,
-                settings,
-                progress=lambda line: err.print(f"calibrate: {line}", markup=False),
-            )
-            key = drv.gpu_model(gpu_index).key
-            driver = drv.driver_version()
-        finally:
-            drv.close()
-        data: dict[str, Any] = {
-            "gpu_index": gpu_index,
-            "gpu_model": key,
-            "pairs": str(res.csv_path),
-            "rows": len(res.rows),
-            "restored": res.restored,
-            "original_layout": res.original_layout,
-            "jobs": res.statuses,
-            "notes": res.notes,
-            "fit": None,
-        }
-        errors = []
-        if not no_fit:
-            rows = read_many(calibration_files(sdir, key)) + observation_rows(sdir, key)
-            try:
-                data["fit"] = fit_rows(
-                    rows,
-                    default_model_path(sdir, key),
-                    gpu_model_key=key,
-                    estimators=names,
-                    driver=driver,
-                    extra={"calibrated_on": {"gpu_index": gpu_index, "driver": driver}},
-                )
-            except BadInput as exc:  # the pairs are stored: say why there is no model yet
-                exc.hint = "the pairs are kept; calibrate with more workloads, then miso fit"
-                errors.append(exc.as_dict())
-        return Result(
-            data,
-            render=lambda c: _render(c, data),
-            errors=errors,
-            exit_code=ExitCode.BAD_INPUT if errors else ExitCode.OK,
+        err = stderr_console()
+        report = calibrate_gpu(
+            gpu,
+            state_dir_or_default(state_dir),
+            gpu_index=gpu_index,
+            queue=queue,
+            catalog=catalog,
+            speedup=speedup,
+            min_steps=min_steps,
+            max_level_s=max_level_s,
+            mixes=not no_mixes,
+            fit=not no_fit,
+            estimators=names,
+            progress=lambda line: err.print(f"calibrate: {line}", markup=False),
         )
+        data = report.to_json()
+        return Result(data, lambda c: _render(c, data), report.exit_code, report.errors)
 
     execute("calibrate", body, json_out=json_out, debug=debug)
 

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from miso_cli.cli.output import dumps, envelope
+from miso_cli.commands import require_finite  # noqa: F401 - the command modules take it from here
 from miso_cli.errors import ExitCode, MisoError
 
 
@@ -69,21 +70,6 @@ class Result:
     render: Callable[[Console], None] | None = None
     exit_code: ExitCode = ExitCode.OK
     errors: list[dict[str, Any]] = field(default_factory=list)
-
-
-def require_finite(**options: float | None) -> None:
-    """Refuse ``inf`` and ``nan``: Typer reads them as floats, and no miso option means either.
-
-    Keyword names are the options' (``profile_s`` for ``--profile-s``).
-    """
-    import math
-
-    from miso_cli.errors import UsageError
-
-    for name, value in options.items():
-        if value is not None and not math.isfinite(value):
-            option = "--" + name.replace("_", "-")
-            raise UsageError(f"{option}: must be a finite number, got {value}")
 
 
 def stderr_console() -> Console:

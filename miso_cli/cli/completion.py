@@ -98,16 +98,15 @@ _BY_PARAM = {
 _JOB_ARGUMENTS = {("cancel", "jobs"), ("logs", "job"), ("priority", "job")}
 
 
-def attach(group: Any) -> None:
-    """Give the group's commands' parameters their completion (Click's ``shell_complete``
+def attach_command(name: str, cmd: Any) -> None:
+    """Give the parameters of ``miso NAME`` their completion (Click's ``shell_complete``
     on the parameter, replaced per instance)."""
-    for name, cmd in getattr(group, "commands", {}).items():
-        for param in getattr(cmd, "params", []):
-            func = _BY_PARAM.get(param.name)
-            if func is not None:
-                _set(param, lambda ctx, incomplete, f=func: f(incomplete))
-            elif (name, param.name) in _JOB_ARGUMENTS:
-                _set(param, complete_job_name)
+    for param in getattr(cmd, "params", []):
+        func = _BY_PARAM.get(param.name)
+        if func is not None:
+            _set(param, lambda ctx, incomplete, f=func: f(incomplete))
+        elif (name, param.name) in _JOB_ARGUMENTS:
+            _set(param, complete_job_name)
 
 
 @dataclass

@@ -41,21 +41,8 @@ def command(
     def body(console: Console) -> Result:
         from miso_cli.commands import doctor
 
-        sdir = state_dir_or_default(state_dir, check=False)
-        checks = doctor.run_checks(gpu, sdir)
-        code = doctor.exit_code(checks)
-        errors = [
-            {"code": c.blocks.name, "message": f"{c.name}: {c.message}", "hint": c.fix}
-            for c in checks
-            if c.status == doctor.FAIL and c.blocks is not None
-        ]
-        for err in errors:
-            if not err["hint"]:
-                del err["hint"]
-        data = {
-            "ready": code == 0,
-            "checks": [c.to_json() for c in checks],
-        }
+        report = doctor.doctor(gpu, state_dir_or_default(state_dir, check=False))
+        checks, code = report.checks, report.exit_code
 
         def render(out: Console) -> None:
             from rich.text import Text
@@ -74,6 +61,6 @@ def command(
                 tail = f" ({n_warn} warning(s))" if n_warn else ""
                 out.print(f"ready for miso run{tail}", markup=False)
 
-        return Result(data=data, render=render, exit_code=code, errors=errors)
+        return Result(report.to_json(), render, exit_code=code, errors=report.errors)
 
     execute("doctor", body, json_out=json_out, debug=debug)

@@ -140,67 +140,42 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.export import handoff as ex
+        from miso_cli.commands.export import ExportOptions, export_layouts
 
-        sdir = state_dir_or_default(state_dir)
-        queue_spec = None
-        if queue is not None:
-            from miso_cli.spec.queue import load_queue
-
-            queue_spec = load_queue(queue)
-        if plan is not None:
-            handoff = ex.load_plan(plan)
-            if queue_spec is not None:
-                ex.attach_queue(handoff, queue_spec)
-        elif queue_spec is not None:
-            handoff = ex.plan_queue(queue_spec, gpu, sdir)
-        else:
-            from miso_cli.gpu.nvml import open_driver
-
-            drv = open_driver(gpu, sdir)
-            try:
-                handoff = ex.from_driver(drv)
-            finally:
-                drv.close()
-        existing = ex.load_configmap(merge_configmap) if merge_configmap is not None else None
-        if existing is not None and fmt is not Format.k8s:
-            from miso_cli.errors import UsageError
-
-            raise UsageError("--merge-configmap: only for --format k8s")
-        bundle = ex.export(
-            handoff,
+        result = export_layouts(
+            gpu,
+            state_dir_or_default(state_dir),
             fmt.value,
-            node=node,
-            namespace=operator_namespace,
-            job_namespace=namespace,
-            image=image,
-            node_config=config_name,
-            existing_configs=existing,
-            slurm_types=slurm_types,
-            workdir_volume=workdir_volume,
+            plan=plan,
+            queue=queue,
+            merge_configmap=merge_configmap,
+            out=out,
+            options=ExportOptions(
+                node=node,
+                namespace=namespace,
+                operator_namespace=operator_namespace,
+                image=image,
+                config_name=config_name,
+                slurm_types=slurm_types,
+                workdir_volume=workdir_volume,
+            ),
         )
-        # mig-parted's own check of what was written, where the tool is installed.
-        bundle.summary["validated"] = ex.validate_with_mig_parted(bundle)
-        written = ex.write_bundle(bundle, out) if out is not None else []
-        data = dict(bundle.summary)
-        data["files"] = dict(sorted(bundle.files.items()))
-        data["written"] = [str(p) for p in written]
 
         def render(con: Console) -> None:
             from miso_cli.cli.common import stderr_console
 
             err = stderr_console()
-            for w in handoff.warnings:
+            for w in result.warnings:
                 err.print(f"miso: warning: {w}", markup=False)
             if out is None:
                 # The files themselves, ready for a pipe (kubectl apply -f -, > config.yaml).
-                typer.echo(ex.stream_text(bundle, fmt.value), nl=False)
+                typer.echo(result.stream_text(), nl=False)
                 return
-            for p in written:
+            for p in result.written:
                 con.print(str(p), markup=False, highlight=False, soft_wrap=True)
-            for step in bundle.summary.get("steps", []):
+            for step in result.bundle.summary.get("steps", []):
                 con.print(f"  {step}", markup=False, highlight=False, soft_wrap=True)
 
-        return Result(data=data, render=render)
+        return Result(data=result.to_json(), render=render)
 
     execute("export", body, json_out=json_out, debug=debug)

@@ -26,17 +26,6 @@ GpuModelOpt = Annotated[
 ]
 
 
-def resolve_gpu_model(key: str) -> str:
-    from miso_cli.errors import UsageError
-    from miso_cli.gpu.profiles import MODELS
-
-    if key.lower() not in MODELS:
-        raise UsageError(
-            f"--gpu-model: unknown GPU model {key!r}", hint="known: " + ", ".join(sorted(MODELS))
-        )
-    return key.lower()
-
-
 def command(
     data: Annotated[
         Optional[list[Path]],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
@@ -92,37 +81,21 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.errors import BadInput
-        from miso_cli.predict.calibrate import calibration_files
-        from miso_cli.predict.data import read_many
-        from miso_cli.predict.fitting import fit_rows, parse_estimators
-        from miso_cli.predict.observations import observation_rows, observations_path
-        from miso_cli.predict.persist import default_model_path
+        from miso_cli.commands.predict import fit_model, gpu_model_key
+        from miso_cli.predict.fitting import parse_estimators
 
-        key = resolve_gpu_model(gpu_model)
+        key = gpu_model_key(gpu_model)
         names = parse_estimators(estimators)
-        sdir = state_dir_or_default(state_dir)
-        rows = read_many(data or [])
-        use_obs = observations or not data
-        n_obs = 0
-        n_cal = 0
-        if use_obs:
-            obs = observation_rows(sdir, key)
-            cal = read_many(calibration_files(sdir, key))
-            n_obs, n_cal = len(obs), len(cal)
-            if not obs and not cal and not data:
-                raise BadInput(
-                    f"no training data: no --data given, no usable observations in "
-                    f"{observations_path(sdir, key)} and no calibration pairs",
-                    hint="pass --data FILE.csv, run `miso calibrate`, or run jobs with "
-                    "`miso run` first",
-                )
-            rows.extend(cal)
-            rows.extend(obs)
-        target = out if out is not None else default_model_path(sdir, key)
-        report = fit_rows(rows, target, gpu_model_key=key, estimators=names, random_state=seed)
-        report["observation_rows"] = n_obs
-        report["calibration_rows"] = n_cal
+        fitted = fit_model(
+            state_dir_or_default(state_dir),
+            key,
+            data=data or [],
+            observations=observations,
+            estimators=names,
+            out=out,
+            seed=seed,
+        )
+        report = fitted.to_json()
         return Result(report, render=lambda c: _render(c, report))
 
     execute("fit", body, json_out=json_out, debug=debug)

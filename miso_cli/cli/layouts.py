@@ -1,8 +1,12 @@
-"""``miso layouts``: every valid MIG layout of one GPU, enumerated from its placements."""
+"""``miso layouts``: every valid MIG layout of one GPU, enumerated from its placements.
+
+Parses the options, calls :func:`miso_cli.commands.layouts.list_layouts`, renders the
+layouts as a table or CSV.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -79,61 +83,22 @@ def command(
     """
 
     def body(console: Console) -> Result:
+        from miso_cli.commands.layouts import list_layouts
         from miso_cli.errors import UsageError
-        from miso_cli.gpu.layouts import enumerate_layouts
 
         if fmt not in ("table", "csv"):
             raise UsageError(f"--format {fmt!r}: expected table or csv")
-        from miso_cli.gpu.profiles import MODELS
-        from miso_cli.gpu.profiles import model as model_of
-
-        if model is not None:
-            try:
-                gm = model_of(model)
-            except KeyError:
-                raise UsageError(
-                    f"--model: unknown GPU model {model!r}",
-                    hint="known: " + ", ".join(sorted(MODELS)),
-                ) from None
-            source = "table"
-        else:
-            from miso_cli.gpu.nvml import open_driver
-
-            drv = open_driver(gpu, state_dir_or_default(state_dir))
-            try:
-                gm = drv.gpu_model(gpu_index)
-            finally:
-                drv.close()
-            source = "simulated" if drv.is_simulated else "driver"
-        layouts = enumerate_layouts(
-            gm,
-            maximal=not all_layouts,
+        found = list_layouts(
+            gpu,
+            lambda: state_dir_or_default(state_dir),
+            gpu_index=gpu_index,
+            model=model,
             include_me=include_me,
             include_double_memory=include_double_memory,
+            all_layouts=all_layouts,
         )
-        data: dict[str, Any] = {
-            "model": gm.key,
-            "name": gm.name,
-            "gpu_index": None if model is not None else gpu_index,
-            "source": source,
-            "maximal_only": not all_layouts,
-            "include_me": include_me,
-            "include_double_memory": include_double_memory,
-            "profiles": [
-                {
-                    "name": p.name,
-                    "id": p.profile_id,
-                    "slices": p.slices,
-                    "memory_mb": p.memory_mb,
-                    "instance_count": p.instance_count,
-                    "placements": [{"start": pl.start, "size": pl.size} for pl in p.placements],
-                    "variant": p.variant,
-                }
-                for p in gm.profiles
-            ],
-            "count": len(layouts),
-            "layouts": [lay.to_json() for lay in layouts],
-        }
+        gm, layouts = found.model, found.layouts
+        data = found.to_json()
 
         def render(out: Console) -> None:
             from rich import box

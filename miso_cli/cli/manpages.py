@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
 
 from miso_cli import __version__
+from miso_cli.cli.group import RecordingGroup
 
 MANUAL = "miso manual"
 SECTION = "1"
@@ -168,23 +168,6 @@ def _param_doc(param: Any, ctx: Any) -> ParamDoc | None:
     )
 
 
-class RecordingGroup(TyperGroup):
-    """A Typer group class that keeps the Click group Typer builds from an application.
-
-    Typer builds its Click command each time the application is called; an application
-    created with ``typer.Typer(cls=RecordingGroup)`` (or a subclass) leaves it here, so
-    the pages are generated through Typer's and Click's public API only.
-    """
-
-    last: RecordingGroup | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        from miso_cli.cli.manpages import RecordingGroup as Recording
-
-        Recording.last = self
-
-
 def click_command(app: Any) -> Any:
     """The Click group behind ``app`` (whose ``cls`` is a :class:`RecordingGroup`).
 
@@ -194,15 +177,12 @@ def click_command(app: Any) -> Any:
     import contextlib
     import io
 
-    # The class as miso_cli.cli imports it (not __main__'s copy under `python -m`).
-    from miso_cli.cli.manpages import RecordingGroup as Recording
-
-    Recording.last = None
+    RecordingGroup.last = None
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         app(args=["--help"], prog_name="miso", standalone_mode=False)
-    if Recording.last is None:
+    if RecordingGroup.last is None:
         raise TypeError("the application's group class must be a RecordingGroup")
-    return Recording.last
+    return RecordingGroup.last
 
 
 def collect(app: Any = None, root: Any = None) -> list[CommandDoc]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -70,7 +69,7 @@ def command(
 
     def body(console: Console) -> Result:
         from miso_cli.cli.common import require_finite, state_dir_or_default
-        from miso_cli.planning.planner import queue_plan
+        from miso_cli.commands.plan import plan_queue
         from miso_cli.spec.queue import load_queue
 
         require_finite(risk=risk)
@@ -78,7 +77,7 @@ def command(
         sdir = state_dir_or_default(state_dir)
         if profile:  # here, so that an idle split GPU can be offered back whole (and restored)
             _profile_missing(spec, gpu, sdir, layout_consent(reset_layout, json_out))
-        planned = queue_plan(
+        planned = plan_queue(
             spec,
             gpu,
             sdir,
@@ -89,14 +88,8 @@ def command(
             profile=profile,
         )
         data, result, by_name = planned.data, planned.result, planned.jobs
-        simulated = bool(gpu and gpu.strip().lower().startswith("sim:"))
+        simulated = planned.simulated
         pr = data["predicted"]
-        # Seconds of GPU time at the profiled speed. On a simulated GPU those are the
-        # catalog's seconds: a run of synthetic jobs takes 1/--speedup of them in wall time.
-        pr["time_base"] = "catalog" if simulated else "gpu"
-        pr["unknown_reason"] = (
-            _unknown_reason(spec, result, by_name) if pr["mean_jct_s"] is None else None
-        )
         predictor = data.get("predictor") or {}
 
         def render(out: Console) -> None:
@@ -144,53 +137,8 @@ def command(
 def _profile_missing(spec: Any, gpu: str | None, sdir: Path, consent: Any) -> None:
     """Profile (co-located, 100/50/14 %) the jobs without a fresh stored profile."""
     from miso_cli.cli.profile import _ProgressView
-    from miso_cli.commands.profile import profile_queue
-    from miso_cli.gpu.nvml import open_driver
-    from miso_cli.runtime.profiler import ProfileSettings
-    from miso_cli.spec.profiles_store import fresh_profiles
+    from miso_cli.commands.profile import missing_profile_settings, profile_missing
 
-    levels = (100.0, 50.0, 14.0)
-    drv = open_driver(gpu, sdir)
-    try:
-        if not drv.device_count():
-            return
-        fresh = fresh_profiles(
-            sdir,
-            spec.jobs,
-            gpu_model=drv.gpu_model(0).key,
-            driver_version=drv.driver_version(),
-            levels=levels,
-        )
-        missing = [j for j in spec.jobs if j.name not in fresh]
-        if not missing:
-            return
-        settings = ProfileSettings(mode="colocated", levels=levels)
-        with _ProgressView(len(levels), settings.min_steps) as view:
-            profile_queue(drv, missing, sdir, settings, sink=view.sink, consent=consent)
-    finally:
-        drv.close()
-
-
-def short_list(names: Sequence[str], limit: int = 5) -> str:
-    """``a, b, c, d, e, ... (7 in all)``: a list cut short says so."""
-    shown = ", ".join(names[:limit])
-    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
-
-
-def _unknown_reason(spec: Any, result: Any, jobs: dict[str, Any]) -> str:
-    """Why the plan has no predicted completion time, naming the jobs."""
-    no_steps = [j.name for j in spec.jobs if not j.steps]
-    if no_steps:
-        verb = "has" if len(no_steps) == 1 else "have"
-        return f"give each job 'steps': {short_list(no_steps)} {verb} none"
-    stuck = [
-        n
-        for n in result.waiting
-        if not any(jobs[n].fits(g.model, s.slices) for g in result.gpus for s in g.layout.slices)
-    ]
-    if stuck:
-        return (
-            f"no instance of this layout fits waiting {short_list(stuck)}: it starts after a "
-            "re-plan, which this estimate does not cover"
-        )
-    return "a waiting job fits no instance that frees up in this layout"
+    settings = missing_profile_settings()
+    with _ProgressView(len(settings.levels), settings.min_steps) as view:
+        profile_missing(gpu, spec.jobs, sdir, sink=view.sink, consent=consent)

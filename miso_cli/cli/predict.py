@@ -16,7 +16,7 @@ from miso_cli.cli.common import (
     execute,
     state_dir_or_default,
 )
-from miso_cli.cli.fit import GpuModelOpt, resolve_gpu_model
+from miso_cli.cli.fit import GpuModelOpt
 
 
 def command(
@@ -55,57 +55,11 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.gpu.profiles import MODELS
-        from miso_cli.predict import load_predictor
-        from miso_cli.predict.data import read_profile_csv
-        from miso_cli.predict.features import usable_profile
+        from miso_cli.commands.predict import gpu_model_key, predict_file
 
-        key = resolve_gpu_model(gpu_model)
-        pred = load_predictor(model, key, state_dir_or_default(state_dir))
-        rows = read_profile_csv(data)
-        target = MODELS[key]
-        slices = sorted((p.slices for p in target.standard_profiles()), reverse=True)
-        usable = [r for r in rows if usable_profile(r.mps)]
-        detailed = iter(pred.predict_rows(usable, gpu_model=target))
-        items: list[dict[str, Any]] = []
-        errors: dict[int, list[float]] = {g: [] for g in slices}
-        for i, r in enumerate(rows):
-            if usable_profile(r.mps):
-                rel, sig, src = next(detailed)
-            else:  # no profile: the model's centre, flagged by its source and spread
-                p = pred.predict_one({}, memory_mb=r.memory_mb, gpu_model=target)
-                rel = p.relative
-                sig = {g: p.uncertainty[g] / rel[g] for g in rel}
-                src = {g: ("measured" if g == max(slices) else "prior") for g in rel}
-            item: dict[str, Any] = {"row": i + 1, "workload": r.workload}
-            unc: dict[str, float | None] = {}
-            sources: dict[str, str | None] = {}
-            for g in slices:
-                name = f"mig_{g}g"
-                item[name] = rel.get(g)
-                unc[name] = rel[g] * sig[g] if g in rel else None
-                sources[name] = src.get(g)
-                truth = r.ratio(g)
-                if truth is not None and g in rel and g != max(slices):
-                    errors[g].append(abs(rel[g] / truth - 1.0))
-            item["uncertainty"] = unc
-            item["source"] = sources
-            items.append(item)
-        result: dict[str, Any] = {
-            "model": pred.metadata.get("path"),
-            "source": pred.source,
-            # fitted, prior or blend, and why (see miso_cli/predict/selection.py)
-            "model_used": pred.metadata.get("model_used"),
-            "predictor": pred.metadata.get("description"),
-            "selection": pred.metadata.get("selection"),
-            "gpu_model": key,
-            "predictions": items,
-        }
-        scored = {f"mig_{g}g": (sum(e) / len(e), len(e)) for g, e in errors.items() if e}
-        if scored:
-            result["error_vs_file"] = {
-                k: {"mape": round(v, 5), "rows": n} for k, (v, n) in scored.items()
-            }
+        key = gpu_model_key(gpu_model)
+        found = predict_file(data, model, key, state_dir_or_default(state_dir))
+        result, slices = found.to_json(), found.slices
         return Result(result, render=lambda c: _render(c, result, slices))
 
     execute("predict", body, json_out=json_out, debug=debug)

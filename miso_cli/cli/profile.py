@@ -1,4 +1,8 @@
-"""``miso profile``: measure every job of a queue under MPS and store the profiles."""
+"""``miso profile``: measure every job of a queue under MPS and store the profiles.
+
+Parses the options, calls :func:`miso_cli.commands.profile.profile` with a progress
+display, renders its report.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,8 @@ from miso_cli.cli.common import (
     Result,
     StateDirOpt,
     execute,
-    require_finite,
     state_dir_or_default,
 )
-from miso_cli.errors import ExitCode, UsageError
 
 
 def command(
@@ -82,64 +84,32 @@ def command(
     """
 
     def body(console: Any) -> Result:
-        from miso_cli.spec.queue import load_queue, parse_duration_s
+        from miso_cli.commands.profile import profile, profile_settings
+        from miso_cli.spec.queue import load_queue
 
-        if mode not in ("colocated", "solo"):
-            raise UsageError(f"--mode: {mode!r} is not one of colocated, solo")
-        try:
-            cap = parse_duration_s(max_time)
-        except ValueError as exc:
-            raise UsageError(f"--max-time: {exc}") from None
-        if not cap > 0:
-            raise UsageError("--max-time: must be positive")
-        if speedup is not None and not speedup > 0:
-            raise UsageError("--speedup: must be positive")
-        require_finite(speedup=speedup)
-        from miso_cli.runtime.profiler import ProfileSettings, parse_levels
-
-        settings = ProfileSettings(
+        settings = profile_settings(
             mode=mode,
-            levels=parse_levels(levels) if levels is not None else None,
+            levels=levels,
             warmup_steps=warmup_steps,
             min_steps=min_steps,
-            max_level_s=cap,
+            max_time=max_time,
             speedup=speedup,
             gpu_index=gpu_index,
         )
         spec = load_queue(queue)
         sdir = state_dir_or_default(state_dir)
-        from miso_cli.commands.profile import profile_queue
-        from miso_cli.gpu.nvml import open_driver
-
-        drv = open_driver(gpu, sdir)
-        view = _ProgressView(len(settings.resolved_levels()), settings.min_steps)
-        try:
-            with view:
-                report = profile_queue(
-                    drv,
-                    spec.jobs,
-                    sdir,
-                    settings,
-                    refresh=refresh,
-                    sink=view.sink,
-                    consent=layout_consent(reset_layout, json_out),
-                )
-        finally:
-            drv.close()
-        errors = []
-        code = ExitCode.OK
-        bad = [p["job"] for p in report["profiles"] if p["failed_levels"]]
-        if bad:
-            code = ExitCode.JOBS_FAILED
-            errors.append(
-                {
-                    "code": "JOBS_FAILED",
-                    "message": f"{len(bad)} job(s) failed, ran out of memory or timed out "
-                    f"at some level: {', '.join(bad)}",
-                    "hint": f"logs in {sdir / 'profiles' / 'work'}/<job>/job.log",
-                }
+        with _ProgressView(len(settings.resolved_levels()), settings.min_steps) as view:
+            report = profile(
+                gpu,
+                spec.jobs,
+                sdir,
+                settings,
+                refresh=refresh,
+                sink=view.sink,
+                consent=layout_consent(reset_layout, json_out),
             )
-        return Result(report, render=lambda c: _render(c, report), exit_code=code, errors=errors)
+        data = report.to_json()
+        return Result(data, lambda c: _render(c, data), report.exit_code, report.errors)
 
     execute("profile", body, json_out=json_out, debug=debug)
 

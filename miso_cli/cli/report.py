@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,7 +18,6 @@ from miso_cli.cli.common import (
     require_finite,
     state_dir_or_default,
 )
-from miso_cli.errors import BadInput, UsageError
 
 PriceOpt = Annotated[
     Optional[float],  # noqa: UP045 - Typer needs Optional on Python 3.10 runtimes
@@ -75,75 +72,26 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.operate import accounting
+        from miso_cli.commands import report as use
 
         require_finite(price=price)
         state = state_dir_or_default(state_dir)
-        per_hour, currency = (price, "") if price is not None else (None, "")
-        if price is None:
-            per_hour, currency = accounting.price_from_config(state)
+        per_hour, currency = use.price(state, price)
         if sim is not None:
-            if run is not None:
-                raise UsageError("give a RUN or --sim, not both")
-            if html is not None or timeline:
-                raise UsageError(
-                    "--html/--timeline need a run: for a simulation use "
-                    "miso simulate --timeline out.html"
-                )
-            data = accounting.sim_report(_read_sim(sim), price=per_hour, currency=currency)
+            use.check_report_request(run, sim, html, timeline)
+            data = use.report_simulation(sim, per_hour=per_hour, currency=currency)
             return Result(data=data, render=lambda out: render_sim(out, data))
-        from miso_cli.operate.runs import open_run
-        from miso_cli.operate.timeline import from_run
-
-        r = open_run(state, run)
-        events = accounting.read_events(r.run_dir)
-        now = time.time()
-        data = accounting.run_report(r.data, events, price=per_hour, currency=currency, now=now)
-        data["status"] = r.status
-        tl = from_run(r.data, events, r.run_dir, now=now)
-        tl.summary = accounting.summary_pairs(data)
-        tl.notes = ["Baseline: " + data["baseline"]["method"] + "."]
-        if html is not None:
-            from miso_cli.operate.html import render_html
-            from miso_cli.runtime.state import atomic_write_text
-
-            atomic_write_text(html, render_html(tl), mode=0o644)
-            data["html"] = str(html)
-        text = None
+        width = None
         if timeline:
-            from miso_cli.operate.timeline import render_text
-
-            width = console.width if console.is_terminal else shutil.get_terminal_size().columns
-            text = render_text(tl, width=max(60, width))
-            data["timeline"] = text
+            cols = console.width if console.is_terminal else shutil.get_terminal_size().columns
+            width = max(60, cols)
+        rep = use.report_run(
+            state, run, per_hour=per_hour, currency=currency, html=html, timeline_width=width
+        )
+        data, text = rep.to_json(), rep.timeline
         return Result(data=data, render=lambda out: render_run(out, data, text))
 
     execute("report", body, json_out=json_out, debug=debug)
-
-
-def _read_sim(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not UTF-8 text") from None
-    lines = [ln for ln in raw.splitlines() if ln.strip()]
-    if not lines:
-        raise BadInput(f"{path}: empty")
-    try:
-        doc = json.loads(lines[-1])  # the envelope is the last line
-    except ValueError:
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise BadInput(f"{path}: not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("command", "simulate") != "simulate":
-        raise BadInput(f"{path}: not the output of 'miso simulate --json'")
-    try:
-        return doc
-    finally:
-        pass
 
 
 def _pairs(out: Console, pairs: list[tuple[str, str]]) -> None:

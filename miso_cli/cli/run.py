@@ -76,6 +76,15 @@ def command(
             "catalog's step times (sets MISO_SIM_SPEEDUP).",
         ),
     ] = None,
+    restart_cost: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            "--restart-cost",
+            help="Checkpoint/restart seconds a move costs a job, as the policy counts "
+            "them (catalog seconds on simulated GPUs; miso simulate's --restart-cost). "
+            "Default 30.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
     state_dir: StateDirOpt = None,
@@ -99,7 +108,11 @@ def command(
             raise UsageError("--hang-timeout: must be positive")
         if speedup is not None and not speedup > 0:
             raise UsageError("--speedup: must be positive")
-        require_finite(speedup=speedup)
+        require_finite(speedup=speedup, restart_cost=restart_cost)
+        if restart_cost is not None and restart_cost < 0:
+            raise UsageError(f"--restart-cost: must be >= 0 seconds, got {restart_cost:g}")
+        if resume and restart_cost is not None:
+            raise UsageError("--resume continues the run as it was: drop --restart-cost")
         if resume and (layout or policy or model):
             raise UsageError("--resume continues the run as it was: drop --layout/--policy/--model")
         if model is not None and not model.is_file():
@@ -125,6 +138,7 @@ def command(
             hang_timeout_s=hang_s,
             speedup=speedup,
             model_path=model,
+            **({"restart_cost_s": restart_cost} if restart_cost is not None else {}),
         )
         try:
             report = run_queue(req, sink=dash, on_executor=_starter(dash))

@@ -32,29 +32,10 @@ def command(
     """
 
     def body(console: Console) -> Result:
-        from miso_cli.operate.runs import counts, list_runs, outcome
+        from miso_cli.commands.report import list_runs
 
-        now = time.time()
-        rows = []
-        for r in list_runs(state_dir_or_default(state_dir)):
-            started = float(r.data.get("started_at") or 0.0)
-            ended = r.data.get("ended_at")
-            rows.append(
-                {
-                    "run_id": r.run_id,
-                    "status": r.status,
-                    "live": r.live,
-                    "policy": r.policy,
-                    "gpu_spec": r.data.get("gpu_spec"),
-                    "started_at": started,
-                    "ended_at": ended,
-                    "elapsed_s": (float(ended) if ended else now) - started,
-                    "jobs": counts(r),
-                    "outcome": outcome(r),
-                    "run_dir": str(r.run_dir),
-                }
-            )
-        data = {"runs": rows}
+        found = list_runs(state_dir_or_default(state_dir))
+        data, rows = found.to_json(), found.runs
         return Result(data=data, render=lambda out: render(out, rows))
 
     execute("runs", body, json_out=json_out, debug=debug)

@@ -1,4 +1,8 @@
-"""``miso status``: the runs of this machine, and the GPUs, their MIG instances and processes."""
+"""``miso status``: the runs of this machine, and the GPUs, their MIG instances and processes.
+
+Parses the options, calls :func:`miso_cli.commands.status.status` (once, or once per
+view with ``--watch``), renders its report.
+"""
 
 from __future__ import annotations
 
@@ -61,29 +65,9 @@ def command(
     from miso_cli.cli.common import require_finite
 
     def snapshot() -> dict[str, Any]:
-        from miso_cli.errors import NoGpu
-        from miso_cli.gpu.nvml import open_driver
-        from miso_cli.operate.view import collect_runs
+        from miso_cli.commands.status import status
 
-        state = state_dir_or_default(state_dir)
-        runs = collect_runs(state)
-        spec = gpu
-        if spec is None:  # the GPUs of the run shown (a driven one first), if it names them
-            ordered = sorted(runs, key=lambda r: not r["live"])
-            spec = next((r["gpu_spec"] for r in ordered if r["gpu_spec"]), None)
-        try:
-            drv = open_driver(spec, state)
-            try:
-                data = collect(drv)
-            finally:
-                drv.close()
-        except NoGpu as exc:
-            if not runs:
-                raise
-            # The runs are still worth showing: the GPU part says why it is missing.
-            return {"runs": runs, "gpus": [], "gpu_error": exc.as_dict()}
-        data["runs"] = runs
-        return data
+        return status(gpu, state_dir_or_default(state_dir)).to_json()
 
     def body(console: Console) -> Result:
         require_finite(interval=interval)
@@ -131,63 +115,6 @@ def render_all(out: Console, data: dict[str, Any]) -> None:
 def _gpu_error(out: Console, err: dict[str, Any]) -> None:
     hint = f" ({err['hint']})" if err.get("hint") else ""
     out.print(f"GPUs: {err['message']}{hint}", markup=False, soft_wrap=True)
-
-
-def collect(drv: Any) -> dict[str, Any]:
-    """The status payload; a GPU that fails to answer becomes a row with an error."""
-    from miso_cli.errors import MisoError
-
-    gpus: list[dict[str, Any]] = []
-    for i in range(drv.device_count()):
-        row: dict[str, Any] = {"index": i, "error": None}
-        try:
-            info = drv.gpu(i)
-            row.update(info.to_json())
-        except MisoError as exc:
-            row.update(
-                {
-                    "name": None,
-                    "uuid": None,
-                    "memory_total_mb": None,
-                    "mig_capable": None,
-                    "mig_current": None,
-                    "mig_pending": None,
-                    "model_key": None,
-                    "instances": [],
-                    "processes": [],
-                    "layout": None,
-                    "error": exc.as_dict(),
-                }
-            )
-            gpus.append(row)
-            continue
-        row["instances"], row["processes"], row["layout"] = [], [], None
-        notes = []
-        try:
-            insts = drv.instances(i)
-            row["instances"] = [m.to_json() for m in insts]
-            if insts and all(m.slice is not None for m in insts):
-                from miso_cli.gpu.layouts import Layout
-
-                row["layout"] = Layout.of(m.slice for m in insts).name
-            elif info.mig_current and not insts:
-                row["layout"] = "(empty)"
-        except MisoError as exc:
-            notes.append(exc.as_dict())
-        try:
-            row["processes"] = [p.to_json() for p in drv.processes(i)]
-        except MisoError as exc:
-            notes.append(exc.as_dict())
-        if notes:
-            row["error"] = notes[0]
-        gpus.append(row)
-    return {
-        "simulated": bool(drv.is_simulated),
-        "sim_state_path": str(drv.sim_state_path) if drv.sim_state_path else None,
-        "driver_version": drv.driver_version(),
-        "nvml_version": drv.nvml_version(),
-        "gpus": gpus,
-    }
 
 
 def _na(value: Any) -> str:

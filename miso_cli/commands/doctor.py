@@ -682,3 +682,39 @@ def exit_code(checks: list[Check]) -> ExitCode:
         if code in blocking:
             return code
     return blocking[0]
+
+
+@dataclass
+class DoctorReport:
+    """Every check, and what they say together: ready for ``miso run`` or not, and why."""
+
+    checks: list[Check]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code(self.checks)
+
+    @property
+    def ready(self) -> bool:
+        return self.exit_code == ExitCode.OK
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """One error per check that blocks ``miso run``, with its fix as the hint."""
+        errors = []
+        for c in self.checks:
+            if c.status == FAIL and c.blocks is not None:
+                err = {"code": c.blocks.name, "message": f"{c.name}: {c.message}"}
+                if c.fix:
+                    err["hint"] = c.fix
+                errors.append(err)
+        return errors
+
+    def to_json(self) -> dict[str, Any]:
+        """The data of ``miso doctor --json``."""
+        return {"ready": self.ready, "checks": [c.to_json() for c in self.checks]}
+
+
+def doctor(gpu_spec: str | None, state_dir: Path) -> DoctorReport:
+    """``miso doctor``: run every check against ``gpu_spec`` and ``state_dir``."""
+    return DoctorReport(run_checks(gpu_spec, state_dir))

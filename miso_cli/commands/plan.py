@@ -7,7 +7,7 @@ never prints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ class QueuePlan:
     data: dict[str, Any]
     result: Plan
     jobs: dict[str, PlanJob]
+    simulated: bool = False  # planned on simulated GPUs: times are the catalog's seconds
 
 
 def _store_profile(
@@ -190,3 +191,48 @@ def queue_plan_data(
 ) -> dict[str, Any]:
     """The data of ``miso plan QUEUE --json`` for a loaded queue (options as :func:`queue_plan`)."""
     return queue_plan(queue_spec, gpu_spec, state_dir, **options).data
+
+
+def plan_queue(queue_spec: Any, gpu_spec: str | None, state_dir: Any, **options: Any) -> QueuePlan:
+    """``miso plan QUEUE``: :func:`queue_plan`, and what its predicted times are.
+
+    ``data["predicted"]`` also says the time base (``gpu`` seconds, or ``catalog``
+    seconds on simulated GPUs) and, when there is no predicted completion time, why.
+    """
+    planned = queue_plan(queue_spec, gpu_spec, state_dir, **options)
+    planned.simulated = bool(gpu_spec and gpu_spec.strip().lower().startswith("sim:"))
+    pr = planned.data["predicted"]
+    # Seconds of GPU time at the profiled speed. On a simulated GPU those are the
+    # catalog's seconds: a run of synthetic jobs takes 1/--speedup of them in wall time.
+    pr["time_base"] = "catalog" if planned.simulated else "gpu"
+    pr["unknown_reason"] = (
+        unknown_reason(queue_spec, planned.result, planned.jobs)
+        if pr["mean_jct_s"] is None
+        else None
+    )
+    return planned
+
+
+def short_list(names: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c, d, e, ... (7 in all)``: a list cut short says so."""
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+def unknown_reason(spec: Any, result: Plan, jobs: dict[str, PlanJob]) -> str:
+    """Why the plan has no predicted completion time, naming the jobs."""
+    no_steps = [j.name for j in spec.jobs if not j.steps]
+    if no_steps:
+        verb = "has" if len(no_steps) == 1 else "have"
+        return f"give each job 'steps': {short_list(no_steps)} {verb} none"
+    stuck = [
+        n
+        for n in result.waiting
+        if not any(jobs[n].fits(g.model, s.slices) for g in result.gpus for s in g.layout.slices)
+    ]
+    if stuck:
+        return (
+            f"no instance of this layout fits waiting {short_list(stuck)}: it starts after a "
+            "re-plan, which this estimate does not cover"
+        )
+    return "a waiting job fits no instance that frees up in this layout"

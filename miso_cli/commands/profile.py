@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miso_cli.errors import GpuBusy, UsageError
+from miso_cli.errors import ExitCode, GpuBusy, UsageError
 from miso_cli.spec.queue import JobSpec
 
 
@@ -57,6 +57,167 @@ class LayoutReset:
             "profiled_on": self.profiled_on,
             "restored": self.restored,
         }
+
+
+@dataclass
+class ProfileReport:
+    """What profiling a queue gave: each job's profile, measured now or reused."""
+
+    gpu: dict[str, Any]  # index, name, model, driver_version, simulated
+    mode: str  # "colocated" or "solo"
+    levels: list[float]  # active-thread percentages
+    measured: int
+    reused: int
+    profiles: list[dict[str, Any]]  # per job: JobProfile.to_json() and its failed levels
+    notes: list[str]
+    layout_reset: LayoutReset | None
+    generated_at: float
+    logs: Path  # where each job's log is kept: <logs>/<job>/job.log
+
+    @property
+    def failed_jobs(self) -> list[str]:
+        """Jobs that failed, ran out of memory or timed out at some level."""
+        return [p["job"] for p in self.profiles if p["failed_levels"]]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.JOBS_FAILED if self.failed_jobs else ExitCode.OK
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        bad = self.failed_jobs
+        if not bad:
+            return []
+        return [
+            {
+                "code": "JOBS_FAILED",
+                "message": f"{len(bad)} job(s) failed, ran out of memory or timed out "
+                f"at some level: {', '.join(bad)}",
+                "hint": f"logs in {self.logs}/<job>/job.log",
+            }
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The data of ``miso profile --json``."""
+        return {
+            "gpu": self.gpu,
+            "mode": self.mode,
+            "levels": self.levels,
+            "measured": self.measured,
+            "reused": self.reused,
+            "profiles": self.profiles,
+            "notes": self.notes,
+            "layout_reset": self.layout_reset.to_json() if self.layout_reset else None,
+            "generated_at": self.generated_at,
+        }
+
+
+def profile_settings(
+    *,
+    mode: str = "colocated",
+    levels: str | None = None,
+    warmup_steps: int = 3,
+    min_steps: int = 20,
+    max_time: str = "30s",
+    speedup: float | None = None,
+    gpu_index: int = 0,
+) -> Any:
+    """``miso profile``'s options checked, as :class:`~miso_cli.runtime.profiler.ProfileSettings`.
+
+    ``levels`` is text such as ``100,50,14`` (None: the mode's default), ``max_time`` a
+    duration (``30``, ``30s``, ``2m``). A bad value is a UsageError naming its option.
+    """
+    from miso_cli.commands import require_finite
+    from miso_cli.runtime.profiler import ProfileSettings, parse_levels
+    from miso_cli.spec.queue import parse_duration_s
+
+    if mode not in ("colocated", "solo"):
+        raise UsageError(f"--mode: {mode!r} is not one of colocated, solo")
+    try:
+        cap = parse_duration_s(max_time)
+    except ValueError as exc:
+        raise UsageError(f"--max-time: {exc}") from None
+    if not cap > 0:
+        raise UsageError("--max-time: must be positive")
+    if speedup is not None and not speedup > 0:
+        raise UsageError("--speedup: must be positive")
+    require_finite(speedup=speedup)
+    settings = ProfileSettings(
+        mode=mode,
+        levels=parse_levels(levels) if levels is not None else None,
+        warmup_steps=warmup_steps,
+        min_steps=min_steps,
+        max_level_s=cap,
+        speedup=speedup,
+        gpu_index=gpu_index,
+    )
+    settings.resolved_levels()  # a level given twice is refused before anything runs
+    return settings
+
+
+def profile(
+    gpu_spec: str | None,
+    jobs: Sequence[JobSpec],
+    state_dir: Path,
+    settings: Any,
+    *,
+    refresh: bool = False,
+    sink: Callable[[Any], None] | None = None,
+    consent: Consent = lambda offer: False,
+) -> ProfileReport:
+    """``miso profile``: open the GPUs of ``gpu_spec`` and :func:`profile_queue` ``jobs``."""
+    from miso_cli.gpu.nvml import open_driver
+
+    drv = open_driver(gpu_spec, state_dir)
+    try:
+        return profile_queue(
+            drv, jobs, state_dir, settings, refresh=refresh, sink=sink, consent=consent
+        )
+    finally:
+        drv.close()
+
+
+def missing_profile_settings() -> Any:
+    """How ``miso plan --profile`` measures the jobs without a fresh profile."""
+    from miso_cli.commands.plan import PROFILE_LEVELS_PCT
+    from miso_cli.runtime.profiler import ProfileSettings
+
+    return ProfileSettings(mode="colocated", levels=tuple(map(float, PROFILE_LEVELS_PCT)))
+
+
+def profile_missing(
+    gpu_spec: str | None,
+    jobs: Sequence[JobSpec],
+    state_dir: Path,
+    *,
+    sink: Callable[[Any], None] | None = None,
+    consent: Consent = lambda offer: False,
+) -> ProfileReport | None:
+    """Profile (co-located, 100/50/14 %) the ``jobs`` without a fresh stored profile.
+
+    None when there is no GPU or nothing to measure.
+    """
+    from miso_cli.gpu.nvml import open_driver
+    from miso_cli.spec.profiles_store import fresh_profiles
+
+    settings = missing_profile_settings()
+    drv = open_driver(gpu_spec, state_dir)
+    try:
+        if not drv.device_count():
+            return None
+        fresh = fresh_profiles(
+            state_dir,
+            jobs,
+            gpu_model=drv.gpu_model(0).key,
+            driver_version=drv.driver_version(),
+            levels=settings.levels,
+        )
+        missing = [j for j in jobs if j.name not in fresh]
+        if not missing:
+            return None
+        return profile_queue(drv, missing, state_dir, settings, sink=sink, consent=consent)
+    finally:
+        drv.close()
 
 
 def blocking_layout(drv: Any, i: int) -> Any | None:
@@ -149,8 +310,8 @@ def profile_queue(
     refresh: bool = False,
     sink: Callable[[Any], None] | None = None,
     consent: Consent = lambda offer: False,
-) -> dict[str, Any]:
-    """Profile ``jobs`` on GPU ``settings.gpu_index``; the ``miso profile --json`` data.
+) -> ProfileReport:
+    """Profile ``jobs`` on GPU ``settings.gpu_index``: what was measured, reused, stored.
 
     Jobs whose group all have fresh stored profiles (same co-runners, or alone) are
     reused; the others are measured and stored. ``consent`` is asked before an idle
@@ -255,20 +416,21 @@ def profile_queue(
         item = p.to_json()
         item["failed_levels"] = [f"{r.level:g}" for r in p.levels if r.status != "ok"]
         items.append(item)
-    return {
-        "gpu": {
+    return ProfileReport(
+        gpu={
             "index": i,
             "name": info.name,
             "model": gpu_model,
             "driver_version": driver,
             "simulated": drv.is_simulated,
         },
-        "mode": settings.mode,
-        "levels": list(levels),
-        "measured": len(measured),
-        "reused": len(reused),
-        "profiles": items,
-        "notes": notes,
-        "layout_reset": reset.to_json() if reset is not None else None,
-        "generated_at": time.time(),
-    }
+        mode=settings.mode,
+        levels=list(levels),
+        measured=len(measured),
+        reused=len(reused),
+        profiles=items,
+        notes=notes,
+        layout_reset=reset,
+        generated_at=time.time(),
+        logs=sdir / "profiles" / "work",
+    )

@@ -317,15 +317,9 @@ def attach_queue(handoff: Handoff, queue: Any) -> None:
 
 def plan_queue(queue: Any, gpu_spec: str | None, state_dir: Path) -> Handoff:
     """Plan ``queue`` on the GPUs as ``miso plan`` does, and hand off the result."""
-    try:
-        # The planning path of `miso plan`: queue + GPUs + profiles -> its --json data.
-        from miso_cli.planning.planner import queue_plan_data  # type: ignore[attr-defined]
-    except ImportError:
-        raise UsageError(
-            "--queue without --plan needs the planner of `miso plan`, which this "
-            "installation lacks",
-            hint="pass --plan PLAN.json (from `miso plan QUEUE --json`) with --queue",
-        ) from None
+    # The planning path of `miso plan`: queue + GPUs + profiles -> its --json data.
+    from miso_cli.commands.plan import queue_plan_data
+
     data = queue_plan_data(queue, gpu_spec, state_dir)
     handoff = parse_plan(data, f"plan of {queue.path}")
     handoff.source = "queue"

@@ -18,6 +18,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from miso_cli.gpu.profiles import GpuModel, Placement, SliceProfile
 
@@ -165,12 +166,17 @@ def enumerate_layouts(
             if not any(fits(model, chosen, p, pl) for p, pl in cands if (p, pl) not in chosen)
         ]
     layouts = {Layout.of(slice_of(p, pl) for p, pl in chosen) for chosen in found}
-    return sorted(
-        layouts,
-        key=lambda lay: (
-            -max((s.slices for s in lay.slices), default=0),
-            [(-s.slices, s.start) for s in sorted(lay.slices, key=lambda s: (-s.slices, s.start))],
-        ),
+    return sorted(layouts, key=layout_order)
+
+
+def layout_order(lay: Layout) -> tuple[Any, ...]:
+    """The order :func:`enumerate_layouts` lists layouts in: a total order, so the list
+    never depends on set iteration (Python's hash seed). Decreasing largest instance, then
+    the instances' sizes and places, then the name (``2g.12gb+me`` after ``2g.12gb``)."""
+    return (
+        -max((s.slices for s in lay.slices), default=0),
+        [(-s.slices, s.start) for s in sorted(lay.slices, key=lambda s: (-s.slices, s.start))],
+        lay.name,
     )
 
 

@@ -181,7 +181,7 @@ def inspect(pipe_dir: Path) -> DaemonState:
 def control_command(simulated: bool) -> list[str]:
     """The control program: NVIDIA's from PATH, or the stand-in on a simulated GPU."""
     if simulated:
-        return [sys.executable, str(Path(__file__).with_name("sim_mps_control.py"))]
+        return [sys.executable, str(Path(__file__).parent / "sim" / "sim_mps_control.py")]
     found = shutil.which(CONTROL)
     if found is None:
         raise NoGpu(

@@ -1234,17 +1234,3 @@ def estimate_nopart_mean_jct(gpus: int, jobs: Sequence[PlanJob]) -> float | None
         free[k] = t + float(job.remaining_s or 0.0) * job.relative.get(7, 1.0)
         done.append(free[k])
     return sum(done) / len(done) if done else 0.0
-
-
-# ------------------------------------------------------- moved to miso_cli.commands.plan
-
-_MOVED = ("PROFILE_LEVELS_PCT", "QueuePlan", "queue_plan", "queue_plan_data")
-
-
-def __getattr__(name: str) -> Any:
-    """The queue-file command used to live here; its names still import from this module."""
-    if name in _MOVED:
-        from miso_cli.commands import plan as command
-
-        return getattr(command, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

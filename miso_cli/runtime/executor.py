@@ -1,10 +1,14 @@
-"""The real-time driver of a scheduling policy: real processes on real or simulated GPUs.
+"""The runtime backend of :class:`miso_cli.engine.core.Engine`: processes on real or
+simulated GPUs, on the wall clock.
 
-It feeds the policy (:mod:`miso_cli.policy.core`) events with a view built from
-the journal and the driver, and carries out the targets it returns:
-checkpoint-and-stop the jobs that must move, change the layout through
-:func:`miso_cli.gpu.apply.apply_layout` (instances that stay keep their jobs),
-then start the jobs pinned to their instance. Everything it does is written to
+Every scheduling decision is the engine's, the same code ``miso simulate`` drives. The
+executor tells it what happened (a job's process ended, a job arrived, how far each job
+got, a profiling level measured enough) on the engine's clock (seconds since the start,
+times the speed-up of synthetic jobs on simulated GPUs), and carries out what it returns:
+checkpoint-and-stop a job (its signal; the engine waits for its exit), change a GPU's
+layout through :func:`miso_cli.gpu.apply.apply_layout` (instances that stay keep their
+jobs) or mode (the MPS daemon), start a job pinned to its instance, measure a profiling
+level, fail a job no policy places. Everything it does is written to
 the journal first, so ``miso run --resume`` after a crash (even ``kill -9``)
 finds running jobs again, collects the exit status of jobs that ended
 meanwhile, and restarts only the others: no job lost, none run twice.
@@ -21,27 +25,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miso_cli.engine import rules
-from miso_cli.engine.measure import ProgressMeter, measure_view
+from miso_cli.engine import core, rules
+from miso_cli.engine.core import (
+    DEFAULT_RESTART_S,
+    CollectProfile,
+    Ended,
+    EndLevel,
+    Engine,
+    EngineJob,
+    Fail,
+    Note,
+    Profiled,
+    Reconfigure,
+    Start,
+    Stop,
+)
+from miso_cli.engine.measure import ProgressMeter
 from miso_cli.errors import BadInput, MisoError, UsageError
 from miso_cli.gpu.layouts import Layout, Slice
-from miso_cli.policy.core import (
-    ClusterView,
-    Event,
-    GpuTarget,
-    GpuView,
-    JobView,
-    Policy,
-)
+from miso_cli.policy.core import ClusterView, GpuView, Policy
 from miso_cli.runtime import launch
 from miso_cli.runtime.journal import ACTIVE, Attempt, JobRecord, Journal
-from miso_cli.runtime.mps_phase import PROFILE_LEVELS, ProfilePhase
+from miso_cli.runtime.mps_phase import MIN_INTERVALS, PROFILE_LEVELS, ProfilePhase
 from miso_cli.runtime.progress import Progress, ProgressTracker
 from miso_cli.runtime.snapshot import GpuRow, JobRow, RunSnapshot
 from miso_cli.spec.queue import JobSpec
 
 DEFAULT_HANG_TIMEOUT_S = 600.0
-METRICS = ("reconfigurations", "migrations")  # counted as engine.rules defines them
+# Counted by the engine (miso_cli.engine.core), journaled, reported as miso simulate does.
+METRICS = ("reconfigurations", "migrations", "oom_starts")
 EventSink = Callable[[dict[str, Any]], None]
 
 
@@ -56,16 +68,9 @@ class ExecutorOptions:
     progress_event_s: float = 2.0  # least time between two progress events of one job
     run_as: launch.RunAs | None = None
     model_path: Path | None = None  # the predictor for profiled jobs (default: fitted, else prior)
-
-
-@dataclass
-class Pending:
-    """A target being carried out: its jobs drain, then the GPU changes, then jobs start."""
-
-    target: GpuTarget
-    wanted: dict[str, Slice | None]
-    draining: list[str]  # jobs asked to checkpoint and stop for it
-    since: float
+    # Checkpoint + restore seconds (the engine's clock) a move costs, told to the policy;
+    # miso simulate's --restart-cost.
+    restart_cost_s: float = DEFAULT_RESTART_S
 
 
 @dataclass
@@ -80,8 +85,7 @@ class GpuState:
     mig_enabled: bool = False
     layout: Layout = field(default_factory=lambda: Layout(()))
     uuids: dict[Slice, str] = field(default_factory=dict)  # instance -> MIG-uuid
-    pending: Pending | None = None  # draining -> reconfiguring -> starting
-    phase: Any = None  # a ProfilePhase while the GPU profiles its jobs under MPS
+    phase: Any = None  # a ProfilePhase (what is measured) while the engine profiles the GPU
     daemon: Any = None  # the MPS control daemon while in mode "mps"
     shares: dict[str, float] = field(default_factory=dict)  # mode "mps": job -> its share
 
@@ -140,7 +144,11 @@ class Executor:
         # What the run measured of each job's speed: kept in the journal, so that a
         # resumed run (and its policy) continues with it.
         self.meter = ProgressMeter.from_json(journal.data.get("measured"))
-        self._decided_on: tuple[object, ...] | None = None  # the last view's fingerprint
+        # Every decision is the engine's (miso_cli.engine.core); the executor tells it what
+        # happened (self.facts, passed at the next step) and carries out what it returns.
+        self._engine: Engine | None = None
+        self.facts: list[core.Fact] = []
+        self._new_phases: set[int] = set()
 
     # ------------------------------------------------------------ events
 
@@ -149,132 +157,185 @@ class Executor:
         self.journal.event(record)
         self.sink(record)
 
-    def _decide(self, event: Event) -> None:
-        view = self.view()
-        measure_view(self.meter, view)
-        fingerprint = view.fingerprint()
-        if (
-            event.kind == "tick"
-            and fingerprint == self._decided_on
-            and not getattr(self.policy, "reacts_to_progress", True)
-        ):
-            return  # nothing it reacts to changed since the policy last looked
-        self._decided_on = fingerprint
-        targets = self.policy.decide(event, view)
-        for target in targets:
-            self.journal.decision(
-                {
-                    "time": round(self.clock(), 3),
-                    "event": {"kind": event.kind, "job": event.job, "gpu": event.gpu},
-                    "gpu": target.gpu,
-                    "mode": target.mode,
-                    "layout": target.layout.name if target.mode == "mig" else None,
-                    "assignment": {
-                        j: (s.key if s is not None else None) for j, s in target.assignment.items()
-                    },
-                    "mps_share": dict(target.mps_share),
-                    "reason": target.reason,
-                    "policy": self.policy.name,
-                }
+    # ------------------------------------------------------------ the engine
+
+    def now_s(self) -> float:
+        """The engine's clock: seconds since the run started, in catalog time on simulated
+        GPUs (wall seconds times the speed-up of synthetic jobs), wall seconds on hardware."""
+        return (self.clock() - self.t0) * self.scale
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._build_engine()
+        return self._engine
+
+    def _build_engine(self, *, resumed: bool = False) -> Engine:
+        """The engine of this run, with the journal's facts (a resumed run continues them)."""
+        eng = Engine(
+            [g.model for g in self.gpus],
+            self.policy,
+            instant_stops=False,
+            wait_for_measurement=True,  # a level lasts until its step times are measured
+        )
+        eng.meter = self.meter
+        eng.now = self.now_s()
+        for g, eg in zip(self.gpus, eng.gpus, strict=True):
+            eg.mode = g.mode
+            eg.layout = g.layout if g.mode == "mig" else Layout(())
+        metrics = self.journal.data.get("metrics", {})
+        eng.reconfigurations = int(metrics.get("reconfigurations", 0))
+        eng.migrations = int(metrics.get("migrations", 0))
+        eng.oom_starts = int(metrics.get("oom_starts", 0))
+        eng.restart_overhead_s = float(metrics.get("restart_overhead_s", 0.0)) * self.scale
+        for name in self.order:
+            self._add_to_engine(eng, name, arrived=resumed)
+        return eng
+
+    def _add_to_engine(self, eng: Engine, name: str, *, arrived: bool = False) -> None:
+        """``name`` as the engine tracks it; ``arrived``: a waiting job is in the queue
+        already (a resumed run), else it joins with its :class:`~core.Arrived` fact."""
+        spec, rec = self.specs[name], self.journal.jobs[name]
+        scale = self.scale
+        j = EngineJob(
+            name,
+            arrival_s=(rec.queued_at - self.t0) * scale,
+            seq=self.seq[name],
+            total_steps=spec.steps,
+            memory_mb=spec.memory_mb,
+            # One rule in both backends: one figure for every job (--restart-cost).
+            restart_cost_s=self.opt.restart_cost_s,
+            priority=spec.priority,
+            checkpointable=spec.checkpointable,
+            workload=spec.workload,
+        )
+        p = rec.progress or {}
+        j.done = float(p.get("step") or 0.0)
+        if p.get("total"):
+            j.total_steps = float(p["total"])
+        if rec.first_started_at is not None:
+            j.start_s = (rec.first_started_at - self.t0) * scale
+        self._know_profile(j)
+        eng.add_job(j)
+        if rec.state == "finished":
+            j.state = "finished"
+            j.finish_s = ((rec.ended_at or self.t0) - self.t0) * scale
+        elif rec.terminal:
+            j.state, j.reason = "failed", rec.reason
+        elif rec.state in ACTIVE:
+            gpu = self.gpus[rec.gpu] if rec.gpu is not None and rec.gpu < len(self.gpus) else None
+            share = gpu.shares.get(name) if gpu is not None else None
+            eng.restore(
+                name,
+                "running",
+                gpu=rec.gpu,
+                slice=slice_from_json(rec.slice),
+                share=int(share) if share else None,
             )
-            self._dirty = True
-            self.apply(target)
-        if targets:
-            self.save()
+        elif name not in self.not_arrived and arrived:
+            eng.restore(name, "waiting")
 
-    # ------------------------------------------------------------ the view
+    def _know_profile(self, j: EngineJob) -> None:
+        known = self.profiles.get(j.name)
+        if known is None:
+            return
+        j.profiled = True
+        j.prediction = self.prediction(j.name)
+        mps100 = (known.get("mps") or {}).get("100")
+        j.step_time_7g_s = float(mps100) if mps100 else known.get("step_time_7g_s")
 
-    def _claims(self) -> dict[str, tuple[int, Slice | None, str]]:
-        """Jobs a pending target or a profiling phase holds: job -> (GPU, instance, state)."""
-        out: dict[str, tuple[int, Slice | None, str]] = {}
-        for g in self.gpus:
-            if g.phase is not None:
-                for name in g.phase.jobs:
-                    out[name] = (g.index, None, "profiling")
-            if g.pending is not None:
-                for name, sl in g.pending.wanted.items():
-                    state = "profiling" if g.pending.target.profile_s else "running"
-                    out[name] = (g.index, sl, state)
-        return out
+    def _feed_progress(self) -> None:
+        """What the jobs on a GPU have done, for the engine (and the policy's view)."""
+        eng = self.engine
+        for j in eng.active():
+            tracker = self.trackers.get(j.name)
+            if tracker is None:
+                continue
+            prog = tracker.progress
+            if prog.step is not None:
+                step_s = prog.step_time_s * self.scale if prog.step_time_s else None
+                total = float(prog.total) if prog.total else None
+                eng.progress(j.name, float(prog.step), total, step_s)
 
     def view(self) -> ClusterView:
-        """The facts for the policy; a GPU being changed shows as it will be (and busy)."""
-        now = self.clock() - self.t0
-        claims = self._claims()
-        jobs: dict[str, JobView] = {}
-        for name in self.order:
-            rec, spec = self.journal.jobs[name], self.specs[name]
-            if name in self.not_arrived:
-                continue  # not in the queue yet (its arrival lies ahead)
-            if rec.state == "waiting":
-                state = "waiting"
-            elif rec.state in ACTIVE:
-                state = "running"
-            elif rec.state == "finished":
-                state = "finished"
-            else:
-                state = "failed"
-            gpu, sl = (rec.gpu, slice_from_json(rec.slice)) if state == "running" else (None, None)
-            if name in claims and state in ("waiting", "running"):
-                gpu, sl, state = claims[name]
-            prog = self.trackers[name].progress if name in self.trackers else None
-            step_time = prog.step_time_s if prog else None
-            prediction = self.prediction(name)
-            if step_time is not None and rec.gpu is not None and rec.gpu < len(self.gpus):
-                rs = slice_from_json(rec.slice)
-                full = self.gpus[rec.gpu].model.compute_slices
-                step_time = rules.step_time_7g_s(
-                    step_time, rs.slices if rs else full, full, prediction
-                )
-            known = self.profiles.get(name)
-            if step_time is None and known is not None:
-                step_time = known.get("step_time_7g_s")
-            jobs[name] = JobView(
-                name=name,
-                arrival_s=rec.queued_at - self.t0,
-                state=state,  # type: ignore[arg-type]
-                priority=spec.priority,
-                memory_mb=spec.memory_mb,
-                total_steps=(prog.total if prog and prog.total else spec.steps),
-                done_steps=(prog.step or 0.0) if prog else 0.0,
-                step_time_7g_s=step_time,
-                checkpointable=spec.checkpointable,
-                restart_cost_s=spec.grace_s,
-                gpu=gpu,
-                slice=sl,
-                prediction=prediction,
-                profiled=known is not None,
-                workload=spec.workload,
-                seq=self.seq[name],
-            )
-        gpus = []
-        for g in self.gpus:
-            on: dict[str, Slice | None] = {
-                n: slice_from_json(r.slice)
-                for n, r in self.journal.jobs.items()
-                if r.state in ACTIVE and r.gpu == g.index and n not in claims
-            }
-            on.update({n: c[1] for n, c in claims.items() if c[0] == g.index})
-            gpus.append(
-                GpuView(
-                    index=g.index,
-                    model=g.model,
-                    mode=g.mode,  # type: ignore[arg-type]
-                    layout=g.layout if g.mode == "mig" else Layout(()),
-                    jobs=on,
-                    profiling=g.phase is not None,
-                    busy=g.pending is not None,
-                )
-            )
-        return ClusterView(now=now, gpus=gpus, jobs=jobs)
+        """The facts the policy sees next (the engine's view)."""
+        self._feed_progress()
+        self.engine.now = self.now_s()
+        return self.engine.view()
+
+    def step(self) -> None:
+        """One instant: what the clock brings (profiling levels), then what happened."""
+        eng = self.engine
+        self._feed_progress()
+        self._perform(self._ask(eng.due, self.now_s()))
+        while self.facts:
+            facts, self.facts = self.facts, []
+            self._perform(self._ask(eng.step, self.now_s(), facts))
+
+    def _ask(self, call: Callable[..., list[core.Action]], *args: Any) -> list[core.Action]:
+        """The engine's answer; a target no GPU can be is the policy's fault (a usage error),
+        found before any job was asked to stop for it."""
+        try:
+            return call(*args)
+        except rules.TargetError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _perform(self, actions: list[core.Action]) -> None:
+        """Carry out what the engine asks, on processes, the GPUs and the journal."""
+        for a in actions:
+            if isinstance(a, Note):
+                self._note(a)
+            elif isinstance(a, Stop):
+                if a.reason != "level":
+                    self.emit("draining", gpu=a.gpu, jobs=[a.job], reason=a.reason)
+                self.stop_jobs([a.job], {a.job: a.reason}, wait=False)
+            elif isinstance(a, Reconfigure):
+                self._reconfigure(a)
+            elif isinstance(a, Start):
+                self._start_action(a)
+            elif isinstance(a, Fail):
+                rec = self.journal.jobs[a.job]
+                if not rec.terminal:
+                    rec.state = "failed"
+                    rec.ended_at = self.clock()
+                    rec.reason = a.reason
+                    self.emit("failed", job=a.job, reason=a.reason)
+            elif isinstance(a, EndLevel):
+                self._end_level(a)
+            elif isinstance(a, CollectProfile):
+                self._collect_profile(a)
+        for gi in sorted(self._new_phases):
+            ph = self.gpus[gi].phase
+            if ph is not None:
+                self.emit("profiling", gpu=gi, jobs=list(ph.jobs), levels=list(ph.levels))
+        self._new_phases.clear()
+        if actions:
+            self._dirty = True
+            self.save()
+
+    def _note(self, a: Note) -> None:
+        if a.kind == "decision":
+            record = dict(a.fields)
+            record["at_s"] = record.pop("time")
+            record["time"] = round(self.clock(), 3)
+            record["policy"] = self.policy.name
+            self.journal.decision(record)
+        elif a.kind == "profile_cancelled":
+            g = self.gpus[int(a.fields["gpu"])]
+            if g.phase is not None:
+                self.emit("profile_cancelled", gpu=g.index, jobs=list(g.phase.jobs))
+            g.phase = None
+        else:
+            self.emit(a.kind, **dict(a.fields))
 
     def snapshot(self) -> RunSnapshot:
         """What the live view shows of this run (it reads nothing else of the executor)."""
         gpus, profiling = [], set()
+        pending = {g.index: g.pending for g in self.engine.gpus if g.pending is not None}
         for g in self.gpus:
             doing = ""
-            if g.pending is not None:
-                doing = f"changing to {g.pending.target.mode} (jobs checkpointing)"
+            if g.index in pending:
+                doing = f"changing to {pending[g.index].target.mode} (jobs checkpointing)"
             elif g.phase is not None:
                 profiling.update(g.phase.jobs)
                 doing = (
@@ -448,106 +509,57 @@ class Executor:
 
     # ------------------------------------------------------------ applying a target
 
-    def apply(self, target: GpuTarget) -> None:
-        """Begin carrying out ``target``: ask the jobs that must move to stop, then go on.
-
-        The GPU is busy until its jobs have drained; :meth:`advance` reconfigures it
-        and starts its jobs then, while the loop keeps serving the other GPUs.
-        """
-        if not 0 <= target.gpu < len(self.gpus):
-            raise UsageError(f"policy {self.policy.name} named GPU {target.gpu}, which is not here")
-        g = self.gpus[target.gpu]
-        try:  # before any job is asked to stop for it
-            rules.check_target(g.model, target, f"policy {self.policy.name}, GPU {g.index}")
-        except rules.TargetError as exc:
-            raise UsageError(str(exc)) from None
-        if g.phase is not None:  # a new target ends the profiling phase early
-            self.emit("profile_cancelled", gpu=g.index, jobs=list(g.phase.jobs))
-            g.phase = None
-        wanted: dict[str, Slice | None] = {}
-        for name, sl in target.assignment.items():
-            rec = self.journal.jobs.get(name)
-            if rec is None or rec.terminal:
-                continue
-            wanted[name] = sl if target.mode == "mig" else None
-        # Jobs that must move or leave: checkpoint and stop them (they go back to the
-        # queue, or to their new place once stopped). The rules are the simulator's.
-        running = {
-            name: rules.Placed(
-                rec.gpu if rec.gpu is not None else -1,
-                slice_from_json(rec.slice),
-                self.gpus[rec.gpu].shares.get(name)
-                if rec.gpu is not None and rec.gpu < len(self.gpus)
-                else None,
-            )
-            for name, rec in self.journal.jobs.items()
-            if rec.state in ACTIVE
-        }
-        stops = rules.moves(g.index, g.mode, target, running)
-        moving = [(n, why) for n, why in stops.items() if n in wanted or why == "requeue"]
-        metrics = self.journal.data.setdefault("metrics", dict.fromkeys(METRICS, 0))
-        if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
-            metrics["reconfigurations"] = metrics.get("reconfigurations", 0) + 1
-        metrics["migrations"] = metrics.get("migrations", 0) + sum(
-            1 for _, why in moving if why == "migrate"
-        )
-        for other in self.gpus:  # a job taken from another GPU's plan leaves that plan
-            if other is not g and other.pending is not None:
-                for name in wanted:
-                    other.pending.wanted.pop(name, None)
-        g.pending = Pending(target, wanted, [n for n, _ in moving], self.clock())
-        if moving:
-            self.emit(
-                "draining",
-                gpu=g.index,
-                jobs=[n for n, _ in moving],
-                reason=target.reason,
-            )
-        self.stop_jobs([n for n, _ in moving], {n: r for n, r in moving}, wait=False)
-        self.advance(g)
-
-    def advance(self, g: GpuState) -> None:
-        """Move ``g``'s pending target on: once its jobs drained, reconfigure and start."""
-        p = g.pending
-        if p is None:
-            return
-        if any(self.journal.jobs[n].state in ACTIVE for n in p.draining):
-            return  # still draining
-        target = p.target
-        self.emit("reconfiguring", gpu=g.index, mode=target.mode, reason=target.reason)
-        if g.daemon is not None and target.mode != "mps":
+    def _reconfigure(self, a: Reconfigure) -> None:
+        """Make a GPU what the engine's target wants, once the jobs it stops have drained."""
+        g = self.gpus[a.gpu]
+        self.emit("reconfiguring", gpu=g.index, mode=a.mode, reason=a.reason)
+        if g.daemon is not None and a.mode != "mps":
             self._stop_daemon(g)
-        if target.mode == "mig":
-            self._set_layout(g, target.layout, target.reason)
-        elif g.mig_enabled and (p.wanted or target.mode == "mps"):
+        if a.mode == "mig":
+            self._set_layout(g, a.layout, a.reason)
+        elif g.mig_enabled and (a.wanted or a.mode == "mps"):
             # MIG stays on: a whole GPU is its one full-size instance.
-            self._set_layout(g, Layout.of([self._full_slice(g)]), target.reason)
-        if g.mode != target.mode:
-            self.emit("gpu_mode", gpu=g.index, mode=target.mode, reason=target.reason)
-        g.mode = target.mode
+            self._set_layout(g, Layout.of([self._full_slice(g)]), a.reason)
+        if g.mode != a.mode:
+            self.emit("gpu_mode", gpu=g.index, mode=a.mode, reason=a.reason)
+        g.mode = a.mode
         self._record_gpus()
-        g.pending = None
-        if target.mode == "mps":
+        if a.mode == "mps":
             self._open_daemon(g)
-            g.shares = {n: float(target.mps_share.get(n, 100)) for n in p.wanted}
-            if target.profile_s:
-                names = [n for n in p.wanted if not self.journal.jobs[n].terminal]
-                g.phase = ProfilePhase(
-                    g.index,
-                    names,
-                    level_s=float(target.profile_s) / len(PROFILE_LEVELS) / self.scale,
-                    started_at=self.clock(),
-                )
-                self.emit(
-                    "profiling",
-                    gpu=g.index,
-                    jobs=names,
-                    levels=list(g.phase.levels),
-                    reason=target.reason,
-                )
+            g.shares = {n: v for n, v in g.shares.items() if n in a.wanted}
         else:
             g.shares = {}
-        self._start_wanted(g, p.wanted)
+        g.phase = None
+        if a.profile_s:
+            level_s = float(a.profile_s) / len(PROFILE_LEVELS) / self.scale
+            g.phase = ProfilePhase(g.index, [], level_s=level_s, started_at=self.clock())
+            self._new_phases.add(g.index)
+
+    def _start_action(self, a: Start) -> None:
+        g = self.gpus[a.gpu]
+        rec = self.journal.jobs[a.job]
+        if rec.state in ACTIVE or rec.terminal:
+            return
+        device = self._device(g, a.slice, a.job)
+        mps_env = None
+        if g.mode == "mps":
+            share = float(a.share or 100)
+            g.shares[a.job] = share
+            if g.daemon is not None:
+                mps_env = g.daemon.client_env(share)
+        ph = g.phase
+        if a.level is not None and ph is not None:
+            if a.job not in ph.jobs:
+                ph.jobs.append(a.job)
+            k = ph.levels.index(a.level)
+            if ph.k != k or ph.level_started is None:
+                ph.k = k
+                ph.begin_level(self.clock())
+            ph.samples.setdefault(a.job, [])
+            ph.seen.setdefault(a.job, 0)
+        self.start(a.job, g, a.slice if g.mode == "mig" else None, device, mps_env=mps_env)
+        if rec.state == "failed":  # it could not be started at all
+            self.facts.append(Ended(a.job, "failed", rec.reason))
 
     def _device(self, g: GpuState, sl: Slice | None, name: str) -> str:
         if g.mode == "mig":
@@ -562,20 +574,6 @@ class Executor:
         if g.mig_enabled:
             return g.uuids[self._full_slice(g)]
         return g.uuid
-
-    def _start_wanted(self, g: GpuState, wanted: dict[str, Slice | None]) -> None:
-        for name, sl in wanted.items():
-            rec = self.journal.jobs[name]
-            if rec.state in ACTIVE or rec.terminal:
-                continue
-            device = self._device(g, sl, name)
-            mps_env = None
-            if g.mode == "mps" and g.daemon is not None:
-                pct = g.phase.level if g.phase is not None else g.shares.get(name, 100)
-                mps_env = g.daemon.client_env(pct)
-            self.start(name, g, sl if g.mode == "mig" else None, device, mps_env=mps_env)
-        if g.phase is not None and g.phase.switching:
-            g.phase.begin_level(self.clock())
 
     # ------------------------------------------------------------ MPS
 
@@ -650,61 +648,59 @@ class Executor:
     # ------------------------------------------------------------ profiling
 
     def step_profiles(self, now: float) -> None:
-        """Collect step times of profiling jobs; switch levels; end phases with ``profiled``."""
+        """Collect the step times of the jobs a profiling phase measures (the engine
+        decides when each level ends)."""
         for g in self.gpus:
             ph = g.phase
-            if ph is None or g.pending is not None:
-                continue
-            for name in list(ph.jobs):
-                rec = self.journal.jobs[name]
-                if rec.terminal:
-                    ph.drop(name)  # finished (or failed) while profiling
-            if not ph.jobs:
-                g.phase = None
-                self._profiled(g, ph)
-                continue
-            if ph.switching:
-                if all(self.journal.jobs[n].state not in ACTIVE for n in ph.jobs):
-                    self._start_wanted(g, dict.fromkeys(ph.jobs))
+            if ph is None or ph.level_started is None:
                 continue
             for name in ph.jobs:
+                if self.journal.jobs[name].state != "running":
+                    continue
                 tracker = self._tracker(name)
-                if self.journal.jobs[name].state == "running":
-                    tracker.poll(now)
+                tracker.poll(now)
                 for t, step in list(tracker.timer.samples):
                     ph.add(name, t, step)
-            if not ph.level_done(now):
-                continue
-            ph.close_level()
-            self.emit(
-                "profile_level",
-                gpu=g.index,
-                level=ph.level,
-                step_time_s={
-                    n: round(ph.measured[n][ph.level] * self.scale, 6)
-                    for n in ph.jobs
-                    if ph.level in ph.measured.get(n, {})
-                },
-            )
-            if ph.last:
-                g.phase = None
-                self._profiled(g, ph)
-                continue
-            ph.k += 1
-            ph.switching = True
-            names = [n for n in ph.jobs if self.journal.jobs[n].state in ACTIVE]
-            self.stop_jobs(names, dict.fromkeys(names, "level"), wait=False)
+            if ph.jobs and all(len(ph.samples.get(j, ())) > MIN_INTERVALS for j in ph.jobs):
+                self.engine.level_ready(g.index)
 
-    def _profiled(self, g: GpuState, ph: ProfilePhase) -> None:
-        """Store what the phase measured, predict from it, and tell the policy."""
+    def _end_level(self, a: EndLevel) -> None:
+        g = self.gpus[a.gpu]
+        ph = g.phase
+        if ph is None:
+            return
+        self.step_profiles(self.clock())
+        ph.k = ph.levels.index(a.level)
+        ph.close_level()
+        self.emit(
+            "profile_level",
+            gpu=g.index,
+            level=ph.level,
+            step_time_s={
+                n: round(ph.measured[n][ph.level] * self.scale, 6)
+                for n in ph.jobs
+                if ph.level in ph.measured.get(n, {})
+            },
+        )
+        ph.level_started = None
+
+    def _collect_profile(self, a: CollectProfile) -> None:
+        """Store what the phase measured, predict from it, and tell the engine."""
         from miso_cli.runtime.mps_phase import stored_profile
         from miso_cli.spec import profiles_store as store
 
-        done = [n for n in ph.jobs if ph.complete(n)]
+        g = self.gpus[a.gpu]
+        ph = g.phase
+        g.phase = None
+        names = [n for n in a.jobs if ph is not None and n in ph.jobs]
+        done = [n for n in names if ph is not None and ph.complete(n)]
         info = self.drv.gpu(g.index)
         driver = self.drv.driver_version()
+        measured: dict[str, dict[int, float]] = {}
         for name in done:
+            assert ph is not None
             scaled = {lv: ph.measured[name][lv] * self.scale for lv in PROFILE_LEVELS}
+            measured[name] = {lv: v * 1000.0 for lv, v in scaled.items()}  # ms, catalog time
             others = [o for o in done if o != name]
             entry = {
                 "mps": {str(lv): v for lv, v in scaled.items()},
@@ -713,12 +709,13 @@ class Executor:
                     for o in others
                 ],
                 "jobs_in_mix": len(done),
-                "step_time_7g_s": ph.measured[name][100],
+                "step_time_7g_s": scaled[100],
                 "source": "measured",
                 "fingerprint": store.fingerprint(self.specs[name]),
             }
             self.profiles[name] = entry
             self._predictions.pop(name, None)
+            self._know_profile(self.engine.jobs[name])
             try:
                 store.save(
                     self.state_dir,
@@ -744,12 +741,12 @@ class Executor:
             "profiled",
             gpu=g.index,
             jobs=done,
-            missing=[n for n in ph.jobs if n not in done],
+            missing=[n for n in names if n not in done],
             mps_step_time_s={n: self.profiles[n]["mps"] for n in done},
             prediction=predictions,
         )
         self._dirty = True
-        self._decide(Event("profiled", gpu=g.index))
+        self.facts.append(Profiled(g.index, measured))
 
     # ------------------------------------------------------------ starting
 
@@ -1041,6 +1038,9 @@ class Executor:
             self._observe(name, attempt, tracker.progress.step_time_s)
         self._dirty = True
         self.save()
+        if self._engine is not None:  # what the engine hears of it (see Engine.step)
+            fact = _FACTS.get(outcome, "failed")
+            self.facts.append(Ended(name, fact, rec.reason))  # type: ignore[arg-type]
         fields = {"job": name, "exit_code": code, "signal": sig, "reason": rec.reason}
         if outcome == "finished":
             self.emit("finished", **fields)
@@ -1129,6 +1129,15 @@ class Executor:
         now = self.clock()
         if force or self._dirty or now - self._last_save >= self.opt.save_s:
             self.journal.data["measured"] = self.meter.to_json()
+            if self._engine is not None:
+                eng = self._engine
+                self.journal.data["metrics"] = {
+                    "reconfigurations": eng.reconfigurations,
+                    "migrations": eng.migrations,
+                    "oom_starts": eng.oom_starts,
+                    # wall seconds, as the run's other figures
+                    "restart_overhead_s": eng.restart_overhead_s / self.scale,
+                }
             self.journal.save()
             self._last_save = now
             self._dirty = False
@@ -1158,7 +1167,7 @@ class Executor:
             del self.not_arrived[name]
             arrived.append(name)
             self.emit("arrived", job=name)
-            self._decide(Event("arrival", job=name))
+            self.facts.append(core.Arrived(name))
         return arrived
 
     def take_requests(self) -> None:
@@ -1176,13 +1185,23 @@ class Executor:
             self.not_arrived[name] = self.journal.jobs[name].queued_at
         for name in [n for n in self.not_arrived if self.journal.jobs[n].state != "waiting"]:
             del self.not_arrived[name]  # cancelled before it arrived
+        eng = self.engine
+        for name in self.order:
+            rec = self.journal.jobs[name]
+            if name not in eng.jobs:
+                self._add_to_engine(eng, name)
+            elif rec.terminal and eng.jobs[name].state in ("pending", "waiting"):
+                eng.withdraw(name, rec.reason)
+            elif eng.jobs[name].priority != self.specs[name].priority:
+                eng.jobs[name].priority = self.specs[name].priority
+                eng.touch(name)
         self.save()
         inbox.done(self.journal.run_dir, got.ids)
         for ev in got.events:
             self.emit(ev.pop("event"), **ev)
         self.stop_jobs(got.cancel_running, dict.fromkeys(got.cancel_running, "cancel"), wait=False)
         if got.reprioritised:
-            self._decide(Event("tick"))
+            self._perform(self._ask(eng.tick, self.now_s(), True))
 
     def start_run(self) -> None:
         """A fresh run: every queued job without a later ``arrival`` arrives now."""
@@ -1199,9 +1218,9 @@ class Executor:
         )
         self.load_stored_profiles()
         self._schedule_arrivals()
-        for name in self.order:
-            if name not in self.not_arrived:
-                self._decide(Event("arrival", job=name))
+        self._engine = self._build_engine()
+        self.facts += [core.Arrived(n) for n in self.order if n not in self.not_arrived]
+        self.step()
 
     def resume_run(self) -> None:
         """After a crash or an interruption: find jobs again, collect exits, restart the rest."""
@@ -1271,7 +1290,10 @@ class Executor:
             collected=collected,
             restarting=restarted,
         )
-        self._decide(Event("resume"))
+        self._engine = self._build_engine(resumed=True)
+        self._feed_progress()
+        self._perform(self._ask(self.engine.resume, self.now_s()))
+        self.step()
 
     def _adopt_attempt(self, rec: JobRecord, started_at: float) -> None:
         """A job launched just before a crash, before its start was journaled."""
@@ -1295,71 +1317,37 @@ class Executor:
     def loop(self, should_stop: Callable[[], bool]) -> str:
         """Run until every job is done, or ``should_stop()``; the run's final status."""
         last_view = last_usage = 0.0
-        idle_ticks = 0
         while True:
             if should_stop():
                 self.interrupt_all()
                 return "interrupted"
-            ended = self.check_exits()
-            if ended:
-                # A job back in the queue to retry leaves the view as it was before the
-                # policy placed it (same fingerprint): the next tick must not be skipped.
-                self._decided_on = None
+            self.check_exits()
             self.enforce_deadlines()
-            # Moves first: a job that stopped for its new place starts there before the
-            # policy sees it waiting.
-            for g in self.gpus:
-                self.advance(g)
             now = self.clock()
-            # rules.EVENT_ORDER: jobs that ended, then profiling phases, then arrivals.
-            for name in ended:
-                rec = self.journal.jobs[name]
-                if rec.state not in ("finished", "failed", "hung"):
-                    continue  # stopped to move, or to retry: not news for the policy
-                kind = "finish" if rec.state == "finished" else "failed"
-                last = rec.attempts[-1] if rec.attempts else None
-                self._decide(Event(kind, job=name, gpu=last.gpu if last else None))
             self.step_profiles(now)
             self.arrivals(now)
+            self.step()  # engine.rules.EVENT_ORDER: ended, profiled, then arrivals
             if now - last_view >= self.opt.view_s:
                 last_view = now
                 self.watch(now)
                 if now - last_usage >= self.opt.usage_s:
                     last_usage = now
                     self.sample_usage()
-                self._decide(Event("tick"))
+                self._feed_progress()
+                self._perform(self._ask(self.engine.tick, self.now_s()))
                 self.save(force=False)
                 self.sink({"event": "_refresh"})
-                active = [r for r in self.journal.jobs.values() if r.state in ACTIVE]
-                waiting = [
-                    r
+                if not self.not_arrived and all(
+                    r.state not in ACTIVE and r.state != "waiting"
                     for r in self.journal.jobs.values()
-                    if r.state == "waiting" and r.name not in self.not_arrived
-                ]
-                held = self._claims()
-                if not active and not waiting and not self.not_arrived:
+                ):
                     return "finished"
-                if not active and waiting and not any(r.name in held for r in waiting):
-                    idle_ticks += 1
-                    if idle_ticks >= 3:
-                        self._unschedulable(waiting)
-                else:
-                    idle_ticks = 0
             time.sleep(self.opt.poll_s)
 
-    def _unschedulable(self, waiting: list[JobRecord]) -> None:
-        """Nothing runs, and the policy starts nothing: those jobs can never run."""
-        for rec in waiting:
-            rec.state = "failed"
-            rec.ended_at = self.clock()
-            rec.reason = f"policy {self.policy.name} found no GPU instance for it"
-            self.emit("failed", job=rec.name, reason=rec.reason)
-        self.save()
-
     def interrupt_all(self) -> None:
-        for g in self.gpus:  # nothing more starts: pending moves and phases end here
-            g.pending = None
+        for g in self.gpus:  # nothing more starts: phases end here
             g.phase = None
+        self.facts = []
         names = [n for n, r in self.journal.jobs.items() if r.state in ACTIVE]
         self.emit("interrupting", jobs=names)
         self.stop_jobs(names, {n: "interrupt" for n in names}, wait=False)
@@ -1374,6 +1362,19 @@ class Executor:
             self.enforce_deadlines()
             time.sleep(self.opt.poll_s)
         self.save()
+
+
+# How a process's end reaches the engine (an interrupted run tells it nothing more).
+_FACTS = {
+    "finished": "finished",
+    "stopped": "stopped",
+    "retry": "requeued",
+    "lost": "requeued",
+    "failed": "failed",
+    "hung": "failed",
+    "cancelled": "failed",
+    "interrupted": "failed",
+}
 
 
 def _rounded(p: Progress) -> dict[str, Any]:
@@ -1482,17 +1483,35 @@ def run_report(journal: Journal) -> dict[str, Any]:
                 "log": str(journal.log_path(job.name)),
             }
         )
-    ended = journal.data.get("ended_at") or last_end
-    makespan = max(0.0, float(ended) - t0)
-    jcts = [j["completion_s"] for j in jobs if j["completion_s"] is not None]
     gpu_slices = {
         int(g["index"]): int(g.get("compute_slices", 7))
         for g in journal.data.get("gpus", [])
         if "index" in g
     }
-    capacity = sum(gpu_slices.values())
     busy = rules.busy_slice_seconds(spans, gpu_slices)  # compute-slice seconds used by jobs
-    util = busy / (capacity * makespan) if capacity and makespan > 0 else None
+    metrics = journal.data.get("metrics", {})
+    # The figures miso simulate reports, computed by the same function (engine.core.summary).
+    figures = core.summary(
+        journal.data["policy"]["name"],
+        [
+            _Times(
+                rec.queued_at - t0,
+                None if rec.first_started_at is None else rec.first_started_at - t0,
+                (_finished_at(rec) - t0) if rec.ended_at and rec.state == "finished" else None,
+            )
+            for rec in (journal.jobs[job.name] for job in journal.queue.jobs)
+        ],
+        reconfigurations=int(metrics.get("reconfigurations", 0)),
+        migrations=int(metrics.get("migrations", 0)),
+        restart_overhead_s=float(metrics.get("restart_overhead_s", 0.0)),
+        oom_starts=int(metrics.get("oom_starts", 0)),
+        busy_slice_s=busy,
+        capacity_slices=sum(gpu_slices.values()),
+    )
+    if not any(j["state"] == "finished" for j in jobs):  # nothing finished: till the end
+        ended = journal.data.get("ended_at") or last_end
+        figures["makespan_s"] = max(0.0, float(ended) - t0)
+    util = figures["slice_utilisation"]
     states = [j["state"] for j in jobs]
     return {
         "run_id": journal.run_id,
@@ -1508,14 +1527,37 @@ def run_report(journal: Journal) -> dict[str, Any]:
             "finished": states.count("finished"),
             "failed": sum(states.count(s) for s in ("failed", "hung")),
             "other": sum(1 for s in states if s not in ("finished", "failed", "hung")),
-            "makespan_s": makespan,
-            "mean_jct_s": sum(jcts) / len(jcts) if jcts else None,
+            "makespan_s": figures["makespan_s"],
+            "mean_jct_s": figures["mean_jct_s"],
+            "p95_jct_s": figures["p95_jct_s"],
+            "mean_queue_s": figures["mean_queue_s"],
             "slice_utilisation": min(1.0, util) if util is not None else None,
-            **{k: int(journal.data.get("metrics", {}).get(k, 0)) for k in METRICS},
+            "reconfigurations": figures["reconfigurations"],
+            "migrations": figures["migrations"],
+            "restart_overhead_s": figures["restart_overhead_s"],
+            "oom_starts": figures["oom_starts"],
         },
         "run_dir": str(journal.run_dir),
         "report_file": str(journal.report_path),
     }
+
+
+def _finished_at(rec: JobRecord) -> float:
+    """When a finished job's process exited (its last attempt's end, as the exit file
+    says), not when miso noticed: the figure the simulator's finish time is."""
+    last = rec.attempts[-1] if rec.attempts else None
+    if last is not None and last.ended_at and last.outcome == "finished":
+        return min(float(last.ended_at), float(rec.ended_at or last.ended_at))
+    return float(rec.ended_at or 0.0)
+
+
+@dataclass(frozen=True)
+class _Times:
+    """A job's times as :func:`miso_cli.engine.core.summary` reads them (from the start)."""
+
+    arrival_s: float
+    start_s: float | None
+    finish_s: float | None
 
 
 def _instance_slices(a: Attempt) -> int | None:
@@ -1555,6 +1597,7 @@ class RunRequest:
     resume: bool = False
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     speedup: float | None = None
+    restart_cost_s: float = DEFAULT_RESTART_S
 
 
 def _open_driver(spec: str | None, state_dir: Path) -> Any:
@@ -1650,6 +1693,7 @@ def run_queue(
             opts = journal.data.get("options", {})
             hang = float(opts.get("hang_timeout_s", req.hang_timeout_s))
             speedup = opts.get("speedup", req.speedup)
+            restart_cost = float(opts.get("restart_cost_s", req.restart_cost_s))
             model_path = opts.get("model_path") or req.model_path
             drv = _open_driver(spec, state_dir)
             hold_all(gpu_hold, drv, "run")  # issue-11: one miso at a time changes a GPU
@@ -1686,6 +1730,7 @@ def run_queue(
             _refuse_sudo_on_simulated(drv)
             _check_fits(queue, drv, policy)
             hang, speedup, model_path = req.hang_timeout_s, req.speedup, req.model_path
+            restart_cost = req.restart_cost_s
             # The predictor is loaded now, not when the first profile comes in: a model
             # that cannot be used must stop the run before a journal or a job exists.
             predict = _load_predict(policy, drv, model_path, state_dir)
@@ -1700,6 +1745,7 @@ def run_queue(
                     "hang_timeout_s": hang,
                     "speedup": speedup,
                     "model_path": str(req.model_path) if req.model_path else None,
+                    "restart_cost_s": restart_cost,
                 },
             )
         run_as = launch.run_as_from_env(os.environ, os.geteuid())
@@ -1713,6 +1759,7 @@ def run_queue(
                 speedup=speedup,
                 run_as=run_as,
                 model_path=Path(model_path) if model_path else None,
+                restart_cost_s=restart_cost,
             ),
             sink=sink,
         )

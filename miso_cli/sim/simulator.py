@@ -1,8 +1,8 @@
-"""The virtual-clock driver of :mod:`miso_cli.policy.core`: replay a trace under a policy.
+"""The virtual backend of :class:`miso_cli.engine.core.Engine`: replay a trace under a policy.
 
-The simulator owns time and effects; the policy only sees a
-:class:`~miso_cli.policy.core.ClusterView` and returns
-:class:`~miso_cli.policy.core.GpuTarget` s, exactly as under ``miso run``.
+Every decision (event order, reconciliation, profiling phases, out of memory on start,
+jobs that can never be placed, the restart cost, the metrics) is the engine's, the same
+code ``miso run`` drives; the simulator owns only the virtual clock and the jobs' pace.
 
 What it models:
 
@@ -10,7 +10,8 @@ What it models:
   on a whole GPU its ``mig_7g``, under MPS the simulated GPU's MPS model
   (:func:`miso_cli.gpu.sim.simmps.step_time_ms`: the share and the co-runners);
 * memory: a job whose catalog entry for a size is empty does not fit it; a
-  policy that starts it there sees it fail to start (out of memory) and requeued;
+  policy that starts it there sees it fail to start (out of memory) and requeued,
+  then is asked again; a job no policy places fails (``JobRecord.failed``);
 * checkpoint/restart: a running job whose instance changes (a *migration*), or
   that is requeued and later resumed, makes no progress for its restart cost
   (30 s by default; ``restart_costs="paper"`` uses the MISO paper's measured
@@ -47,37 +48,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from miso_cli.engine import rules
-from miso_cli.engine.measure import ProgressMeter, measure_view
-from miso_cli.engine.rules import PROFILE_LEVELS, PROFILE_ORDER
-from miso_cli.errors import BadInput, MisoError
-from miso_cli.gpu.layouts import Layout, Slice
-from miso_cli.gpu.profiles import GpuModel
-from miso_cli.policy.core import (
-    ClusterView,
-    Event,
-    GpuTarget,
-    GpuView,
-    JobView,
-    Policy,
-    SlicePrediction,
+from miso_cli.engine import core
+from miso_cli.engine.core import (  # noqa: F401 (re-exported: the simulator's API)
+    DEFAULT_RESTART_S,
+    PAPER_RESTART_COSTS_S,
+    Engine,
+    EngineJob,
+    target_record,
 )
+from miso_cli.engine.rules import PROFILE_LEVELS, TargetError
+from miso_cli.errors import BadInput, MisoError
+from miso_cli.gpu.profiles import GpuModel
+from miso_cli.policy.core import Policy, SlicePrediction
 from miso_cli.spec.catalog import Catalog, Workload
-
-# Checkpoint + restore seconds per workload family, measured in the MISO paper (Li et al.,
-# SoCC 2022, artifact boringlee24/socc22-miso).
-PAPER_RESTART_COSTS_S = {
-    "bert": 18.0,
-    "cyclegan": 44.0,
-    "deepspeech2": 14.0,
-    "deepspeech": 14.0,
-    "embedding": 4.0,
-    "gnn": 5.0,
-    "mobilenet": 7.0,
-    "resnet": 9.0,
-    "transformer": 5.0,
-}
-DEFAULT_RESTART_S = 30.0
 
 
 class SimulationError(MisoError):
@@ -154,12 +137,7 @@ def _float(path: Path, line: int, column: str, text: str | None) -> float:
 
 def restart_cost_for(workload: Workload, costs: str | float | Mapping[str, float]) -> float:
     """Checkpoint/restart seconds for ``workload``: a constant, ``"paper"``, or per family."""
-    if isinstance(costs, (int, float)):
-        return float(costs)
-    table: Mapping[str, float] = PAPER_RESTART_COSTS_S if costs == "paper" else costs  # type: ignore[assignment]
-    if isinstance(table, str):
-        raise ValueError(f"unknown restart cost table {costs!r}")
-    return float(table.get(workload.family, table.get(workload.name, DEFAULT_RESTART_S)))
+    return core.restart_cost_s(workload.family, workload.name, costs)
 
 
 def mps_step_time_ms(
@@ -190,6 +168,7 @@ class SimConfig:
     seed: int = 0
     max_events: int = 200_000
     mps_model: str = "optimistic"  # issue-12: gpu/simmps.py MPS_MODELS
+    start_s: float = 0.0  # seconds a job's process takes to start, at every start
 
 
 @dataclass
@@ -202,6 +181,7 @@ class JobRecord:
     migrations: int = 0
     restarts: int = 0
     oom: int = 0
+    failed: str | None = None  # why it failed (never placed), None when it finished
 
     @property
     def jct_s(self) -> float | None:
@@ -231,87 +211,39 @@ class SimResult:
         return max((j.finish_s or 0.0) for j in self.jobs)
 
     def summary(self) -> dict[str, Any]:
-        jct = sorted(j.jct_s for j in self.jobs if j.jct_s is not None)
-        queue = [j.queue_s for j in self.jobs if j.queue_s is not None]
-        makespan = self.makespan_s
-        return {
-            "policy": self.policy,
-            "jobs": len(self.jobs),
-            "mean_jct_s": sum(jct) / len(jct) if jct else None,
-            "p95_jct_s": _percentile(jct, 95) if jct else None,
-            "mean_queue_s": sum(queue) / len(queue) if queue else None,
-            "makespan_s": makespan,
-            "reconfigurations": self.reconfigurations,
-            "migrations": self.migrations,
-            "restart_overhead_s": self.restart_overhead_s,
-            "oom_starts": self.oom_starts,
-            "slice_utilisation": (
-                self.busy_slice_s / (self.capacity_slices * makespan) if makespan > 0 else None
-            ),
-        }
+        """The figures ``miso run`` reports too (:func:`miso_cli.engine.core.summary`)."""
+        return core.summary(
+            self.policy,
+            self.jobs,
+            reconfigurations=self.reconfigurations,
+            migrations=self.migrations,
+            restart_overhead_s=self.restart_overhead_s,
+            oom_starts=self.oom_starts,
+            busy_slice_s=self.busy_slice_s,
+            capacity_slices=self.capacity_slices,
+        )
 
 
-def target_record(now: float, target: GpuTarget) -> dict[str, Any]:
-    """A target as both drivers log it (``miso run`` in its journal's decisions)."""
-    return {
-        "time": round(now, 3),
-        "gpu": target.gpu,
-        "mode": target.mode,
-        "layout": target.layout.name if target.mode == "mig" else None,
-        "assignment": {j: (s.key if s is not None else None) for j, s in target.assignment.items()},
-        "profile_s": target.profile_s,
-        "reason": target.reason,
-    }
-
-
-def _percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if len(sorted_values) == 1:
-        return float(sorted_values[0])
-    pos = (len(sorted_values) - 1) * pct / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
-
+_percentile = core.percentile
 
 Predict = Callable[[dict[int, float], list[dict[int, float]], float | None], SlicePrediction]
 
 
 @dataclass
-class _Job:
-    trace: TraceJob
+class _Virtual:
+    """What the virtual backend keeps of a job beside the engine: its pace."""
+
     workload: Workload
-    total_steps: float
-    memory_mb: float
-    restart_cost_s: float
-    record: JobRecord
-    state: str = "pending"  # pending (not arrived), waiting, running, profiling, finished
-    done: float = 0.0
-    gpu: int | None = None
-    slice: Slice | None = None
     paused_until: float = 0.0
-    prediction: SlicePrediction | None = None
-    profiled: bool = False
-    step_time_7g_s: float | None = None
     rate: float = 0.0  # steps per second now (0 while paused)
 
 
-@dataclass
-class _Gpu:
-    index: int
-    model: GpuModel
-    mode: str = "full"
-    layout: Layout = field(default_factory=lambda: Layout(()))
-    jobs: dict[str, Slice | None] = field(default_factory=dict)
-    shares: dict[str, int] = field(default_factory=dict)
-    busy_until: float = 0.0
-    profile_start: float | None = None
-    profile_end: float | None = None
-    profile_level: int | None = None  # the level the phase's jobs were started at
-
-
 class Simulator:
-    """One run of one policy over one trace. Use :func:`simulate`."""
+    """The virtual backend of :class:`~miso_cli.engine.core.Engine`. Use :func:`simulate`.
+
+    Jobs are paced by the catalog on a virtual clock; a stop completes when asked, a
+    start pays the pause the engine gives it. Every decision is the engine's.
+    """
 
     def __init__(
         self,
@@ -328,402 +260,196 @@ class Simulator:
         self.knowledge = getattr(policy, "knowledge", "none")
         if self.knowledge == "profile" and predict is None:
             raise ValueError(f"policy {policy.name} needs a predictor")
-        self.predict = predict
-        self.rng = random.Random(self.config.seed)
-        self.gpus = [_Gpu(i, m) for i, m in enumerate(gpus)]
-        if not self.gpus:
+        if not gpus:
             raise ValueError("no GPUs to simulate")
-        self.jobs: dict[str, _Job] = {}
-        self.seq: dict[str, int] = {}
-        self.meter = ProgressMeter()
-        self._views: dict[str, JobView] = {}  # arrived jobs as the policy sees them
-        self._prev_active: set[str] = set()
-        self._arrived: set[str] = set()
-        self._touched: set[str] = set()
-        self._waiting: set[str] = set()  # names of the waiting jobs, kept as views are built
+        self.rng = random.Random(self.config.seed)
+        self.engine = Engine(
+            gpus,
+            policy,
+            instant_stops=True,
+            setup_s=self.config.reconfig_s,
+            start_s=self.config.start_s,
+            predict=predict if self.knowledge == "profile" else None,
+        )
+        self.trace = {t.name: t for t in trace}
+        self.virtual: dict[str, _Virtual] = {}
         for t in trace:
-            self.seq[t.name] = len(self.seq)
             w = catalog[t.workload]
             step_7g_s = (w.step_time_ms(7) or 0.0) / 1000.0
-            self.jobs[t.name] = _Job(
-                trace=t,
-                workload=w,
-                total_steps=t.duration_7g_s / step_7g_s,
-                memory_mb=w.memory_need_mb(),  # the job's need: the same on every GPU
-                restart_cost_s=restart_cost_for(w, self.config.restart_costs),
-                record=JobRecord(t.name, t.workload, t.arrival_s),
-            )
-        self.now = 0.0
-        self.reconfigurations = 0
-        self.migrations = 0
-        self.restart_overhead_s = 0.0
-        self.oom_starts = 0
-        self.busy_slice_s = 0.0
-        self.decisions = 0
-        self.targets: list[dict[str, Any]] = []
-
-    # ------------------------------------------------------------------ the view
-
-    def view(self) -> ClusterView:
-        gviews = []
-        for g in self.gpus:
-            gviews.append(
-                GpuView(
-                    index=g.index,
-                    model=g.model,
-                    mode=g.mode,  # type: ignore[arg-type]
-                    layout=g.layout,
-                    jobs=dict(g.jobs),
-                    profiling=g.profile_end is not None,
-                    busy=False,
+            self.engine.add_job(
+                EngineJob(
+                    name=t.name,
+                    arrival_s=t.arrival_s,
+                    seq=len(self.virtual),
+                    total_steps=t.duration_7g_s / step_7g_s,
+                    memory_mb=w.memory_need_mb(),  # the job's need: the same on every GPU
+                    restart_cost_s=restart_cost_for(w, self.config.restart_costs),
+                    workload=t.workload,
                 )
             )
-        # Incremental: only the jobs that can have changed since the last view are
-        # rebuilt (those on a GPU then or now, and the newly arrived), so an event costs
-        # in proportion to the active jobs, not to every job seen.
-        active = {n for g in self.gpus for n in g.jobs}
-        touched = active | self._prev_active | self._arrived
-        self._prev_active = active
-        self._arrived = set()
-        jviews = self._views
-        for name in touched:
-            j = self.jobs[name]
-            jviews[name] = JobView(
-                name=j.trace.name,
-                arrival_s=j.trace.arrival_s,
-                state=j.state,  # type: ignore[arg-type]
-                memory_mb=j.memory_mb,
-                total_steps=j.total_steps,
-                done_steps=j.done,
-                step_time_7g_s=j.step_time_7g_s,
-                restart_cost_s=j.restart_cost_s,
-                gpu=j.gpu,
-                slice=j.slice,
-                prediction=j.prediction,
-                profiled=j.profiled,
-                workload=j.trace.workload,
-                seq=self.seq[j.trace.name],
-                measured_step_s=self.meter.of(name),
-            )
-            if j.state == "waiting":
-                self._waiting.add(name)
-            else:
-                self._waiting.discard(name)
-        self._touched = touched
-        return ClusterView(self.now, gviews, jviews, waiting=set(self._waiting))
+            self.virtual[t.name] = _Virtual(w)
+        self.jobs = self.engine.jobs
+        self.gpus = self.engine.gpus
+        self.now = 0.0
 
     # ------------------------------------------------------------------ speeds
 
-    def _step_ms(self, j: _Job, g: _Gpu) -> float | None:
+    def _step_ms(self, name: str) -> float | None:
+        j = self.jobs[name]
+        w = self.virtual[name].workload
+        g = self.gpus[j.gpu]  # type: ignore[index]
         if g.mode == "mig":
             assert j.slice is not None
             # Fit by the instance's real memory (an H100's 2g.20gb holds what missed the
             # A100's 2g.10gb), not by the catalog's column for the A100.
             mem = g.model.profile(j.slice.profile).memory_mb
-            return j.workload.step_time_on(j.slice.slices, mem, j.memory_mb)
+            return w.step_time_on(j.slice.slices, mem, j.memory_mb)
         if g.mode == "full":
-            return j.workload.step_time_ms(7)
-        pct = float(g.shares.get(j.trace.name, 100))
-        level = self._profile_level(g)
-        if level is not None:
-            pct = float(level)
+            return w.step_time_ms(7)
         co = [
-            (self.jobs[o].workload, float(level if level is not None else g.shares.get(o, 100)))
+            (self.virtual[o].workload, float(self.jobs[o].share or 100))
             for o in g.jobs
-            if o != j.trace.name and self.jobs[o].state in ("running", "profiling")
+            if o != name and self.jobs[o].state in ("running", "profiling")
         ]
-        return mps_step_time_ms(j.workload, pct, co, self.config.mps_model)
-
-    def _profile_level(self, g: _Gpu) -> int | None:
-        if g.profile_start is None or g.profile_end is None or self.now < g.profile_start:
-            return None
-        third = (g.profile_end - g.profile_start) / len(PROFILE_ORDER)
-        k = min(int((self.now - g.profile_start) / third + 1e-9), len(PROFILE_ORDER) - 1)
-        return PROFILE_ORDER[k]
+        return mps_step_time_ms(w, float(j.share or 100), co, self.config.mps_model)
 
     def _update_rates(self) -> None:
-        for g in self.gpus:
-            for name in g.jobs:
-                j = self.jobs[name]
-                if self.now < j.paused_until - 1e-9:
-                    j.rate = 0.0
-                    continue
-                step = self._step_ms(j, g)
-                j.rate = 0.0 if step is None else 1000.0 / step
+        for j in self.engine.active():
+            v = self.virtual[j.name]
+            if self.now < v.paused_until - 1e-9:
+                v.rate = 0.0
+                continue
+            step = self._step_ms(j.name)
+            rate = 0.0 if step is None else 1000.0 / step
+            if rate != v.rate and step is not None and not j.profiled:
+                self.engine.progress(j.name, j.done, None, step / 1000.0)  # its pace, seen
+            v.rate = rate
 
-    def _next_time(self, arrivals: list[tuple[float, str]]) -> float:
-        t = math.inf
+    def _next_time(self, arrivals: list[tuple[float, int, str]]) -> float:
+        t = self.engine.next_due()
         if arrivals:
-            t = arrivals[0][0]
-        for g in self.gpus:
-            if g.profile_start is not None and g.profile_end is not None:
-                third = (g.profile_end - g.profile_start) / len(PROFILE_LEVELS)
-                for k in range(len(PROFILE_LEVELS) + 1):
-                    b = g.profile_start + k * third
-                    if b > self.now + 1e-9:
-                        t = min(t, b)
-                        break
-            for name in g.jobs:
-                j = self.jobs[name]
-                if j.paused_until > self.now + 1e-9:
-                    t = min(t, j.paused_until)
-                elif j.rate > 0:
-                    t = min(t, self.now + max(0.0, j.total_steps - j.done) / j.rate)
+            t = min(t, arrivals[0][0])
+        for j in self.engine.active():
+            v = self.virtual[j.name]
+            if v.paused_until > self.now + 1e-9:
+                t = min(t, v.paused_until)
+            elif v.rate > 0:
+                t = min(t, self.now + max(0.0, (j.total_steps or 0.0) - j.done) / v.rate)
         return t
 
     def _advance(self, t: float) -> None:
         dt = t - self.now
-        if dt <= 0:
-            return
-        for g in self.gpus:
-            occupied = 0
-            for name, sl in g.jobs.items():
-                j = self.jobs[name]
-                j.done = min(j.total_steps, j.done + j.rate * dt)
-                occupied = occupied + (sl.slices if sl is not None else 0)
-            if g.jobs:
-                if g.mode == "mig":
-                    self.busy_slice_s += occupied * dt
-                else:
-                    self.busy_slice_s += g.model.compute_slices * dt
+        if dt > 0:
+            for j in self.engine.active():
+                rate = self.virtual[j.name].rate
+                if rate:
+                    j.done = min(j.total_steps or 0.0, j.done + rate * dt)
         self.now = t
 
-    # ------------------------------------------------------------------ targets
+    # ------------------------------------------------------------------ actions
 
-    def _apply(self, target: GpuTarget) -> None:
-        if not 0 <= target.gpu < len(self.gpus):
-            raise SimulationError(f"policy {self.policy.name}: no GPU {target.gpu}")
-        g = self.gpus[target.gpu]
-        if g.profile_end is not None:
-            raise SimulationError(
-                f"policy {self.policy.name}: changed GPU {g.index} while it was profiling"
-            )
-        self._validate(g, target)
-        self.decisions += 1
-        self.targets.append(target_record(self.now, target))
-        layout = target.layout if target.mode == "mig" else Layout(())
-        reset = target.mode != g.mode
-        if rules.is_reconfiguration(g.mode, g.layout, target):
-            self.reconfigurations += 1
-        running = {
-            n: rules.Placed(j.gpu, j.slice, float(self.gpus[j.gpu].shares.get(n, 100)))
-            for n, j in self._active()
-        }
-        stops = rules.moves(g.index, g.mode, target, running)
-        kept_slices = set(g.layout.slices) & set(layout.slices) if not reset else set()
-        # Jobs the target no longer lists go back to the queue (checkpointed).
-        for name in list(g.jobs):
-            if name not in target.assignment:
-                j = self.jobs[name]
-                if j.state in ("running", "profiling"):
-                    j.state = "waiting"
-                    j.record.restarts += 1
-                j.gpu, j.slice = None, None
-                del g.jobs[name]
-        if target.mode == "mig":
-            # Running jobs on instances that disappear lose them (they move below).
-            for name, sl in list(g.jobs.items()):
-                if sl not in kept_slices:
-                    del g.jobs[name]
-                    self.jobs[name].slice = None
-        elif reset:
-            for name in list(g.jobs):
-                del g.jobs[name]
-        created = set(layout.slices) - kept_slices
-        delay = self.config.reconfig_s if (reset or created) else 0.0
-        pauses: list[float] = []
-        for name, sl in target.assignment.items():
-            j = self.jobs.get(name)
-            if j is None or j.state in ("pending", "finished"):
-                raise SimulationError(
-                    f"policy {self.policy.name}: assigned {name!r}, which is not in the system"
-                )
-            if name in g.jobs and g.jobs[name] == sl and not reset and name not in stops:
-                continue  # same instance (or same MPS daemon and share): keeps running
-            moving = j.state in ("running", "profiling")
-            if moving:
-                self._detach(j)
-                self.migrations += 1
-                j.record.migrations += 1
-            if (
-                target.mode == "mig"
-                and sl is not None
-                and j.workload.step_time_on(
-                    sl.slices, g.model.profile(sl.profile).memory_mb, j.memory_mb
-                )
-                is None
-            ):
-                # Out of memory on start: the job is back in the queue, its progress kept.
-                self.oom_starts += 1
-                j.record.oom += 1
-                j.state, j.gpu, j.slice = "waiting", None, None
-                continue
-            # No progress while it restores from its checkpoint and while its new
-            # instance (or the GPU's new mode) is being set up.
-            pause = 0.0
-            if moving or j.done > 0:
-                pause += j.restart_cost_s
-                self.restart_overhead_s += j.restart_cost_s
-            if reset or target.mode == "mps" or (sl is not None and sl in created):
-                pause += delay
-            pause += self.now
-            j.paused_until = pause
-            pauses.append(pause)
-            j.state = "running"
-            j.gpu, j.slice = g.index, sl if target.mode == "mig" else None
-            if j.record.start_s is None:
-                j.record.start_s = self.now
-            g.jobs[name] = j.slice
-            if target.mode == "mps":
-                g.shares[name] = target.mps_share.get(name, 100)
-        g.mode = target.mode
-        g.layout = layout
-        g.shares = {n: s for n, s in g.shares.items() if n in g.jobs}
-        if target.profile_s:
-            if target.mode != "mps":
-                raise SimulationError(f"policy {self.policy.name}: profiling needs mode 'mps'")
-            start = max(pauses + [self.now + delay])
-            g.profile_start = start
-            g.profile_end = start + float(target.profile_s)
-            for name in g.jobs:
-                self.jobs[name].state = "profiling"
+    def _carry_out(self, actions: list[core.Action]) -> list[core.Fact]:
+        """Do what the engine asks, on the virtual clock; what it brings back in."""
+        facts: list[core.Fact] = []
+        for a in actions:
+            if isinstance(a, core.Start):
+                self.virtual[a.job].paused_until = self.now + a.pause_s
+            elif isinstance(a, core.Fail):
+                self.unfinished -= 1
+            elif isinstance(a, core.CollectProfile):
+                facts.append(core.Profiled(a.gpu, self._measure(a.jobs)))
+        return facts
 
-    def _active(self) -> list[tuple[str, _Job]]:
-        """The jobs on a GPU now (cost: the active jobs, not every job seen)."""
-        return [(n, self.jobs[n]) for g in self.gpus for n in g.jobs]
-
-    def _level_restarts(self) -> None:
-        """A profiling phase that moves to its next level restarts its jobs (a new share)."""
-        for g in self.gpus:
-            level = self._profile_level(g)
-            if level is None or level == g.profile_level:
-                continue
-            first = g.profile_level is None
-            g.profile_level = level
-            if first:
-                continue  # the phase's own start: the target paid for it
-            for name in g.jobs:
-                j = self.jobs[name]
-                j.paused_until = max(j.paused_until, self.now) + j.restart_cost_s
-                self.restart_overhead_s += j.restart_cost_s
-                j.record.restarts += 1
-
-    def _detach(self, j: _Job) -> None:
-        if j.gpu is not None:
-            g = self.gpus[j.gpu]
-            g.jobs.pop(j.trace.name, None)
-            g.shares.pop(j.trace.name, None)
-        j.gpu, j.slice = None, None
-
-    def _validate(self, g: _Gpu, target: GpuTarget) -> None:
-        try:
-            rules.check_target(g.model, target, f"policy {self.policy.name}, GPU {g.index}")
-        except rules.TargetError as exc:
-            raise SimulationError(str(exc)) from None
-
-    # ------------------------------------------------------------------ events
-
-    def _profiled(self, g: _Gpu) -> None:
-        names = [n for n in g.jobs if self.jobs[n].state == "profiling"]
-        mix = [self.jobs[n].workload for n in names]
+    def _measure(self, names: Sequence[str]) -> dict[str, dict[int, float]]:
+        """Each job's step time (ms) at every profiling level with the others beside it."""
+        mix = [self.virtual[n].workload for n in names]
         measured: dict[str, dict[int, float]] = {}
         for n in names:
-            j = self.jobs[n]
+            w = self.virtual[n].workload
             prof = {}
             for level in PROFILE_LEVELS:
-                co = [(w, float(level)) for o, w in zip(names, mix, strict=True) if o != n]
-                t = mps_step_time_ms(j.workload, level, co, self.config.mps_model)
+                co = [(m, float(level)) for o, m in zip(names, mix, strict=True) if o != n]
+                t = mps_step_time_ms(w, level, co, self.config.mps_model)
                 noise = self.rng.gauss(1.0, self.config.profile_noise)
                 prof[level] = t * max(noise, 0.5)
             measured[n] = prof
-        for n in names:
-            j = self.jobs[n]
-            j.profiled = True
-            j.state = "running"
-            j.step_time_7g_s = measured[n][100] / 1000.0
-            if self.knowledge == "profile" and self.predict is not None:
-                others = [measured[o] for o in names if o != n]
-                j.prediction = self.predict(measured[n], others, j.memory_mb)
-        g.profile_start = None
-        g.profile_end = None
-        g.profile_level = None
+        return measured
 
-    def _oracle(self, j: _Job) -> None:
-        full = j.workload.step_time_ms(7)
+    def _oracle(self, name: str) -> None:
+        j, w = self.jobs[name], self.virtual[name].workload
+        full = w.step_time_ms(7)
         assert full is not None
-        rel = {g: t / full for g, t in j.workload.mig_ms.items() if t is not None}
+        rel = {g: t / full for g, t in w.mig_ms.items() if t is not None}
         j.prediction = SlicePrediction(rel, {}, source="oracle")
         j.profiled = True
         j.step_time_7g_s = full / 1000.0
 
-    def _decide(self, event: Event) -> None:
-        view = self.view()
-        measure_view(self.meter, view, self._touched)
-        targets = self.policy.decide(event, view)
-        for t in targets:
-            self._apply(t)
-        # Jobs the targets placed are looked at again next time (requeued ones were
-        # active at this view, so they are too).
-        self._prev_active |= {n for g in self.gpus for n in g.jobs}
-        self._update_rates()
+    def _engine(self, call: Callable[..., list[core.Action]], *args: Any) -> list[core.Action]:
+        try:
+            return call(*args)
+        except TargetError as exc:
+            raise SimulationError(str(exc)) from None
 
     def run(self) -> SimResult:
-        arrivals = sorted((j.trace.arrival_s, name) for name, j in self.jobs.items())
+        engine = self.engine
+        arrivals = sorted((t.arrival_s, engine.jobs[n].seq, n) for n, t in self.trace.items())
         heapq.heapify(arrivals)
-        unfinished = len(self.jobs)
+        self.unfinished = len(self.jobs)
         steps = 0
-        while unfinished:
+        while self.unfinished:
             steps += 1
             if steps > self.config.max_events:
                 raise SimulationError(f"policy {self.policy.name}: no end after {steps} events")
             self._update_rates()
             t = self._next_time(arrivals)
-            if t == math.inf:
+            if t == math.inf:  # the engine fails what can never run: this is a bug
                 waiting = [n for n, j in self.jobs.items() if j.state == "waiting"]
                 raise SimulationError(
                     f"policy {self.policy.name} left {len(waiting)} job(s) waiting with "
-                    f"nothing running (first: {waiting[0] if waiting else '?'})",
-                    hint="a job may fit no instance the policy offers",
+                    f"nothing running (first: {waiting[0] if waiting else '?'})"
                 )
             self._advance(t)
-            self._level_restarts()
-            events: list[Event] = []
-            for g in self.gpus:
-                for name in list(g.jobs):
-                    j = self.jobs[name]
-                    if j.done >= j.total_steps - 1e-6 and j.paused_until <= self.now + 1e-9:
-                        j.state = "finished"
-                        j.record.finish_s = self.now
-                        del g.jobs[name]
-                        g.shares.pop(name, None)
-                        j.gpu, j.slice = None, None
-                        unfinished -= 1
-                        events.append(Event("finish", job=name, gpu=g.index))
-            for g in self.gpus:  # rules.EVENT_ORDER: finishes, then profiles, then arrivals
-                if g.profile_end is not None and g.profile_end <= self.now + 1e-9:
-                    self._profiled(g)
-                    events.append(Event("profiled", gpu=g.index))
+            facts = self._carry_out(self._engine(engine.due, self.now))
+            ended: list[core.Fact] = []
+            for j in engine.active():
+                if (
+                    j.state in ("running", "profiling")
+                    and j.done >= (j.total_steps or 0.0) - 1e-6
+                    and self.virtual[j.name].paused_until <= self.now + 1e-9
+                ):
+                    ended.append(core.Ended(j.name, "finished"))
+                    self.unfinished -= 1
+            facts = ended + facts
             while arrivals and arrivals[0][0] <= self.now + 1e-9:
-                _, name = heapq.heappop(arrivals)
-                j = self.jobs[name]
-                j.state = "waiting"
-                self._arrived.add(name)
+                _, _, name = heapq.heappop(arrivals)
                 if self.knowledge == "oracle":
-                    self._oracle(j)
-                events.append(Event("arrival", job=name))
-            for ev in events:
-                self._decide(ev)
+                    self._oracle(name)
+                facts.append(core.Arrived(name))
+            self._carry_out(self._engine(engine.step, self.now, facts))
         return SimResult(
             policy=self.policy.name,
-            jobs=[j.record for j in self.jobs.values()],
-            reconfigurations=self.reconfigurations,
-            migrations=self.migrations,
-            restart_overhead_s=self.restart_overhead_s,
-            oom_starts=self.oom_starts,
-            busy_slice_s=self.busy_slice_s,
+            jobs=[
+                JobRecord(
+                    j.name,
+                    j.workload or "",
+                    j.arrival_s,
+                    j.start_s,
+                    j.finish_s,
+                    j.migrations,
+                    j.restarts,
+                    j.oom,
+                    j.reason if j.state == "failed" else None,
+                )
+                for j in self.jobs.values()
+            ],
+            reconfigurations=engine.reconfigurations,
+            migrations=engine.migrations,
+            restart_overhead_s=engine.restart_overhead_s,
+            oom_starts=engine.oom_starts,
+            busy_slice_s=engine.busy_slice_s(),
             capacity_slices=sum(g.model.compute_slices for g in self.gpus),
-            decisions=self.decisions,
-            targets=self.targets,
+            decisions=engine.decisions,
+            targets=engine.targets,
         )
 
 
