@@ -355,7 +355,7 @@ class MisoPlus(Policy):
         min_residence_s: float = 0.0,
         plan_time_s: float | None = 20.0,
         price: bool = True,
-        wait_scale: float = 10.0,
+        wait_scale: float = 12.0,
         calibrate: bool = False,
     ) -> None:
         self.profile_s = profile_s
