@@ -192,7 +192,7 @@ def _move_case(*, gpu: int = 0, now: float = 0.0, others: list[JobView] | None =
 def test_a_move_gains_only_over_the_horizon_between_arrivals() -> None:
     """16 jobs arrived over the last 80 s on 2 GPUs: a plan lasts about 10 s on a GPU, too
     short for a 30 s restart to pay back; with arrivals far apart the same move is made."""
-    pol = MisoPlus()
+    pol = MisoPlus(horizon=True)
     crowd = [
         JobView(f"w{i}", 1000.0 - 5.0 * i, memory_mb=60_000.0, seq=i + 1) for i in range(16)
     ]  # waiting, too large for any instance: they only tell the arrival rate
@@ -258,3 +258,26 @@ def test_a_newcomer_squeezes_running_jobs_only_when_that_beats_its_wait(
         assert t.assignment["a"].slices < 7 and "c" in t.assignment
     (t,) = MisoPlus(price=False).decide(Event("arrival", "c"), view)
     assert "c" in t.assignment
+
+
+def test_remaining_time_does_not_change_with_the_instance_a_job_is_on() -> None:
+    """Measured on 7g and 3g (3g slower than predicted): the remaining time is read from
+    the largest instance measured, wherever the job runs now, so a move does not change
+    the estimate (and with it the next plan). Calibrated, the plan sees the measured 3g."""
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    full = place(A100, ["7g.40gb"])
+    three = next(s for s in lay.slices if s.slices == 3)
+    seen = {7: 1.0, 3: 2.0}  # s/step: 3g is 2x slower, the prediction said 1.45x
+    got = []
+    for gpu in (
+        GpuView(0, A100, "mig", lay, {"a": three}),
+        GpuView(0, A100, "mig", full, {"a": full.slices[0]}),
+    ):
+        a = _running("a", 0, gpu.jobs["a"], total_steps=1000, measured_step_s=dict(seen))
+        (job,) = MisoPlus(weight_power=1.0, critical=0.0).plan_jobs(_view(0.0, [gpu], [a]), [gpu])
+        got.append(job.remaining_s)
+        (cal,) = MisoPlus(weight_power=1.0, critical=0.0, calibrate=True).plan_jobs(
+            _view(0.0, [gpu], [a]), [gpu]
+        )
+        assert cal.relative[3] == pytest.approx(2.0) and cal.relative[4] == REL[4]
+    assert got[0] == got[1] == pytest.approx(1000.0)

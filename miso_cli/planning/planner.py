@@ -94,10 +94,17 @@ class PlanJob:
             return False
         if self.memory_mb is None:
             return True
-        try:
-            return self.memory_mb <= model.by_slices(slices).memory_mb
-        except KeyError:
-            return False
+        memory = _class_memory(model, slices)
+        return memory is not None and self.memory_mb <= memory
+
+
+@lru_cache(maxsize=256)
+def _class_memory(model: GpuModel, slices: int) -> float | None:
+    """Memory of ``model``'s instance of ``slices`` compute slices (None: no such class)."""
+    try:
+        return float(model.by_slices(slices).memory_mb)
+    except KeyError:
+        return None
 
 
 @dataclass
@@ -190,7 +197,7 @@ class _Group:
     model: GpuModel
     gpus: list[PlanGpu]
     current: Layout
-    layouts: list[Layout]
+    layouts: tuple[Layout, ...]
 
 
 def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: float) -> list[_Group]:
@@ -217,39 +224,100 @@ def _groups(gpus: Sequence[PlanGpu], jobs: Sequence[PlanJob], reconfig_cost: flo
     for members in pools.values():
         first = members[0]
         keep = stays.get(first.index, set()) if len(members) == 1 else set()
-        current = first.layout
-        now = _sizes(current)
         if first.candidates is not None:
-            pairs = [(lay, _sizes(lay)) for lay in dict.fromkeys(first.candidates)]
+            layouts = _distinct_layouts(
+                first.model, first.layout, frozenset(keep), first.candidates
+            )
         else:
-            pairs = list(_maximal_sized(first.model))
-        # The current layout represents its class (compared only where sizes match).
-        if current.slices and not any(sz == now and lay == current for lay, sz in pairs):
-            pairs.append((current, now))
-        seen: dict[tuple[object, ...], Layout] = {}
-        for lay, sz in pairs:
-            sig = (sz, frozenset(keep.intersection(lay.slices))) if keep else (sz,)
-            if sz == now and lay == current:
-                seen[sig] = current
-            elif sig not in seen:
-                seen[sig] = lay
-        out.append(_Group(first.model, members, current, list(seen.values())))
+            # The same GPU state recurs from plan to plan: computed once.
+            layouts = _distinct_maximal(first.model, first.layout, frozenset(keep))
+        out.append(_Group(first.model, members, first.layout, layouts))
     return out
+
+
+# Per tuple of layouts (a group's, which recur from plan to plan): which layouts hold
+# each instance, and each class's instance count per layout. Keyed by id, tuple kept.
+_INDEX: dict[int, tuple[object, dict[Slice, list[int]], dict[int, list[tuple[int, int]]]]] = {}
+
+
+def _layout_index(
+    layouts: Sequence[Layout],
+) -> tuple[dict[Slice, list[int]], dict[int, list[tuple[int, int]]]]:
+    """For a group's layouts: instance -> positions of the layouts holding it, and
+    size class -> (position, instances of that class) for the layouts that have any."""
+    got = _INDEX.get(id(layouts))
+    if got is None or got[0] is not layouts:
+        holding: dict[Slice, list[int]] = {}
+        per_class: dict[int, list[tuple[int, int]]] = {}
+        for k, lay in enumerate(layouts):
+            for sl in lay.slices:
+                holding.setdefault(sl, []).append(k)
+            for c, n in _class_counts(lay).items():
+                per_class.setdefault(c, []).append((k, n))
+        if len(_INDEX) > 20_000:
+            _INDEX.clear()
+        got = _INDEX[id(layouts)] = (layouts, holding, per_class)
+    return got[1], got[2]
+
+
+def _distinct_layouts(
+    model: GpuModel, current: Layout, keep: frozenset[Slice], candidates: Sequence[Layout] | None
+) -> tuple[Layout, ...]:
+    """The layouts of a group that can differ in the objective (see :func:`_groups`)."""
+    now = _sizes(current)
+    if candidates is not None:
+        pairs = [(lay, _sizes(lay)) for lay in dict.fromkeys(candidates)]
+    else:
+        pairs = list(_maximal_sized(model))
+    # The current layout represents its class (compared only where sizes match).
+    if current.slices and not any(sz == now and lay == current for lay, sz in pairs):
+        pairs.append((current, now))
+    seen: dict[tuple[object, ...], Layout] = {}
+    for lay, sz in pairs:
+        sig = (sz, frozenset(keep.intersection(lay.slices))) if keep else (sz,)
+        if sz == now and lay == current:
+            seen[sig] = current
+        elif sig not in seen:
+            seen[sig] = lay
+    return tuple(seen.values())
+
+
+@lru_cache(maxsize=8192)
+def _distinct_maximal(
+    model: GpuModel, current: Layout, keep: frozenset[Slice]
+) -> tuple[Layout, ...]:
+    return _distinct_layouts(model, current, keep, None)
 
 
 # Above this many jobs, how many are placed is settled first (see plan()).
 _COUNT_FIRST = 150
 
 
+# Per layout object (the planner sees the same few dozen again and again): its instances
+# per size class, and its sizes. Keyed by id, with the layout kept alive beside them.
+_MEMO: dict[int, tuple[Layout, dict[int, int], tuple[int, ...]]] = {}
+
+
+def _memo(layout: Layout) -> tuple[Layout, dict[int, int], tuple[int, ...]]:
+    got = _MEMO.get(id(layout))
+    if got is None or got[0] is not layout:
+        counts: dict[int, int] = {}
+        for s in layout.slices:
+            counts[s.slices] = counts.get(s.slices, 0) + 1
+        sizes = tuple(sorted((s.slices for s in layout.slices), reverse=True))
+        if len(_MEMO) > 50_000:
+            _MEMO.clear()
+        got = _MEMO[id(layout)] = (layout, counts, sizes)
+    return got
+
+
 def _class_counts(layout: Layout) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for s in layout.slices:
-        out[s.slices] = out.get(s.slices, 0) + 1
-    return out
+    """Instances per compute-slice class (do not modify: shared)."""
+    return _memo(layout)[1]
 
 
 def _sizes(layout: Layout) -> tuple[int, ...]:
-    return tuple(sorted((s.slices for s in layout.slices), reverse=True))
+    return _memo(layout)[2]
 
 
 def _is_running(job: PlanJob) -> bool:
@@ -702,7 +770,7 @@ def _plan(
     for grp in groups:
         cols = []
         for lay in grp.layouts:
-            changes = bool(grp.current.slices) and lay is not grp.current
+            changes = bool(grp.current.slices) and lay is not grp.current and lay != grp.current
             cols.append(len(cost))
             cost.append(reconfig_cost if changes else 0.0)
             upper.append(float(len(grp.gpus)))
@@ -809,11 +877,8 @@ def _plan(
                 assert job.gpu is not None and sl is not None
                 gi = group_of[job.gpu]
                 if gi not in holding:
-                    table: dict[Slice, list[int]] = {}
-                    for col, lay in zip(z[gi], groups[gi].layouts, strict=True):
-                        for s in lay.slices:
-                            table.setdefault(s, []).append(col)
-                    holding[gi] = table
+                    index, _ = _layout_index(groups[gi].layouts)
+                    holding[gi] = {s: [z[gi][k] for k in ks] for s, ks in index.items()}
                 having = holding[gi].get(sl, [])
                 constraint([x, *having], [1.0] + [-1.0] * len(having), -math.inf, 0.0)
     if determined:
@@ -830,11 +895,9 @@ def _plan(
             for gi, grp in enumerate(groups):
                 if grp.model.key != key:
                     continue
-                for col, lay in zip(z[gi], grp.layouts, strict=True):
-                    k = _class_counts(lay).get(c, 0)
-                    if k:
-                        cols.append(col)
-                        coefs.append(-float(k))
+                for k, count in _layout_index(grp.layouts)[1].get(c, ()):
+                    cols.append(z[gi][k])
+                    coefs.append(-float(count))
             constraint(cols, coefs, -math.inf, 0.0)
     if chain:
         queue = [xvars[i] for i in range(len(jobs)) if jobs[i].waiting and not _is_running(jobs[i])]

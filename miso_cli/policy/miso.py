@@ -37,11 +37,11 @@ SoCC 2022):
 * keeps churn under control (issue 12): a newcomer starts only when that beats
   its expected wait for an instance to free, so squeezing running jobs onto
   smaller instances for it (forced moves) must pay for their restarts and slower
-  runs; a running job's instance is weighed over the horizon a plan lasts (the
-  time between arrivals per GPU), not its whole run; a job on a GPU the event did
-  not touch moves only for ``local_factor`` times its cost; with ``placed_s`` from
-  the driver, a job keeps its instance for ``min_residence_s``; each plan has a
-  time budget (``plan_time_s``).
+  runs; a job on a GPU the event did not touch moves only for ``local_factor``
+  times its cost; with ``placed_s`` from the driver, a job keeps its instance for
+  ``min_residence_s``; optionally (``horizon``) a running job's instance is weighed
+  over the time a plan lasts rather than its whole run; each plan has a time
+  budget (``plan_time_s``).
 """
 
 from __future__ import annotations
@@ -314,6 +314,23 @@ def prior_prediction(
     return SlicePrediction(rel, unc, source="prior")
 
 
+# The prior of the view being decided on: one decision asks for it several times, and
+# it reads every job the run has seen. The view is kept so that its id is not reused.
+_PRIOR_MEMO: dict[str, object] = {}
+
+
+def _view_prior(view: ClusterView, classes: Sequence[int]) -> SlicePrediction:
+    """:func:`prior_prediction` of ``view``'s jobs, computed once per view and classes."""
+    key = (tuple(classes), view.now, len(view.jobs))
+    if _PRIOR_MEMO.get("view") is not view or _PRIOR_MEMO.get("classes") != key:
+        _PRIOR_MEMO.update(
+            view=view, classes=key, prior=prior_prediction(view.jobs.values(), classes)
+        )
+    prior = _PRIOR_MEMO["prior"]
+    assert isinstance(prior, SlicePrediction)
+    return prior
+
+
 class MisoPlus(Policy):
     """Ours: cluster-wide, cost-aware, partial re-planning. See the module docstring."""
 
@@ -333,12 +350,13 @@ class MisoPlus(Policy):
         measure: bool = True,
         critical: float = 3.0,
         hold_back: bool = False,
-        horizon: bool = True,
+        horizon: bool = False,
         local_factor: float = 2.0,
         min_residence_s: float = 0.0,
         plan_time_s: float | None = 20.0,
         price: bool = True,
-        wait_scale: float = 5.0,
+        wait_scale: float = 12.0,
+        calibrate: bool = False,
     ) -> None:
         self.profile_s = profile_s
         self.risk = risk
@@ -365,10 +383,13 @@ class MisoPlus(Policy):
         # GPUs (1352 -> 1517 s), where later arrivals make the estimate too pessimistic
         # about starting jobs now.
         self.hold_back = hold_back
-        # Churn (issue 12). A move pays back only while the plan that made it lasts: a
-        # running job's instance is weighed over the horizon, the time a GPU goes between
-        # arrivals (the cluster's arrival rate per GPU, from the latest arrivals), not
-        # over the job's whole remaining run. A move of a job whose GPU the event did not
+        # Churn (issue 12). With ``horizon``, a running job's instance is weighed over the
+        # time a plan is expected to last, the time a GPU goes between arrivals (the
+        # cluster's arrival rate per GPU, from the latest arrivals), not over the job's
+        # whole remaining run. Off by default: measured on the suite it helps the
+        # compute-heavy mix (mean JCT 1,139 -> 1,091 s) but makes long jobs on the
+        # light mix go back and forth between large and small instances (913 -> 963 s,
+        # restarts per job 35 -> 43 s). A move of a job whose GPU the event did not
         # touch (not the GPU a job finished, failed or was profiled on) is charged
         # ``local_factor`` times more: the whole-cluster plan must gain more than it
         # costs, so jobs are re-planned at the rate events reach their own GPU, whatever
@@ -390,6 +411,11 @@ class MisoPlus(Policy):
         # finished as there are jobs waiting, times this: the instances that free may
         # not suit it, and later arrivals compete for them.
         self.wait_scale = wait_scale
+        # A job measured on two or more instance sizes is planned with its measured
+        # speeds there rather than its prediction (see _calibrated). Off by default:
+        # on the suite it helps the paper-like trace (mean JCT 849 -> 830 s) and hurts
+        # the light mix (920 -> 931 s, past the best baseline's 918 s).
+        self.calibrate = calibrate
 
     def warm_up(self) -> None:
         """Import the solver now: its first import takes seconds, which a run should
@@ -440,7 +466,7 @@ class MisoPlus(Policy):
         classes = sorted(
             {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
         )
-        prior = prior_prediction(view.jobs.values(), classes)
+        prior = _view_prior(view, classes)
         fresh = [
             j
             for j in view.queue()
@@ -476,15 +502,35 @@ class MisoPlus(Policy):
         return out
 
     def _step_7g_s(self, job: JobView, pred: SlicePrediction) -> float | None:
-        """Seconds per step on a whole GPU: from measured progress, else from the profile."""
+        """Seconds per step on a whole GPU: from measured progress, else from the profile.
+
+        From the largest instance the job was measured on, whichever it runs on now:
+        the estimate must not change with a move (it did, by the prediction's error
+        for that instance, and long jobs went back and forth between instances)."""
         seen = job.measured_step_s
         if seen:
-            c = job.slice.slices if job.slice is not None and job.slice.slices in seen else None
-            c = c if c is not None else max(seen)
+            c = max(seen)
             rel = pred.relative.get(c)
             if rel:
                 return seen[c] / rel
         return job.step_time_7g_s
+
+    def _calibrated(self, job: JobView, pred: SlicePrediction) -> SlicePrediction:
+        """``pred`` with the job's measured step times in place of its predictions, on
+        the instances it was measured on (relative to the largest of them)."""
+        seen = job.measured_step_s
+        if not self.measure or not self.calibrate or len(seen) < 2:
+            return pred
+        step = self._step_7g_s(job, pred)
+        if not step:
+            return pred
+        rel = dict(pred.relative)
+        unc = dict(pred.uncertainty)
+        for c, t in seen.items():
+            if c in rel:
+                rel[c] = t / step
+                unc[c] = 0.0
+        return SlicePrediction(rel, unc, source="measured")
 
     def _remaining_s(self, job: JobView, pred: SlicePrediction | None = None) -> float:
         steps = job.remaining_steps
@@ -516,7 +562,7 @@ class MisoPlus(Policy):
             classes = sorted(
                 {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
             )
-            prior = prior_prediction(view.jobs.values(), classes)
+            prior = _view_prior(view, classes)
         out: dict[int, GpuTarget] = {}
         for gp in result.gpus:
             gpu = next(g for g in gpus if g.index == gp.index)
@@ -658,7 +704,7 @@ class MisoPlus(Policy):
         model_classes = sorted(
             {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
         )
-        prior = prior_prediction(view.jobs.values(), model_classes)
+        prior = _view_prior(view, model_classes)
         jobs: list[PlanJob] = []
         running: list[JobView] = []
         for g in gpus:
@@ -673,7 +719,7 @@ class MisoPlus(Policy):
         horizon = self.horizon_s(view) if self.horizon else math.inf
         freeing = self._freeing(running, remainings, prior, len(waiting)) if self.price else None
         for job in running + waiting:
-            pred = job.prediction or prior
+            pred = self._calibrated(job, job.prediction or prior)
             where = None
             if job.gpu in indices and job.slice is not None:
                 where = job.slice
