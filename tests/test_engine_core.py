@@ -224,3 +224,23 @@ def test_a_target_that_changes_nothing_is_no_decision() -> None:
     acts = eng.step(1.0, [Arrived("b")])  # the same target again: a keeps running
     assert not _of(acts, Stop) and not _of(acts, Start) and not _of(acts, Reconfigure)
     assert eng.decisions == 1 and eng.reconfigurations == 1
+
+
+def test_the_view_says_when_a_job_took_its_instance() -> None:
+    """A policy keeping a job on its instance for a while (miso+'s ``min_residence_s``)
+    needs to know since when: the engine's time of the job's last start there."""
+
+    def script(ev: Event, view: ClusterView) -> list[GpuTarget]:
+        if ev.kind == "arrival" and ev.job == "a":
+            return [GpuTarget(0, "mig", LAY, {"a": THREE})]
+        if ev.kind == "arrival" and ev.job == "b":
+            return [GpuTarget(0, "mig", LAY, {"a": FOUR, "b": THREE})]
+        return []
+
+    eng = _engine(Scripted(script), "a", "b")
+    eng.step(2.0, [Arrived("a")])
+    assert eng.view().jobs["a"].placed_s == 2.0
+    eng.step(5.0, [Arrived("b")])
+    eng.step(6.0, [Ended("a", "stopped")])  # drained, moved to 4g: placed anew
+    view = eng.view()
+    assert view.jobs["a"].placed_s == 6.0 and view.jobs["b"].placed_s == 6.0

@@ -253,6 +253,7 @@ class EngineJob:
     oom: int = 0
     reason: str = ""
     span: tuple[int, int | None, float] | None = None  # (GPU, slices or None, since)
+    placed_s: float | None = None  # when it took its current place
 
     @property
     def jct_s(self) -> float | None:
@@ -657,6 +658,7 @@ class Engine:
                 workload=j.workload,
                 seq=j.seq,
                 measured_step_s=self.meter.of(name),
+                placed_s=j.placed_s if state in ("running", "profiling") else None,
             )
             if state == "waiting":
                 self._waiting.add(name)
@@ -875,6 +877,7 @@ class Engine:
             j.start_s = self.now
         g.jobs[j.name] = j.slice
         j.span = (g.index, j.slice.slices if j.slice is not None else None, self.now)
+        j.placed_s = self.now
         self._touched.add(j.name)
         self._out.append(Start(j.name, g.index, j.slice, j.share, pause, resume, level))
         return pause

@@ -74,6 +74,8 @@ class JobView:
     # Measured seconds per step by compute slices, from the job's own progress on an
     # instance (see miso_cli.engine.measure); the driver keeps it, so --resume has it.
     measured_step_s: dict[int, float] = field(default_factory=dict)
+    # When the job took its current instance (the driver's clock), if the driver says.
+    placed_s: float | None = None
 
     @property
     def remaining_steps(self) -> float | None:
