@@ -132,12 +132,9 @@ def report_simulation(
 
 def read_simulation(path: Path) -> dict[str, Any]:
     """The envelope in a file of ``miso simulate --json`` output (its last line)."""
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not UTF-8 text") from None
+    from miso_cli.spec.textfile import read_text
+
+    raw = read_text(path, "the simulation output")
     lines = [ln for ln in raw.splitlines() if ln.strip()]
     if not lines:
         raise BadInput(f"{path}: empty")

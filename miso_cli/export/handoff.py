@@ -128,13 +128,10 @@ class Bundle:
 
 def load_plan(path: Path) -> Handoff:
     """Read a plan file: a ``miso plan --json`` envelope, its ``data``, or the short form."""
+    from miso_cli.spec.textfile import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the plan: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not UTF-8 text") from None
+    text = read_text(path, "the plan")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
