@@ -54,6 +54,7 @@ __all__ = [
     "Arrived",
     "Engine",
     "EngineJob",
+    "JobTimes",
     "Ended",
     "Fail",
     "Note",
@@ -223,8 +224,27 @@ Action = Stop | Reconfigure | Start | Fail | EndLevel | CollectProfile | Note
 # ---------------------------------------------------------------- state
 
 
+class JobTimes:
+    """A job's completion and queueing time from its arrival, start and finish (seconds).
+
+    Mixed into the engine's jobs and the simulator's records, which carry the three.
+    """
+
+    arrival_s: float
+    start_s: float | None
+    finish_s: float | None
+
+    @property
+    def jct_s(self) -> float | None:
+        return None if self.finish_s is None else self.finish_s - self.arrival_s
+
+    @property
+    def queue_s(self) -> float | None:
+        return None if self.start_s is None else max(0.0, self.start_s - self.arrival_s)
+
+
 @dataclass
-class EngineJob:
+class EngineJob(JobTimes):
     """One job as the engine tracks it (what the policy sees, plus its record)."""
 
     name: str
@@ -254,14 +274,6 @@ class EngineJob:
     reason: str = ""
     span: tuple[int, int | None, float] | None = None  # (GPU, slices or None, since)
     placed_s: float | None = None  # when it took its current place
-
-    @property
-    def jct_s(self) -> float | None:
-        return None if self.finish_s is None else self.finish_s - self.arrival_s
-
-    @property
-    def queue_s(self) -> float | None:
-        return None if self.start_s is None else max(0.0, self.start_s - self.arrival_s)
 
 
 @dataclass

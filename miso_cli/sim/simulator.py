@@ -176,7 +176,7 @@ class SimConfig:
 
 
 @dataclass
-class JobRecord:
+class JobRecord(core.JobTimes):
     name: str
     workload: str
     arrival_s: float
@@ -186,14 +186,6 @@ class JobRecord:
     restarts: int = 0
     oom: int = 0
     failed: str | None = None  # why it failed (never placed), None when it finished
-
-    @property
-    def jct_s(self) -> float | None:
-        return None if self.finish_s is None else self.finish_s - self.arrival_s
-
-    @property
-    def queue_s(self) -> float | None:
-        return None if self.start_s is None else max(0.0, self.start_s - self.arrival_s)
 
 
 @dataclass
