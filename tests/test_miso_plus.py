@@ -342,7 +342,9 @@ def test_a_finish_on_one_gpu_of_many_plans_a_bounded_part_of_the_cluster(
     jobs = [replace(j, slice=four) if j.name == "r9" else j for j in jobs]
     pol = MisoPlus()
     view = _view(1000.0, gpus, jobs)
-    assert not pol.wide_plan(Event("finish", "r3", 3), view)  # r3: seq -4, not a wide turn
+    # r3 has left the view: no sweep turn (see the next test), no whole-cluster plan.
+    assert not pol.wide_plan(Event("finish", "r3", 3), view)
+    assert pol.sweep_block(Event("finish", "r3", 3), view) == []
     targets = pol.decide(Event("finish", "r3", 3), view)
     ((planned_gpus, planned_jobs),) = calls
     assert planned_gpus == [3, 9]
@@ -355,32 +357,45 @@ def test_a_finish_on_one_gpu_of_many_plans_a_bounded_part_of_the_cluster(
 
 
 @pytest.mark.parametrize(("left", "squeezed"), [(20.0, False), (5000.0, True)])
-def test_a_whole_cluster_plan_still_squeezes_a_newcomer_in_when_that_pays(
+def test_a_wider_plan_still_squeezes_a_newcomer_in_when_that_pays(
     monkeypatch: pytest.MonkeyPatch, left: float, squeezed: bool
 ) -> None:
     """64 full GPUs, each job on its whole GPU: a newcomer's arrival touches no GPU and no
-    GPU has room, so a local plan has nothing to plan. On a wide turn (every
-    ``wide_factor`` x 64 / 8 = 32nd job) the whole cluster is planned: a job is squeezed
-    onto a smaller instance for the newcomer when that beats the newcomer's wait (its GPU
-    busy for 5,000 s more), not when it frees its GPU in 20 s."""
+    GPU has room, so a local plan has nothing to plan. On a sweep turn (the arrival of
+    every ``sweep_every``-th job) a block of 8 GPUs is planned, the blocks in turn, and a
+    job there is squeezed onto a smaller instance for the newcomer when that beats the
+    newcomer's wait (its GPU busy for 5,000 s more), not when it frees its GPU in 20 s.
+    With ``wide_factor``, every (wide_factor x 64 / 8)-th job plans the whole cluster."""
     calls = _recording(monkeypatch)
     pol = MisoPlus()
-    for seq, wide in ((33, False), (64, True)):
+    every = pol.sweep_every
+    assert every and every > 1
+    for seq, block in ((every + 1, None), (3 * every, 3), (9 * every, 1)):
         calls.clear()
         gpus, jobs = _full_cluster(64, left=left, waiting=1, seq0=seq)
         view = _view(0.0, gpus, jobs)
         event = Event("arrival", "w0")
-        assert pol.wide_plan(event, view) == wide
+        assert not pol.wide_plan(event, view)
         targets = pol.decide(event, view)
-        if not wide:
+        if block is None:
             assert calls == [] and targets == []
             continue
         ((planned_gpus, _),) = calls
-        assert planned_gpus == list(range(64))
+        assert planned_gpus == list(range(8 * block, 8 * block + 8))
         assert bool(targets) == squeezed
         if squeezed:
             (t,) = targets
             assert "w0" in t.assignment and len(t.assignment) == 2
+    wide = MisoPlus(wide_factor=1.0)  # every 8th job
+    for seq, whole in ((8 * 5, True), (8 * 5 + 1, False)):
+        calls.clear()
+        gpus, jobs = _full_cluster(64, left=left, waiting=1, seq0=seq)
+        view = _view(0.0, gpus, jobs)
+        assert wide.wide_plan(Event("arrival", "w0"), view) == whole
+        if whole:
+            targets = wide.decide(Event("arrival", "w0"), view)
+            assert [g for g, _ in calls] == [list(range(64))]
+            assert bool(targets) == squeezed
     # A resumed run is planned whole; a cluster within the bound always is.
     gpus, jobs = _full_cluster(64, left=left, waiting=1, seq0=33)
     assert pol.wide_plan(Event("resume"), _view(0.0, gpus, jobs))
