@@ -795,6 +795,9 @@ def _plan(
 
     models = {g.model.key: g.model for g in gpus}
     classes = {key: _classes(model) for key, model in models.items()}
+    class_memory = {
+        key: [(c, _class_memory(models[key], c)) for c in cs] for key, cs in classes.items()
+    }
     groups = _groups(gpus, jobs, reconfig_cost)
     # Variables: z[group, layout] (how many of the group's GPUs take that layout),
     # then per job: stay (if possible) and one option per (model, size class).
@@ -824,9 +827,13 @@ def _plan(
                 opts.append(("stay", (g.model.key, job.slice.slices), job.slice))
                 costs.append(job_cost(job, job.slice.slices, False, objective, risk))
         if not job.pinned:
-            for key, model in models.items():
-                for c in classes[key]:
-                    if job.fits(model, c):
+            need = job.memory_mb
+            for key, sized in class_memory.items():
+                for c, memory in sized:
+                    # job.fits(model, c), without a call per class (issue 12: per plan)
+                    if c in job.relative and (
+                        need is None or (memory is not None and need <= memory)
+                    ):
                         opts.append(("class", (key, c), None))
                         costs.append(job_cost(job, c, running, objective, risk))
         options.append(opts)
