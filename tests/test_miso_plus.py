@@ -402,3 +402,26 @@ def test_a_wider_plan_still_squeezes_a_newcomer_in_when_that_pays(
     gpus, jobs = _full_cluster(8, left=left, waiting=1, seq0=33)
     assert pol.wide_plan(Event("arrival", "w0"), _view(0.0, gpus, jobs))
     assert MisoPlus(local_gpus=None).wide_plan(Event("tick"), _view(0.0, gpus, jobs))
+
+
+def test_a_local_plan_weighs_jobs_as_the_whole_cluster_plan_would() -> None:
+    """16 GPUs, a long job alone on GPU 0 and short ones elsewhere: a plan of GPU 0 alone
+    still sees the long job as the one that sets the makespan (3 x the cluster's backlog
+    per GPU), and a newcomer's wait as the cluster's next finish, not GPU 0's."""
+    full = place(A100, ["7g.40gb"])
+    gpus, jobs = [], []
+    for i in range(16):
+        name = "long" if i == 0 else f"s{i}"
+        gpus.append(GpuView(i, A100, "mig", full, {name: full.slices[0]}))
+        steps = 6000.0 if i == 0 else 100.0 + i
+        jobs.append(_running(name, i, full.slices[0], total_steps=steps, step_time_7g_s=1.0))
+    jobs.append(JobView("new", 0.0, prediction=PRED, profiled=True, total_steps=600))
+    view = _view(0.0, gpus, jobs)
+    pol = MisoPlus()
+    whole = {j.name: j for j in pol.plan_jobs(view, gpus)}
+    local = {j.name: j for j in pol.plan_jobs(view, [gpus[0]])}
+    assert set(local) == {"long", "new"}
+    assert local["long"].remaining_s == whole["long"].remaining_s == pytest.approx(6000.0)
+    assert local["new"].wait_cost == pytest.approx(whole["new"].wait_cost)
+    # The next finish anywhere is s1's, 101 s away (x wait_scale), not GPU 0's 6,000 s.
+    assert whole["new"].wait_cost < pol.wait_scale * 1000.0
