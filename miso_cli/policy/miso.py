@@ -858,7 +858,12 @@ class MisoPlus(Policy):
         ahead_s = remainings
         if len(gpus) < len(view.gpus):
             ahead = [
-                j for g in view.gpus if not g.busy and not g.profiling for j in _alive(view, g)
+                job
+                for g in view.gpus
+                if not g.busy and not g.profiling
+                for name in g.jobs
+                if (job := view.jobs.get(name)) is not None
+                and job.state in ("running", "profiling")
             ]
             ahead_s = {j.name: self._remaining_s(j, j.prediction or prior) for j in ahead}
             ahead_s.update(remainings)
