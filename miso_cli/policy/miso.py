@@ -86,8 +86,8 @@ PROFILE_REGRET = 0.25
 PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition list
 # A local plan weighs at least this many jobs from the head of the queue, more than can
 # start: of them the plan starts those whose wait costs most (short jobs, see
-# MisoPlus.plan_jobs), as a whole-cluster plan would (big trace, first 1,000 jobs: mean
-# JCT 1,111 s with only as many as could start, 1,083 s with 32).
+# MisoPlus.plan_jobs), as a whole-cluster plan would (big trace: mean JCT 1,201 s with 32,
+# 1,227 s with 16).
 LOCAL_QUEUE = 32
 
 
@@ -439,11 +439,13 @@ class MisoPlus(Policy):
         # it costs about GPUs / ``local_gpus`` local ones (at 64 GPUs, 0.2-0.8 s), more
         # than it gains on the big trace. ``local_gpus`` None: every plan is wide.
         # Measured on the big trace (``benchmarks/simulate.py``, 5,000 jobs / 64 GPUs):
-        # sweeps every 8th job, miso+'s decisions 50 s, mean JCT 1,258 s (mps 1,308 s);
-        # every 4th, 1,249 s but twice the planning; whole-cluster plans every 32nd job
-        # instead (wide_factor 4), 1,252 s in three times the time. First 1,000 jobs:
-        # whole-cluster plans at every event 1,072 s in 496 s (profiled), sweeps every
-        # 8th 1,096 s in 10 s, every 16th 1,114 s, none 1,189 s.
+        # mean JCT 1,201 s (mps 1,308 s, static 1,570 s), 19 s of restarts per job, the
+        # simulation 102 s on a loaded 2-core machine. First 1,000 jobs: 1,071 s in 13 s;
+        # whole-cluster plans at every event, 1,072 s in 324 s. Before local plans used
+        # the cluster's backlog (see plan_jobs), sweeps every 4th job cost twice the
+        # planning of every 8th for a mean JCT 0.7% lower, every 16th 1.6% higher, none
+        # 8.5% higher; whole-cluster plans every 32nd job instead (wide_factor 4), 0.5%
+        # lower in three times the time.
         self.local_gpus = local_gpus
         self.sweep_every = sweep_every
         self.wide_factor = wide_factor
@@ -506,9 +508,10 @@ class MisoPlus(Policy):
         """The GPUs a local plan covers, at most ``local_gpus`` of ``eligible`` (in index
         order): those the event touched, then those with room (left under MPS with
         nothing on them, idle while jobs wait, or with a free instance), the emptiest
-        first. Full GPUs the event did not touch are left to the whole-cluster plans:
-        adding the least loaded to every plan, for newcomers to squeeze in, made more
-        moves than it saved (big trace, first 1,000 jobs: mean JCT 1,108 s against
+        first. Full GPUs the event did not touch are left to the sweeps (see
+        ``sweep_every``): adding the least loaded to every plan, for newcomers to
+        squeeze in, made more moves than it saved (measured before local plans used the
+        cluster's backlog; big trace, first 1,000 jobs: mean JCT 1,108 s against
         1,083 s, migrations 1,194 against 998)."""
         limit = self.local_gpus or len(eligible)
         ranked: list[tuple[int, int, int, GpuView]] = []
