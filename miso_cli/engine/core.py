@@ -30,6 +30,7 @@ what happened (:class:`Arrived`, :class:`Ended`, :class:`Profiled`, progress thr
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -355,6 +356,13 @@ class Engine:
         self._waiting: set[str] = set()
         self._touched: set[str] = set()
         self._prev_active: set[str] = set()
+        # The queue in the policy's order, kept as jobs join and leave it (see queue_key).
+        self._queue: list[tuple[Any, ...]] = []
+        self._queue_key: dict[str, tuple[Any, ...]] = {}
+        self._queue_names: tuple[str, ...] | None = ()
+        # GPUs whose jobs, their instances, shares or states (or the mode) changed since
+        # a backend last asked (changed_gpus): the simulator re-paces only those.
+        self._changed: set[int] = set()
 
     # ------------------------------------------------------------ jobs
 
@@ -406,6 +414,7 @@ class Engine:
         j.state = state
         if state == "running" and gpu is not None and 0 <= gpu < len(self.gpus):
             self.gpus[gpu].jobs[name] = slice
+            self._changed.add(gpu)
             j.gpu, j.slice, j.share = gpu, slice, share
             j.span = (gpu, slice.slices if slice is not None else None, self.now)
         elif state == "running":
@@ -419,7 +428,18 @@ class Engine:
 
     def active(self) -> list[EngineJob]:
         """The jobs on a GPU now (cost: the active jobs, not every job seen)."""
-        return [self.jobs[n] for g in self.gpus for n in g.jobs]
+        jobs = self.jobs
+        return [jobs[n] for g in self.gpus for n in g.jobs]
+
+    def changed_gpus(self) -> set[int]:
+        """The GPUs whose jobs, instances, shares, job states or mode changed since the
+        last call (a backend that paces jobs re-reads only these)."""
+        out, self._changed = self._changed, set()
+        return out
+
+    def changed_gpus_pending(self) -> bool:
+        """Whether some GPU changed since :meth:`changed_gpus` was last called."""
+        return bool(self._changed)
 
     def idle(self) -> bool:
         """Nothing runs, drains, profiles or is being set up on any GPU."""
@@ -543,6 +563,7 @@ class Engine:
         j.gpu, j.slice, j.share = None, None, None
         if g is not None:
             g.jobs.pop(j.name, None)
+            self._changed.add(g.index)
         ev: Event | None = None
         if fact.outcome in ("finished", "failed"):
             j.state = fact.outcome
@@ -586,6 +607,7 @@ class Engine:
         ph = g.phase
         if ph is None:
             return False
+        self._changed.add(g.index)
         names = [n for n in ph.jobs if n in fact.measured]
         for n in names:
             j = self.jobs[n]
@@ -674,10 +696,30 @@ class Engine:
             )
             if state == "waiting":
                 self._waiting.add(name)
+                self._enqueue(name, (-j.priority, j.arrival_s, j.seq, name))
             else:
                 self._waiting.discard(name)
+                self._enqueue(name, None)
         self._looked = touched
-        return ClusterView(self.now, gviews, self._views, waiting=set(self._waiting))
+        if self._queue_names is None:
+            self._queue_names = tuple(k[-1] for k in self._queue)
+        return ClusterView(
+            self.now, gviews, self._views, queue_order=self._queue_names, active=active
+        )
+
+    def _enqueue(self, name: str, key: tuple[Any, ...] | None) -> None:
+        """Keep the queue in the policy's order (ClusterView.queue's key): ``name`` joins
+        it at ``key``, or leaves it (None), at the cost of a search, not a sort."""
+        old = self._queue_key.get(name)
+        if old == key:
+            return
+        if old is not None:
+            del self._queue[bisect_left(self._queue, old)]
+            del self._queue_key[name]
+        if key is not None:
+            insort(self._queue, key)
+            self._queue_key[name] = key
+        self._queue_names = None
 
     def _decide(self, event: Event) -> None:
         view = self.view()
@@ -737,15 +779,24 @@ class Engine:
                 if self.jobs[n].state == "profiling":
                     self.jobs[n].state = "running"
             g.phase = None
+            self._changed.add(g.index)
         if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
             self.reconfigurations += 1
         wanted: dict[str, Slice | None] = {}
         for name, sl in target.assignment.items():
             if self.jobs[name].state != "failed":
                 wanted[name] = sl if target.mode == "mig" else None
+        # The running jobs a target can stop: this GPU's and those it takes from others
+        # (rules.moves leaves every other job alone), in the cluster's order.
+        involved = {g.index}
+        for name in target.assignment:
+            gi = self.jobs[name].gpu
+            if gi is not None:
+                involved.add(gi)
         running = {
             j.name: rules.Placed(j.gpu, j.slice, float(j.share or 100))  # type: ignore[arg-type]
-            for j in self.active()
+            for gi in sorted(involved)
+            for j in (self.jobs[n] for n in self.gpus[gi].jobs)
             if j.state in ("running", "profiling") and j.gpu is not None
         }
         stops = rules.moves(g.index, g.mode, target, running)
@@ -789,6 +840,8 @@ class Engine:
     def _stop(self, j: EngineJob, why: str, gpu: int) -> None:
         """Ask ``j`` to checkpoint and stop; with instant stops it is stopped now."""
         self._out.append(Stop(j.name, why, gpu))
+        if j.gpu is not None:
+            self._changed.add(j.gpu)
         j.state = "draining"
         j.stop_for = why
         self._touched.add(j.name)
@@ -827,6 +880,7 @@ class Engine:
         )
         g.mode = target.mode
         g.layout = layout
+        self._changed.add(g.index)
         if p.seen_busy:
             self._news = True  # the policy saw this GPU busy: it is free now
         pauses: list[float] = []
@@ -888,6 +942,7 @@ class Engine:
         if j.start_s is None:
             j.start_s = self.now
         g.jobs[j.name] = j.slice
+        self._changed.add(g.index)
         j.span = (g.index, j.slice.slices if j.slice is not None else None, self.now)
         j.placed_s = self.now
         self._touched.add(j.name)

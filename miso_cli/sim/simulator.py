@@ -288,6 +288,10 @@ class Simulator:
         self.jobs = self.engine.jobs
         self.gpus = self.engine.gpus
         self.now = 0.0
+        # The jobs on a GPU with their pace, in the engine's order (active()), rebuilt when
+        # the engine changes a GPU; and the pauses still to end, soonest first.
+        self._live: list[tuple[EngineJob, _Virtual]] = []
+        self._pauses: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------------ speeds
 
@@ -311,15 +315,29 @@ class Simulator:
         return mps_step_time_ms(w, float(j.share or 100), co, self.config.mps_model)
 
     def _update_rates(self) -> None:
-        for j in self.engine.active():
-            v = self.virtual[j.name]
+        """Re-pace the jobs whose pace may have changed: those of the GPUs the engine
+        changed, and those whose pause is over (a job's pace depends on nothing else)."""
+        changed = self.engine.changed_gpus()
+        names: list[str] = []
+        if changed:
+            self._live = [(j, self.virtual[j.name]) for j in self.engine.active()]
+            for gi in sorted(changed):
+                names.extend(self.gpus[gi].jobs)
+        pauses = self._pauses
+        while pauses and self.now >= pauses[0][0] - 1e-9:
+            names.append(heapq.heappop(pauses)[1])
+        for name in names:
+            j = self.jobs[name]
+            if j.gpu is None:
+                continue  # it left its GPU since
+            v = self.virtual[name]
             if self.now < v.paused_until - 1e-9:
                 v.rate = 0.0
                 continue
-            step = self._step_ms(j.name)
+            step = self._step_ms(name)
             rate = 0.0 if step is None else 1000.0 / step
             if rate != v.rate and step is not None and not j.profiled:
-                self.engine.progress(j.name, j.done, None, step / 1000.0)  # its pace, seen
+                self.engine.progress(name, j.done, None, step / 1000.0)  # its pace, seen
             v.rate = rate
 
     def _measured(self) -> float:
@@ -343,19 +361,19 @@ class Simulator:
         t = min(self.engine.next_due(), self._measured())
         if arrivals:
             t = min(t, arrivals[0][0])
-        for j in self.engine.active():
-            v = self.virtual[j.name]
-            if v.paused_until > self.now + 1e-9:
+        now = self.now
+        for j, v in self._live:
+            if v.paused_until > now + 1e-9:
                 t = min(t, v.paused_until)
             elif v.rate > 0:
-                t = min(t, self.now + max(0.0, (j.total_steps or 0.0) - j.done) / v.rate)
+                t = min(t, now + max(0.0, (j.total_steps or 0.0) - j.done) / v.rate)
         return t
 
     def _advance(self, t: float) -> None:
         dt = t - self.now
         if dt > 0:
-            for j in self.engine.active():
-                rate = self.virtual[j.name].rate
+            for j, v in self._live:
+                rate = v.rate
                 if rate:
                     j.done = min(j.total_steps or 0.0, j.done + rate * dt)
         self.now = t
@@ -367,7 +385,9 @@ class Simulator:
         facts: list[core.Fact] = []
         for a in actions:
             if isinstance(a, core.Start):
-                self.virtual[a.job].paused_until = self.now + a.pause_s
+                until = self.now + a.pause_s
+                self.virtual[a.job].paused_until = until
+                heapq.heappush(self._pauses, (until, a.job))  # re-paced when it is over
             elif isinstance(a, core.Fail):
                 self.unfinished -= 1
             elif isinstance(a, core.CollectProfile):
@@ -426,11 +446,13 @@ class Simulator:
             self._measured()
             facts = self._carry_out(self._engine(engine.due, self.now))
             ended: list[core.Fact] = []
-            for j in engine.active():
+            if engine.changed_gpus_pending():
+                self._live = [(j, self.virtual[j.name]) for j in engine.active()]
+            for j, v in self._live:
                 if (
                     j.state in ("running", "profiling")
                     and j.done >= (j.total_steps or 0.0) - 1e-6
-                    and self.virtual[j.name].paused_until <= self.now + 1e-9
+                    and v.paused_until <= self.now + 1e-9
                 ):
                     ended.append(core.Ended(j.name, "finished"))
                     self.unfinished -= 1
