@@ -30,13 +30,13 @@ what happened (:class:`Arrived`, :class:`Ended`, :class:`Profiled`, progress thr
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from miso_cli.engine import rules
-from miso_cli.engine.measure import ProgressMeter, measure_view
+from miso_cli.engine.measure import ProgressMeter
 from miso_cli.engine.rules import PROFILE_ORDER, TargetError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
@@ -353,12 +353,18 @@ class Engine:
         self._looked: set[str] = set()
         # The incremental view: only jobs that can have changed are rebuilt.
         self._views: dict[str, JobView] = {}
+        # Per job, the facts its view was built from that progress does not change
+        # (state, GPU, instance, priority, placed_s): a view whose facts are the same is
+        # updated in place rather than built anew.
+        self._marks: dict[str, tuple[Any, ...]] = {}
+        self._prev_claims: set[str] = set()
         self._waiting: set[str] = set()
         self._touched: set[str] = set()
         self._prev_active: set[str] = set()
         # The queue in the policy's order, kept as jobs join and leave it (see queue_key).
         self._queue: list[tuple[Any, ...]] = []
         self._queue_key: dict[str, tuple[Any, ...]] = {}
+        self._queue_order: list[str] = []  # the names of _queue, in its order
         self._queue_names: tuple[str, ...] | None = ()
         # GPUs whose jobs, their instances, shares or states (or the mode) changed since
         # a backend last asked (changed_gpus): the simulator re-paces only those.
@@ -662,12 +668,34 @@ class Engine:
             gviews[gi].jobs[name] = sl
         active = {n for g in self.gpus for n in g.jobs} | set(claims)
         touched = active | self._prev_active | self._touched
+        explicit = self._touched
+        prev_claims = self._prev_claims
         self._prev_active = active
+        self._prev_claims = set(claims)
         self._touched = set()
+        views, marks = self._views, self._marks
         for name in touched:
             j = self.jobs[name]
             if j.state == "pending":
                 continue
+            mark = (j.state, j.gpu, j.slice, j.priority, j.placed_s)
+            v = views.get(name)
+            if (
+                v is not None
+                and name not in explicit
+                and name not in claims
+                and name not in prev_claims
+                and marks.get(name) == mark
+            ):
+                # Where it is and in what state are as the policy last saw them: only its
+                # progress (and what the backend learnt of its speed) can have moved.
+                v.done_steps = j.done
+                v.total_steps = j.total_steps
+                v.step_time_7g_s = j.step_time_7g_s
+                v.prediction = j.prediction
+                v.profiled = j.profiled
+                continue
+            marks[name] = mark
             state: str = j.state
             gpu, sl = j.gpu, j.slice
             if state == "draining":
@@ -702,7 +730,7 @@ class Engine:
                 self._enqueue(name, None)
         self._looked = touched
         if self._queue_names is None:
-            self._queue_names = tuple(k[-1] for k in self._queue)
+            self._queue_names = tuple(self._queue_order)
         return ClusterView(
             self.now, gviews, self._views, queue_order=self._queue_names, active=active
         )
@@ -714,16 +742,26 @@ class Engine:
         if old == key:
             return
         if old is not None:
-            del self._queue[bisect_left(self._queue, old)]
+            at = bisect_left(self._queue, old)
+            del self._queue[at]
+            del self._queue_order[at]
             del self._queue_key[name]
         if key is not None:
-            insort(self._queue, key)
+            at = bisect_left(self._queue, key)
+            self._queue.insert(at, key)
+            self._queue_order.insert(at, name)
             self._queue_key[name] = key
         self._queue_names = None
 
     def _decide(self, event: Event) -> None:
         view = self.view()
-        measure_view(self.meter, view, [n for n in self._looked if n in view.jobs])
+        # What the jobs that may have moved were measured at (measure_view, at the cost of
+        # the jobs whose measurement changed).
+        meter, jobs, now = self.meter, view.jobs, self.now
+        for name in self._looked:
+            v = jobs.get(name)
+            if v is not None and meter.see(now, name, v.state, v.gpu, v.slice, v.done_steps):
+                v.measured_step_s = meter.of(name)
         if event.kind == "tick" and not getattr(self.policy, "reacts_to_progress", True):
             fingerprint = view.fingerprint()
             if fingerprint == self._decided_on:
