@@ -49,7 +49,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from functools import lru_cache
 
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
@@ -93,6 +92,17 @@ def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
     return sorted(out, key=lambda j: (j.arrival_s, j.name))
 
 
+def _alive_count(view: ClusterView, gpu: GpuView) -> int:
+    """``len(_alive(view, gpu))``, without sorting."""
+    jobs = view.jobs
+    n = 0
+    for name in gpu.jobs:
+        job = jobs.get(name)
+        if job is not None and job.state in ("running", "profiling"):
+            n += 1
+    return n
+
+
 def _full_layout(model: GpuModel) -> Layout:
     full = model.full_profile
     pl = full.placements[0]
@@ -104,7 +114,13 @@ def home_model(view: ClusterView, gpus: Sequence[GpuView]) -> GpuModel:
     return (gpus[0] if gpus else view.gpus[0]).model
 
 
-@lru_cache(maxsize=4096)
+# _fits_together's answers by (id of the GPU model, memories, exclude): the model is kept
+# beside each answer, so its id is not reused while the answer is here. Keyed by id, not
+# by the model, because hashing a GpuModel hashes every profile it has.
+_FITS: dict[tuple[int, tuple[float | None, ...], tuple[str, ...]], tuple[GpuModel, bool]] = {}
+_FITS_MAX = 65536
+
+
 def _fits_together(
     model: GpuModel, memories: tuple[float | None, ...], exclude: tuple[str, ...] = PAPER_EXCLUDED
 ) -> bool:
@@ -112,11 +128,19 @@ def _fits_together(
 
     By default with the paper's partition list (no 4g+3g); ``exclude=()`` for every layout.
     """
+    key = (id(model), memories, exclude)
+    hit = _FITS.get(key)
+    if hit is not None:
+        return hit[1]
     jobs = [
         PlanJob(str(i), {c: 1.0 for c in range(1, model.compute_slices + 1)}, memory_mb=m)
         for i, m in enumerate(memories)
     ]
-    return plan_gpu(model, jobs, slices_equal_jobs=True, exclude=exclude) is not None
+    fits = plan_gpu(model, jobs, slices_equal_jobs=True, exclude=exclude) is not None
+    if len(_FITS) >= _FITS_MAX:
+        _FITS.clear()
+    _FITS[key] = (model, fits)
+    return fits
 
 
 def _paper_partition(gpu: GpuView, jobs: list[PlanJob]) -> tuple[Layout, dict[str, Slice]] | None:
@@ -190,23 +214,31 @@ class Miso(Policy):
 
     def _place_queue(self, view: ClusterView, skip: set[int]) -> dict[int, GpuTarget]:
         out: dict[int, GpuTarget] = {}
-        load = {g.index: _alive(view, g) for g in view.gpus}
+        # Of the GPUs that may take a job, the one with the fewest jobs (then the lowest
+        # index) that holds it: tried in that order, the memory test only where needed.
+        counts = {g.index: _alive_count(view, g) for g in view.gpus}
+        load: dict[int, list[JobView]] = {}
         for job in view.queue():
-            room = [
-                g
-                for g in view.gpus
+            open_ = sorted(
+                (counts[g.index], g.index, k)
+                for k, g in enumerate(view.gpus)
                 if g.index not in skip
                 and g.index not in out
                 and not g.busy
                 and not g.profiling
-                and len(load[g.index]) < self.max_jobs
-                and _fits_together(
-                    g.model, tuple(j.memory_mb for j in load[g.index]) + (job.memory_mb,)
-                )
-            ]
-            if not room:
+                and counts[g.index] < self.max_jobs
+            )
+            gpu = None
+            for _, index, k in open_:
+                g = view.gpus[k]
+                if index not in load:
+                    load[index] = _alive(view, g)
+                memories = tuple(j.memory_mb for j in load[index]) + (job.memory_mb,)
+                if _fits_together(g.model, memories):
+                    gpu = g
+                    break
+            if gpu is None:
                 break  # strict FIFO: nothing passes the head of the queue
-            gpu = min(room, key=lambda g: (len(load[g.index]), g.index))
             target = self._admit(view, gpu, load[gpu.index], job)
             if target is None:
                 break  # it fits by memory but no partition suits its speeds: it waits
