@@ -70,17 +70,20 @@ class ProgressMeter:
                 return self.measured.pop(name, None) is not None
             return False
         prev = self.anchors.get(name)
-        if prev is None or (prev.gpu, prev.slice) != (gpu, slice):
+        if prev is None or prev.gpu != gpu or (prev.slice is not slice and prev.slice != slice):
             self.anchors[name] = _Anchor(gpu, slice, math.nan, done_steps)
             return False
-        if math.isnan(prev.since):
+        since = prev.since
+        if since != since:  # nan: not yet seen progressing here
             if done_steps > prev.done:
                 self.anchors[name] = _Anchor(gpu, slice, now, done_steps)
             return False
-        elapsed = now - prev.since
+        elapsed = now - since
         if elapsed >= self.min_s and done_steps > prev.done:
             per_step = elapsed / (done_steps - prev.done)
-            measured = self.measured.setdefault(name, {})
+            measured = self.measured.get(name)
+            if measured is None:
+                measured = self.measured[name] = {}
             if measured.get(slice.slices) != per_step:
                 measured[slice.slices] = per_step
                 return True
