@@ -313,6 +313,53 @@ class EngineGpu:
 Predict = Callable[[dict[int, float], list[dict[int, float]], float | None], SlicePrediction]
 
 
+def _read_through(field_name: str, attr: str) -> property:
+    def get(view: LiveJobView) -> Any:
+        return getattr(view._job, attr)
+
+    def refuse(view: LiveJobView, value: Any) -> None:
+        raise AttributeError(f"a job's {field_name} is the engine's: the view only reads it")
+
+    return property(get, refuse, doc=f"The engine job's ``{attr}``, as it is now.")
+
+
+class LiveJobView(JobView):
+    """A :class:`JobView` the engine builds when a job's place or state changes: its
+    progress (steps done and in all, step time, prediction, profiled) reads the engine's
+    job, so a decision costs nothing for the jobs that only made progress since the last."""
+
+    def __init__(
+        self,
+        job: EngineJob,
+        state: str,
+        gpu: int | None,
+        slice: Slice | None,
+        measured_step_s: dict[int, float],
+        placed_s: float | None,
+    ) -> None:
+        d = self.__dict__
+        d["_job"] = job
+        d["name"] = job.name
+        d["arrival_s"] = job.arrival_s
+        d["state"] = state
+        d["priority"] = job.priority
+        d["memory_mb"] = job.memory_mb
+        d["checkpointable"] = job.checkpointable
+        d["restart_cost_s"] = job.restart_cost_s
+        d["gpu"] = gpu
+        d["slice"] = slice
+        d["workload"] = job.workload
+        d["seq"] = job.seq
+        d["measured_step_s"] = measured_step_s
+        d["placed_s"] = placed_s
+
+    done_steps = _read_through("done_steps", "done")  # type: ignore[assignment]
+    total_steps = _read_through("total_steps", "total_steps")  # type: ignore[assignment]
+    step_time_7g_s = _read_through("step_time_7g_s", "step_time_7g_s")  # type: ignore[assignment]
+    prediction = _read_through("prediction", "prediction")  # type: ignore[assignment]
+    profiled = _read_through("profiled", "profiled")  # type: ignore[assignment]
+
+
 class Engine:
     """One run of one policy: see the module docstring."""
 
@@ -679,21 +726,15 @@ class Engine:
             if j.state == "pending":
                 continue
             mark = (j.state, j.gpu, j.slice, j.priority, j.placed_s)
-            v = views.get(name)
             if (
-                v is not None
-                and name not in explicit
+                name not in explicit
                 and name not in claims
                 and name not in prev_claims
                 and marks.get(name) == mark
+                and name in views
             ):
-                # Where it is and in what state are as the policy last saw them: only its
-                # progress (and what the backend learnt of its speed) can have moved.
-                v.done_steps = j.done
-                v.total_steps = j.total_steps
-                v.step_time_7g_s = j.step_time_7g_s
-                v.prediction = j.prediction
-                v.profiled = j.profiled
+                # Where it is and in what state are as the policy last saw them; its
+                # progress the view reads from the job (LiveJobView).
                 continue
             marks[name] = mark
             state: str = j.state
@@ -702,25 +743,13 @@ class Engine:
                 state = "running"
             if name in claims and state in ("waiting", "running", "profiling"):
                 gpu, sl, state = claims[name]
-            self._views[name] = JobView(
-                name=name,
-                arrival_s=j.arrival_s,
-                state=state,  # type: ignore[arg-type]
-                priority=j.priority,
-                memory_mb=j.memory_mb,
-                total_steps=j.total_steps,
-                done_steps=j.done,
-                step_time_7g_s=j.step_time_7g_s,
-                checkpointable=j.checkpointable,
-                restart_cost_s=j.restart_cost_s,
-                gpu=gpu,
-                slice=sl,
-                prediction=j.prediction,
-                profiled=j.profiled,
-                workload=j.workload,
-                seq=j.seq,
-                measured_step_s=self.meter.of(name),
-                placed_s=j.placed_s if state in ("running", "profiling") else None,
+            views[name] = LiveJobView(
+                j,
+                state,
+                gpu,
+                sl,
+                self.meter.of(name),
+                j.placed_s if state in ("running", "profiling") else None,
             )
             if state == "waiting":
                 self._waiting.add(name)
