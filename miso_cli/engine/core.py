@@ -397,7 +397,6 @@ class Engine:
         self._news = False  # a change the policy has not seen (see the module docstring)
         self._decided_on: tuple[object, ...] | None = None
         self._unplaceable_checked = -math.inf
-        self._looked: set[str] = set()
         # The incremental view: only jobs that can have changed are rebuilt.
         self._views: dict[str, JobView] = {}
         # Per job, the facts its view was built from that progress does not change
@@ -688,6 +687,13 @@ class Engine:
 
     def view(self) -> ClusterView:
         """The facts for the policy; a GPU being changed shows as it will be (and busy)."""
+        return self._view(look=False)
+
+    def _view(self, look: bool) -> ClusterView:
+        """:meth:`view`; with ``look``, the meter also looks at each job that may have moved
+        (its measured seconds per step, as :func:`~miso_cli.engine.measure.measure_view`
+        gives them), in the same pass."""
+        meter, now = self.meter, self.now
         gviews = []
         claims: dict[str, tuple[int, Slice | None, str]] = {}
         for g in self.gpus:
@@ -735,6 +741,10 @@ class Engine:
             ):
                 # Where it is and in what state are as the policy last saw them; its
                 # progress the view reads from the job (LiveJobView).
+                if look:
+                    v = views[name]
+                    if meter.see(now, name, v.state, v.gpu, v.slice, j.done):
+                        v.measured_step_s = meter.of(name)
                 continue
             marks[name] = mark
             state: str = j.state
@@ -743,12 +753,14 @@ class Engine:
                 state = "running"
             if name in claims and state in ("waiting", "running", "profiling"):
                 gpu, sl, state = claims[name]
+            if look:
+                meter.see(now, name, state, gpu, sl, j.done)
             views[name] = LiveJobView(
                 j,
                 state,
                 gpu,
                 sl,
-                self.meter.of(name),
+                meter.of(name),
                 j.placed_s if state in ("running", "profiling") else None,
             )
             if state == "waiting":
@@ -757,7 +769,6 @@ class Engine:
             else:
                 self._waiting.discard(name)
                 self._enqueue(name, None)
-        self._looked = touched
         if self._queue_names is None:
             self._queue_names = tuple(self._queue_order)
         return ClusterView(
@@ -783,14 +794,7 @@ class Engine:
         self._queue_names = None
 
     def _decide(self, event: Event) -> None:
-        view = self.view()
-        # What the jobs that may have moved were measured at (measure_view, at the cost of
-        # the jobs whose measurement changed).
-        meter, jobs, now = self.meter, view.jobs, self.now
-        for name in self._looked:
-            v = jobs.get(name)
-            if v is not None and meter.see(now, name, v.state, v.gpu, v.slice, v.done_steps):
-                v.measured_step_s = meter.of(name)
+        view = self._view(look=True)
         if event.kind == "tick" and not getattr(self.policy, "reacts_to_progress", True):
             fingerprint = view.fingerprint()
             if fingerprint == self._decided_on:
