@@ -130,6 +130,8 @@ def test_quickstart_profiles_repartitions_and_observes(state_dir: Path) -> None:
     assert any("under MPS" in why for why in reasons), reasons
     evs = [json.loads(ln) for ln in r.stdout.splitlines()[:-1]]
     kinds = [e["event"] for e in evs]
+    # issue-12: each decision and its reason is an event too (the live view shows it)
+    assert [e["reason"] for e in evs if e["event"] == "decided"] == reasons
     # a phase: profiled at three MPS levels, then a MIG layout chosen from it
     first = kinds.index("profiled")
     assert kinds.index("profiling") < first < first + kinds[first:].index("layout_changed")
