@@ -30,12 +30,13 @@ what happened (:class:`Arrived`, :class:`Ended`, :class:`Profiled`, progress thr
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from miso_cli.engine import rules
-from miso_cli.engine.measure import ProgressMeter, measure_view
+from miso_cli.engine.measure import ProgressMeter
 from miso_cli.engine.rules import PROFILE_ORDER, TargetError
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
@@ -312,6 +313,53 @@ class EngineGpu:
 Predict = Callable[[dict[int, float], list[dict[int, float]], float | None], SlicePrediction]
 
 
+def _read_through(field_name: str, attr: str) -> property:
+    def get(view: LiveJobView) -> Any:
+        return getattr(view._job, attr)
+
+    def refuse(view: LiveJobView, value: Any) -> None:
+        raise AttributeError(f"a job's {field_name} is the engine's: the view only reads it")
+
+    return property(get, refuse, doc=f"The engine job's ``{attr}``, as it is now.")
+
+
+class LiveJobView(JobView):
+    """A :class:`JobView` the engine builds when a job's place or state changes: its
+    progress (steps done and in all, step time, prediction, profiled) reads the engine's
+    job, so a decision costs nothing for the jobs that only made progress since the last."""
+
+    def __init__(
+        self,
+        job: EngineJob,
+        state: str,
+        gpu: int | None,
+        slice: Slice | None,
+        measured_step_s: dict[int, float],
+        placed_s: float | None,
+    ) -> None:
+        d = self.__dict__
+        d["_job"] = job
+        d["name"] = job.name
+        d["arrival_s"] = job.arrival_s
+        d["state"] = state
+        d["priority"] = job.priority
+        d["memory_mb"] = job.memory_mb
+        d["checkpointable"] = job.checkpointable
+        d["restart_cost_s"] = job.restart_cost_s
+        d["gpu"] = gpu
+        d["slice"] = slice
+        d["workload"] = job.workload
+        d["seq"] = job.seq
+        d["measured_step_s"] = measured_step_s
+        d["placed_s"] = placed_s
+
+    done_steps = _read_through("done_steps", "done")  # type: ignore[assignment]
+    total_steps = _read_through("total_steps", "total_steps")  # type: ignore[assignment]
+    step_time_7g_s = _read_through("step_time_7g_s", "step_time_7g_s")  # type: ignore[assignment]
+    prediction = _read_through("prediction", "prediction")  # type: ignore[assignment]
+    profiled = _read_through("profiled", "profiled")  # type: ignore[assignment]
+
+
 class Engine:
     """One run of one policy: see the module docstring."""
 
@@ -349,12 +397,24 @@ class Engine:
         self._news = False  # a change the policy has not seen (see the module docstring)
         self._decided_on: tuple[object, ...] | None = None
         self._unplaceable_checked = -math.inf
-        self._looked: set[str] = set()
         # The incremental view: only jobs that can have changed are rebuilt.
         self._views: dict[str, JobView] = {}
+        # Per job, the facts its view was built from that progress does not change
+        # (state, GPU, instance, priority, placed_s): a view whose facts are the same is
+        # updated in place rather than built anew.
+        self._marks: dict[str, tuple[Any, ...]] = {}
+        self._prev_claims: set[str] = set()
         self._waiting: set[str] = set()
         self._touched: set[str] = set()
         self._prev_active: set[str] = set()
+        # The queue in the policy's order, kept as jobs join and leave it (see queue_key).
+        self._queue: list[tuple[Any, ...]] = []
+        self._queue_key: dict[str, tuple[Any, ...]] = {}
+        self._queue_order: list[str] = []  # the names of _queue, in its order
+        self._queue_names: tuple[str, ...] | None = ()
+        # GPUs whose jobs, their instances, shares or states (or the mode) changed since
+        # a backend last asked (changed_gpus): the simulator re-paces only those.
+        self._changed: set[int] = set()
 
     # ------------------------------------------------------------ jobs
 
@@ -406,6 +466,7 @@ class Engine:
         j.state = state
         if state == "running" and gpu is not None and 0 <= gpu < len(self.gpus):
             self.gpus[gpu].jobs[name] = slice
+            self._changed.add(gpu)
             j.gpu, j.slice, j.share = gpu, slice, share
             j.span = (gpu, slice.slices if slice is not None else None, self.now)
         elif state == "running":
@@ -419,7 +480,18 @@ class Engine:
 
     def active(self) -> list[EngineJob]:
         """The jobs on a GPU now (cost: the active jobs, not every job seen)."""
-        return [self.jobs[n] for g in self.gpus for n in g.jobs]
+        jobs = self.jobs
+        return [jobs[n] for g in self.gpus for n in g.jobs]
+
+    def changed_gpus(self) -> set[int]:
+        """The GPUs whose jobs, instances, shares, job states or mode changed since the
+        last call (a backend that paces jobs re-reads only these)."""
+        out, self._changed = self._changed, set()
+        return out
+
+    def changed_gpus_pending(self) -> bool:
+        """Whether some GPU changed since :meth:`changed_gpus` was last called."""
+        return bool(self._changed)
 
     def idle(self) -> bool:
         """Nothing runs, drains, profiles or is being set up on any GPU."""
@@ -543,6 +615,7 @@ class Engine:
         j.gpu, j.slice, j.share = None, None, None
         if g is not None:
             g.jobs.pop(j.name, None)
+            self._changed.add(g.index)
         ev: Event | None = None
         if fact.outcome in ("finished", "failed"):
             j.state = fact.outcome
@@ -586,6 +659,7 @@ class Engine:
         ph = g.phase
         if ph is None:
             return False
+        self._changed.add(g.index)
         names = [n for n in ph.jobs if n in fact.measured]
         for n in names:
             j = self.jobs[n]
@@ -613,6 +687,13 @@ class Engine:
 
     def view(self) -> ClusterView:
         """The facts for the policy; a GPU being changed shows as it will be (and busy)."""
+        return self._view(look=False)
+
+    def _view(self, look: bool) -> ClusterView:
+        """:meth:`view`; with ``look``, the meter also looks at each job that may have moved
+        (its measured seconds per step, as :func:`~miso_cli.engine.measure.measure_view`
+        gives them), in the same pass."""
+        meter, now = self.meter, self.now
         gviews = []
         claims: dict[str, tuple[int, Slice | None, str]] = {}
         for g in self.gpus:
@@ -640,48 +721,80 @@ class Engine:
             gviews[gi].jobs[name] = sl
         active = {n for g in self.gpus for n in g.jobs} | set(claims)
         touched = active | self._prev_active | self._touched
+        explicit = self._touched
+        prev_claims = self._prev_claims
         self._prev_active = active
+        self._prev_claims = set(claims)
         self._touched = set()
+        views, marks = self._views, self._marks
         for name in touched:
             j = self.jobs[name]
             if j.state == "pending":
                 continue
+            mark = (j.state, j.gpu, j.slice, j.priority, j.placed_s)
+            if (
+                name not in explicit
+                and name not in claims
+                and name not in prev_claims
+                and marks.get(name) == mark
+                and name in views
+            ):
+                # Where it is and in what state are as the policy last saw them; its
+                # progress the view reads from the job (LiveJobView).
+                if look:
+                    v = views[name]
+                    if meter.see(now, name, v.state, v.gpu, v.slice, j.done):
+                        v.measured_step_s = meter.of(name)
+                continue
+            marks[name] = mark
             state: str = j.state
             gpu, sl = j.gpu, j.slice
             if state == "draining":
                 state = "running"
             if name in claims and state in ("waiting", "running", "profiling"):
                 gpu, sl, state = claims[name]
-            self._views[name] = JobView(
-                name=name,
-                arrival_s=j.arrival_s,
-                state=state,  # type: ignore[arg-type]
-                priority=j.priority,
-                memory_mb=j.memory_mb,
-                total_steps=j.total_steps,
-                done_steps=j.done,
-                step_time_7g_s=j.step_time_7g_s,
-                checkpointable=j.checkpointable,
-                restart_cost_s=j.restart_cost_s,
-                gpu=gpu,
-                slice=sl,
-                prediction=j.prediction,
-                profiled=j.profiled,
-                workload=j.workload,
-                seq=j.seq,
-                measured_step_s=self.meter.of(name),
-                placed_s=j.placed_s if state in ("running", "profiling") else None,
+            if look:
+                meter.see(now, name, state, gpu, sl, j.done)
+            views[name] = LiveJobView(
+                j,
+                state,
+                gpu,
+                sl,
+                meter.of(name),
+                j.placed_s if state in ("running", "profiling") else None,
             )
             if state == "waiting":
                 self._waiting.add(name)
+                self._enqueue(name, (-j.priority, j.arrival_s, j.seq, name))
             else:
                 self._waiting.discard(name)
-        self._looked = touched
-        return ClusterView(self.now, gviews, self._views, waiting=set(self._waiting))
+                self._enqueue(name, None)
+        if self._queue_names is None:
+            self._queue_names = tuple(self._queue_order)
+        return ClusterView(
+            self.now, gviews, self._views, queue_order=self._queue_names, active=active
+        )
+
+    def _enqueue(self, name: str, key: tuple[Any, ...] | None) -> None:
+        """Keep the queue in the policy's order (ClusterView.queue's key): ``name`` joins
+        it at ``key``, or leaves it (None), at the cost of a search, not a sort."""
+        old = self._queue_key.get(name)
+        if old == key:
+            return
+        if old is not None:
+            at = bisect_left(self._queue, old)
+            del self._queue[at]
+            del self._queue_order[at]
+            del self._queue_key[name]
+        if key is not None:
+            at = bisect_left(self._queue, key)
+            self._queue.insert(at, key)
+            self._queue_order.insert(at, name)
+            self._queue_key[name] = key
+        self._queue_names = None
 
     def _decide(self, event: Event) -> None:
-        view = self.view()
-        measure_view(self.meter, view, [n for n in self._looked if n in view.jobs])
+        view = self._view(look=True)
         if event.kind == "tick" and not getattr(self.policy, "reacts_to_progress", True):
             fingerprint = view.fingerprint()
             if fingerprint == self._decided_on:
@@ -737,15 +850,24 @@ class Engine:
                 if self.jobs[n].state == "profiling":
                     self.jobs[n].state = "running"
             g.phase = None
+            self._changed.add(g.index)
         if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
             self.reconfigurations += 1
         wanted: dict[str, Slice | None] = {}
         for name, sl in target.assignment.items():
             if self.jobs[name].state != "failed":
                 wanted[name] = sl if target.mode == "mig" else None
+        # The running jobs a target can stop: this GPU's and those it takes from others
+        # (rules.moves leaves every other job alone), in the cluster's order.
+        involved = {g.index}
+        for name in target.assignment:
+            gi = self.jobs[name].gpu
+            if gi is not None:
+                involved.add(gi)
         running = {
             j.name: rules.Placed(j.gpu, j.slice, float(j.share or 100))  # type: ignore[arg-type]
-            for j in self.active()
+            for gi in sorted(involved)
+            for j in (self.jobs[n] for n in self.gpus[gi].jobs)
             if j.state in ("running", "profiling") and j.gpu is not None
         }
         stops = rules.moves(g.index, g.mode, target, running)
@@ -789,6 +911,8 @@ class Engine:
     def _stop(self, j: EngineJob, why: str, gpu: int) -> None:
         """Ask ``j`` to checkpoint and stop; with instant stops it is stopped now."""
         self._out.append(Stop(j.name, why, gpu))
+        if j.gpu is not None:
+            self._changed.add(j.gpu)
         j.state = "draining"
         j.stop_for = why
         self._touched.add(j.name)
@@ -827,6 +951,7 @@ class Engine:
         )
         g.mode = target.mode
         g.layout = layout
+        self._changed.add(g.index)
         if p.seen_busy:
             self._news = True  # the policy saw this GPU busy: it is free now
         pauses: list[float] = []
@@ -888,6 +1013,7 @@ class Engine:
         if j.start_s is None:
             j.start_s = self.now
         g.jobs[j.name] = j.slice
+        self._changed.add(g.index)
         j.span = (g.index, j.slice.slices if j.slice is not None else None, self.now)
         j.placed_s = self.now
         self._touched.add(j.name)

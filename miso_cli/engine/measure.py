@@ -52,23 +52,42 @@ class ProgressMeter:
     def look(self, now: float, jobs: Iterable[Look]) -> None:
         """Update the measurements from the jobs' progress at ``now``."""
         for job in jobs:
-            if job.state != "running" or job.slice is None:
-                self.anchors.pop(job.name, None)
-                if job.state in ("finished", "failed"):
-                    self.measured.pop(job.name, None)
-                continue
-            prev = self.anchors.get(job.name)
-            if prev is None or (prev.gpu, prev.slice) != (job.gpu, job.slice):
-                self.anchors[job.name] = _Anchor(job.gpu, job.slice, math.nan, job.done_steps)
-                continue
-            if math.isnan(prev.since):
-                if job.done_steps > prev.done:
-                    self.anchors[job.name] = _Anchor(job.gpu, job.slice, now, job.done_steps)
-                continue
-            elapsed = now - prev.since
-            if elapsed >= self.min_s and job.done_steps > prev.done:
-                per_step = elapsed / (job.done_steps - prev.done)
-                self.measured.setdefault(job.name, {})[job.slice.slices] = per_step
+            self.see(now, job.name, job.state, job.gpu, job.slice, job.done_steps)
+
+    def see(
+        self,
+        now: float,
+        name: str,
+        state: str,
+        gpu: int | None,
+        slice: Slice | None,
+        done_steps: float,
+    ) -> bool:
+        """:meth:`look` at one job; whether what is measured of it (:meth:`of`) changed."""
+        if state != "running" or slice is None:
+            self.anchors.pop(name, None)
+            if state in ("finished", "failed"):
+                return self.measured.pop(name, None) is not None
+            return False
+        prev = self.anchors.get(name)
+        if prev is None or prev.gpu != gpu or (prev.slice is not slice and prev.slice != slice):
+            self.anchors[name] = _Anchor(gpu, slice, math.nan, done_steps)
+            return False
+        since = prev.since
+        if since != since:  # nan: not yet seen progressing here
+            if done_steps > prev.done:
+                self.anchors[name] = _Anchor(gpu, slice, now, done_steps)
+            return False
+        elapsed = now - since
+        if elapsed >= self.min_s and done_steps > prev.done:
+            per_step = elapsed / (done_steps - prev.done)
+            measured = self.measured.get(name)
+            if measured is None:
+                measured = self.measured[name] = {}
+            if measured.get(slice.slices) != per_step:
+                measured[slice.slices] = per_step
+                return True
+        return False
 
     def of(self, name: str) -> dict[int, float]:
         """Seconds per step of ``name`` by compute slices (a copy; empty when unknown)."""

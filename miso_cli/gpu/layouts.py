@@ -23,6 +23,12 @@ from typing import Any
 from miso_cli.gpu.profiles import GpuModel, Placement, SliceProfile
 
 
+def _fields_only(obj: object) -> dict[str, Any]:
+    """What a pickle or copy of a layout object keeps: its fields, not its cached hash
+    (a string's hash differs from one process to the next) or name."""
+    return {k: v for k, v in obj.__dict__.items() if not k.startswith("_")}
+
+
 @dataclass(frozen=True, order=True)
 class Slice:
     """One GPU instance of a layout: a profile at a placement."""
@@ -31,6 +37,18 @@ class Slice:
     size: int
     profile: str  # e.g. "3g.20gb"
     slices: int  # compute slices, e.g. 3
+
+    def __hash__(self) -> int:
+        # The hash the dataclass would compute, once: planners and the engine hash the
+        # same instances again and again.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.start, self.size, self.profile, self.slices))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _fields_only(self)
 
     @property
     def placement(self) -> Placement:
@@ -54,6 +72,17 @@ class Layout:
 
     slices: tuple[Slice, ...]
 
+    def __hash__(self) -> int:
+        # As Slice: the dataclass's hash, computed once.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.slices,))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _fields_only(self)
+
     @staticmethod
     def of(items: Iterable[Slice]) -> Layout:
         return Layout(tuple(sorted(items)))
@@ -61,10 +90,15 @@ class Layout:
     @property
     def name(self) -> str:
         """Profiles, largest first, joined by ``+`` (``4g.20gb+2g.10gb+1g.5gb``)."""
-        if not self.slices:
-            return "(empty)"
-        ordered = sorted(self.slices, key=lambda s: (-s.slices, -s.size, s.start))
-        return "+".join(s.profile for s in ordered)
+        name = self.__dict__.get("_name")
+        if name is None:  # computed once: a layout never changes
+            if not self.slices:
+                name = "(empty)"
+            else:
+                ordered = sorted(self.slices, key=lambda s: (-s.slices, -s.size, s.start))
+                name = "+".join(s.profile for s in ordered)
+            object.__setattr__(self, "_name", name)
+        return name
 
     @property
     def compute_slices(self) -> int:

@@ -116,6 +116,19 @@ class GpuModel:
     # "ampere", "hopper" or "blackwell": Ampere needs a GPU reset to switch MIG mode.
     architecture: str = "ampere"
 
+    # issue 12 (simulator speed): the dataclass's hash, computed once. Planners key caches
+    # by model, and hashing a model hashes every profile and placement it has. Not pickled:
+    # a string's hash differs from one process to the next.
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @property
     def mig_mode_needs_reset(self) -> bool:
         """Whether switching MIG mode waits for a GPU reset (A100, A30), or not (Hopper+).

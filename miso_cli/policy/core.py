@@ -27,6 +27,7 @@ so policies are independent of the GPU model's memory sizes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,18 +110,28 @@ class ClusterView:
 
     # The names of the waiting jobs, when the driver keeps them (then queue() costs in
     # proportion to the queue, not to every job of the run); None: found from ``jobs``.
-    waiting: set[str] | None = None
+    waiting: Set[str] | None = None
+    # The same names already in queue order (queue_key), when the driver keeps the queue
+    # ordered as jobs join and leave it: then queue() does not sort.
+    queue_order: Sequence[str] | None = None
+    # The jobs on a GPU or claimed by a GPU's target, when the driver knows them: with
+    # ``queue_order`` every job that is not finished or failed, so fingerprint() reads
+    # those and not every job of the run.
+    active: Set[str] | None = None
 
     def queue(self) -> list[JobView]:
         """Waiting jobs: priority (higher first), then first come first served.
 
         Jobs that arrive together keep their order in the queue file or trace.
         """
+        if self.queue_order is not None:
+            jobs = self.jobs
+            return [jobs[n] for n in self.queue_order]
         if self.waiting is not None:
             waiting = [self.jobs[n] for n in self.waiting]
         else:
             waiting = [j for j in self.jobs.values() if j.state == "waiting"]
-        return sorted(waiting, key=lambda j: (-j.priority, j.arrival_s, j.seq, j.name))
+        return sorted(waiting, key=queue_key)
 
     def fingerprint(self) -> tuple[object, ...]:
         """The facts a decision depends on, apart from the clock and measured speeds.
@@ -139,12 +150,22 @@ class ClusterView:
             )
             for g in self.gpus
         )
+        if self.queue_order is not None and self.active is not None:
+            live = [self.jobs[n] for n in sorted({*self.queue_order, *self.active})]
+        else:
+            live = sorted(self.jobs.values(), key=lambda j: j.name)
         jobs = tuple(
             (j.name, j.state, j.profiled, j.prediction is not None, j.gpu, j.slice)
-            for j in sorted(self.jobs.values(), key=lambda j: j.name)
+            for j in live
             if j.state in ("waiting", "running", "profiling")
         )
         return gpus, jobs
+
+
+def queue_key(job: JobView) -> tuple[int, float, int, str]:
+    """A waiting job's place in the queue: priority (higher first), arrival, then its
+    position in the queue file or trace."""
+    return (-job.priority, job.arrival_s, job.seq, job.name)
 
 
 @dataclass

@@ -32,7 +32,8 @@ every event (more than ``local_gpus``, 8), and otherwise the whole cluster at on
 * knows remaining times from measured progress: seconds per step on the
   instance a job runs on, measured from the first look that finds it progressing;
 * profiles newcomers under MPS only where that disturbs no running job (an idle
-  GPU), several at once; a newcomer that cannot be profiled cheaply starts on
+  GPU), several at once, and only when it pays (:meth:`MisoPlus.profiling_pays`:
+  never for a job of unknown length); a newcomer that cannot be profiled cheaply starts on
   the cluster's prior (the mean prediction of the jobs profiled so far, with the
   spread as uncertainty) and never pays a profiling reset;
 * counts uncertainty: a prediction counts as mean + ``risk`` x std. dev.;
@@ -51,7 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from functools import lru_cache
+from typing import Any
 
 from miso_cli.gpu.layouts import Layout, Slice
 from miso_cli.gpu.profiles import GpuModel
@@ -100,6 +101,17 @@ def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
     return sorted(out, key=lambda j: (j.arrival_s, j.name))
 
 
+def _alive_count(view: ClusterView, gpu: GpuView) -> int:
+    """``len(_alive(view, gpu))``, without sorting."""
+    jobs = view.jobs
+    n = 0
+    for name in gpu.jobs:
+        job = jobs.get(name)
+        if job is not None and job.state in ("running", "profiling"):
+            n += 1
+    return n
+
+
 def _full_layout(model: GpuModel) -> Layout:
     full = model.full_profile
     pl = full.placements[0]
@@ -111,7 +123,13 @@ def home_model(view: ClusterView, gpus: Sequence[GpuView]) -> GpuModel:
     return (gpus[0] if gpus else view.gpus[0]).model
 
 
-@lru_cache(maxsize=4096)
+# _fits_together's answers by (id of the GPU model, memories, exclude): the model is kept
+# beside each answer, so its id is not reused while the answer is here. Keyed by id, not
+# by the model, because hashing a GpuModel hashes every profile it has.
+_FITS: dict[tuple[int, tuple[float | None, ...], tuple[str, ...]], tuple[GpuModel, bool]] = {}
+_FITS_MAX = 65536
+
+
 def _fits_together(
     model: GpuModel, memories: tuple[float | None, ...], exclude: tuple[str, ...] = PAPER_EXCLUDED
 ) -> bool:
@@ -119,23 +137,58 @@ def _fits_together(
 
     By default with the paper's partition list (no 4g+3g); ``exclude=()`` for every layout.
     """
+    key = (id(model), memories, exclude)
+    hit = _FITS.get(key)
+    if hit is not None:
+        return hit[1]
     jobs = [
         PlanJob(str(i), {c: 1.0 for c in range(1, model.compute_slices + 1)}, memory_mb=m)
         for i, m in enumerate(memories)
     ]
-    return plan_gpu(model, jobs, slices_equal_jobs=True, exclude=exclude) is not None
+    fits = plan_gpu(model, jobs, slices_equal_jobs=True, exclude=exclude) is not None
+    if len(_FITS) >= _FITS_MAX:
+        _FITS.clear()
+    _FITS[key] = (model, fits)
+    return fits
+
+
+# _paper_partition's answers by what they depend on (the GPU model, by id and kept beside
+# the answer as in _FITS; each job's speeds, memory and restart cost, in order; the current
+# layout): a run meets the same mixes of workloads again and again.
+_PARTITIONS: dict[tuple[Any, ...], tuple[GpuModel, tuple[Layout, tuple[Slice, ...]] | None]] = {}
 
 
 def _paper_partition(gpu: GpuView, jobs: list[PlanJob]) -> tuple[Layout, dict[str, Slice]] | None:
     """The paper's optimiser on one GPU: one instance per job, mean slowdown, no 4g+3g."""
-    return plan_gpu(
-        gpu.model,
-        jobs,
-        objective="miso",
-        slices_equal_jobs=True,
-        exclude=PAPER_EXCLUDED,
-        current=gpu.layout if gpu.mode == "mig" else None,
+    current = gpu.layout if gpu.mode == "mig" else None
+    key = (
+        id(gpu.model),
+        tuple(
+            (tuple(j.relative.items()), tuple(j.uncertainty.items()), j.memory_mb, j.restart_cost_s)
+            for j in jobs
+        ),
+        current,
     )
+    hit = _PARTITIONS.get(key)
+    if hit is None:
+        solved = plan_gpu(
+            gpu.model,
+            jobs,
+            objective="miso",
+            slices_equal_jobs=True,
+            exclude=PAPER_EXCLUDED,
+            current=current,
+        )
+        # The answer by the jobs' positions: the optimiser reads a job's name only to
+        # label its instance.
+        answer = None if solved is None else (solved[0], tuple(solved[1][j.name] for j in jobs))
+        if len(_PARTITIONS) >= _FITS_MAX:
+            _PARTITIONS.clear()
+        hit = _PARTITIONS[key] = (gpu.model, answer)
+    if hit[1] is None:
+        return None
+    layout, slices = hit[1]
+    return layout, {j.name: sl for j, sl in zip(jobs, slices, strict=True)}
 
 
 def _plan_job(job: JobView) -> PlanJob:
@@ -197,23 +250,31 @@ class Miso(Policy):
 
     def _place_queue(self, view: ClusterView, skip: set[int]) -> dict[int, GpuTarget]:
         out: dict[int, GpuTarget] = {}
-        load = {g.index: _alive(view, g) for g in view.gpus}
+        # Of the GPUs that may take a job, the one with the fewest jobs (then the lowest
+        # index) that holds it: tried in that order, the memory test only where needed.
+        counts = {g.index: _alive_count(view, g) for g in view.gpus}
+        load: dict[int, list[JobView]] = {}
         for job in view.queue():
-            room = [
-                g
-                for g in view.gpus
+            open_ = sorted(
+                (counts[g.index], g.index, k)
+                for k, g in enumerate(view.gpus)
                 if g.index not in skip
                 and g.index not in out
                 and not g.busy
                 and not g.profiling
-                and len(load[g.index]) < self.max_jobs
-                and _fits_together(
-                    g.model, tuple(j.memory_mb for j in load[g.index]) + (job.memory_mb,)
-                )
-            ]
-            if not room:
+                and counts[g.index] < self.max_jobs
+            )
+            gpu = None
+            for _, index, k in open_:
+                g = view.gpus[k]
+                if index not in load:
+                    load[index] = _alive(view, g)
+                memories = tuple(j.memory_mb for j in load[index]) + (job.memory_mb,)
+                if _fits_together(g.model, memories):
+                    gpu = g
+                    break
+            if gpu is None:
                 break  # strict FIFO: nothing passes the head of the queue
-            gpu = min(room, key=lambda g: (len(load[g.index]), g.index))
             target = self._admit(view, gpu, load[gpu.index], job)
             if target is None:
                 break  # it fits by memory but no partition suits its speeds: it waits
@@ -553,7 +614,19 @@ class MisoPlus(Policy):
         about its remaining time times how wrong the prior may be (its relative
         spread, of which a wrong choice loses a part, ``PROFILE_REGRET``). Otherwise
         the job starts on the prior and the engine learns its speed from its progress.
+
+        A job whose length is not known (no step time yet: neither profiled nor
+        measured, or no ``steps``) is not profiled: the gain cannot be weighed, and
+        assuming a length (``default_remaining_s``) profiled short jobs for longer than
+        they ran. Measured (``benchmarks/simulate.py``): on the quickstart queue,
+        simulated, mean JCT 107.5 -> 71.7 s (nopart 60.2 s); on the generated traces
+        of 8 GPUs, under both MPS models, no trace moves by more than 2 %, and every
+        one stays within 1 % of the best baseline.
         """
+        if job.remaining_steps is None or not (
+            self._step_7g_s(job, prior) if self.measure else job.step_time_7g_s
+        ):
+            return "not profiled: its length is not known yet (starts on the prior, measured)"
         waiting = len(_queue_of(view))
         idle = len(_idle_gpus(view))
         if waiting <= idle:

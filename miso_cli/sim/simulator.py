@@ -234,6 +234,27 @@ class _Virtual:
     rate: float = 0.0  # steps per second now (0 while paused)
 
 
+class _PacedJob(EngineJob):
+    """An engine job whose steps done live in the simulator's table, one array for every
+    job, so that advancing the clock moves every running job in one vector operation (the
+    same floating-point operations, job by job, as a loop would do)."""
+
+    _steps: Any = None  # a memoryview of the table's steps done (None: not attached)
+    _slot: int = 0
+
+    @property  # type: ignore[override]
+    def done(self) -> float:
+        steps = self._steps
+        return self.__dict__.get("_done", 0.0) if steps is None else steps[self._slot]
+
+    @done.setter
+    def done(self, value: float) -> None:
+        if self._steps is None:
+            self.__dict__["_done"] = float(value)
+        else:
+            self._steps[self._slot] = float(value)
+
+
 class Simulator:
     """The virtual backend of :class:`~miso_cli.engine.core.Engine`. Use :func:`simulate`.
 
@@ -251,6 +272,9 @@ class Simulator:
         predict: Predict | None = None,
         config: SimConfig | None = None,
     ) -> None:
+        import numpy as np
+
+        self._np = np
         self.config = config or SimConfig()
         self.policy = policy
         self.knowledge = getattr(policy, "knowledge", "none")
@@ -270,24 +294,38 @@ class Simulator:
         )
         self.trace = {t.name: t for t in trace}
         self.virtual: dict[str, _Virtual] = {}
+        # The pace table, by job (its seq): steps done, steps in all, steps per second,
+        # paused until. Only the jobs on a GPU (_slots) are read or moved.
+        n = len(trace)
+        self._done = np.zeros(n)
+        self._total = np.zeros(n)
+        self._rate = np.zeros(n)
+        self._paused = np.zeros(n)
+        steps = memoryview(self._done).cast("B").cast("d")
         for t in trace:
             w = catalog[t.workload]
             step_7g_s = (w.step_time_ms(7) or 0.0) / 1000.0
-            self.engine.add_job(
-                EngineJob(
-                    name=t.name,
-                    arrival_s=t.arrival_s,
-                    seq=len(self.virtual),
-                    total_steps=t.duration_7g_s / step_7g_s,
-                    memory_mb=w.memory_need_mb(),  # the job's need: the same on every GPU
-                    restart_cost_s=restart_cost_for(w, self.config.restart_costs),
-                    workload=t.workload,
-                )
+            job = _PacedJob(
+                name=t.name,
+                arrival_s=t.arrival_s,
+                seq=len(self.virtual),
+                total_steps=t.duration_7g_s / step_7g_s,
+                memory_mb=w.memory_need_mb(),  # the job's need: the same on every GPU
+                restart_cost_s=restart_cost_for(w, self.config.restart_costs),
+                workload=t.workload,
             )
+            job._steps, job._slot = steps, job.seq
+            self._total[job.seq] = job.total_steps or 0.0
+            self.engine.add_job(job)
             self.virtual[t.name] = _Virtual(w)
         self.jobs = self.engine.jobs
         self.gpus = self.engine.gpus
         self.now = 0.0
+        # The jobs on a GPU, in the engine's order (active()), and their rows of the pace
+        # table, rebuilt when the engine changes a GPU; the pauses still to end, soonest first.
+        self._live: list[EngineJob] = []
+        self._slots = np.zeros(0, dtype=np.intp)
+        self._pauses: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------------ speeds
 
@@ -311,16 +349,34 @@ class Simulator:
         return mps_step_time_ms(w, float(j.share or 100), co, self.config.mps_model)
 
     def _update_rates(self) -> None:
-        for j in self.engine.active():
-            v = self.virtual[j.name]
+        """Re-pace the jobs whose pace may have changed: those of the GPUs the engine
+        changed, and those whose pause is over (a job's pace depends on nothing else)."""
+        changed = self.engine.changed_gpus()
+        names: list[str] = []
+        if changed:
+            self._relive()
+            for gi in sorted(changed):
+                names.extend(self.gpus[gi].jobs)
+        pauses = self._pauses
+        while pauses and self.now >= pauses[0][0] - 1e-9:
+            names.append(heapq.heappop(pauses)[1])
+        for name in names:
+            j = self.jobs[name]
+            if j.gpu is None:
+                continue  # it left its GPU since
+            v = self.virtual[name]
             if self.now < v.paused_until - 1e-9:
-                v.rate = 0.0
+                v.rate = self._rate[j.seq] = 0.0
                 continue
-            step = self._step_ms(j.name)
+            step = self._step_ms(name)
             rate = 0.0 if step is None else 1000.0 / step
             if rate != v.rate and step is not None and not j.profiled:
-                self.engine.progress(j.name, j.done, None, step / 1000.0)  # its pace, seen
-            v.rate = rate
+                self.engine.progress(name, j.done, None, step / 1000.0)  # its pace, seen
+            v.rate = self._rate[j.seq] = rate
+
+    def _relive(self) -> None:
+        self._live = self.engine.active()
+        self._slots = self._np.fromiter((j.seq for j in self._live), self._np.intp)
 
     def _measured(self) -> float:
         """Levels measured enough by now are ready (the engine may end them); the next
@@ -343,21 +399,29 @@ class Simulator:
         t = min(self.engine.next_due(), self._measured())
         if arrivals:
             t = min(t, arrivals[0][0])
-        for j in self.engine.active():
-            v = self.virtual[j.name]
-            if v.paused_until > self.now + 1e-9:
-                t = min(t, v.paused_until)
-            elif v.rate > 0:
-                t = min(t, self.now + max(0.0, (j.total_steps or 0.0) - j.done) / v.rate)
+        slots = self._slots
+        if not len(slots):
+            return t
+        np, now = self._np, self.now
+        # Per job: the end of its pause, else (when it runs) now + steps left / pace.
+        paused = self._paused[slots]
+        held = paused > now + 1e-9
+        if held.any():
+            t = min(t, float(paused[held].min()))
+        rate = self._rate[slots]
+        going = ~held & (rate > 0)
+        if going.any():
+            left = np.maximum(0.0, self._total[slots][going] - self._done[slots][going])
+            t = min(t, float((now + left / rate[going]).min()))
         return t
 
     def _advance(self, t: float) -> None:
         dt = t - self.now
-        if dt > 0:
-            for j in self.engine.active():
-                rate = self.virtual[j.name].rate
-                if rate:
-                    j.done = min(j.total_steps or 0.0, j.done + rate * dt)
+        slots = self._slots
+        if dt > 0 and len(slots):
+            # done + rate * dt, at most the total; a job at rate 0 keeps its steps exactly.
+            done = self._done[slots] + self._rate[slots] * dt
+            self._done[slots] = self._np.minimum(self._total[slots], done)
         self.now = t
 
     # ------------------------------------------------------------------ actions
@@ -367,7 +431,10 @@ class Simulator:
         facts: list[core.Fact] = []
         for a in actions:
             if isinstance(a, core.Start):
-                self.virtual[a.job].paused_until = self.now + a.pause_s
+                until = self.now + a.pause_s
+                self.virtual[a.job].paused_until = until
+                self._paused[self.jobs[a.job].seq] = until
+                heapq.heappush(self._pauses, (until, a.job))  # re-paced when it is over
             elif isinstance(a, core.Fail):
                 self.unfinished -= 1
             elif isinstance(a, core.CollectProfile):
@@ -426,14 +493,19 @@ class Simulator:
             self._measured()
             facts = self._carry_out(self._engine(engine.due, self.now))
             ended: list[core.Fact] = []
-            for j in engine.active():
-                if (
-                    j.state in ("running", "profiling")
-                    and j.done >= (j.total_steps or 0.0) - 1e-6
-                    and self.virtual[j.name].paused_until <= self.now + 1e-9
-                ):
-                    ended.append(core.Ended(j.name, "finished"))
-                    self.unfinished -= 1
+            if engine.changed_gpus_pending():
+                self._relive()
+            slots = self._slots
+            if len(slots):
+                # Done (every step, its pause over), in the engine's order of its jobs.
+                over = (self._done[slots] >= self._total[slots] - 1e-6) & (
+                    self._paused[slots] <= self.now + 1e-9
+                )
+                for k in self._np.flatnonzero(over).tolist():
+                    j = self._live[k]
+                    if j.state in ("running", "profiling"):
+                        ended.append(core.Ended(j.name, "finished"))
+                        self.unfinished -= 1
             facts = ended + facts
             while arrivals and arrivals[0][0] <= self.now + 1e-9:
                 _, _, name = heapq.heappop(arrivals)
