@@ -425,3 +425,28 @@ def test_a_local_plan_weighs_jobs_as_the_whole_cluster_plan_would() -> None:
     assert local["new"].wait_cost == pytest.approx(whole["new"].wait_cost)
     # The next finish anywhere is s1's, 101 s away (x wait_scale), not GPU 0's 6,000 s.
     assert whole["new"].wait_cost < pol.wait_scale * 1000.0
+
+
+def test_the_cluster_prior_is_read_incrementally_yet_the_same() -> None:
+    """miso+'s prior (mean of the profiled jobs' predictions) reads every job once per run,
+    then only the jobs on a GPU or waiting; it equals the prior of every job each time."""
+    from miso_cli.policy.miso import _known_prior, prior_prediction
+
+    classes = [7, 4, 3, 2, 1]
+    lay = place(A100, ["4g.20gb", "3g.20gb"])
+    four, three = sorted(lay.slices, key=lambda s: -s.slices)
+    slow = SlicePrediction({7: 1.0, 4: 1.6, 3: 2.0, 2: 3.0, 1: 6.0}, {})
+    jobs = {
+        f"done{i}": JobView(f"done{i}", 0.0, state="finished", prediction=PRED, profiled=True)
+        for i in range(3)
+    }
+    jobs["a"] = _running("a", 0, four, profiled=False, prediction=None)
+    jobs["b"] = _running("b", 0, three, profiled=False, prediction=None)
+    gpu = GpuView(0, A100, "mig", lay, {"a": four, "b": three})
+    first = _known_prior(ClusterView(10.0, [gpu], jobs), classes)
+    assert first.relative == prior_prediction(jobs.values(), classes).relative
+    # b is profiled on its GPU; a later decision sees it among the known.
+    jobs["b"] = _running("b", 0, three, prediction=slow)
+    second = _known_prior(ClusterView(20.0, [gpu], jobs), classes)
+    assert second.relative == pytest.approx(prior_prediction(jobs.values(), classes).relative)
+    assert second.relative[4] > first.relative[4]

@@ -652,7 +652,7 @@ class MisoPlus(Policy):
         classes = sorted(
             {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
         )
-        prior = _view_prior(view, classes)
+        prior = _known_prior(view, classes)
         fresh = [
             j
             for j in _queue_of(view)
@@ -759,7 +759,7 @@ class MisoPlus(Policy):
             classes = sorted(
                 {p.slices for g in view.gpus for p in g.model.standard_profiles()}, reverse=True
             )
-            prior = _view_prior(view, classes)
+            prior = _known_prior(view, classes)
         out: dict[int, GpuTarget] = {}
         for gp in result.gpus:
             gpu = next(g for g in gpus if g.index == gp.index)
@@ -907,7 +907,7 @@ class MisoPlus(Policy):
         model_classes = sorted(
             {p.slices for g in gpus for p in g.model.standard_profiles()}, reverse=True
         )
-        prior = _view_prior(view, model_classes)
+        prior = _known_prior(view, model_classes)
         jobs: list[PlanJob] = []
         running: list[JobView] = []
         for g in gpus:
@@ -1099,3 +1099,33 @@ def _idle_gpus(view: ClusterView) -> list[GpuView]:
     idle = memo["idle"]
     assert isinstance(idle, list)
     return idle
+
+
+# The profiled jobs of a run, per jobs mapping (the driver keeps one for the run): a job is
+# profiled while it is on a GPU, so after one full reading only the jobs on a GPU or
+# waiting are read again, not every job the run has seen (issue 12: at 5,000 jobs that
+# reading cost more than the plans).
+_KNOWN: dict[str, object] = {}
+
+
+def _known_prior(view: ClusterView, classes: Sequence[int]) -> SlicePrediction:
+    """:func:`prior_prediction` of ``view``'s jobs, read incrementally (see ``_KNOWN``)."""
+    memo = _view_memo(view)
+    key = ("prior", tuple(classes))
+    got = memo.get(key)
+    if isinstance(got, SlicePrediction):
+        return got
+    jobs = view.jobs
+    known = _KNOWN.get("known")
+    if _KNOWN.get("jobs") is not jobs or not isinstance(known, dict):
+        known = {n: j for n, j in jobs.items() if j.prediction is not None and j.profiled}
+        _KNOWN.update(jobs=jobs, known=known)
+    else:
+        active = [n for g in view.gpus for n in g.jobs] + [j.name for j in _queue_of(view)]
+        for n in active:
+            j = jobs.get(n)
+            if j is not None and j.prediction is not None and j.profiled:
+                known[n] = j
+    prior = prior_prediction(known.values(), classes)
+    memo[key] = prior
+    return prior
