@@ -36,7 +36,8 @@ class NoPart(Policy):
     reacts_to_progress = False
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
-        queue = list(view.queue())
+        queue = view.queue()
+        taken: set[str] = set()  # given a GPU by this decision
         targets: list[GpuTarget] = []
         for gpu in view.gpus:
             if gpu.busy:
@@ -44,14 +45,16 @@ class NoPart(Policy):
             running = _running_on(view, gpu)
             if running:
                 continue
-            fitting = [j for j in queue if _fits_whole(j, gpu.model)]
-            if not fitting:
+            # The first job of the queue, not yet given a GPU, that fits this one whole.
+            job = next(
+                (j for j in queue if j.name not in taken and _fits_whole(j, gpu.model)), None
+            )
+            if job is None:
                 if gpu.mode != "full" or gpu.jobs:
                     # Leave a MIG or MPS setup behind only while it has work.
                     targets.append(GpuTarget(gpu.index, "full", reason="idle: whole GPU"))
                 continue
-            job = fitting[0]
-            queue.remove(job)
+            taken.add(job.name)
             targets.append(
                 GpuTarget(
                     gpu.index,
@@ -146,6 +149,8 @@ class FixedLayout(Policy):
         # Largest compute first, then most memory; ties: lower GPU, lower placement.
         free.sort(key=lambda f: (-f[1].slices, -f[2], f[0], f[1].start))
         for job in view.queue():
+            if not free:
+                break  # every instance is taken: the rest of the queue waits
             for k, (gi, sl, mem) in enumerate(free):
                 if job.memory_mb is not None and job.memory_mb > mem:
                     continue
