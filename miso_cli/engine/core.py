@@ -415,6 +415,9 @@ class Engine:
         # GPUs whose jobs, their instances, shares or states (or the mode) changed since
         # a backend last asked (changed_gpus): the simulator re-paces only those.
         self._changed: set[int] = set()
+        # Each GPU's view as the policy last saw it, built anew once the GPU changed.
+        self._gpu_views: list[GpuView | None] = [None] * len(self.gpus)
+        self._stale_views: set[int] = set()
 
     # ------------------------------------------------------------ jobs
 
@@ -466,7 +469,7 @@ class Engine:
         j.state = state
         if state == "running" and gpu is not None and 0 <= gpu < len(self.gpus):
             self.gpus[gpu].jobs[name] = slice
-            self._changed.add(gpu)
+            self._dirty(gpu)
             j.gpu, j.slice, j.share = gpu, slice, share
             j.span = (gpu, slice.slices if slice is not None else None, self.now)
         elif state == "running":
@@ -488,6 +491,11 @@ class Engine:
         last call (a backend that paces jobs re-reads only these)."""
         out, self._changed = self._changed, set()
         return out
+
+    def _dirty(self, gpu: int) -> None:
+        """GPU ``gpu``'s jobs, instances, mode, target or profiling phase changed."""
+        self._changed.add(gpu)
+        self._stale_views.add(gpu)
 
     def changed_gpus_pending(self) -> bool:
         """Whether some GPU changed since :meth:`changed_gpus` was last called."""
@@ -615,7 +623,7 @@ class Engine:
         j.gpu, j.slice, j.share = None, None, None
         if g is not None:
             g.jobs.pop(j.name, None)
-            self._changed.add(g.index)
+            self._dirty(g.index)
         ev: Event | None = None
         if fact.outcome in ("finished", "failed"):
             j.state = fact.outcome
@@ -651,6 +659,7 @@ class Engine:
         ph = g.phase
         if ph is not None and not ph.jobs:
             g.phase = None  # every job of the phase ended: nothing measured
+            self._dirty(g.index)
             self._out.append(Note("profile_cancelled", {"gpu": g.index, "jobs": []}))
             self._news = True
 
@@ -659,7 +668,7 @@ class Engine:
         ph = g.phase
         if ph is None:
             return False
-        self._changed.add(g.index)
+        self._dirty(g.index)
         names = [n for n in ph.jobs if n in fact.measured]
         for n in names:
             j = self.jobs[n]
@@ -696,29 +705,35 @@ class Engine:
         meter, now = self.meter, self.now
         gviews = []
         claims: dict[str, tuple[int, Slice | None, str]] = {}
+        cached, stale = self._gpu_views, self._stale_views
+        self._stale_views = set()
         for g in self.gpus:
-            on: dict[str, Slice | None] = dict(g.jobs)
+            gv = cached[g.index]
             if g.pending is not None:
                 g.pending.seen_busy = True
                 state = "profiling" if g.pending.target.profile_s else "running"
                 for name, sl in g.pending.wanted.items():
                     claims[name] = (g.index, sl, state)
-            gviews.append(
-                GpuView(
+                gv = None  # its view shows what it is being changed to: built each time
+            if gv is None or g.index in stale:
+                gv = cached[g.index] = GpuView(
                     index=g.index,
                     model=g.model,
                     mode=g.mode,  # type: ignore[arg-type]
                     layout=g.layout if g.mode == "mig" else Layout(()),
-                    jobs=on,
+                    jobs=dict(g.jobs),
                     profiling=g.phase is not None,
                     busy=g.pending is not None,
                 )
-            )
+            gviews.append(gv)
         for name, (gi, sl, _) in claims.items():
-            for gv in gviews:
-                if gv.index != gi:
-                    gv.jobs.pop(name, None)
+            # A claimed job shows on the GPU that claims it, not where it runs now.
+            where = self.jobs[name].gpu
+            if where is not None and where != gi and name in gviews[where].jobs:
+                del gviews[where].jobs[name]
+                self._stale_views.add(where)  # that view is no longer the GPU as it is
             gviews[gi].jobs[name] = sl
+            self._stale_views.add(gi)
         active = {n for g in self.gpus for n in g.jobs} | set(claims)
         touched = active | self._prev_active | self._touched
         explicit = self._touched
@@ -850,7 +865,7 @@ class Engine:
                 if self.jobs[n].state == "profiling":
                     self.jobs[n].state = "running"
             g.phase = None
-            self._changed.add(g.index)
+            self._dirty(g.index)
         if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
             self.reconfigurations += 1
         wanted: dict[str, Slice | None] = {}
@@ -878,6 +893,7 @@ class Engine:
         # A newer target replaces one still draining: what drains keeps draining.
         draining: set[str] = set(g.pending.draining) if g.pending is not None else set()
         g.pending = _Pending(target, wanted, draining)
+        self._dirty(g.index)
         for name, why in stops.items():
             j = self.jobs[name]
             if why == "migrate":
@@ -912,7 +928,7 @@ class Engine:
         """Ask ``j`` to checkpoint and stop; with instant stops it is stopped now."""
         self._out.append(Stop(j.name, why, gpu))
         if j.gpu is not None:
-            self._changed.add(j.gpu)
+            self._dirty(j.gpu)
         j.state = "draining"
         j.stop_for = why
         self._touched.add(j.name)
@@ -951,7 +967,7 @@ class Engine:
         )
         g.mode = target.mode
         g.layout = layout
-        self._changed.add(g.index)
+        self._dirty(g.index)
         if p.seen_busy:
             self._news = True  # the policy saw this GPU busy: it is free now
         pauses: list[float] = []
@@ -1013,7 +1029,7 @@ class Engine:
         if j.start_s is None:
             j.start_s = self.now
         g.jobs[j.name] = j.slice
-        self._changed.add(g.index)
+        self._dirty(g.index)
         j.span = (g.index, j.slice.slices if j.slice is not None else None, self.now)
         j.placed_s = self.now
         self._touched.add(j.name)
