@@ -325,8 +325,9 @@ def _read_through(field_name: str, attr: str) -> property:
 
 class LiveJobView(JobView):
     """A :class:`JobView` the engine builds when a job's place or state changes: its
-    progress (steps done and in all, step time, prediction, profiled) reads the engine's
-    job, so a decision costs nothing for the jobs that only made progress since the last."""
+    progress (steps done and in all, step time, prediction, profiled, what the meter
+    measured) reads the engine's job and meter, so a decision costs nothing for the jobs
+    that only made progress since the last."""
 
     def __init__(
         self,
@@ -334,11 +335,12 @@ class LiveJobView(JobView):
         state: str,
         gpu: int | None,
         slice: Slice | None,
-        measured_step_s: dict[int, float],
+        meter: ProgressMeter,
         placed_s: float | None,
     ) -> None:
         d = self.__dict__
         d["_job"] = job
+        d["_meter"] = meter
         d["name"] = job.name
         d["arrival_s"] = job.arrival_s
         d["state"] = state
@@ -350,7 +352,6 @@ class LiveJobView(JobView):
         d["slice"] = slice
         d["workload"] = job.workload
         d["seq"] = job.seq
-        d["measured_step_s"] = measured_step_s
         d["placed_s"] = placed_s
 
     done_steps = _read_through("done_steps", "done")  # type: ignore[assignment]
@@ -358,6 +359,15 @@ class LiveJobView(JobView):
     step_time_7g_s = _read_through("step_time_7g_s", "step_time_7g_s")  # type: ignore[assignment]
     prediction = _read_through("prediction", "prediction")  # type: ignore[assignment]
     profiled = _read_through("profiled", "profiled")  # type: ignore[assignment]
+
+    @property  # type: ignore[override]
+    def measured_step_s(self) -> dict[int, float]:
+        """What the engine's meter measured of the job (a copy), as of its last look."""
+        return self._meter.of(self.name)  # type: ignore[no-any-return]
+
+    @measured_step_s.setter
+    def measured_step_s(self, value: dict[int, float]) -> None:
+        raise AttributeError("a job's measured_step_s is the engine's: the view only reads it")
 
 
 class Engine:
@@ -399,10 +409,6 @@ class Engine:
         self._unplaceable_checked = -math.inf
         # The incremental view: only jobs that can have changed are rebuilt.
         self._views: dict[str, JobView] = {}
-        # Per job, the facts its view was built from that progress does not change
-        # (state, GPU, instance, priority, placed_s): a view whose facts are the same is
-        # updated in place rather than built anew.
-        self._marks: dict[str, tuple[Any, ...]] = {}
         self._prev_claims: set[str] = set()
         self._waiting: set[str] = set()
         self._touched: set[str] = set()
@@ -741,27 +747,24 @@ class Engine:
         self._prev_active = active
         self._prev_claims = set(claims)
         self._touched = set()
-        views, marks = self._views, self._marks
+        views = self._views
         for name in touched:
             j = self.jobs[name]
             if j.state == "pending":
                 continue
-            mark = (j.state, j.gpu, j.slice, j.priority, j.placed_s)
             if (
                 name not in explicit
                 and name not in claims
                 and name not in prev_claims
-                and marks.get(name) == mark
                 and name in views
             ):
-                # Where it is and in what state are as the policy last saw them; its
-                # progress the view reads from the job (LiveJobView).
+                # Where it is and in what state are as the policy last saw them (every
+                # change of those touches the job); its progress the view reads from the
+                # job (LiveJobView).
                 if look:
                     v = views[name]
-                    if meter.see(now, name, v.state, v.gpu, v.slice, j.done):
-                        v.measured_step_s = meter.of(name)
+                    meter.see(now, name, v.state, v.gpu, v.slice, j.done)
                 continue
-            marks[name] = mark
             state: str = j.state
             gpu, sl = j.gpu, j.slice
             if state == "draining":
@@ -771,12 +774,7 @@ class Engine:
             if look:
                 meter.see(now, name, state, gpu, sl, j.done)
             views[name] = LiveJobView(
-                j,
-                state,
-                gpu,
-                sl,
-                meter.of(name),
-                j.placed_s if state in ("running", "profiling") else None,
+                j, state, gpu, sl, meter, j.placed_s if state in ("running", "profiling") else None
             )
             if state == "waiting":
                 self._waiting.add(name)
@@ -864,6 +862,7 @@ class Engine:
             for n in g.phase.jobs:
                 if self.jobs[n].state == "profiling":
                     self.jobs[n].state = "running"
+                    self._touched.add(n)
             g.phase = None
             self._dirty(g.index)
         if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
@@ -1003,6 +1002,7 @@ class Engine:
             g.phase = ph
             for n in phase_jobs:
                 self.jobs[n].state = "profiling"
+                self._touched.add(n)
 
     def _start(
         self,
