@@ -131,7 +131,9 @@ class FixedLayout(Policy):
             if layout is None or gpu.busy:
                 continue
             running = _running_on(view, gpu)
-            reshape = gpu.mode != "mig" or gpu.layout != layout
+            reshape = gpu.mode != "mig" or (gpu.layout is not layout and gpu.layout != layout)
+            if not reshape and len(running) >= len(layout.slices):
+                continue  # every instance runs a job (one each) and stays: nothing to plan
             if reshape:
                 # Only jobs whose instance survives keep running; the driver
                 # requeues the others.
