@@ -763,7 +763,10 @@ class Engine:
                 # job (LiveJobView).
                 if look:
                     v = views[name]
-                    meter.see(now, name, v.state, v.gpu, v.slice, j.done)
+                    # Only a job running on an instance is measured; any other the meter
+                    # let go of when it last looked, in the same state.
+                    if v.slice is not None and v.state == "running":
+                        meter.see(now, name, "running", v.gpu, v.slice, j.done)
                 continue
             state: str = j.state
             gpu, sl = j.gpu, j.slice

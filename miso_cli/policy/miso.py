@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 from miso_cli.gpu.layouts import Layout, Slice
@@ -84,13 +85,18 @@ PROFILE_REGRET = 0.25
 PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition list
 
 
+_BY_ARRIVAL = attrgetter("arrival_s", "name")
+
+
 def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
+    jobs = view.jobs
     out = []
     for name in gpu.jobs:
-        job = view.jobs.get(name)
+        job = jobs.get(name)
         if job is not None and job.state in ("running", "profiling"):
             out.append(job)
-    return sorted(out, key=lambda j: (j.arrival_s, j.name))
+    out.sort(key=_BY_ARRIVAL)
+    return out
 
 
 def _alive_count(view: ClusterView, gpu: GpuView) -> int:
