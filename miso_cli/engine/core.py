@@ -810,7 +810,9 @@ class Engine:
         self._queue_names = None
 
     def _decide(self, event: Event) -> None:
-        view = self._view(look=True)
+        # The meter looks only for a policy that reads what it measures (miso run journals
+        # it, so a resumed run's policy reads what the interrupted one's would have).
+        view = self._view(look=getattr(self.policy, "reads_measured_speed", True))
         if event.kind == "tick" and not getattr(self.policy, "reacts_to_progress", True):
             fingerprint = view.fingerprint()
             if fingerprint == self._decided_on:

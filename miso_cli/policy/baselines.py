@@ -131,6 +131,7 @@ class Mps(Policy):
 
     name = "mps"
     reacts_to_progress = False
+    reads_measured_speed = False
 
     def __init__(self, max_jobs: int = 3, share: int = 33) -> None:
         if max_jobs < 1:

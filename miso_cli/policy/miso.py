@@ -206,6 +206,7 @@ class Miso(Policy):
 
     name = "miso"
     reacts_to_progress = False
+    reads_measured_speed = False  # nor does oracle
     knowledge = "profile"  # the simulator gives it predictions from MPS profiles
 
     def __init__(self, profile_s: float = 30.0, max_jobs: int = MAX_JOBS_PER_GPU) -> None:

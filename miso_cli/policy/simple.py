@@ -34,6 +34,7 @@ class NoPart(Policy):
 
     name = "nopart"
     reacts_to_progress = False
+    reads_measured_speed = False
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
         queue = view.queue()
@@ -91,6 +92,7 @@ class FixedLayout(Policy):
 
     name = "layout"
     reacts_to_progress = False
+    reads_measured_speed = False
 
     def __init__(self, layout: Sequence[str] | Mapping[int, Sequence[str]]) -> None:
         if isinstance(layout, Mapping):
