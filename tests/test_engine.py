@@ -251,7 +251,7 @@ def test_a_policy_that_reads_no_measured_speed_decides_the_same_unmeasured(
 ) -> None:
     """The engine measures jobs' speeds only for a policy that reads them: skipping the
     looks changes no decision of the policies that say they read none."""
-    from miso_cli.sim.simulator import simulate, load_trace, make_predict
+    from miso_cli.sim.simulator import load_trace, make_predict, simulate
     from miso_cli.spec.catalog import load_catalog
 
     root = Path(__file__).resolve().parent.parent
