@@ -89,25 +89,20 @@ _BY_ARRIVAL = attrgetter("arrival_s", "name")
 
 
 def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
+    out = _alive_unsorted(view, gpu)
+    out.sort(key=_BY_ARRIVAL)
+    return out
+
+
+def _alive_unsorted(view: ClusterView, gpu: GpuView) -> list[JobView]:
+    """:func:`_alive` in the GPU's order."""
     jobs = view.jobs
     out = []
     for name in gpu.jobs:
         job = jobs.get(name)
         if job is not None and job.state in ("running", "profiling"):
             out.append(job)
-    out.sort(key=_BY_ARRIVAL)
     return out
-
-
-def _alive_count(view: ClusterView, gpu: GpuView) -> int:
-    """``len(_alive(view, gpu))``, without sorting."""
-    jobs = view.jobs
-    n = 0
-    for name in gpu.jobs:
-        job = jobs.get(name)
-        if job is not None and job.state in ("running", "profiling"):
-            n += 1
-    return n
 
 
 def _full_layout(model: GpuModel) -> Layout:
@@ -251,8 +246,9 @@ class Miso(Policy):
         out: dict[int, GpuTarget] = {}
         # Of the GPUs that may take a job, the one with the fewest jobs (then the lowest
         # index) that holds it: tried in that order, the memory test only where needed.
-        counts = {g.index: _alive_count(view, g) for g in view.gpus}
-        load: dict[int, list[JobView]] = {}
+        load = {g.index: _alive_unsorted(view, g) for g in view.gpus}
+        counts = {i: len(jobs) for i, jobs in load.items()}
+        held: dict[int, tuple[float | None, ...]] = {}  # memories, of the GPUs tried
         for job in view.queue():
             open_ = sorted(
                 (counts[g.index], g.index, k)
@@ -266,10 +262,10 @@ class Miso(Policy):
             gpu = None
             for _, index, k in open_:
                 g = view.gpus[k]
-                if index not in load:
-                    load[index] = _alive(view, g)
-                memories = tuple(j.memory_mb for j in load[index]) + (job.memory_mb,)
-                if _fits_together(g.model, memories):
+                if index not in held:
+                    load[index].sort(key=_BY_ARRIVAL)  # as _alive orders them
+                    held[index] = tuple([j.memory_mb for j in load[index]])
+                if _fits_together(g.model, held[index] + (job.memory_mb,)):
                     gpu = g
                     break
             if gpu is None:
