@@ -741,8 +741,11 @@ class Engine:
             gviews[gi].jobs[name] = sl
             self._stale_views.add(gi)
         active = {n for g in self.gpus for n in g.jobs} | set(claims)
-        touched = active | self._prev_active | self._touched
         explicit = self._touched
+        if look:  # every job that may have moved is looked at
+            touched = active | self._prev_active | explicit
+        else:  # only views that changed: every change of a job touches it (or claims it)
+            touched = explicit | claims.keys() | self._prev_claims
         prev_claims = self._prev_claims
         self._prev_active = active
         self._prev_claims = set(claims)

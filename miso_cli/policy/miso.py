@@ -94,15 +94,12 @@ def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
     return out
 
 
+_ALIVE = frozenset(("running", "profiling"))
+
+
 def _alive_unsorted(view: ClusterView, gpu: GpuView) -> list[JobView]:
     """:func:`_alive` in the GPU's order."""
-    jobs = view.jobs
-    out = []
-    for name in gpu.jobs:
-        job = jobs.get(name)
-        if job is not None and job.state in ("running", "profiling"):
-            out.append(job)
-    return out
+    return [j for j in map(view.jobs.get, gpu.jobs) if j is not None and j.state in _ALIVE]
 
 
 def _full_layout(model: GpuModel) -> Layout:
@@ -246,18 +243,19 @@ class Miso(Policy):
         out: dict[int, GpuTarget] = {}
         # Of the GPUs that may take a job, the one with the fewest jobs (then the lowest
         # index) that holds it: tried in that order, the memory test only where needed.
-        load = {g.index: _alive_unsorted(view, g) for g in view.gpus}
+        # The jobs of the GPUs that may take one (not skipped, busy or profiling).
+        load = {
+            g.index: _alive_unsorted(view, g)
+            for g in view.gpus
+            if g.index not in skip and not g.busy and not g.profiling
+        }
         counts = {i: len(jobs) for i, jobs in load.items()}
         held: dict[int, tuple[float | None, ...]] = {}  # memories, of the GPUs tried
         for job in view.queue():
             open_ = sorted(
                 (counts[g.index], g.index, k)
                 for k, g in enumerate(view.gpus)
-                if g.index not in skip
-                and g.index not in out
-                and not g.busy
-                and not g.profiling
-                and counts[g.index] < self.max_jobs
+                if g.index in load and g.index not in out and counts[g.index] < self.max_jobs
             )
             gpu = None
             for _, index, k in open_:
