@@ -112,6 +112,20 @@ def test_capacity_binds_when_jobs_pile_up() -> None:
     assert lower_bound(jobs, 2, intervals=200).mean_jct_s < bound.mean_jct_s
 
 
+def test_a_job_slowed_by_sharing_counts_its_time_running() -> None:
+    """Two jobs of two whole-GPU seconds on one GPU, that share it (4g + 3g, at 0.9 and
+    0.8 of their speed) or run one after the other: the busy-time rows (a job runs in one
+    mode at a time, so its time running fits before its completion) see that sharing
+    slows each one. The mean-busy-time rows alone gave 2.13 s here; exact: 2.35 s."""
+    speeds = {7: Fraction(1), 4: Fraction(9, 10), 3: Fraction(4, 5), 2: Fraction(1, 2)}
+    speeds[1] = Fraction(1, 4)
+    jobs = [(0, Fraction(2), speeds), (0, Fraction(2), speeds)]
+    exact = float(_optimum(jobs)) / 2
+    modes = tuple((c / 7, float(v)) for c, v in speeds.items())
+    bound = lower_bound([BoundJob(f"j{k}", 0.0, 2.0, modes) for k in range(2)], 1, intervals=40)
+    assert 2.2 <= bound.mean_jct_s <= exact + 1e-7
+
+
 def test_modes_of_a_catalog_workload() -> None:
     from miso_cli.gpu.sim import simmps
     from miso_cli.spec.catalog import Workload

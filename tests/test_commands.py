@@ -650,3 +650,34 @@ def test_profile_missing_measures_nothing_when_every_profile_is_fresh(tmp_path: 
     assert events == []
     settings = missing_profile_settings()
     assert (settings.mode, settings.resolved_levels()) == ("colocated", (100.0, 50.0, 14.0))
+
+
+def test_simulate_in_processes_gives_the_results_of_one(tmp_path: Path) -> None:
+    """issue-12: --workers 2 simulates the policies in forked processes; the simulations
+    are seeded, so every figure and every decision is the one-process run's."""
+    from miso_cli.commands import simulate as sim
+
+    if sim.parallel_workers(2, 3, 3) < 2:
+        pytest.skip("this process cannot fork a simulation (a thread runs beside it)")
+    policies = ["nopart", "miso+", "static"]
+    state = tmp_path / "state"
+    one = sim.simulate_trace(_request(tmp_path, policies=policies, workers=1), lambda: state)  # type: ignore[arg-type]
+    seen: list[str] = []
+    two = sim.simulate_trace(
+        _request(tmp_path, policies=policies, workers=2),  # type: ignore[arg-type]
+        lambda: state,
+        lambda kind, text: seen.append(text),
+    )
+    assert two.results == one.results
+    assert [(n, r.targets) for n, r in two.runs] == [(n, r.targets) for n, r in one.runs]
+    assert any("in 2 processes" in text for text in seen)
+
+
+def test_simulate_workers_default_to_the_cpus_for_large_traces_only() -> None:
+    from miso_cli.commands.simulate import PARALLEL_MIN_JOBS, parallel_workers
+
+    assert parallel_workers(None, 6, PARALLEL_MIN_JOBS - 1) == 1
+    assert parallel_workers(1, 6, 5000) == 1
+    assert parallel_workers(8, 3, 5000) <= 3  # never more processes than policies
+    with pytest.raises(UsageError, match="--workers: must be at least 1"):
+        parallel_workers(0, 6, 5000)

@@ -87,3 +87,12 @@ def test_the_executor_shows_itself_as_a_snapshot(tmp_path: Path) -> None:
         ("b", "not yet", "-"),
     ]
     assert snap.counts() == {"running": 1, "waiting": 1}
+
+
+def test_a_decision_is_a_line_with_its_reason() -> None:
+    from miso_cli.operate.dashboard import describe
+
+    why = "start a; a not profiled: its length is not known yet (starts on the prior, measured)"
+    event = {"event": "decided", "gpu": 1, "mode": "mig", "jobs": ["a"], "reason": why}
+    assert describe(event) == f"GPU 1: {why}"
+    assert describe({**event, "reason": ""}) is None

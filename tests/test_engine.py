@@ -39,7 +39,10 @@ def test_four_crowded_jobs_after_profiling_are_planned_not_a_plan_error() -> Non
     """16, 9, 8 and 4 GiB fit one MPS group but no MIG layout one instance each."""
     mem = {"a": 16 * GIB, "b": 9 * GIB, "c": 8 * GIB, "d": 4 * GIB}
     pol = MisoPlus()
-    fresh = {n: JobView(n, 0.0, memory_mb=m, seq=i) for i, (n, m) in enumerate(mem.items())}
+    fresh = {  # long enough for profiling to pay (issue-12: a length must be known)
+        n: JobView(n, 0.0, memory_mb=m, seq=i, total_steps=5000, step_time_7g_s=1.0)
+        for i, (n, m) in enumerate(mem.items())
+    }
     (profile,) = pol.decide(Event("arrival", job="a"), ClusterView(0.0, [GpuView(0, A100)], fresh))
     # Only a group that can afterwards run side by side is profiled together.
     assert profile.profile_s and list(profile.assignment) == ["a", "b", "c"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -281,3 +282,123 @@ def test_remaining_time_does_not_change_with_the_instance_a_job_is_on() -> None:
         )
         assert cal.relative[3] == pytest.approx(2.0) and cal.relative[4] == REL[4]
     assert got[0] == got[1] == pytest.approx(1000.0)
+
+
+def _full_cluster(n_gpus: int, left: float, waiting: int, seq0: int = 1):
+    """``n_gpus`` GPUs, each running one job on its whole GPU (7g) with ``left`` steps of
+    1 s to go, and ``waiting`` newcomers (speeds known, 600 s each) in the queue."""
+    full = place(A100, ["7g.40gb"])
+    gpus, jobs = [], []
+    for i in range(n_gpus):
+        name = f"r{i}"
+        gpus.append(GpuView(i, A100, "mig", full, {name: full.slices[0]}))
+        jobs.append(
+            _running(name, i, full.slices[0], total_steps=left, step_time_7g_s=1.0, seq=-1 - i)
+        )
+    for k in range(waiting):
+        jobs.append(
+            JobView(
+                f"w{k}",
+                float(k),
+                seq=seq0 + k,
+                prediction=PRED,
+                profiled=True,
+                total_steps=600,
+                step_time_7g_s=1.0,
+            )
+        )
+    return gpus, jobs
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[int], list[str]]]:
+    """Record the GPUs and jobs of every plan miso+ asks the planner for."""
+    import miso_cli.policy.miso as miso_module
+
+    calls: list[tuple[list[int], list[str]]] = []
+    real = miso_module.plan
+
+    def recording(gpus, jobs, **kw):
+        calls.append(([g.index for g in gpus], [j.name for j in jobs]))
+        return real(gpus, jobs, **kw)
+
+    monkeypatch.setattr(miso_module, "plan", recording)
+    return calls
+
+
+@pytest.mark.parametrize("n_gpus", [16, 64])
+def test_a_finish_on_one_gpu_of_many_plans_a_bounded_part_of_the_cluster(
+    monkeypatch: pytest.MonkeyPatch, n_gpus: int
+) -> None:
+    """A job finished on GPU 3: the plan covers GPU 3 and the GPUs with room (GPU 9 has a
+    free instance), not the other full GPUs, and the head of the queue, whatever the
+    cluster's size."""
+    calls = _recording(monkeypatch)
+    gpus, jobs = _full_cluster(n_gpus, left=5000.0, waiting=100, seq0=1)
+    gpus[3] = GpuView(3, A100, "mig", gpus[3].layout, {})  # r3 finished
+    jobs = [j for j in jobs if j.name != "r3"]
+    split = place(A100, ["4g.20gb", "3g.20gb"])
+    four = next(s for s in split.slices if s.slices == 4)
+    gpus[9] = GpuView(9, A100, "mig", split, {"r9": four})  # its 3g is free
+    jobs = [replace(j, slice=four) if j.name == "r9" else j for j in jobs]
+    pol = MisoPlus()
+    view = _view(1000.0, gpus, jobs)
+    # r3 has left the view: no sweep turn (see the next test), no whole-cluster plan.
+    assert not pol.wide_plan(Event("finish", "r3", 3), view)
+    assert pol.sweep_block(Event("finish", "r3", 3), view) == []
+    targets = pol.decide(Event("finish", "r3", 3), view)
+    ((planned_gpus, planned_jobs),) = calls
+    assert planned_gpus == [3, 9]
+    assert {n for n in planned_jobs if n.startswith("r")} == {"r9"}
+    waiting = [n for n in planned_jobs if n.startswith("w")]
+    assert waiting == [f"w{k}" for k in range(len(waiting))]  # the head, in order
+    assert len(waiting) <= max(pol.queue_bound(view, [gpus[3], gpus[9]]), 32) < 100
+    assert targets and {t.gpu for t in targets} <= {3, 9}
+    assert "w0" in {n for t in targets for n in t.assignment}
+
+
+@pytest.mark.parametrize(("left", "squeezed"), [(20.0, False), (5000.0, True)])
+def test_a_wider_plan_still_squeezes_a_newcomer_in_when_that_pays(
+    monkeypatch: pytest.MonkeyPatch, left: float, squeezed: bool
+) -> None:
+    """64 full GPUs, each job on its whole GPU: a newcomer's arrival touches no GPU and no
+    GPU has room, so a local plan has nothing to plan. On a sweep turn (the arrival of
+    every ``sweep_every``-th job) a block of 8 GPUs is planned, the blocks in turn, and a
+    job there is squeezed onto a smaller instance for the newcomer when that beats the
+    newcomer's wait (its GPU busy for 5,000 s more), not when it frees its GPU in 20 s.
+    With ``wide_factor``, every (wide_factor x 64 / 8)-th job plans the whole cluster."""
+    calls = _recording(monkeypatch)
+    pol = MisoPlus()
+    every = pol.sweep_every
+    assert every and every > 1
+    for seq, block in ((every + 1, None), (3 * every, 3), (9 * every, 1)):
+        calls.clear()
+        gpus, jobs = _full_cluster(64, left=left, waiting=1, seq0=seq)
+        view = _view(0.0, gpus, jobs)
+        event = Event("arrival", "w0")
+        assert not pol.wide_plan(event, view)
+        targets = pol.decide(event, view)
+        if block is None:
+            assert calls == [] and targets == []
+            continue
+        ((planned_gpus, _),) = calls
+        assert planned_gpus == list(range(8 * block, 8 * block + 8))
+        assert bool(targets) == squeezed
+        if squeezed:
+            (t,) = targets
+            assert "w0" in t.assignment and len(t.assignment) == 2
+    wide = MisoPlus(wide_factor=1.0)  # every 8th job
+    for seq, whole in ((8 * 5, True), (8 * 5 + 1, False)):
+        calls.clear()
+        gpus, jobs = _full_cluster(64, left=left, waiting=1, seq0=seq)
+        view = _view(0.0, gpus, jobs)
+        assert wide.wide_plan(Event("arrival", "w0"), view) == whole
+        if whole:
+            targets = wide.decide(Event("arrival", "w0"), view)
+            assert [g for g, _ in calls] == [list(range(64))]
+            assert bool(targets) == squeezed
+    # A resumed run is planned whole; a cluster within the bound always is.
+    gpus, jobs = _full_cluster(64, left=left, waiting=1, seq0=33)
+    assert pol.wide_plan(Event("resume"), _view(0.0, gpus, jobs))
+    gpus, jobs = _full_cluster(8, left=left, waiting=1, seq0=33)
+    assert pol.wide_plan(Event("arrival", "w0"), _view(0.0, gpus, jobs))
+    assert MisoPlus(local_gpus=None).wide_plan(Event("tick"), _view(0.0, gpus, jobs))

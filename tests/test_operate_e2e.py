@@ -211,6 +211,14 @@ def test_the_savings_estimate_against_a_real_nopart_run(
 ) -> None:
     q = tmp_path / "q.toml"
     q.write_text("version = 1\n" + job("cnn", "toy-cnn_64", 300) + job("mlp", "toy-mlp_32", 600))
+    # The estimate is as good as its evidence: a solo profile gives each job's step time
+    # alone on a whole GPU, and its run its step time on its instance (without them,
+    # miso+ runs the jobs on the prior's slices, and the estimate rests on the prior).
+    code, _, err = cli(
+        "profile", str(q), "--gpu", "sim:a100-40gb", "--speedup", "20", "--mode", "solo",
+        "--levels", "100", "--max-time", "1s",
+    )  # fmt: skip
+    assert code == 0, err
     for policy in ("miso+", "nopart"):
         code, _, err = cli(
             "run", str(q), "--gpu", "sim:a100-40gb", "--speedup", "20", "--policy", policy

@@ -140,9 +140,21 @@ def test_miso_plus_profiles_only_on_idle_gpus_and_keeps_running_jobs() -> None:
     assert "n" in {name for t in targets for name in t.assignment}
     assert all(t.mode == "mig" for t in targets)
     assert any("not profiled" in t.reason for t in targets)
-    # Two newcomers and one idle GPU: they must share, so they are profiled there.
+    # Two newcomers and one idle GPU: they must share. Of unknown length (no step time
+    # yet), the gain cannot be weighed: they start on the prior, and the reason says so.
     targets = pol.decide(
         Event("arrival", "m"), _view([busy, idle], [a, _job("n", 1), _job("m", 2)])
+    )
+    assert targets and all(t.mode == "mig" and t.profile_s is None for t in targets)
+    assert any("its length is not known yet" in t.reason for t in targets)
+
+    # Known to be long (a step time measured before, 5,000 steps left): they are
+    # profiled together there.
+    def long(name: str, arrival: float) -> JobView:
+        return _job(name, arrival, total_steps=5000, step_time_7g_s=1.0)
+
+    targets = pol.decide(
+        Event("arrival", "m"), _view([busy, idle], [a, long("n", 1), long("m", 2)])
     )
     by_gpu = {t.gpu: t for t in targets}
     assert by_gpu[1].mode == "mps" and set(by_gpu[1].assignment) == {"n", "m"}

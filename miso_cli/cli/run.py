@@ -39,8 +39,9 @@ def command(
         Optional[str],  # noqa: UP045
         typer.Option(
             "--policy",
-            help="Scheduling policy: miso+ (the default: profile newcomers under MPS, "
-            "re-plan MIG layouts as jobs come and go), miso, mps, static, nopart (one job "
+            help="Scheduling policy: miso+ (the default: re-plan MIG layouts as jobs come "
+            "and go, learning each job's speed on its slice), miso (the paper's: profile "
+            "every newcomer under MPS), mps, static, nopart (one job "
             "per whole GPU), layout (implied by --layout).",
         ),
     ] = None,

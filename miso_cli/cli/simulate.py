@@ -105,6 +105,15 @@ def command(
             "miso_cli/gpu/sim/simmps.py.",
         ),
     ] = "optimistic",
+    workers: Annotated[  # issue-12: the policies of a large trace share the CPUs
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Simulate this many policies at once, each in its own process "
+            "[default: one per CPU, for traces of 200 jobs or more].",
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -131,6 +140,7 @@ def command(
             max_jobs=max_jobs,
             bound=bound,
             mps_model=mps_model,
+            workers=workers,
         )
         stderr = stderr_console()
 

@@ -43,6 +43,7 @@ class SimulateRequest:
     max_jobs: int = MAX_TRACE_JOBS
     bound: bool = False
     mps_model: str = "optimistic"
+    workers: int | None = None  # policies simulated at once; None: one per CPU
 
 
 @dataclass
@@ -79,6 +80,70 @@ class SimulateReport:
         if self.bound is not None:
             data["bound"] = self.bound
         return data
+
+
+# Below this many jobs a trace is simulated in this process: a child process costs more
+# than the simulation it would take over.
+PARALLEL_MIN_JOBS = 200
+
+
+def parallel_workers(asked: int | None, policies: int, jobs: int) -> int:
+    """How many processes simulate the policies at once (issue 12: the six policies of a
+    5,000-job trace share the machine's CPUs). ``asked`` is ``--workers`` (None: one per
+    CPU this process may use); never more than the policies, and 1 for a small trace,
+    where the platform cannot fork, or when this process runs other threads (a forked
+    child would inherit their locks)."""
+    import os
+    import threading
+
+    if asked is not None and asked < 1:
+        raise UsageError(f"--workers: must be at least 1, got {asked}")
+    if asked is None:
+        try:
+            asked = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            asked = os.cpu_count() or 1
+        if jobs < PARALLEL_MIN_JOBS:
+            return 1
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        return 1
+    return max(1, min(asked, policies))
+
+
+def _one_by_one(one: Callable[[int], Any], names: list[str], progress: Progress) -> list[Any]:
+    out = []
+    for i, name in enumerate(names):
+        progress("policy", f"simulating {name} ...")
+        out.append(one(i))
+    return out
+
+
+# The simulation a forked child runs: set just before the pool forks, so the children
+# inherit the policies, trace and predictor as they are (nothing of them is pickled).
+_FORKED: Callable[[int], Any] | None = None
+
+
+def _run_forked(index: int) -> Any:
+    assert _FORKED is not None
+    return _FORKED(index)
+
+
+def _in_processes(one: Callable[[int], Any], count: int, workers: int) -> list[Any]:
+    """``[one(0), ..., one(count - 1)]``, computed by ``workers`` forked processes; the
+    simulations are seeded and independent, so the results are those of one process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _FORKED
+    _FORKED = one
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            return list(pool.map(_run_forked, range(count)))
+    finally:
+        _FORKED = None
 
 
 def simulated_gpus(spec: str) -> list[Any]:
@@ -212,9 +277,17 @@ def simulate_trace(
         seed=req.seed,
     )
     report = SimulateReport(req, gpus, len(jobs), costs, predictor_meta, [])
-    for name, pol in zip(names, policies, strict=True):
-        progress("policy", f"simulating {name} ...")
-        res = simulate(jobs, cat, gpus, pol, predict=predict, config=config)
+
+    def one(index: int) -> Any:
+        return simulate(jobs, cat, gpus, policies[index], predict=predict, config=config)
+
+    workers = parallel_workers(req.workers, len(names), len(jobs))
+    if workers > 1:
+        progress("policy", f"simulating {', '.join(names)} in {workers} processes ...")
+        runs = _in_processes(one, len(names), workers)
+    else:
+        runs = _one_by_one(one, names, progress)
+    for name, res in zip(names, runs, strict=True):
         report.runs.append((name, res))  # issue-15: kept for the timeline
         row = res.summary()
         row["policy"] = name

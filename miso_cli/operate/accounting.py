@@ -26,7 +26,8 @@ from miso_cli.errors import BadInput
 METHOD = (
     "each job's wall time on a whole GPU: the time each of its attempts ran, at its "
     "speed there relative to a whole GPU (1 on a whole GPU, shared alike under MPS; on "
-    "a MIG instance the predictor's slowdown for that size, else the measured one, else "
+    "a MIG instance the measured slowdown (a solo profile beside its step time there), "
+    "else the predictor's for that size, else "
     "compute slices / 7, which favours the baseline); an unfinished job extrapolated "
     "from its progress. These are list-scheduled one job per whole GPU by priority then "
     "arrival (the nopart order), without restart or reconfiguration costs"
@@ -159,14 +160,16 @@ def _speed_ratio(
     """Whole-GPU step time over step time on ``slices`` compute slices (1 on a whole GPU)."""
     if slices >= capacity or slices <= 0:
         return 1.0, "whole GPU"
-    rel = _num((prediction or {}).get(str(slices)))
-    if rel and rel > 0:
-        return min(1.0, 1.0 / rel), f"{slices}g at the predicted 1/{rel:.2f} of a whole GPU"
+    # Measured beats predicted: the job's own step times, alone on a whole GPU (a solo
+    # profile) and on this instance.
     t7 = _num((profile or {}).get("step_time_7g_s"))
     alone = int((profile or {}).get("jobs_in_mix") or 1) == 1
     if t7 and alone and step_on_it:
         ratio = min(1.0, t7 / step_on_it)
         return ratio, f"{slices}g at the measured {ratio:.2f} of a whole GPU"
+    rel = _num((prediction or {}).get(str(slices)))
+    if rel and rel > 0:
+        return min(1.0, 1.0 / rel), f"{slices}g at the predicted 1/{rel:.2f} of a whole GPU"
     return slices / capacity, f"{slices}g at {slices}/{capacity} of a whole GPU (linear)"
 
 

@@ -86,6 +86,8 @@ def describe(event: dict[str, Any]) -> str | None:
         return f"{job}: killed ({event.get('reason', '')})"
     if kind == "hang":
         return f"{job}: no progress for {event['idle_s']:.0f} s: stopping it as hung"
+    if kind == "decided":
+        return f"GPU {event['gpu']}: {event['reason']}" if event.get("reason") else None
     if kind == "layout_changed":
         return f"GPU {event['gpu']}: layout {event['before']} -> {event['layout']}"
     if kind == "mig_mode":

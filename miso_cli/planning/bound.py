@@ -18,11 +18,13 @@ schedule can escape and drops everything that only makes schedules worse:
 
 Dropped (each only lengthens real schedules): restarts, reconfiguration and
 profiling time, GPU boundaries (work may split across GPUs), the layouts'
-placement rules, and preemption costs. Completion times enter through two
-valid inequalities per job: ``C >= release + work / max_speed``, and, because
+placement rules, and preemption costs. Completion times enter through three
+valid inequalities per job: ``C >= release + work / max_speed``; because
 its work runs no faster than ``max_speed`` and ends by ``C``, ``C >= M +
 work / (2 max_speed)`` where ``M`` is the mean time at which its work is done
-(counted at each step's start, which only lowers it). Any real schedule gives a
+(counted at each step's start, which only lowers it); and, because it runs in
+one mode at a time, ``C >= release + T`` where ``T`` is its time running, in
+any mode (a job slowed by sharing runs longer). Any real schedule gives a
 feasible point of the programme with at most its own completion times, so the
 optimum is a lower bound on the sum of completion times.
 
@@ -176,24 +178,40 @@ def lower_bound(
     finite = np.isfinite(lens)
     cell_rows = np.cumsum(finite) - 1  # closed cells numbered 0..
     n_cells = int(finite.sum())
+    # Busy time: a job runs in one mode at a time, so the time it spends running fits
+    # between its release and its completion: C >= release + sum of its tau.
+    busy = steps + n_cells + n
     rows = [
         t_ix[closed],
         steps + cell_rows[cell_ix[finite[cell_ix]]],
         steps + n_cells + job_ix,
         steps + n_cells + np.arange(n),
+        busy + job_ix,
+        busy + np.arange(n),
     ]
-    cs = [cols[closed], cols[finite[cell_ix]], cols, n_tau + np.arange(n)]
+    cs = [
+        cols[closed],
+        cols[finite[cell_ix]],
+        cols,
+        n_tau + np.arange(n),
+        cols,
+        n_tau + np.arange(n),
+    ]
     vals = [
         u_v[closed],
         np.ones(int(finite[cell_ix].sum())),
         begin_v * x_v / work[job_ix],
         -np.ones(n),
+        np.ones(n_tau),
+        -np.ones(n),
     ]
     a_ub = coo_array(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cs))),
-        shape=(steps + n_cells + n, n_tau + n),
+        shape=(busy + n, n_tau + n),
     ).tocsr()
-    b_ub = np.concatenate([np.full(steps, gpus * step), lens[finite], -work / (2 * speed)])
+    b_ub = np.concatenate(
+        [np.full(steps, gpus * step), lens[finite], -work / (2 * speed), -release]
+    )
     lower = np.concatenate([np.zeros(n_tau), release + work / speed])
     cost = np.concatenate([np.zeros(n_tau), np.ones(n)])
     res = linprog(

@@ -59,7 +59,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, Literal
 
 from miso_cli.gpu.layouts import Layout, Slice, enumerate_layouts
@@ -98,13 +98,31 @@ class PlanJob:
         return memory is not None and self.memory_mb <= memory
 
 
-@lru_cache(maxsize=256)
+# Per GPU model object: what the planner derives from it (layouts, classes, memory per
+# class). Keyed by id, with the model kept alive beside it: hashing a model hashes every
+# profile and placement it has, which cost more than the lookups it served (issue 12).
+_MODELS: dict[int, tuple[GpuModel, dict[object, Any]]] = {}
+
+
+def _model_memo(model: GpuModel) -> dict[object, Any]:
+    got = _MODELS.get(id(model))
+    if got is None or got[0] is not model:
+        if len(_MODELS) > 256:
+            _MODELS.clear()
+        got = _MODELS[id(model)] = (model, {})
+    return got[1]
+
+
 def _class_memory(model: GpuModel, slices: int) -> float | None:
     """Memory of ``model``'s instance of ``slices`` compute slices (None: no such class)."""
-    try:
-        return float(model.by_slices(slices).memory_mb)
-    except KeyError:
-        return None
+    memo = _model_memo(model)
+    key = ("memory", slices)
+    if key not in memo:
+        try:
+            memo[key] = float(model.by_slices(slices).memory_mb)
+        except KeyError:
+            memo[key] = None
+    return memo[key]  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -282,11 +300,18 @@ def _distinct_layouts(
     return tuple(seen.values())
 
 
-@lru_cache(maxsize=8192)
 def _distinct_maximal(
     model: GpuModel, current: Layout, keep: frozenset[Slice]
 ) -> tuple[Layout, ...]:
-    return _distinct_layouts(model, current, keep, None)
+    """:func:`_distinct_layouts` of the maximal layouts; the same GPU state recurs."""
+    memo = _model_memo(model)
+    key = ("distinct", id(current), keep)
+    got = memo.get(key)
+    if got is None or got[0] is not current:
+        if len(memo) > 8192:
+            memo.clear()
+        got = memo[key] = (current, _distinct_layouts(model, current, keep, None))
+    return got[1]  # type: ignore[no-any-return]
 
 
 # Above this many jobs, how many are placed is settled first (see plan()).
@@ -324,19 +349,25 @@ def _is_running(job: PlanJob) -> bool:
     return job.gpu is not None and job.slice is not None
 
 
-@lru_cache(maxsize=32)
 def _maximal(model: GpuModel) -> tuple[Layout, ...]:
-    return tuple(enumerate_layouts(model))
+    memo = _model_memo(model)
+    if "maximal" not in memo:
+        memo["maximal"] = tuple(enumerate_layouts(model))
+    return memo["maximal"]  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=32)
 def _maximal_sized(model: GpuModel) -> tuple[tuple[Layout, tuple[int, ...]], ...]:
-    return tuple((lay, _sizes(lay)) for lay in _maximal(model))
+    memo = _model_memo(model)
+    if "maximal_sized" not in memo:
+        memo["maximal_sized"] = tuple((lay, _sizes(lay)) for lay in _maximal(model))
+    return memo["maximal_sized"]  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=32)
 def _all_layouts(model: GpuModel) -> tuple[Layout, ...]:
-    return tuple(lay for lay in enumerate_layouts(model, maximal=False) if lay.slices)
+    memo = _model_memo(model)
+    if "all" not in memo:
+        memo["all"] = tuple(lay for lay in enumerate_layouts(model, maximal=False) if lay.slices)
+    return memo["all"]  # type: ignore[no-any-return]
 
 
 def candidate_layouts(gpu: PlanGpu) -> list[Layout]:
@@ -350,7 +381,10 @@ def candidate_layouts(gpu: PlanGpu) -> list[Layout]:
 
 
 def _classes(model: GpuModel) -> list[int]:
-    return sorted({p.slices for p in model.standard_profiles()}, reverse=True)
+    memo = _model_memo(model)
+    if "classes" not in memo:
+        memo["classes"] = sorted({p.slices for p in model.standard_profiles()}, reverse=True)
+    return list(memo["classes"])
 
 
 class _OutOfTime(Exception):

@@ -320,6 +320,16 @@ class Executor:
             record["time"] = round(self.clock(), 3)
             record["policy"] = self.policy.name
             self.journal.decision(record)
+            # issue-12: the decision and its reason (why a job starts unprofiled, moves,
+            # or is profiled) in the event stream and the live view, not only the journal
+            self.emit(
+                "decided",
+                gpu=record["gpu"],
+                mode=record["mode"],
+                layout=record["layout"],
+                jobs=sorted(record["assignment"]),
+                reason=record["reason"],
+            )
         elif a.kind == "profile_cancelled":
             g = self.gpus[int(a.fields["gpu"])]
             if g.phase is not None:
