@@ -228,12 +228,48 @@ def test_the_simulators_incremental_view_matches_its_jobs(name: str, tmp_path: P
             ), job_name
         fresh = ClusterView(view.now, view.gpus, view.jobs)  # its queue found from the jobs
         assert [j.name for j in view.queue()] == [j.name for j in fresh.queue()]
+        assert view.fingerprint() == fresh.fingerprint()
+        # A GPU's view is kept until the GPU changes: it must still be the GPU as it is
+        # (the simulator's stops are instant, so no target is pending when a policy looks).
+        for g, gv in zip(sim.gpus, view.gpus, strict=True):
+            layout = g.layout if g.mode == "mig" else None
+            assert (gv.mode, gv.layout if layout else None, gv.jobs, gv.busy, gv.profiling) == (
+                g.mode,
+                layout,
+                g.jobs,
+                g.pending is not None,
+                g.phase is not None,
+            ), g.index
         looks.append(event.kind)
         return decide(event, view)
 
     pol.decide = checking  # type: ignore[method-assign]
     sim.run()
     assert "finish" in looks and "arrival" in looks
+
+
+@pytest.mark.parametrize("name", ["nopart", "static", "mps", "miso", "oracle"])
+def test_a_policy_that_reads_no_measured_speed_decides_the_same_unmeasured(
+    name: str, tmp_path: Path
+) -> None:
+    """The engine measures jobs' speeds only for a policy that reads them: skipping the
+    looks changes no decision of the policies that say they read none."""
+    from miso_cli.sim.simulator import load_trace, make_predict, simulate
+    from miso_cli.spec.catalog import load_catalog
+
+    root = Path(__file__).resolve().parent.parent
+    cat = load_catalog(root / "examples" / "catalog.csv")
+    trace = load_trace(root / "examples" / "trace.csv", cat)[:14]
+    predict = make_predict(None, A100, tmp_path)[0]
+    results = []
+    for reads in (False, True):
+        pol = registry.get(name)
+        assert pol.reads_measured_speed is False
+        pol.reads_measured_speed = reads  # type: ignore[misc]
+        results.append(simulate(trace, cat, [A100, A100], pol, predict=predict))
+    unmeasured, measured = results
+    assert unmeasured.targets == measured.targets
+    assert unmeasured.summary() == measured.summary()
 
 
 def test_a_wrong_target_is_refused_before_any_job_is_asked_to_stop(tmp_path: Path) -> None:

@@ -325,8 +325,9 @@ def _read_through(field_name: str, attr: str) -> property:
 
 class LiveJobView(JobView):
     """A :class:`JobView` the engine builds when a job's place or state changes: its
-    progress (steps done and in all, step time, prediction, profiled) reads the engine's
-    job, so a decision costs nothing for the jobs that only made progress since the last."""
+    progress (steps done and in all, step time, prediction, profiled, what the meter
+    measured) reads the engine's job and meter, so a decision costs nothing for the jobs
+    that only made progress since the last."""
 
     def __init__(
         self,
@@ -334,11 +335,12 @@ class LiveJobView(JobView):
         state: str,
         gpu: int | None,
         slice: Slice | None,
-        measured_step_s: dict[int, float],
+        meter: ProgressMeter,
         placed_s: float | None,
     ) -> None:
         d = self.__dict__
         d["_job"] = job
+        d["_meter"] = meter
         d["name"] = job.name
         d["arrival_s"] = job.arrival_s
         d["state"] = state
@@ -350,7 +352,6 @@ class LiveJobView(JobView):
         d["slice"] = slice
         d["workload"] = job.workload
         d["seq"] = job.seq
-        d["measured_step_s"] = measured_step_s
         d["placed_s"] = placed_s
 
     done_steps = _read_through("done_steps", "done")  # type: ignore[assignment]
@@ -358,6 +359,15 @@ class LiveJobView(JobView):
     step_time_7g_s = _read_through("step_time_7g_s", "step_time_7g_s")  # type: ignore[assignment]
     prediction = _read_through("prediction", "prediction")  # type: ignore[assignment]
     profiled = _read_through("profiled", "profiled")  # type: ignore[assignment]
+
+    @property  # type: ignore[override]
+    def measured_step_s(self) -> dict[int, float]:
+        """What the engine's meter measured of the job (a copy), as of its last look."""
+        return self._meter.of(self.name)  # type: ignore[no-any-return]
+
+    @measured_step_s.setter
+    def measured_step_s(self, value: dict[int, float]) -> None:
+        raise AttributeError("a job's measured_step_s is the engine's: the view only reads it")
 
 
 class Engine:
@@ -399,10 +409,6 @@ class Engine:
         self._unplaceable_checked = -math.inf
         # The incremental view: only jobs that can have changed are rebuilt.
         self._views: dict[str, JobView] = {}
-        # Per job, the facts its view was built from that progress does not change
-        # (state, GPU, instance, priority, placed_s): a view whose facts are the same is
-        # updated in place rather than built anew.
-        self._marks: dict[str, tuple[Any, ...]] = {}
         self._prev_claims: set[str] = set()
         self._waiting: set[str] = set()
         self._touched: set[str] = set()
@@ -415,6 +421,9 @@ class Engine:
         # GPUs whose jobs, their instances, shares or states (or the mode) changed since
         # a backend last asked (changed_gpus): the simulator re-paces only those.
         self._changed: set[int] = set()
+        # Each GPU's view as the policy last saw it, built anew once the GPU changed.
+        self._gpu_views: list[GpuView | None] = [None] * len(self.gpus)
+        self._stale_views: set[int] = set()
 
     # ------------------------------------------------------------ jobs
 
@@ -466,7 +475,7 @@ class Engine:
         j.state = state
         if state == "running" and gpu is not None and 0 <= gpu < len(self.gpus):
             self.gpus[gpu].jobs[name] = slice
-            self._changed.add(gpu)
+            self._dirty(gpu)
             j.gpu, j.slice, j.share = gpu, slice, share
             j.span = (gpu, slice.slices if slice is not None else None, self.now)
         elif state == "running":
@@ -488,6 +497,11 @@ class Engine:
         last call (a backend that paces jobs re-reads only these)."""
         out, self._changed = self._changed, set()
         return out
+
+    def _dirty(self, gpu: int) -> None:
+        """GPU ``gpu``'s jobs, instances, mode, target or profiling phase changed."""
+        self._changed.add(gpu)
+        self._stale_views.add(gpu)
 
     def changed_gpus_pending(self) -> bool:
         """Whether some GPU changed since :meth:`changed_gpus` was last called."""
@@ -615,7 +629,7 @@ class Engine:
         j.gpu, j.slice, j.share = None, None, None
         if g is not None:
             g.jobs.pop(j.name, None)
-            self._changed.add(g.index)
+            self._dirty(g.index)
         ev: Event | None = None
         if fact.outcome in ("finished", "failed"):
             j.state = fact.outcome
@@ -651,6 +665,7 @@ class Engine:
         ph = g.phase
         if ph is not None and not ph.jobs:
             g.phase = None  # every job of the phase ended: nothing measured
+            self._dirty(g.index)
             self._out.append(Note("profile_cancelled", {"gpu": g.index, "jobs": []}))
             self._news = True
 
@@ -659,7 +674,7 @@ class Engine:
         ph = g.phase
         if ph is None:
             return False
-        self._changed.add(g.index)
+        self._dirty(g.index)
         names = [n for n in ph.jobs if n in fact.measured]
         for n in names:
             j = self.jobs[n]
@@ -696,57 +711,66 @@ class Engine:
         meter, now = self.meter, self.now
         gviews = []
         claims: dict[str, tuple[int, Slice | None, str]] = {}
+        cached, stale = self._gpu_views, self._stale_views
+        self._stale_views = set()
         for g in self.gpus:
-            on: dict[str, Slice | None] = dict(g.jobs)
+            gv = cached[g.index]
             if g.pending is not None:
                 g.pending.seen_busy = True
                 state = "profiling" if g.pending.target.profile_s else "running"
                 for name, sl in g.pending.wanted.items():
                     claims[name] = (g.index, sl, state)
-            gviews.append(
-                GpuView(
+                gv = None  # its view shows what it is being changed to: built each time
+            if gv is None or g.index in stale:
+                gv = cached[g.index] = GpuView(
                     index=g.index,
                     model=g.model,
                     mode=g.mode,  # type: ignore[arg-type]
                     layout=g.layout if g.mode == "mig" else Layout(()),
-                    jobs=on,
+                    jobs=dict(g.jobs),
                     profiling=g.phase is not None,
                     busy=g.pending is not None,
                 )
-            )
+            gviews.append(gv)
         for name, (gi, sl, _) in claims.items():
-            for gv in gviews:
-                if gv.index != gi:
-                    gv.jobs.pop(name, None)
+            # A claimed job shows on the GPU that claims it, not where it runs now.
+            where = self.jobs[name].gpu
+            if where is not None and where != gi and name in gviews[where].jobs:
+                del gviews[where].jobs[name]
+                self._stale_views.add(where)  # that view is no longer the GPU as it is
             gviews[gi].jobs[name] = sl
+            self._stale_views.add(gi)
         active = {n for g in self.gpus for n in g.jobs} | set(claims)
-        touched = active | self._prev_active | self._touched
         explicit = self._touched
+        if look:  # every job that may have moved is looked at
+            touched = active | self._prev_active | explicit
+        else:  # only views that changed: every change of a job touches it (or claims it)
+            touched = explicit | claims.keys() | self._prev_claims
         prev_claims = self._prev_claims
         self._prev_active = active
         self._prev_claims = set(claims)
         self._touched = set()
-        views, marks = self._views, self._marks
+        views = self._views
         for name in touched:
             j = self.jobs[name]
             if j.state == "pending":
                 continue
-            mark = (j.state, j.gpu, j.slice, j.priority, j.placed_s)
             if (
                 name not in explicit
                 and name not in claims
                 and name not in prev_claims
-                and marks.get(name) == mark
                 and name in views
             ):
-                # Where it is and in what state are as the policy last saw them; its
-                # progress the view reads from the job (LiveJobView).
+                # Where it is and in what state are as the policy last saw them (every
+                # change of those touches the job); its progress the view reads from the
+                # job (LiveJobView).
                 if look:
                     v = views[name]
-                    if meter.see(now, name, v.state, v.gpu, v.slice, j.done):
-                        v.measured_step_s = meter.of(name)
+                    # Only a job running on an instance is measured; any other the meter
+                    # let go of when it last looked, in the same state.
+                    if v.slice is not None and v.state == "running":
+                        meter.see(now, name, "running", v.gpu, v.slice, j.done)
                 continue
-            marks[name] = mark
             state: str = j.state
             gpu, sl = j.gpu, j.slice
             if state == "draining":
@@ -756,12 +780,7 @@ class Engine:
             if look:
                 meter.see(now, name, state, gpu, sl, j.done)
             views[name] = LiveJobView(
-                j,
-                state,
-                gpu,
-                sl,
-                meter.of(name),
-                j.placed_s if state in ("running", "profiling") else None,
+                j, state, gpu, sl, meter, j.placed_s if state in ("running", "profiling") else None
             )
             if state == "waiting":
                 self._waiting.add(name)
@@ -794,7 +813,9 @@ class Engine:
         self._queue_names = None
 
     def _decide(self, event: Event) -> None:
-        view = self._view(look=True)
+        # The meter looks only for a policy that reads what it measures (miso run journals
+        # it, so a resumed run's policy reads what the interrupted one's would have).
+        view = self._view(look=getattr(self.policy, "reads_measured_speed", True))
         if event.kind == "tick" and not getattr(self.policy, "reacts_to_progress", True):
             fingerprint = view.fingerprint()
             if fingerprint == self._decided_on:
@@ -849,8 +870,9 @@ class Engine:
             for n in g.phase.jobs:
                 if self.jobs[n].state == "profiling":
                     self.jobs[n].state = "running"
+                    self._touched.add(n)
             g.phase = None
-            self._changed.add(g.index)
+            self._dirty(g.index)
         if rules.is_reconfiguration(g.mode, g.layout if g.mode == "mig" else Layout(()), target):
             self.reconfigurations += 1
         wanted: dict[str, Slice | None] = {}
@@ -878,6 +900,7 @@ class Engine:
         # A newer target replaces one still draining: what drains keeps draining.
         draining: set[str] = set(g.pending.draining) if g.pending is not None else set()
         g.pending = _Pending(target, wanted, draining)
+        self._dirty(g.index)
         for name, why in stops.items():
             j = self.jobs[name]
             if why == "migrate":
@@ -912,7 +935,7 @@ class Engine:
         """Ask ``j`` to checkpoint and stop; with instant stops it is stopped now."""
         self._out.append(Stop(j.name, why, gpu))
         if j.gpu is not None:
-            self._changed.add(j.gpu)
+            self._dirty(j.gpu)
         j.state = "draining"
         j.stop_for = why
         self._touched.add(j.name)
@@ -951,7 +974,7 @@ class Engine:
         )
         g.mode = target.mode
         g.layout = layout
-        self._changed.add(g.index)
+        self._dirty(g.index)
         if p.seen_busy:
             self._news = True  # the policy saw this GPU busy: it is free now
         pauses: list[float] = []
@@ -987,6 +1010,7 @@ class Engine:
             g.phase = ph
             for n in phase_jobs:
                 self.jobs[n].state = "profiling"
+                self._touched.add(n)
 
     def _start(
         self,
@@ -1013,7 +1037,7 @@ class Engine:
         if j.start_s is None:
             j.start_s = self.now
         g.jobs[j.name] = j.slice
-        self._changed.add(g.index)
+        self._dirty(g.index)
         j.span = (g.index, j.slice.slices if j.slice is not None else None, self.now)
         j.placed_s = self.now
         self._touched.add(j.name)

@@ -131,6 +131,7 @@ class Mps(Policy):
 
     name = "mps"
     reacts_to_progress = False
+    reads_measured_speed = False
 
     def __init__(self, max_jobs: int = 3, share: int = 33) -> None:
         if max_jobs < 1:
@@ -155,18 +156,21 @@ class Mps(Policy):
             memory[gpu.index] = sum(view.jobs[j].memory_mb or 0.0 for j in alive)
         models = {g.index: g.model for g in view.gpus}
         changed: dict[int, list[str]] = {}
+        # The GPUs with room for one more job (by count), in load's order.
+        open_ = [gi for gi, jobs in load.items() if len(jobs) < self.max_jobs]
         for job in view.queue():
+            if not open_:
+                break  # every GPU is full: the rest of the queue waits
             room = [
-                gi
-                for gi, jobs in load.items()
-                if len(jobs) < self.max_jobs
-                and memory[gi] + (job.memory_mb or 0.0) <= models[gi].memory_mb
+                gi for gi in open_ if memory[gi] + (job.memory_mb or 0.0) <= models[gi].memory_mb
             ]
             if not room:
                 continue  # backfill: a smaller job behind may still fit
             gi = min(room, key=lambda i: (len(load[i]), i))
             load[gi][job.name] = None
             memory[gi] += job.memory_mb or 0.0
+            if len(load[gi]) >= self.max_jobs:
+                open_.remove(gi)
             changed.setdefault(gi, []).append(f"{job.name} joins GPU {gi} under MPS")
         out = []
         for gi, reasons in sorted(changed.items()):

@@ -201,6 +201,9 @@ class Policy(ABC):
     # Whether progress alone (steps done, measured speeds) can change a decision. When
     # False, a driver skips ticks whose facts (ClusterView.fingerprint) it already decided on.
     reacts_to_progress: bool = True
+    # Whether the policy reads JobView.measured_step_s. When False, a driver need not
+    # measure the jobs' speeds from their progress at each decision (the engine does not).
+    reads_measured_speed: bool = True
 
     @abstractmethod
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:

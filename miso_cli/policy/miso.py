@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 
 from miso_cli.gpu.layouts import Layout, Slice
@@ -92,24 +93,21 @@ PAPER_EXCLUDED = ("4g.20gb+3g.20gb",)  # absent from the artifact's partition li
 LOCAL_QUEUE = 32
 
 
+_BY_ARRIVAL = attrgetter("arrival_s", "name")
+
+
 def _alive(view: ClusterView, gpu: GpuView) -> list[JobView]:
-    out = []
-    for name in gpu.jobs:
-        job = view.jobs.get(name)
-        if job is not None and job.state in ("running", "profiling"):
-            out.append(job)
-    return sorted(out, key=lambda j: (j.arrival_s, j.name))
+    out = _alive_unsorted(view, gpu)
+    out.sort(key=_BY_ARRIVAL)
+    return out
 
 
-def _alive_count(view: ClusterView, gpu: GpuView) -> int:
-    """``len(_alive(view, gpu))``, without sorting."""
-    jobs = view.jobs
-    n = 0
-    for name in gpu.jobs:
-        job = jobs.get(name)
-        if job is not None and job.state in ("running", "profiling"):
-            n += 1
-    return n
+_ALIVE = frozenset(("running", "profiling"))
+
+
+def _alive_unsorted(view: ClusterView, gpu: GpuView) -> list[JobView]:
+    """:func:`_alive` in the GPU's order."""
+    return [j for j in map(view.jobs.get, gpu.jobs) if j is not None and j.state in _ALIVE]
 
 
 def _full_layout(model: GpuModel) -> Layout:
@@ -208,6 +206,7 @@ class Miso(Policy):
 
     name = "miso"
     reacts_to_progress = False
+    reads_measured_speed = False  # nor does oracle
     knowledge = "profile"  # the simulator gives it predictions from MPS profiles
 
     def __init__(self, profile_s: float = 30.0, max_jobs: int = MAX_JOBS_PER_GPU) -> None:
@@ -252,25 +251,27 @@ class Miso(Policy):
         out: dict[int, GpuTarget] = {}
         # Of the GPUs that may take a job, the one with the fewest jobs (then the lowest
         # index) that holds it: tried in that order, the memory test only where needed.
-        counts = {g.index: _alive_count(view, g) for g in view.gpus}
-        load: dict[int, list[JobView]] = {}
+        # The jobs of the GPUs that may take one (not skipped, busy or profiling).
+        load = {
+            g.index: _alive_unsorted(view, g)
+            for g in view.gpus
+            if g.index not in skip and not g.busy and not g.profiling
+        }
+        counts = {i: len(jobs) for i, jobs in load.items()}
+        held: dict[int, tuple[float | None, ...]] = {}  # memories, of the GPUs tried
         for job in view.queue():
             open_ = sorted(
                 (counts[g.index], g.index, k)
                 for k, g in enumerate(view.gpus)
-                if g.index not in skip
-                and g.index not in out
-                and not g.busy
-                and not g.profiling
-                and counts[g.index] < self.max_jobs
+                if g.index in load and g.index not in out and counts[g.index] < self.max_jobs
             )
             gpu = None
             for _, index, k in open_:
                 g = view.gpus[k]
-                if index not in load:
-                    load[index] = _alive(view, g)
-                memories = tuple(j.memory_mb for j in load[index]) + (job.memory_mb,)
-                if _fits_together(g.model, memories):
+                if index not in held:
+                    load[index].sort(key=_BY_ARRIVAL)  # as _alive orders them
+                    held[index] = tuple([j.memory_mb for j in load[index]])
+                if _fits_together(g.model, held[index] + (job.memory_mb,)):
                     gpu = g
                     break
             if gpu is None:

@@ -34,9 +34,11 @@ class NoPart(Policy):
 
     name = "nopart"
     reacts_to_progress = False
+    reads_measured_speed = False
 
     def decide(self, event: Event, view: ClusterView) -> list[GpuTarget]:
-        queue = list(view.queue())
+        queue = view.queue()
+        taken: set[str] = set()  # given a GPU by this decision
         targets: list[GpuTarget] = []
         for gpu in view.gpus:
             if gpu.busy:
@@ -44,14 +46,16 @@ class NoPart(Policy):
             running = _running_on(view, gpu)
             if running:
                 continue
-            fitting = [j for j in queue if _fits_whole(j, gpu.model)]
-            if not fitting:
+            # The first job of the queue, not yet given a GPU, that fits this one whole.
+            job = next(
+                (j for j in queue if j.name not in taken and _fits_whole(j, gpu.model)), None
+            )
+            if job is None:
                 if gpu.mode != "full" or gpu.jobs:
                     # Leave a MIG or MPS setup behind only while it has work.
                     targets.append(GpuTarget(gpu.index, "full", reason="idle: whole GPU"))
                 continue
-            job = fitting[0]
-            queue.remove(job)
+            taken.add(job.name)
             targets.append(
                 GpuTarget(
                     gpu.index,
@@ -88,6 +92,7 @@ class FixedLayout(Policy):
 
     name = "layout"
     reacts_to_progress = False
+    reads_measured_speed = False
 
     def __init__(self, layout: Sequence[str] | Mapping[int, Sequence[str]]) -> None:
         if isinstance(layout, Mapping):
@@ -128,7 +133,9 @@ class FixedLayout(Policy):
             if layout is None or gpu.busy:
                 continue
             running = _running_on(view, gpu)
-            reshape = gpu.mode != "mig" or gpu.layout != layout
+            reshape = gpu.mode != "mig" or (gpu.layout is not layout and gpu.layout != layout)
+            if not reshape and len(running) >= len(layout.slices):
+                continue  # every instance runs a job (one each) and stays: nothing to plan
             if reshape:
                 # Only jobs whose instance survives keep running; the driver
                 # requeues the others.
@@ -146,6 +153,8 @@ class FixedLayout(Policy):
         # Largest compute first, then most memory; ties: lower GPU, lower placement.
         free.sort(key=lambda f: (-f[1].slices, -f[2], f[0], f[1].start))
         for job in view.queue():
+            if not free:
+                break  # every instance is taken: the rest of the queue waits
             for k, (gi, sl, mem) in enumerate(free):
                 if job.memory_mb is not None and job.memory_mb > mem:
                     continue

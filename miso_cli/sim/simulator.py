@@ -45,6 +45,7 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,9 @@ class _Virtual:
     rate: float = 0.0  # steps per second now (0 while paused)
 
 
+_SEQ = attrgetter("seq")
+
+
 class _PacedJob(EngineJob):
     """An engine job whose steps done live in the simulator's table, one array for every
     job, so that advancing the clock moves every running job in one vector operation (the
@@ -375,8 +379,8 @@ class Simulator:
             v.rate = self._rate[j.seq] = rate
 
     def _relive(self) -> None:
-        self._live = self.engine.active()
-        self._slots = self._np.fromiter((j.seq for j in self._live), self._np.intp)
+        self._live = live = self.engine.active()
+        self._slots = self._np.fromiter(map(_SEQ, live), self._np.intp, len(live))
 
     def _measured(self) -> float:
         """Levels measured enough by now are ready (the engine may end them); the next
