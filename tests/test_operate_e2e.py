@@ -210,7 +210,9 @@ def test_the_savings_estimate_against_a_real_nopart_run(
     cli, tmp_path: Path, state_dir: Path
 ) -> None:
     q = tmp_path / "q.toml"
-    q.write_text("version = 1\n" + job("cnn", "toy-cnn_64", 300) + job("mlp", "toy-mlp_32", 600))
+    # Long enough (a few seconds each) that starting a process, which the estimate leaves
+    # out, is a small part of the real run even on a loaded machine.
+    q.write_text("version = 1\n" + job("cnn", "toy-cnn_64", 1200) + job("mlp", "toy-mlp_32", 2400))
     # The estimate is as good as its evidence: a solo profile gives each job's step time
     # alone on a whole GPU, and its run its step time on its instance (without them,
     # miso+ runs the jobs on the prior's slices, and the estimate rests on the prior).
