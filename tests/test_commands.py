@@ -681,3 +681,23 @@ def test_simulate_workers_default_to_the_cpus_for_large_traces_only() -> None:
     assert parallel_workers(8, 3, 5000) <= 3  # never more processes than policies
     with pytest.raises(UsageError, match="--workers: must be at least 1"):
         parallel_workers(0, 6, 5000)
+
+
+def _fails_on_one(index: int) -> int:
+    if index == 1:
+        raise ValueError("simulation 1 failed")
+    return index * 10
+
+
+def test_simulate_in_processes_passes_a_failure_on_and_stops_the_others() -> None:
+    import multiprocessing
+
+    from miso_cli.commands import simulate as sim
+
+    if sim.parallel_workers(2, 3, 3) < 2:
+        pytest.skip("this process cannot fork a simulation (a thread runs beside it)")
+    assert sim._in_processes(lambda i: i * 10, 3, 2) == [0, 10, 20]
+    with pytest.raises(ValueError, match="simulation 1 failed"):
+        sim._in_processes(_fails_on_one, 3, 2)
+    assert multiprocessing.active_children() == []  # none left behind
+    assert sim._FORKED is None

@@ -130,20 +130,45 @@ def _run_forked(index: int) -> Any:
     return _FORKED(index)
 
 
+def _child_ignores_interrupts() -> None:
+    """A simulation process leaves Ctrl-C to the command, which stops it (a child that
+    took the interrupt itself would leave its pool waiting for it for ever)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _in_processes(one: Callable[[int], Any], count: int, workers: int) -> list[Any]:
     """``[one(0), ..., one(count - 1)]``, computed by ``workers`` forked processes; the
-    simulations are seeded and independent, so the results are those of one process."""
+    simulations are seeded and independent, so the results are those of one process.
+    Interrupted (Ctrl-C, SIGTERM turned into an exception) or failing, the processes are
+    stopped before the exception goes on."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import signal
+    import threading
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C: the processes are stopped, exit code 130
 
     global _FORKED
     _FORKED = one
+    ctx = multiprocessing.get_context("fork")
+    pool = ctx.Pool(workers, initializer=_child_ignores_interrupts)
+    before = None
+    if threading.current_thread() is threading.main_thread():
+        before = signal.signal(signal.SIGTERM, terminated)
     try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            return list(pool.map(_run_forked, range(count)))
+        out = list(pool.imap(_run_forked, range(count)))
+        pool.close()
+        return out
+    except BaseException:
+        pool.terminate()
+        raise
     finally:
+        pool.join()
         _FORKED = None
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 def simulated_gpus(spec: str) -> list[Any]:
