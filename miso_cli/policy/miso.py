@@ -540,11 +540,7 @@ class MisoPlus(Policy):
             return True  # the whole cluster is within the bound
         if event.kind == "resume":
             return True  # every job may have moved since the last decision
-        if event.kind not in ("arrival", "finish", "failed") or event.job is None:
-            return False
-        if not _queue_of(view):
-            return False  # nothing waits: a wider plan could only move running jobs
-        job = view.jobs.get(event.job)
+        job = _turn_job(event, view)
         if job is None or not self.wide_factor:
             return False
         period = max(1, round(self.wide_factor * len(view.gpus) / self.local_gpus))
@@ -555,10 +551,8 @@ class MisoPlus(Policy):
         size = self.local_gpus
         if not size or not self.sweep_every or len(view.gpus) <= size:
             return []
-        if event.kind not in ("arrival", "finish", "failed") or event.job is None:
-            return []
-        job = view.jobs.get(event.job)
-        if job is None or job.seq % self.sweep_every or not _queue_of(view):
+        job = _turn_job(event, view)
+        if job is None or job.seq % self.sweep_every:
             return []
         blocks = math.ceil(len(view.gpus) / size)
         b = (job.seq // self.sweep_every) % blocks
@@ -578,9 +572,9 @@ class MisoPlus(Policy):
         limit = self.local_gpus or len(eligible)
         ranked: list[tuple[int, int, int, GpuView]] = []
         for g in eligible:
-            if g.index not in touched and g.mode == "mig" and len(g.jobs) >= len(g.layout.slices):
-                if g.layout.slices:
-                    continue  # every instance taken (most GPUs, most events): no room
+            full = g.mode == "mig" and g.layout.slices and len(g.jobs) >= len(g.layout.slices)
+            if full and g.index not in touched:
+                continue  # every instance taken (most GPUs, most events): no room
             n = len(_alive(view, g))
             free = g.free_slices() if g.mode == "mig" else []
             if g.index in touched:
@@ -938,9 +932,7 @@ class MisoPlus(Policy):
                 job
                 for g in view.gpus
                 if not g.busy and not g.profiling
-                for name in g.jobs
-                if (job := view.jobs.get(name)) is not None
-                and job.state in ("running", "profiling")
+                for job in _alive_unsorted(view, g)
             ]
             ahead_s = {j.name: self._remaining_s(j, j.prediction or prior) for j in ahead}
             ahead_s.update(remainings)
@@ -1074,6 +1066,16 @@ def _view_memo(view: ClusterView) -> dict[str, object]:
     return _QUEUE_MEMO
 
 
+def _turn_job(event: Event, view: ClusterView) -> JobView | None:
+    """The job whose arrival, finish or failure ``event`` is, while jobs wait: the job
+    whose sequence number decides a sweep or a whole-cluster plan (None: neither)."""
+    if event.kind not in ("arrival", "finish", "failed") or event.job is None:
+        return None
+    if not _queue_of(view):
+        return None  # nothing waits: a wider plan could only move running jobs
+    return view.jobs.get(event.job)
+
+
 def _queue_of(view: ClusterView) -> list[JobView]:
     """``view.queue()``, sorted once per view (do not modify: shared)."""
     memo = _view_memo(view)
@@ -1089,13 +1091,7 @@ def _idle_gpus(view: ClusterView) -> list[GpuView]:
     memo = _view_memo(view)
     if "idle" not in memo:
         memo["idle"] = [
-            g
-            for g in view.gpus
-            if not g.busy
-            and not g.profiling
-            and not any(
-                n in view.jobs and view.jobs[n].state in ("running", "profiling") for n in g.jobs
-            )
+            g for g in view.gpus if not g.busy and not g.profiling and not _alive_unsorted(view, g)
         ]
     idle = memo["idle"]
     assert isinstance(idle, list)
