@@ -58,15 +58,17 @@ def _of(actions: list[core.Action], kind: type) -> list:
     return [a for a in actions if isinstance(a, kind)]
 
 
-def test_a_migration_drains_then_reconfigures_then_restarts_with_its_restart_cost() -> None:
-    def script(ev: Event, view: ClusterView) -> list[GpuTarget]:
-        if ev.kind == "arrival" and ev.job == "a":
-            return [GpuTarget(0, "mig", LAY, {"a": THREE})]
-        if ev.kind == "arrival" and ev.job == "b":
-            return [GpuTarget(0, "mig", LAY, {"a": FOUR, "b": THREE})]
-        return []
+def _a_then_moved_for_b(ev: Event, view: ClusterView) -> list[GpuTarget]:
+    """a takes the 3g; when b arrives, a moves to the 4g and b takes the 3g."""
+    if ev.kind == "arrival" and ev.job == "a":
+        return [GpuTarget(0, "mig", LAY, {"a": THREE})]
+    if ev.kind == "arrival" and ev.job == "b":
+        return [GpuTarget(0, "mig", LAY, {"a": FOUR, "b": THREE})]
+    return []
 
-    eng = _engine(Scripted(script), "a", "b")
+
+def test_a_migration_drains_then_reconfigures_then_restarts_with_its_restart_cost() -> None:
+    eng = _engine(Scripted(_a_then_moved_for_b), "a", "b")
     first = eng.step(0.0, [Arrived("a")])
     (start,) = _of(first, Start)
     assert (start.job, start.slice, start.pause_s, start.resume) == ("a", THREE, 0.0, False)
@@ -230,14 +232,7 @@ def test_the_view_says_when_a_job_took_its_instance() -> None:
     """A policy keeping a job on its instance for a while (miso+'s ``min_residence_s``)
     needs to know since when: the engine's time of the job's last start there."""
 
-    def script(ev: Event, view: ClusterView) -> list[GpuTarget]:
-        if ev.kind == "arrival" and ev.job == "a":
-            return [GpuTarget(0, "mig", LAY, {"a": THREE})]
-        if ev.kind == "arrival" and ev.job == "b":
-            return [GpuTarget(0, "mig", LAY, {"a": FOUR, "b": THREE})]
-        return []
-
-    eng = _engine(Scripted(script), "a", "b")
+    eng = _engine(Scripted(_a_then_moved_for_b), "a", "b")
     eng.step(2.0, [Arrived("a")])
     assert eng.view().jobs["a"].placed_s == 2.0
     eng.step(5.0, [Arrived("b")])
