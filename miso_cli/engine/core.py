@@ -706,8 +706,8 @@ class Engine:
 
     def _view(self, look: bool) -> ClusterView:
         """:meth:`view`; with ``look``, the meter also looks at each job that may have moved
-        (its measured seconds per step, as :func:`~miso_cli.engine.measure.measure_view`
-        gives them), in the same pass."""
+        (:meth:`~miso_cli.engine.measure.ProgressMeter.see`: its measured seconds per
+        step, which its view reads), in the same pass."""
         meter, now = self.meter, self.now
         gviews = []
         claims: dict[str, tuple[int, Slice | None, str]] = {}

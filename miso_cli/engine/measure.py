@@ -125,14 +125,3 @@ class ProgressMeter:
         except (TypeError, ValueError, IndexError):
             return ProgressMeter(min_s)
         return meter
-
-
-def measure_view(meter: ProgressMeter, view: Any, names: Iterable[str] | None = None) -> None:
-    """Look at the jobs of a :class:`~miso_cli.policy.core.ClusterView` and give each its
-    measured seconds per step (``measured_step_s``). Both drivers call this on the view
-    they are about to hand the policy; ``names`` limits it to the jobs that may have
-    changed since the last look (the others keep what they have)."""
-    jobs = list(view.jobs.values()) if names is None else [view.jobs[n] for n in names]
-    meter.look(view.now, (Look(j.name, j.state, j.gpu, j.slice, j.done_steps) for j in jobs))
-    for j in jobs:
-        j.measured_step_s = meter.of(j.name)
