@@ -228,11 +228,10 @@ Predict = Callable[[dict[int, float], list[dict[int, float]], float | None], Sli
 
 @dataclass
 class _Virtual:
-    """What the virtual backend keeps of a job beside the engine: its pace."""
+    """What the virtual backend keeps of a job beside the engine (its pace, paused
+    until when and steps per second, is in the simulator's pace table)."""
 
     workload: Workload
-    paused_until: float = 0.0
-    rate: float = 0.0  # steps per second now (0 while paused)
 
 
 _SEQ = attrgetter("seq")
@@ -368,15 +367,14 @@ class Simulator:
             j = self.jobs[name]
             if j.gpu is None:
                 continue  # it left its GPU since
-            v = self.virtual[name]
-            if self.now < v.paused_until - 1e-9:
-                v.rate = self._rate[j.seq] = 0.0
+            if self.now < self._paused[j.seq] - 1e-9:
+                self._rate[j.seq] = 0.0
                 continue
             step = self._step_ms(name)
             rate = 0.0 if step is None else 1000.0 / step
-            if rate != v.rate and step is not None and not j.profiled:
+            if rate != self._rate[j.seq] and step is not None and not j.profiled:
                 self.engine.progress(name, j.done, None, step / 1000.0)  # its pace, seen
-            v.rate = self._rate[j.seq] = rate
+            self._rate[j.seq] = rate
 
     def _relive(self) -> None:
         self._live = live = self.engine.active()
@@ -436,7 +434,6 @@ class Simulator:
         for a in actions:
             if isinstance(a, core.Start):
                 until = self.now + a.pause_s
-                self.virtual[a.job].paused_until = until
                 self._paused[self.jobs[a.job].seq] = until
                 heapq.heappush(self._pauses, (until, a.job))  # re-paced when it is over
             elif isinstance(a, core.Fail):
